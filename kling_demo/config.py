@@ -1,0 +1,84 @@
+"""Settings read once from the environment and an optional `.env` file."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from dotenv import dotenv_values
+
+DEFAULT_BASE_URL = "https://api.wavespeed.ai"
+
+
+def default_data_dir(env: Mapping[str, str]) -> Path:
+    """`/data` on a Space with persistent storage, else the per-user data dir."""
+    if env.get("SPACE_ID") and os.path.isdir("/data") and os.access("/data", os.W_OK):
+        return Path("/data/kling_demo")
+    xdg = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "kling_demo"
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    return int(_float(env, name, default))
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    return raw in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app reads from its environment. The key is never printed (repr hides it)."""
+
+    api_key: str | None = field(default=None, repr=False)
+    base_url: str = DEFAULT_BASE_URL
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    poll_interval: float = 1.0
+    deadline_seconds: float = 30 * 60.0
+    data_dir: Path = field(default_factory=lambda: default_data_dir(os.environ))
+    max_download_bytes: int = 500 * 1024 * 1024
+    concurrency: int = 32
+    max_queue: int = 64
+    sandbox_inference_seconds: float = 6.0
+
+    @property
+    def uses_sandbox(self) -> bool:
+        return not self.api_key
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, dotenv_path: str | os.PathLike | None = ".env") -> "Settings":
+        """Read settings from `env` (default: the process environment) over an optional `.env` file."""
+        merged: dict[str, str] = {}
+        if dotenv_path and Path(dotenv_path).is_file():
+            merged.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+        merged.update(os.environ if env is None else env)
+        data_dir = merged.get("KLING_DEMO_DATA_DIR", "").strip()
+        return cls(
+            api_key=merged.get("WAVESPEED_API_KEY", "").strip() or None,
+            base_url=(merged.get("WAVESPEED_BASE_URL", "").strip() or DEFAULT_BASE_URL).rstrip("/"),
+            connect_timeout=_float(merged, "KLING_DEMO_CONNECT_TIMEOUT", cls.connect_timeout),
+            read_timeout=_float(merged, "KLING_DEMO_READ_TIMEOUT", cls.read_timeout),
+            poll_interval=max(1.0, _float(merged, "KLING_DEMO_POLL_INTERVAL", cls.poll_interval)),
+            deadline_seconds=_float(merged, "KLING_DEMO_DEADLINE_SECONDS", cls.deadline_seconds),
+            data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(merged),
+            max_download_bytes=_int(merged, "KLING_DEMO_MAX_DOWNLOAD_MB", 500) * 1024 * 1024,
+            concurrency=max(1, _int(merged, "KLING_DEMO_CONCURRENCY", cls.concurrency)),
+            max_queue=max(1, _int(merged, "KLING_DEMO_MAX_QUEUE", cls.max_queue)),
+            sandbox_inference_seconds=_float(merged, "KLING_DEMO_SANDBOX_SECONDS", cls.sandbox_inference_seconds),
+        )

@@ -1,0 +1,61 @@
+"""One exception tree: every error a user can see says what happened, what to do, and the task id once known."""
+
+from __future__ import annotations
+
+
+class KlingDemoError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    def __init__(self, message: str, *, task_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.task_id = task_id
+
+    def __str__(self) -> str:
+        if self.task_id and self.task_id not in self.message:
+            return f"{self.message} (task id: {self.task_id})"
+        return self.message
+
+
+class InputRejected(KlingDemoError):
+    """The input breaks a documented limit; nothing was uploaded or paid for."""
+
+
+class AuthenticationFailed(KlingDemoError):
+    """The API rejected the key (HTTP 401/403)."""
+
+
+class RateLimited(KlingDemoError):
+    """The API asked us to slow down (HTTP 429) and retries ran out."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, task_id: str | None = None) -> None:
+        super().__init__(message, task_id=task_id)
+        self.retry_after = retry_after
+
+
+class ApiInputRefused(KlingDemoError):
+    """The API refused the input (HTTP 400); its message names the field."""
+
+
+class ServiceUnavailable(KlingDemoError):
+    """The API or the network failed on a request that is safe to repeat, and retries ran out."""
+
+
+class SubmissionOutcomeUnknown(KlingDemoError):
+    """The submit answer was lost: the task may exist and be billed, so it was not resubmitted."""
+
+
+class TaskFailed(KlingDemoError):
+    """The task ended without a video; carries the API's error text."""
+
+
+class TaskTimedOut(KlingDemoError):
+    """The overall deadline passed while the task was still running."""
+
+
+class JobStopped(KlingDemoError):
+    """The user stopped waiting; the remote task may still finish and be billed."""
+
+
+class DownloadFailed(KlingDemoError):
+    """The finished video could not be fetched or was too large."""

@@ -1,0 +1,60 @@
+"""The model's id and parameter limits as data: new Kling variants are new specs, not new code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Documented limits for one image parameter of a model."""
+
+    formats: tuple[str, ...] = ("JPEG", "PNG")  # Pillow format names
+    max_bytes: int = 10 * MB
+    min_side: int = 300
+    # Width / height bounds; None means the API documents no bound.
+    min_aspect: float | None = None
+    max_aspect: float | None = None
+
+    def aspect_ok(self, width: int, height: int) -> bool:
+        ratio = width / height
+        if self.min_aspect is not None and ratio < self.min_aspect - 1e-9:
+            return False
+        if self.max_aspect is not None and ratio > self.max_aspect + 1e-9:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One WaveSpeed image-to-video model: its id, parameters and their limits."""
+
+    model_id: str
+    title: str
+    first_frame: ImageLimits
+    end_frame: ImageLimits
+    durations: tuple[int, ...] = (5, 10)
+    default_duration: int = 5
+    guidance_min: float = 0.0
+    guidance_max: float = 1.0
+    guidance_default: float = 0.5
+    # WaveSpeed documents no prompt cap; Kling's own API caps prompt and
+    # negative_prompt at 2500 characters, so we apply that before paying.
+    prompt_max_chars: int = 2500
+
+    @property
+    def submit_path(self) -> str:
+        return f"/api/v3/{self.model_id}"
+
+
+KLING_V2_I2V_MASTER = ModelSpec(
+    model_id="kwaivgi/kling-v2.0-i2v-master",
+    title="Kling 2.0 Master · image-to-video",
+    first_frame=ImageLimits(min_aspect=1 / 2.5, max_aspect=2.5),
+    end_frame=ImageLimits(),
+)
+
+DEFAULT_MODEL = KLING_V2_I2V_MASTER
+MODELS: dict[str, ModelSpec] = {spec.model_id: spec for spec in (KLING_V2_I2V_MASTER,)}
