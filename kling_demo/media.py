@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import io
+import logging
+import math
+import re
+import shutil
+import struct
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InputRejected
+from .models import MB, ImageLimits, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -37,3 +51,371 @@ def probe_video(path: str | Path) -> VideoInfo:
             codec=stream.codec_context.name,
             pixel_format=stream.codec_context.pix_fmt or "",
         )
+
+
+# ---------------------------------------------------------------------------
+# Image checks and fix-ups, applied before anything is uploaded or paid for.
+
+log = logging.getLogger(__name__)
+
+JPEG_QUALITY = 92
+FLATTEN_BACKGROUND = (255, 255, 255, 255)
+_EXIF_ORIENTATION = 0x0112
+_ROTATION_NAMES = {
+    2: "mirrored",
+    3: "180°",
+    4: "flipped vertically",
+    5: "mirrored, 90°",
+    6: "90°",
+    7: "mirrored, 270°",
+    8: "270°",
+}
+_FORMAT_NAMES = {"WEBP": "WebP"}
+_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png"}
+_NAME_SUFFIXES = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",)}
+_MIME_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
+# Multi-picture JPEGs from phone cameras are ordinary JPEG files to every decoder.
+_FORMAT_ALIASES = {"MPO": "JPEG"}
+_UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombWarning)
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image file ready to upload: JPEG or PNG within every documented limit."""
+
+    path: Path
+    width: int
+    height: int
+    format: str
+    size_bytes: int
+    changes: tuple[str, ...] = ()
+
+    @property
+    def mime_type(self) -> str:
+        return _MIME_TYPES[self.format]
+
+
+def prepare_image(
+    source: str | Path | None,
+    limits: ImageLimits,
+    *,
+    role: str = "first frame",
+    work_dir: Path | None = None,
+) -> PreparedImage:
+    """Check an image against `limits` and fix what can be fixed without changing the picture.
+
+    Valid JPEG/PNG files pass through byte for byte; fixed files go to `work_dir`. Raises InputRejected.
+    """
+    path = _existing_file(source, role)
+    source_bytes = path.stat().st_size
+    with _open_image(path, role) as image:
+        source_format = _FORMAT_ALIASES.get(image.format or "", image.format or "unknown")
+        _check_dimensions(*_oriented_size(image), limits, role)
+        _decode(image, role)
+        if _fits_as_is(image, source_format, source_bytes, limits):
+            return _pass_through(path, image, source_format, source_bytes, work_dir, role)
+        frames = getattr(image, "n_frames", 1)
+        changes = [f"used the first of {frames} frames"] if frames > 1 else []
+        picture, orientation_changes = _apply_orientation(image)
+        picture, mode_changes = _to_upload_mode(picture)
+        icc_profile = None if image.mode == "CMYK" else image.info.get("icc_profile")
+        encoded = _encode_within_limits(picture, source_format, source_bytes, limits, icc_profile)
+    changes += orientation_changes + mode_changes + list(encoded.changes)
+    _check_dimensions(encoded.width, encoded.height, limits, role)
+    target = _new_file(work_dir, role, encoded.format)
+    target.write_bytes(encoded.data)
+    log.info("prepared %s %s -> %s: %s", role, path.name, target.name, "; ".join(changes) or "re-saved")
+    return PreparedImage(target, encoded.width, encoded.height, encoded.format, len(encoded.data), tuple(changes))
+
+
+def quick_check_image(
+    source: str | Path | None, limits: ImageLimits, *, role: str, required: bool = True
+) -> str | None:
+    """Header-only check for the page's instant validator: the refusal message, or None if it looks fine."""
+    if not source and not required:
+        return None
+    try:
+        path = _existing_file(source, role)
+        with _open_image(path, role) as image:
+            _check_dimensions(*_oriented_size(image), limits, role)
+    except InputRejected as refusal:
+        return refusal.message
+    return None
+
+
+def check_prompt(prompt: object, spec: ModelSpec, *, field: str = "prompt", required: bool = True) -> str:
+    """Return the trimmed prompt, or refuse it when empty (if required), not text, or over the length cap."""
+    name = field.replace("_", " ")
+    if prompt is None:
+        prompt = ""
+    if not isinstance(prompt, str):
+        raise InputRejected(f"the {name} must be text, not {type(prompt).__name__}")
+    text = prompt.strip()
+    if required and not text:
+        raise InputRejected(f"the {name} is empty — describe what should happen in the video")
+    if len(text) > spec.prompt_max_chars:
+        raise InputRejected(
+            f"the {name} is {len(text)} characters long; the limit is {spec.prompt_max_chars} characters — shorten it"
+        )
+    return text
+
+
+def check_guidance(value: object, spec: ModelSpec) -> float:
+    """Return the guidance scale as a float, refusing anything that is not a number in the spec's range."""
+    allowed = f"a number from {spec.guidance_min:g} to {spec.guidance_max:g}"
+    guidance = _as_number(value)
+    if guidance is None or not spec.guidance_min <= guidance <= spec.guidance_max:
+        raise InputRejected(f"guidance scale must be {allowed}; got {value!r:.40}")
+    return guidance
+
+
+def check_duration(value: object, spec: ModelSpec) -> int:
+    """Return the duration in whole seconds, refusing anything but one of the spec's durations."""
+    allowed = " or ".join(str(seconds) for seconds in spec.durations)
+    seconds = _as_number(value)
+    if seconds is None or seconds not in spec.durations:
+        raise InputRejected(f"duration must be {allowed} seconds; got {value!r:.40}")
+    return int(seconds)
+
+
+def _as_number(value: object) -> float | None:
+    """A finite float from a number or numeric text; None for anything else (bools included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _existing_file(source: str | Path | None, role: str) -> Path:
+    if source is None or not str(source).strip():
+        raise InputRejected(f"no image given for the {role} — add a JPEG or PNG image")
+    path = Path(source)
+    if not path.is_file():
+        raise InputRejected(f"the {role} image file {path.name!r} was not found — upload it again")
+    if path.stat().st_size == 0:
+        raise InputRejected(f"the {role} image file is empty (0 bytes) — use a JPEG or PNG image")
+    return path
+
+
+@contextmanager
+def _open_image(path: Path, role: str) -> Iterator[Image.Image]:
+    """Open the image header, refusing non-images and decompression bombs before any pixel is decoded."""
+    try:
+        image = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as bomb:
+        # Pillow refuses before we see the size; its message carries the pixel count.
+        pixels = re.search(r"\((\d+) pixels\)", str(bomb))
+        raise _bomb_refusal(role, _megapixels(int(pixels[1])) if pixels else "too large") from bomb
+    except UnidentifiedImageError as error:
+        raise InputRejected(
+            f"the {role} file is not an image that can be read — use a JPEG or PNG image"
+        ) from error
+    except _UNREADABLE as error:
+        raise InputRejected(f"the {role} image could not be read ({error}) — use a JPEG or PNG image") from error
+    with image:
+        width, height = image.size
+        # Pillow only warns between 1x and 2x its pixel limit; refuse the whole range.
+        if Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS:
+            raise _bomb_refusal(role, f"{width}×{height} px ({_megapixels(width * height)})")
+        yield image
+
+
+def _bomb_refusal(role: str, measured: str) -> InputRejected:
+    limit = Image.MAX_IMAGE_PIXELS or 0
+    return InputRejected(
+        f"the {role} image is {measured}; images over {limit / 1e6:.0f} megapixels are refused "
+        f"as a possible decompression bomb — use a smaller image"
+    )
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.0f} megapixels"
+
+
+def _decode(image: Image.Image, role: str) -> None:
+    try:
+        image.load()
+    except _UNREADABLE as error:
+        raise InputRejected(
+            f"the {role} image is damaged or incomplete ({error}) — export it again as JPEG or PNG"
+        ) from error
+
+
+def _orientation(image: Image.Image) -> int:
+    # PNG getexif() decodes the whole file unless the eXIf chunk came before the pixels.
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    return orientation if orientation in _ROTATION_NAMES else 1
+
+
+def _oriented_size(image: Image.Image) -> tuple[int, int]:
+    """Width and height as the picture is shown, after its EXIF orientation."""
+    width, height = image.size
+    return (height, width) if _orientation(image) in (5, 6, 7, 8) else (width, height)
+
+
+def _check_dimensions(width: int, height: int, limits: ImageLimits, role: str) -> None:
+    measured = f"the {role} image is {width}×{height} px"
+    if min(width, height) < limits.min_side:
+        raise InputRejected(
+            f"{measured}; the {role} must be at least {limits.min_side}×{limits.min_side} px — use a larger image"
+        )
+    if not limits.aspect_ok(width, height):
+        raise InputRejected(
+            f"{measured} (aspect ratio {_ratio_text(width / height)}); the {role} must have an aspect ratio "
+            f"{_aspect_range_text(limits)} — crop it closer to square"
+        )
+
+
+def _ratio_text(ratio: float) -> str:
+    """Render width/height as '2.5:1' or '1:2.5'."""
+    return f"{round(ratio, 2):g}:1" if ratio >= 1 else f"1:{round(1 / ratio, 2):g}"
+
+
+def _aspect_range_text(limits: ImageLimits) -> str:
+    if limits.min_aspect is not None and limits.max_aspect is not None:
+        return f"between {_ratio_text(limits.min_aspect)} and {_ratio_text(limits.max_aspect)}"
+    if limits.max_aspect is not None:
+        return f"of at most {_ratio_text(limits.max_aspect)}"
+    return f"of at least {_ratio_text(limits.min_aspect or 0.0)}"
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
+def _fits_as_is(image: Image.Image, source_format: str, source_bytes: int, limits: ImageLimits) -> bool:
+    """True when the file can be uploaded unchanged: allowed format, plain colours, upright, small enough."""
+    return (
+        source_format in limits.formats
+        and image.mode in ("L", "RGB")
+        and not _has_alpha(image)
+        and _orientation(image) == 1
+        and source_bytes <= limits.max_bytes
+    )
+
+
+def _pass_through(
+    path: Path, image: Image.Image, source_format: str, source_bytes: int, work_dir: Path | None, role: str
+) -> PreparedImage:
+    """Keep the file byte for byte; copy it only when its name would misstate its format."""
+    if path.suffix.lower() not in _NAME_SUFFIXES[source_format]:
+        target = _new_file(work_dir, role, source_format)
+        shutil.copyfile(path, target)
+        log.debug("copied %s to %s so its name matches its %s content", path.name, target.name, source_format)
+        path = target
+    return PreparedImage(path, image.width, image.height, source_format, source_bytes)
+
+
+def _apply_orientation(image: Image.Image) -> tuple[Image.Image, list[str]]:
+    orientation = _orientation(image)
+    if orientation == 1:
+        return image, []
+    return ImageOps.exif_transpose(image), [f"applied EXIF rotation ({_ROTATION_NAMES[orientation]})"]
+
+
+def _to_upload_mode(image: Image.Image) -> tuple[Image.Image, list[str]]:
+    """Convert to 8-bit grayscale or RGB, flattening transparency onto white."""
+    if _has_alpha(image):
+        rgba = image.convert("RGBA")
+        if rgba.getchannel("A").getextrema()[0] == 255:
+            return rgba.convert("RGB"), ["removed an unused alpha channel"]
+        flattened = Image.new("RGBA", rgba.size, FLATTEN_BACKGROUND)
+        flattened.alpha_composite(rgba)
+        return flattened.convert("RGB"), ["flattened transparency onto white"]
+    if image.mode in ("L", "RGB"):
+        return image, []
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        deep = image if image.mode in ("I", "F") else image.convert("I")
+        # Scale a 16-bit range down; a plain convert("L") would clip everything above 255 to white.
+        divisor = 256 if deep.getextrema()[1] > 255 else 1
+        depth = "32-bit" if image.mode in ("I", "F") else "16-bit"
+        return deep.point(lambda value: value / divisor).convert("L"), [f"reduced {depth} grayscale to 8-bit"]
+    if image.mode == "1":
+        return image.convert("L"), ["converted 1-bit black and white to 8-bit grayscale"]
+    if image.mode == "P":
+        return image.convert("RGB"), ["expanded the colour palette to RGB"]
+    return image.convert("RGB"), [f"converted {image.mode} colours to RGB"]
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    data: bytes
+    format: str
+    width: int
+    height: int
+    changes: tuple[str, ...]
+
+
+def _encode_within_limits(
+    picture: Image.Image, source_format: str, source_bytes: int, limits: ImageLimits, icc_profile: bytes | None
+) -> _Encoded:
+    """PNG when lossless fits (never for a JPEG source), else JPEG, downscaled only if still too big."""
+    source_name = _FORMAT_NAMES.get(source_format, source_format)
+    if source_format != "JPEG" and "PNG" in limits.formats:
+        png = _save(picture, "PNG", icc_profile)
+        if len(png) <= limits.max_bytes:
+            changes = () if source_format == "PNG" else (f"converted {source_name} to PNG",)
+            return _Encoded(png, "PNG", picture.width, picture.height, changes)
+    original_size = picture.size
+    jpeg = _save(picture, "JPEG", icc_profile)
+    while len(jpeg) > limits.max_bytes:
+        picture = _downscaled(picture, math.sqrt(limits.max_bytes / len(jpeg)) * 0.95, limits)
+        jpeg = _save(picture, "JPEG", icc_profile)
+    jpeg_name = f"JPEG (quality {JPEG_QUALITY})"
+    limit = _megabytes(limits.max_bytes)
+    if source_bytes > limits.max_bytes:
+        changes = [f"re-encoded {_megabytes(source_bytes)} {source_name} as {jpeg_name} to fit the {limit} limit"]
+    elif source_format == "JPEG":
+        changes = []
+    else:
+        changes = [f"converted {source_name} to {jpeg_name} because PNG would exceed the {limit} limit"]
+    if picture.size != original_size:
+        (old_w, old_h), (new_w, new_h) = original_size, picture.size
+        changes.append(f"downscaled from {old_w}×{old_h} to {new_w}×{new_h} px to fit the {limit} limit")
+    return _Encoded(jpeg, "JPEG", picture.width, picture.height, tuple(changes))
+
+
+def _downscaled(picture: Image.Image, scale: float, limits: ImageLimits) -> Image.Image:
+    """Shrink by `scale`, keeping the short side at or above the limit; refuse when that is not enough."""
+    short_side = min(picture.size)
+    if short_side <= limits.min_side:
+        raise InputRejected(
+            f"the image cannot be made smaller than {_megabytes(limits.max_bytes)} without going below "
+            f"{limits.min_side} px — use a simpler or smaller image"
+        )
+    size = _scaled_size(*picture.size, max(scale, limits.min_side / short_side), limits)
+    return picture.resize(size, Image.Resampling.LANCZOS)
+
+
+def _scaled_size(width: int, height: int, scale: float, limits: ImageLimits) -> tuple[int, int]:
+    new_width, new_height = (max(round(side * scale), limits.min_side) for side in (width, height))
+    # Rounding can push an image that sits exactly on an aspect bound past it; trim the long side.
+    if limits.max_aspect is not None and new_width / new_height > limits.max_aspect:
+        new_width = math.floor(new_height * limits.max_aspect)
+    if limits.min_aspect is not None and new_width / new_height < limits.min_aspect:
+        new_height = math.floor(new_width / limits.min_aspect)
+    return new_width, new_height
+
+
+def _save(picture: Image.Image, image_format: str, icc_profile: bytes | None) -> bytes:
+    buffer = io.BytesIO()
+    options: dict[str, object] = {"quality": JPEG_QUALITY} if image_format == "JPEG" else {}
+    if icc_profile:
+        options["icc_profile"] = icc_profile
+    picture.save(buffer, image_format, **options)
+    return buffer.getvalue()
+
+
+def _megabytes(size_bytes: int) -> str:
+    return f"{size_bytes / MB:.1f} MB" if size_bytes % MB else f"{size_bytes // MB} MB"
+
+
+def _new_file(work_dir: Path | None, role: str, image_format: str) -> Path:
+    directory = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="kling-image-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f"{role.replace(' ', '-')}-{uuid.uuid4().hex[:12]}{_SUFFIXES[image_format]}"

@@ -1,0 +1,12 @@
+"""Kling 2.0 image-to-video: `python app.py` serves the page; Hugging Face Spaces import `demo`."""
+
+from kling_demo.config import Settings
+from kling_demo.logs import configure_logging
+from kling_demo.ui import build_app, launch_options
+
+configure_logging()
+settings = Settings.from_env()
+demo = build_app(settings)
+
+if __name__ == "__main__":
+    demo.launch(**launch_options(settings))

@@ -1,0 +1,39 @@
+"""Which WaveSpeed server the app talks to: the real API with a key, else the embedded sandbox."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from .config import Settings
+from .sandbox import SandboxConfig, SandboxHandle, start_sandbox
+
+log = logging.getLogger(__name__)
+
+SANDBOX_TOKEN = "sandbox-local"  # the embedded sandbox accepts any bearer token
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where requests go and with which key; `sandbox` is set when we started one."""
+
+    base_url: str
+    api_key: str = field(repr=False)
+    sandbox: SandboxHandle | None = None
+
+    @property
+    def is_sandbox(self) -> bool:
+        return self.sandbox is not None
+
+    def close(self) -> None:
+        if self.sandbox is not None:
+            self.sandbox.stop()
+
+
+def open_backend(settings: Settings) -> Backend:
+    """The real API when a key is configured; otherwise start the sandbox on a free loopback port."""
+    if settings.api_key:
+        return Backend(base_url=settings.base_url, api_key=settings.api_key)
+    handle = start_sandbox(SandboxConfig(inference_seconds=settings.sandbox_inference_seconds))
+    log.info("No WAVESPEED_API_KEY: using the local sandbox at %s (no AI, no cost)", handle.base_url)
+    return Backend(base_url=handle.base_url, api_key=SANDBOX_TOKEN, sandbox=handle)

@@ -1,0 +1,318 @@
+"""WaveSpeedClient: the WaveSpeed REST protocol over one `requests.Session`, with typed errors.
+
+Requests that are safe to repeat (result polls, uploads, file downloads) are retried with
+backoff that honours Retry-After. The submit POST is retried only after a 429 or when the
+connection never opened: any other lost answer may have created a billed task, so it
+raises `SubmissionOutcomeUnknown` instead of paying twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+from urllib3.exceptions import NewConnectionError
+
+from . import __version__
+from .errors import (
+    ApiInputRefused,
+    AuthenticationFailed,
+    DownloadFailed,
+    KlingDemoError,
+    RateLimited,
+    ServiceUnavailable,
+    SubmissionOutcomeUnknown,
+)
+from .models import ModelSpec
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+FINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "timeout", "deleted"})
+CHUNK_BYTES = 1024 * 1024
+# Connection-level failures: the answer (or part of it) never arrived.
+TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One task as the API reports it."""
+
+    task_id: str
+    status: str
+    model: str = ""
+    outputs: tuple[str, ...] = ()
+    has_nsfw_contents: tuple[bool, ...] = ()
+    error: str = ""
+    inference_ms: int | None = None
+    created_at: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @classmethod
+    def from_envelope(cls, envelope: dict[str, Any]) -> "Prediction":
+        data = envelope.get("data") or {}
+        if not data.get("id"):
+            raise ServiceUnavailable(f"The API answered without a task id: {str(envelope)[:200]}")
+        inference = (data.get("timings") or {}).get("inference")
+        return cls(
+            task_id=str(data["id"]),
+            status=str(data.get("status") or "created"),
+            model=str(data.get("model") or ""),
+            outputs=tuple(data.get("outputs") or ()),
+            has_nsfw_contents=tuple(bool(x) for x in data.get("has_nsfw_contents") or ()),
+            error=str(data.get("error") or ""),
+            inference_ms=int(inference) if inference else None,
+            created_at=str(data.get("created_at") or ""),
+            raw=data,
+        )
+
+
+def retry_after_seconds(response: requests.Response) -> float | None:
+    """Seconds the server asked us to wait (Retry-After as seconds or an HTTP date), if any."""
+    raw = response.headers.get("Retry-After")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _api_message(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300].strip() or response.reason or f"HTTP {response.status_code}"
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("error") or body)[:300]
+    return str(body)[:300]
+
+
+def _never_sent(exc: Exception) -> bool:
+    """True when the connection was never opened, so the request cannot have reached the server."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError)
+
+
+class WaveSpeedClient:
+    """The four calls the app needs: upload, submit, result, download."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        max_attempts: int = 6,
+        backoff_seconds: float = 0.5,
+        max_backoff_seconds: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not api_key:
+            raise AuthenticationFailed("No WaveSpeed API key was given.")
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self.timeout = (connect_timeout, read_timeout)
+        self.max_attempts = max(1, max_attempts)
+        self.backoff_seconds = backoff_seconds
+        self.max_backoff_seconds = max_backoff_seconds
+        self._sleep = sleep
+        self.session = requests.Session()
+        self.session.headers.update({
+            "Authorization": f"Bearer {api_key}",
+            "User-Agent": f"kling-demo/{__version__}",
+            "X-Client-Name": "kling-demo",
+        })
+
+    def __repr__(self) -> str:
+        return f"WaveSpeedClient(base_url={self.base_url!r})"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> "WaveSpeedClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the protocol -------------------------------------------------------------
+
+    def upload(self, path: str | Path, content_type: str) -> str:
+        """Upload a local file with the ticket flow (POST ticket, PUT bytes); returns its download URL."""
+        path = Path(path)
+        ticket = self._json("POST", "/api/v3/media/uploads", json={
+            "filename": path.name, "size": path.stat().st_size, "content_type": content_type,
+        })
+        data = ticket.get("data") or {}
+        instruction = data.get("upload") or {}
+        download_url = data.get("download_url")
+        if str(instruction.get("method", "")).upper() != "PUT" or not instruction.get("url") or not download_url:
+            raise ServiceUnavailable("The upload service answered without an upload address.")
+
+        def put() -> requests.Response:
+            with path.open("rb") as stream:
+                # The signed URL is not the API: it must not receive our key.
+                return requests.put(instruction["url"], data=stream, headers=instruction.get("headers") or {},
+                                    timeout=self.timeout)
+
+        self._with_retries(f"upload of {path.name}", put)
+        return str(download_url)
+
+    def submit(self, spec: ModelSpec, payload: dict[str, Any]) -> Prediction:
+        """Create a task. Never resubmits after an answer that may have been lost."""
+        url = self.base_url + spec.submit_path
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                response = self.session.post(url, json=payload, timeout=self.timeout)
+            except TRANSPORT_ERRORS as exc:
+                if _never_sent(exc) and attempt < self.max_attempts:
+                    self._pause(attempt, None, "submit: could not connect")
+                    continue
+                if _never_sent(exc):
+                    raise ServiceUnavailable(f"Could not reach {self.base_url}; nothing was submitted.") from exc
+                raise SubmissionOutcomeUnknown(
+                    "The submission's answer was lost (" + type(exc).__name__ + "). The task may exist and be "
+                    "billed, so it was not resubmitted: check your WaveSpeed dashboard before trying again."
+                ) from exc
+            if response.status_code == 429 and attempt < self.max_attempts:
+                self._pause(attempt, retry_after_seconds(response), "submit: rate limited")
+                continue
+            if response.status_code >= 500:
+                raise SubmissionOutcomeUnknown(
+                    f"The API answered the submission with HTTP {response.status_code}. The task may exist and be "
+                    "billed, so it was not resubmitted: check your WaveSpeed dashboard before trying again."
+                )
+            self._raise_for_status(response, "submission")
+            return Prediction.from_envelope(self._decode(response))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def result(self, task_id: str) -> Prediction:
+        """The task's current state (retried on transient failures)."""
+        envelope = self._json("GET", f"/api/v3/predictions/{task_id}/result", task_id=task_id)
+        return Prediction.from_envelope(envelope)
+
+    def download(self, url: str, dest_dir: str | Path, *, max_bytes: int, deadline_seconds: float = 300.0,
+                 suffix: str = ".mp4") -> Path:
+        """Stream `url` into a new unique file in `dest_dir`, refusing more than `max_bytes`."""
+        dest_dir = Path(dest_dir)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+
+        def fetch() -> Path:
+            # Output URLs are on a CDN: plain GET, without our key.
+            with requests.get(url, stream=True, timeout=self.timeout) as response:
+                if response.status_code != 200:
+                    response.content  # read the short error body before the stream closes
+                    return response  # _with_retries classifies it
+                declared = int(response.headers.get("Content-Length") or 0)
+                if declared > max_bytes:
+                    raise DownloadFailed(f"The video is {declared / 1e6:.0f} MB, above the {max_bytes / 1e6:.0f} MB cap.")
+                # Unguessable name: the videos folder is served by path, and names must not leak work.
+                target = dest_dir / f"{uuid.uuid4().hex}{suffix}"
+                written = 0
+                try:
+                    with target.open("xb") as out:
+                        for chunk in response.iter_content(CHUNK_BYTES):
+                            written += len(chunk)
+                            if written > max_bytes:
+                                raise DownloadFailed(f"The video exceeded the {max_bytes / 1e6:.0f} MB cap.")
+                            if time.monotonic() - started > deadline_seconds:
+                                raise DownloadFailed(f"The download took longer than {deadline_seconds:.0f} s.")
+                            out.write(chunk)
+                except BaseException:
+                    target.unlink(missing_ok=True)
+                    raise
+                return target
+
+        return self._with_retries("video download", fetch)
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def _json(self, method: str, path: str, *, task_id: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        response = self._with_retries(
+            f"{method} {path}", lambda: self.session.request(method, self.base_url + path, timeout=self.timeout, **kwargs),
+            task_id=task_id,
+        )
+        return self._decode(response, task_id=task_id)
+
+    def _with_retries(self, what: str, call: Callable[[], Any], *, task_id: str | None = None) -> Any:
+        """Run a request that is safe to repeat; return its 200 answer or raise a typed error."""
+        for attempt in range(1, self.max_attempts + 1):
+            last = attempt == self.max_attempts
+            try:
+                response = call()
+            except TRANSPORT_ERRORS as exc:
+                if last:
+                    raise ServiceUnavailable(
+                        f"The {what} failed {attempt} times ({type(exc).__name__}); the service or network is "
+                        "unavailable. Try again in a minute.", task_id=task_id) from exc
+                self._pause(attempt, None, f"{what}: {type(exc).__name__}")
+                continue
+            if not isinstance(response, requests.Response):
+                return response
+            if response.status_code in RETRYABLE_STATUS and not last:
+                self._pause(attempt, retry_after_seconds(response), f"{what}: HTTP {response.status_code}")
+                continue
+            self._raise_for_status(response, what, task_id=task_id)
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _pause(self, attempt: int, retry_after: float | None, why: str) -> None:
+        if retry_after is not None:
+            delay = min(retry_after, 60.0)
+        else:
+            delay = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1))
+            delay *= random.uniform(0.8, 1.2)
+        log.info("%s; retrying in %.1f s (attempt %d of %d)", why, delay, attempt + 1, self.max_attempts)
+        self._sleep(delay)
+
+    def _raise_for_status(self, response: requests.Response, what: str, *, task_id: str | None = None) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        message = self._redact(_api_message(response))
+        if status in (401, 403):
+            raise AuthenticationFailed(
+                f"WaveSpeed rejected the API key (HTTP {status}). Check WAVESPEED_API_KEY or the key you entered.",
+                task_id=task_id)
+        if status == 429:
+            raise RateLimited(f"WaveSpeed is rate limiting requests (HTTP 429) during the {what}. Wait a minute "
+                              "and try again.", retry_after=retry_after_seconds(response), task_id=task_id)
+        if status in (400, 422):
+            raise ApiInputRefused(f"WaveSpeed refused the input: {message}", task_id=task_id)
+        if status == 404:
+            raise KlingDemoError(f"Not found during the {what} (HTTP 404): {message}", task_id=task_id)
+        raise ServiceUnavailable(f"WaveSpeed had trouble with the {what} (HTTP {status}): {message}. "
+                                 "Try again in a minute.", task_id=task_id)
+
+    def _decode(self, response: requests.Response, *, task_id: str | None = None) -> dict[str, Any]:
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise ServiceUnavailable("WaveSpeed answered with something that is not JSON.", task_id=task_id) from exc
+        code = body.get("code", 200) if isinstance(body, dict) else None
+        if code not in (200, None):
+            raise ServiceUnavailable(f"WaveSpeed answered code {code}: {self._redact(str(body.get('message')))}",
+                                     task_id=task_id)
+        return body
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text

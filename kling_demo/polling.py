@@ -1,0 +1,62 @@
+"""When to poll a running task: at most once per second, densest around its expected end.
+
+Kling renders take minutes, so a fixed 1 s poll (the SDK's default) spends most requests
+on a task that cannot be done yet, while a fixed 3 s poll (peer Spaces) adds up to 3 s
+to every job. We poll 1 s after submission (fast failures show at once), then back off
+while the end is far away, and lay 1 s polls on a grid that lands just after the
+expected end, taken from the median of recent inference times for the same model and
+duration. With no history yet we poll every second, then back off on long renders.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import threading
+from collections import defaultdict, deque
+
+MIN_INTERVAL = 1.0
+MAX_INTERVAL_FAR = 10.0  # while the expected end is still far away
+MAX_INTERVAL_LATE = 5.0  # once a task runs past every expectation
+UNKNOWN_FAST_PHASE = 30.0  # seconds of 1 s polling when nothing is known
+GRID_OFFSET = 0.05  # poll just after the expected end, not just before it
+
+
+def next_poll_delay(elapsed: float, expected: float | None) -> float:
+    """Seconds to wait before the next poll of a task `elapsed` seconds after its submission."""
+    if elapsed < MIN_INTERVAL:
+        return MIN_INTERVAL - elapsed
+    if expected is None:
+        if elapsed < UNKNOWN_FAST_PHASE:
+            return MIN_INTERVAL
+        return min(MAX_INTERVAL_LATE, MIN_INTERVAL + (elapsed - UNKNOWN_FAST_PHASE) / 30.0)
+    window_start = expected * 0.8 - 2.0
+    window_end = expected * 1.25 + 10.0
+    if elapsed + MIN_INTERVAL < window_start:
+        # Halve the distance to the window each time, never faster than 1 s.
+        return min(MAX_INTERVAL_FAR, max(MIN_INTERVAL, (window_start - elapsed) / 2.0))
+    if elapsed < window_end:
+        # Polls on a 1 s grid anchored just after the expected end: each gap is in [1, 2) s.
+        anchor = expected + GRID_OFFSET
+        steps = math.ceil(elapsed + MIN_INTERVAL - anchor)
+        return anchor + steps - elapsed
+    return min(MAX_INTERVAL_LATE, MIN_INTERVAL + (elapsed - window_end) / 30.0)
+
+
+class InferenceHistory:
+    """Recent inference times per (model, duration), shared by all jobs of the process."""
+
+    def __init__(self, keep: int = 20) -> None:
+        self._times: dict[tuple[str, int], deque[float]] = defaultdict(lambda: deque(maxlen=keep))
+        self._lock = threading.Lock()
+
+    def record(self, model_id: str, duration: int, seconds: float) -> None:
+        if seconds > 0:
+            with self._lock:
+                self._times[(model_id, duration)].append(seconds)
+
+    def expected(self, model_id: str, duration: int) -> float | None:
+        """Median of recent inference times, or None before the first one."""
+        with self._lock:
+            times = list(self._times.get((model_id, duration), ()))
+        return statistics.median(times) if times else None

@@ -1,0 +1,77 @@
+"""Command line: serve the sandbox until Ctrl-C or SIGTERM, e.g. `python -m kling_demo.sandbox --port 8765`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from kling_demo.sandbox.server import SandboxConfig, start_sandbox
+
+log = logging.getLogger("kling_demo.sandbox")
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (got {text})")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The CLI options; shares are fractions of requests (or tasks) between 0 and 1."""
+    parser = argparse.ArgumentParser(
+        prog="python -m kling_demo.sandbox",
+        description="WaveSpeed-compatible sandbox: renders a non-AI MP4 from the image, with optional seeded faults.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8765, help="port (0 picks a free one; default 8765)")
+    parser.add_argument("--inference-seconds", type=float, default=SandboxConfig.inference_seconds)
+    parser.add_argument("--fault-rate", type=_share, default=0.0, help="share of polls/uploads/file GETs that fail")
+    parser.add_argument("--lost-answer-rate", type=_share, default=0.0, help="share of submissions whose answer is lost")
+    parser.add_argument("--task-failure-rate", type=_share, default=0.0, help="share of tasks that end 'failed'")
+    parser.add_argument("--api-key", default=None, help="accept only this bearer token (default: any non-empty one)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible faults and failures")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the sandbox, log its URL, and stop cleanly on SIGINT/SIGTERM."""
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = SandboxConfig(
+        inference_seconds=args.inference_seconds,
+        fault_rate=args.fault_rate,
+        lost_answer_rate=args.lost_answer_rate,
+        task_failure_rate=args.task_failure_rate,
+        api_key=args.api_key,
+        seed=args.seed,
+    )
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        handle = start_sandbox(config, host=args.host, port=args.port)
+    except OSError as error:
+        log.error("cannot listen on %s:%s: %s", args.host, args.port, error)
+        return 2
+    log.info("Kling sandbox (no AI) serving at %s  — stats: %s/sandbox/stats", handle.base_url, handle.base_url)
+    print(f"Sandbox serving at {handle.base_url}", flush=True)
+    try:
+        while not stop_requested.wait(0.5):
+            pass
+    finally:
+        handle.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

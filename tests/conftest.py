@@ -1,0 +1,70 @@
+"""Shared fixtures: real sandboxes on loopback and real image files on disk."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+if str(PROJECT_ROOT) not in sys.path:  # so plain `pytest` works without installing the package
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+from kling_demo.sandbox import SandboxConfig, SandboxHandle, start_sandbox  # noqa: E402
+
+FAST_INFERENCE_SECONDS = 1.0
+
+
+@pytest.fixture
+def make_sandbox() -> Iterator[Callable[..., SandboxHandle]]:
+    """Factory: `make_sandbox(**SandboxConfig fields)` starts a sandbox; all are stopped at teardown."""
+    started: list[SandboxHandle] = []
+
+    def factory(**config_fields: Any) -> SandboxHandle:
+        config_fields.setdefault("inference_seconds", FAST_INFERENCE_SECONDS)
+        handle = start_sandbox(SandboxConfig(**config_fields))
+        started.append(handle)
+        return handle
+
+    yield factory
+    for handle in started:
+        handle.stop()
+
+
+@pytest.fixture
+def sandbox(make_sandbox: Callable[..., SandboxHandle]) -> SandboxHandle:
+    """One started sandbox with default settings and fast (1 s) inference."""
+    return make_sandbox()
+
+
+@pytest.fixture
+def make_image(tmp_path: Path) -> Callable[..., Path]:
+    """Factory writing a real image file: `make_image(size=(640, 480), format="PNG", mode="RGB", color=...)`."""
+    counter = iter(range(1_000_000))
+
+    def factory(
+        size: tuple[int, int] = (640, 480),
+        format: str = "PNG",
+        mode: str = "RGB",
+        color: Any = None,
+        name: str | None = None,
+        **save_options: Any,
+    ) -> Path:
+        if color is None:
+            # A diagonal gradient, so motion and scaling are visible, in the requested mode.
+            gradient = Image.linear_gradient("L").rotate(45, expand=False).resize(size)
+            picture = Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.FLIP_LEFT_RIGHT), gradient)).convert(mode)
+        else:
+            picture = Image.new(mode, size, color)
+        suffix = {"JPEG": "jpg"}.get(format.upper(), format.lower())
+        path = tmp_path / (name or f"image-{next(counter)}.{suffix}")
+        if format.upper() == "JPEG" and picture.mode not in ("RGB", "L", "CMYK"):
+            picture = picture.convert("RGB")
+        picture.save(path, format=format, **save_options)
+        return path
+
+    return factory

@@ -1,0 +1,54 @@
+"""Poll cadence: never more than once per second, densest just after the expected end."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings, strategies as st
+
+from kling_demo.polling import InferenceHistory, next_poll_delay
+
+
+def simulate(expected: float | None, finish: float, horizon: float = 3600.0) -> list[float]:
+    """Times (s after submission) at which a task that ends at `finish` is polled, up to the poll that sees it."""
+    times, now = [], 0.0
+    while now < horizon:
+        now += next_poll_delay(now, expected)
+        times.append(now)
+        if now >= finish:
+            break
+    return times
+
+
+@settings(max_examples=200, deadline=None)
+@given(expected=st.one_of(st.none(), st.floats(1, 900)), finish=st.floats(0.1, 1200))
+def test_polls_are_at_least_one_second_apart(expected, finish):
+    times = simulate(expected, finish)
+    assert times[0] >= 1.0
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert all(gap >= 1.0 - 1e-9 for gap in gaps)
+
+
+@settings(max_examples=200, deadline=None)
+@given(expected=st.floats(5, 900))
+def test_a_task_ending_on_time_is_seen_within_a_tenth_of_a_second(expected):
+    times = simulate(expected, finish=expected)
+    assert times[-1] - expected <= 0.1
+
+
+def test_long_renders_use_fewer_polls_than_a_fixed_one_second_poll():
+    # A 120 s render, the SDK would poll 120 times.
+    assert len(simulate(None, 120.0)) < 80
+    assert len(simulate(120.0, 120.0)) < 50
+    # Even a render that overruns its expectation badly is still polled, at most every 5 s.
+    late = simulate(60.0, 600.0)
+    assert max(b - a for a, b in zip(late, late[1:])) <= 10.0
+    assert late[-1] - 600.0 <= 5.0
+
+
+def test_history_gives_the_median_per_model_and_duration():
+    history = InferenceHistory()
+    assert history.expected("m", 5) is None
+    for seconds in (100, 120, 300):
+        history.record("m", 5, seconds)
+    history.record("m", 10, 50)
+    assert history.expected("m", 5) == 120
+    assert history.expected("m", 10) == 50
