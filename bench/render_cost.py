@@ -35,7 +35,7 @@ def main() -> None:
     render_video(first, Path(tempfile.gettempdir()) / "warm-up.mp4", 5)  # imports, codec init
 
     print(f"input {width}x{height}, preset {X264_PRESET}, median of {args.repeat}")
-    print(f"{'case':<28}{'cpu s':>8}{'wall s':>8}{'MB':>7}")
+    print(f"{'case':<34}{'cpu s':>8}{'wall s':>8}{'MB':>7}")
     with tempfile.TemporaryDirectory() as folder:
         for duration in (5, 10):
             for end_frame, threads in ((None, 1), (end, 1), (end, 0)):
@@ -47,7 +47,7 @@ def main() -> None:
                     samples.append((cpu_seconds() - cpu_before, time.perf_counter() - wall_before, path.stat().st_size))
                 cpu, wall, size = sorted(samples)[len(samples) // 2]
                 label = f"{duration} s, {'end frame' if end_frame else 'no end frame'}, x264 {'auto' if threads == 0 else threads} thr"
-                print(f"{label:<28}{cpu:>8.2f}{wall:>8.2f}{size / 1e6:>7.2f}")
+                print(f"{label:<34}{cpu:>8.2f}{wall:>8.2f}{size / 1e6:>7.2f}")
 
 
 if __name__ == "__main__":

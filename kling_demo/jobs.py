@@ -127,46 +127,68 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
 
         prediction = ctx.client.submit(spec, payload)
         task_id = prediction.task_id
-        submitted_at = ctx.clock()
-        expected = ctx.history.expected(spec.model_id, duration)
-        hint = f" Renders like this usually take about {format_seconds(expected)}." if expected else ""
-        wait = next_poll_delay(0.0, expected)
-        next_poll_at = ctx.clock() + wait
-        yield update(Stage.SUBMITTED, f"Submitted as task {task_id}. Waiting for WaveSpeed to start…{hint}",
-                     wait_seconds=wait)
-
-        while not prediction.is_final:
-            _sleep_until(ctx, next_poll_at, task_id)
-            running = ctx.clock() - submitted_at
-            if running > ctx.deadline_seconds:
-                raise TaskTimedOut(
-                    f"Gave up waiting after {format_seconds(running)} (the limit is "
-                    f"{format_seconds(ctx.deadline_seconds)}). The task may still finish and be billed; "
-                    "resume it later by its task id.", task_id=task_id)
-            prediction = ctx.client.result(task_id)
-            if prediction.is_final:
-                break
-            running = ctx.clock() - submitted_at
-            wait = next_poll_delay(running, expected)
-            next_poll_at = ctx.clock() + wait
-            state = "queued" if prediction.status == "created" else "rendering"
-            yield update(Stage.PROCESSING, f"WaveSpeed is {state} your video… {format_seconds(running)} so far.{hint}",
-                         wait_seconds=wait)
-
-        if prediction.status != "completed" or not prediction.outputs:
-            reason = prediction.error or f"the task ended with status {prediction.status!r} and no video"
-            raise TaskFailed(f"The generation failed: {reason}", task_id=task_id)
-        if prediction.inference_ms:
-            ctx.history.record(spec.model_id, duration, prediction.inference_ms / 1000.0)
-        yield update(Stage.DOWNLOADING, "Finished. Downloading the video…", inference_ms=prediction.inference_ms)
-        video_path = ctx.client.download(prediction.outputs[0], ctx.videos_dir, max_bytes=ctx.max_download_bytes)
-        yield update(Stage.DONE, _done_message(prediction, ctx.clock() - started), video_path=video_path,
-                     inference_ms=prediction.inference_ms, nsfw=_nsfw(prediction))
+        yield from _follow(prediction, duration, ctx, started)
     except KlingDemoError as error:
         if task_id and not error.task_id:
             error.task_id = task_id
         yield update(Stage.FAILED, str(error))
         raise
+
+
+def resume(task_id: str, ctx: JobContext, *, duration: int | None = None) -> Iterator[JobUpdate]:
+    """Follow a task submitted earlier (here or elsewhere) to its video; same updates as `generate`."""
+    started = ctx.clock()
+    try:
+        prediction = ctx.client.result(task_id)
+        yield from _follow(prediction, duration, ctx, started)
+    except KlingDemoError as error:
+        error.task_id = error.task_id or task_id
+        yield JobUpdate(Stage.FAILED, str(error), ctx.clock() - started, task_id=task_id)
+        raise
+
+
+def _follow(prediction: Prediction, duration: int | None, ctx: JobContext, started: float) -> Iterator[JobUpdate]:
+    """Poll a submitted task until it ends, then download its video."""
+    task_id, spec = prediction.task_id, ctx.spec
+
+    def update(stage: Stage, message: str, **extra: object) -> JobUpdate:
+        return JobUpdate(stage, message, ctx.clock() - started, task_id=task_id, **extra)  # type: ignore[arg-type]
+
+    submitted_at = ctx.clock()
+    expected = ctx.history.expected(spec.model_id, duration) if duration else None
+    hint = f" Renders like this usually take about {format_seconds(expected)}." if expected else ""
+    wait = next_poll_delay(0.0, expected)
+    next_poll_at = ctx.clock() + wait
+    yield update(Stage.SUBMITTED, f"Submitted as task {task_id}. Waiting for WaveSpeed to start…{hint}",
+                 wait_seconds=wait)
+
+    while not prediction.is_final:
+        _sleep_until(ctx, next_poll_at, task_id)
+        running = ctx.clock() - submitted_at
+        if running > ctx.deadline_seconds:
+            raise TaskTimedOut(
+                f"Gave up waiting after {format_seconds(running)} (the limit is "
+                f"{format_seconds(ctx.deadline_seconds)}). The task may still finish and be billed; "
+                "resume it later by its task id.", task_id=task_id)
+        prediction = ctx.client.result(task_id)
+        if prediction.is_final:
+            break
+        running = ctx.clock() - submitted_at
+        wait = next_poll_delay(running, expected)
+        next_poll_at = ctx.clock() + wait
+        state = "queued" if prediction.status == "created" else "rendering"
+        yield update(Stage.PROCESSING, f"WaveSpeed is {state} your video… {format_seconds(running)} so far.{hint}",
+                     wait_seconds=wait)
+
+    if prediction.status != "completed" or not prediction.outputs:
+        reason = prediction.error or f"the task ended with status {prediction.status!r} and no video"
+        raise TaskFailed(f"The generation failed: {reason}", task_id=task_id)
+    if prediction.inference_ms and duration:
+        ctx.history.record(spec.model_id, duration, prediction.inference_ms / 1000.0)
+    yield update(Stage.DOWNLOADING, "Finished. Downloading the video…", inference_ms=prediction.inference_ms)
+    video_path = ctx.client.download(prediction.outputs[0], ctx.videos_dir, max_bytes=ctx.max_download_bytes)
+    yield update(Stage.DONE, _done_message(prediction, ctx.clock() - started), video_path=video_path,
+                 inference_ms=prediction.inference_ms, nsfw=_nsfw(prediction))
 
 
 def _done_message(prediction: Prediction, total: float) -> str:

@@ -46,7 +46,7 @@ def backend_banner(backend: Backend) -> str:
 
 
 def status_markdown(update: JobUpdate) -> str:
-    return f"**{STAGE_LABELS[update.stage]}** · {jobs.format_seconds(update.elapsed)} — {update.message}"
+    return f"**{STAGE_LABELS[update.stage]}** — {update.message}"
 
 
 def launch_options(settings: Settings) -> dict[str, Any]:
@@ -76,8 +76,8 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
             _verdict(lambda: media.check_prompt(negative_prompt, SPEC, field="negative_prompt", required=False)),
             _verdict(lambda: media.check_guidance(guidance_scale, SPEC)),
             _verdict(lambda: media.check_duration(duration, SPEC)),
-            _verdict(lambda: end_image and _refuse_if(media.quick_check_image(end_image, SPEC.end_frame,
-                                                                               role="end frame"))),
+            _verdict(lambda: _refuse_if(media.quick_check_image(end_image, SPEC.end_frame, role="end frame",
+                                                                 required=False))),
         ]
 
     async def generate(image: str | None, prompt: str, negative_prompt: str, guidance_scale: float, duration: int,
