@@ -4,8 +4,8 @@ from kling_demo.config import Settings
 from kling_demo.logs import configure_logging
 from kling_demo.ui import build_app, launch_options
 
-configure_logging()
 settings = Settings.from_env()
+configure_logging(secrets=(settings.api_key or "",))
 demo = build_app(settings)
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -28,6 +29,10 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError as exc:
         raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _optional_float(env: Mapping[str, str], name: str) -> float | None:
+    return _float(env, name, 0.0) if env.get(name, "").strip() else None
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -56,6 +61,12 @@ class Settings:
     concurrency: int = 32
     max_queue: int = 64
     sandbox_inference_seconds: float = 6.0
+    secret: str | None = field(default=None, repr=False)  # signs each browser's owner id
+    retention_days: float | None = None
+    retention_gb: float | None = None
+    require_user_key: bool = False
+    max_jobs_per_visitor: int = 2  # while the server's key pays
+    mcp_server: bool = False
 
     @property
     def uses_sandbox(self) -> bool:
@@ -81,4 +92,28 @@ class Settings:
             concurrency=max(1, _int(merged, "KLING_DEMO_CONCURRENCY", cls.concurrency)),
             max_queue=max(1, _int(merged, "KLING_DEMO_MAX_QUEUE", cls.max_queue)),
             sandbox_inference_seconds=_float(merged, "KLING_DEMO_SANDBOX_SECONDS", cls.sandbox_inference_seconds),
+            secret=merged.get("KLING_DEMO_SECRET", "").strip() or None,
+            retention_days=_optional_float(merged, "KLING_DEMO_RETENTION_DAYS"),
+            retention_gb=_optional_float(merged, "KLING_DEMO_RETENTION_GB"),
+            require_user_key=_bool(merged, "KLING_DEMO_REQUIRE_USER_KEY"),
+            max_jobs_per_visitor=max(1, _int(merged, "KLING_DEMO_MAX_JOBS_PER_VISITOR", cls.max_jobs_per_visitor)),
+            mcp_server=_bool(merged, "KLING_DEMO_MCP"),
         )
+
+    def owner_secret(self) -> str:
+        """KLING_DEMO_SECRET, else a secret generated once into the data dir, so owner ids survive restarts."""
+        if self.secret:
+            return self.secret
+        path = self.data_dir / "owner-secret"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fresh = secrets.token_urlsafe(32)
+            try:
+                with path.open("x") as out:  # first writer wins when several processes start at once
+                    out.write(fresh)
+                path.chmod(0o600)
+            except FileExistsError:
+                pass
+            return path.read_text().strip()

@@ -59,3 +59,11 @@ class JobStopped(KlingDemoError):
 
 class DownloadFailed(KlingDemoError):
     """The finished video could not be fetched or was too large."""
+
+
+class AlreadyFollowing(KlingDemoError):
+    """Another job of this process is already polling this task."""
+
+
+class NotYours(KlingDemoError):
+    """The task is not in this visitor's history and no key of theirs was given to fetch it."""

@@ -19,7 +19,8 @@ from typing import Callable, Iterator
 
 from . import media
 from .client import Prediction, WaveSpeedClient
-from .errors import JobStopped, KlingDemoError, TaskFailed, TaskTimedOut
+from .errors import AlreadyFollowing, JobStopped, KlingDemoError, TaskFailed, TaskTimedOut
+from .journal import Journal
 from .models import DEFAULT_MODEL, ModelSpec
 from .polling import InferenceHistory, next_poll_delay
 
@@ -67,9 +68,28 @@ class JobUpdate:
         return self.stage in (Stage.DONE, Stage.FAILED)
 
 
+class Followers:
+    """Task ids this process is already following, so no task is polled or downloaded twice."""
+
+    def __init__(self) -> None:
+        self._task_ids: set[str] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, task_id: str) -> bool:
+        with self._lock:
+            if task_id in self._task_ids:
+                return False
+            self._task_ids.add(task_id)
+            return True
+
+    def release(self, task_id: str) -> None:
+        with self._lock:
+            self._task_ids.discard(task_id)
+
+
 @dataclass
 class JobContext:
-    """What a job needs from its surroundings."""
+    """What a job needs from its surroundings. `journal` and `owner` make it durable."""
 
     client: WaveSpeedClient
     videos_dir: Path
@@ -77,6 +97,10 @@ class JobContext:
     max_download_bytes: int = 500 * 1024 * 1024
     spec: ModelSpec = DEFAULT_MODEL
     history: InferenceHistory = field(default_factory=InferenceHistory)
+    journal: Journal | None = None
+    owner: str = ""
+    key_source: str = "server"  # whose key pays: "server" or "visitor" (the key itself is never kept)
+    followers: Followers = field(default_factory=Followers)
     stop: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], float] = time.monotonic
 
@@ -123,10 +147,18 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
                 payload["negative_prompt"] = negative
             if end:
                 payload["end_image"] = ctx.client.upload(end.path, end.mime_type)
-        _check_stop(ctx, task_id)
-
-        prediction = ctx.client.submit(spec, payload)
-        task_id = prediction.task_id
+            first_frame = media.thumbnail(first.path, ctx.videos_dir) if ctx.journal is not None else None
+            _check_stop(ctx, task_id)
+            prediction = ctx.client.submit(spec, payload)
+            task_id = prediction.task_id
+            ctx.followers.claim(task_id)  # before the journal row exists, so recovery never races us
+            if ctx.journal is not None:
+                ctx.journal.record_submission(
+                    owner=ctx.owner, task_id=task_id, model=spec.model_id, api_base=ctx.client.base_url,
+                    key_source=ctx.key_source, status=prediction.status,
+                    params={"prompt": prompt, "negative_prompt": negative, "guidance_scale": guidance,
+                            "duration": duration, "end_image": end is not None},
+                    first_frame=str(first_frame))
         yield from _follow(prediction, duration, ctx, started)
     except KlingDemoError as error:
         if task_id and not error.task_id:
@@ -139,7 +171,19 @@ def resume(task_id: str, ctx: JobContext, *, duration: int | None = None) -> Ite
     """Follow a task submitted earlier (here or elsewhere) to its video; same updates as `generate`."""
     started = ctx.clock()
     try:
-        prediction = ctx.client.result(task_id)
+        if not ctx.followers.claim(task_id):
+            raise AlreadyFollowing("This task is already being followed here; it will appear in your history when "
+                                   "it finishes.", task_id=task_id)
+        try:
+            prediction = ctx.client.result(task_id)
+            if ctx.journal is not None:  # a task fetched by id joins the visitor's history; existing rows stay
+                ctx.journal.record_submission(
+                    owner=ctx.owner, task_id=task_id, model=ctx.spec.model_id, api_base=ctx.client.base_url,
+                    key_source=ctx.key_source, status=prediction.status,
+                    params={"prompt": "", "duration": duration, "resumed": True})
+        except KlingDemoError:
+            ctx.followers.release(task_id)
+            raise
         yield from _follow(prediction, duration, ctx, started)
     except KlingDemoError as error:
         error.task_id = error.task_id or task_id
@@ -148,8 +192,21 @@ def resume(task_id: str, ctx: JobContext, *, duration: int | None = None) -> Ite
 
 
 def _follow(prediction: Prediction, duration: int | None, ctx: JobContext, started: float) -> Iterator[JobUpdate]:
-    """Poll a submitted task until it ends, then download its video."""
-    task_id, spec = prediction.task_id, ctx.spec
+    """Poll a claimed task until it ends, then download its video, keeping the journal up to date."""
+    task_id = prediction.task_id
+    try:
+        yield from _poll_and_download(prediction, duration, ctx, started)
+    except TaskFailed as failure:
+        if ctx.journal is not None:
+            ctx.journal.fail(ctx.owner, task_id, failure.message)
+        raise
+    finally:
+        ctx.followers.release(task_id)
+
+
+def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobContext,
+                       started: float) -> Iterator[JobUpdate]:
+    task_id, spec, journal = prediction.task_id, ctx.spec, ctx.journal
 
     def update(stage: Stage, message: str, **extra: object) -> JobUpdate:
         return JobUpdate(stage, message, ctx.clock() - started, task_id=task_id, **extra)  # type: ignore[arg-type]
@@ -172,12 +229,15 @@ def _follow(prediction: Prediction, duration: int | None, ctx: JobContext, start
                 "resume it later by its task id.", task_id=task_id)
         prediction = ctx.client.result(task_id)
         if prediction.is_final:
-            break
+            break  # the journal says "completed" only once the video is safely on disk
+        if journal is not None:
+            journal.set_status(ctx.owner, task_id, prediction.status)
         running = ctx.clock() - submitted_at
         wait = next_poll_delay(running, expected)
         next_poll_at = ctx.clock() + wait
-        state = "queued" if prediction.status == "created" else "rendering"
-        yield update(Stage.PROCESSING, f"WaveSpeed is {state} your video… {format_seconds(running)} so far.{hint}",
+        state = "Your task is waiting in WaveSpeed's queue" if prediction.status == "created" else \
+            "WaveSpeed is rendering your video"
+        yield update(Stage.PROCESSING, f"{state}… {format_seconds(running)} so far.{hint}",
                      wait_seconds=wait)
 
     if prediction.status != "completed" or not prediction.outputs:
@@ -187,6 +247,8 @@ def _follow(prediction: Prediction, duration: int | None, ctx: JobContext, start
         ctx.history.record(spec.model_id, duration, prediction.inference_ms / 1000.0)
     yield update(Stage.DOWNLOADING, "Finished. Downloading the video…", inference_ms=prediction.inference_ms)
     video_path = ctx.client.download(prediction.outputs[0], ctx.videos_dir, max_bytes=ctx.max_download_bytes)
+    if journal is not None:
+        journal.complete(ctx.owner, task_id, video_path=str(video_path), inference_ms=prediction.inference_ms)
     yield update(Stage.DONE, _done_message(prediction, ctx.clock() - started), video_path=video_path,
                  inference_ms=prediction.inference_ms, nsfw=_nsfw(prediction))
 

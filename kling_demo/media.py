@@ -419,3 +419,14 @@ def _new_file(work_dir: Path | None, role: str, image_format: str) -> Path:
     directory = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="kling-image-"))
     directory.mkdir(parents=True, exist_ok=True)
     return directory / f"{role.replace(' ', '-')}-{uuid.uuid4().hex[:12]}{_SUFFIXES[image_format]}"
+
+
+def thumbnail(source: str | Path, dest_dir: Path, *, max_side: int = 320) -> Path:
+    """A small JPEG of a prepared image, under an unguessable name in `dest_dir`, for the history list."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    target = dest_dir / f"{uuid.uuid4().hex}.jpg"
+    with Image.open(source) as picture:
+        picture = ImageOps.exif_transpose(picture).convert("RGB")
+        picture.thumbnail((max_side, max_side))
+        picture.save(target, "JPEG", quality=85)
+    return target

@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         log.error("cannot listen on %s:%s: %s", args.host, args.port, error)
         return 2
-    log.info("Kling sandbox (no AI) serving at %s  — stats: %s/sandbox/stats", handle.base_url, handle.base_url)
-    print(f"Sandbox serving at {handle.base_url}", flush=True)
+    print(f"Kling sandbox (no AI) serving at {handle.base_url} — stats at {handle.base_url}/sandbox/stats", flush=True)
     try:
         while not stop_requested.wait(0.5):
             pass

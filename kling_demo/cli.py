@@ -1,0 +1,406 @@
+"""Command line: turn one image into a video from a terminal or a script.
+
+    python -m kling_demo generate IMAGE --prompt TEXT [--negative-prompt TEXT] [--end-image FILE]
+                                        [--guidance 0.5] [--duration 5|10] [--out video.mp4]
+    python -m kling_demo generate --resume TASK_ID [--out video.mp4]
+
+Progress goes to stderr, one line per step; stdout receives only the path of the finished
+video, so `video=$(python -m kling_demo generate photo.jpg --prompt "waves")` works.
+The backend is chosen as in the app: WAVESPEED_API_KEY in the environment or `.env` → the
+WaveSpeed API; no key → an embedded local sandbox that renders a non-AI video at no cost.
+
+Exit codes:
+    0  done: the video's path is on stdout
+    2  bad usage or input, refused before anything was submitted or paid for
+    3  the API rejected the key
+    4  the task failed on WaveSpeed's side
+    5  timed out or stopped (Ctrl-C) while waiting: the task may still finish and be billed;
+       resume it with `--resume TASK_ID`
+    6  the submission's answer was lost: a task may exist and be billed; check the dashboard
+    7  service unavailable, rate limited, download failed, or another error
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Iterator, TextIO
+
+from . import __version__
+from .backend import SANDBOX_TOKEN, Backend, open_backend
+from .client import WaveSpeedClient
+from .config import Settings
+from .errors import (
+    ApiInputRefused,
+    AuthenticationFailed,
+    InputRejected,
+    JobStopped,
+    KlingDemoError,
+    SubmissionOutcomeUnknown,
+    TaskFailed,
+    TaskTimedOut,
+)
+from .jobs import JobContext, JobRequest, JobUpdate, Stage
+from .logs import configure_logging
+from .models import DEFAULT_MODEL
+
+log = logging.getLogger(__name__)
+
+PROG = "python -m kling_demo"
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_TASK_FAILED = 4
+EXIT_STOPPED = 5
+EXIT_OUTCOME_UNKNOWN = 6
+EXIT_OTHER = 7
+EXIT_UNEXPECTED = 1
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0  done: the video's path is on stdout
+  2  bad usage or input, refused before anything was submitted or paid for
+  3  the API rejected the key
+  4  the task failed on WaveSpeed's side
+  5  timed out or stopped (Ctrl-C) while waiting: the task may still finish and be
+     billed; resume it with --resume TASK_ID
+  6  the submission's answer was lost: a task may exist and be billed
+  7  service unavailable, rate limited, download failed, or another error
+
+With WAVESPEED_API_KEY set (environment or .env) the WaveSpeed API is used and billed;
+without it an embedded local sandbox renders a non-AI video at no cost.
+"""
+
+
+class UsageError(Exception):
+    """The command line asks for something we refuse before contacting any server."""
+
+
+def exit_code_for(error: BaseException) -> int:
+    """The documented exit code for an error raised while running a job."""
+    if isinstance(error, (JobStopped, TaskTimedOut, KeyboardInterrupt)):
+        return EXIT_STOPPED
+    if isinstance(error, (InputRejected, ApiInputRefused, UsageError)):
+        return EXIT_USAGE
+    if isinstance(error, AuthenticationFailed):
+        return EXIT_AUTH
+    if isinstance(error, TaskFailed):
+        return EXIT_TASK_FAILED
+    if isinstance(error, SubmissionOutcomeUnknown):
+        return EXIT_OUTCOME_UNKNOWN
+    if isinstance(error, KlingDemoError):
+        return EXIT_OTHER
+    return EXIT_UNEXPECTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m kling_demo` parser, with one sub-command per action."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Kling 2.0 image-to-video over the WaveSpeedAI API (or a local no-AI sandbox without a key).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    spec = DEFAULT_MODEL
+    generate = commands.add_parser(
+        "generate",
+        help="turn an image into a video (or resume a submitted task)",
+        description="Turn one image into a 5 or 10 second video. Progress goes to stderr; "
+                    "the finished video's path is the only thing printed on stdout.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    generate.add_argument("image", nargs="?", metavar="IMAGE",
+                          help="first frame: a JPEG or PNG, at least 300×300 px (not needed with --resume)")
+    generate.add_argument("--prompt", "-p", metavar="TEXT", help="what should happen in the video (required unless --resume)")
+    generate.add_argument("--negative-prompt", "-n", metavar="TEXT", default="", help="what the video should avoid")
+    generate.add_argument("--end-image", metavar="FILE", help="optional last frame (JPEG or PNG, at least 300×300 px)")
+    generate.add_argument("--guidance", "--guidance-scale", dest="guidance", type=float, default=None,
+                          metavar="SCALE",
+                          help=f"how closely to follow the prompt, {spec.guidance_min:g} to {spec.guidance_max:g} "
+                               f"(default {spec.guidance_default:g})")
+    generate.add_argument("--duration", "-d", type=int, choices=spec.durations, default=None,
+                          help=f"video length in seconds (default {spec.default_duration})")
+    generate.add_argument("--resume", metavar="TASK_ID",
+                          help="follow a task submitted earlier to its video instead of submitting a new one")
+    generate.add_argument("--out", "-o", metavar="PATH",
+                          help="move the video here (parent folders are created; an existing folder "
+                               "receives TASK_ID.mp4). Default: leave it in the data dir's videos folder")
+    generate.add_argument("--base-url", metavar="URL",
+                          help="WaveSpeed-compatible server to use instead of WAVESPEED_BASE_URL "
+                               "(e.g. a sandbox from `python -m kling_demo.sandbox`)")
+    generate.add_argument("--verbose", "-v", action="count", default=0, help="log details on stderr (-vv: debug)")
+    generate.set_defaults(handler=run_generate, command_parser=generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the chosen sub-command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args.command_parser, args)
+    except KeyboardInterrupt:  # outside the job (starting or stopping the sandbox): nothing was submitted
+        sys.stderr.write("\nStopped (Ctrl-C).\n")
+        return EXIT_STOPPED
+
+
+# --- generate ---------------------------------------------------------------------------------
+
+
+def _check_generate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse contradictory or missing options before anything touches the network."""
+    if args.resume:
+        extra = [flag for flag, value in (("IMAGE", args.image), ("--prompt", args.prompt),
+                                          ("--negative-prompt", args.negative_prompt),
+                                          ("--end-image", args.end_image), ("--guidance", args.guidance))
+                 if value not in (None, "")]
+        if extra:
+            parser.error(f"--resume follows an existing task; {', '.join(extra)} cannot be changed (drop them)")
+        if not args.resume.strip():
+            parser.error("--resume needs a task id")
+        return
+    if not args.image:
+        parser.error("give an IMAGE to animate, or --resume TASK_ID")
+    if args.prompt is None:
+        parser.error("--prompt is required (describe what should happen in the video)")
+
+
+def run_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """`generate`: run (or resume) one job, show progress on stderr, print the video path on stdout."""
+    _check_generate_args(parser, args)
+    if args.verbose:
+        configure_logging("DEBUG" if args.verbose > 1 else "INFO")
+    else:
+        configure_logging("WARNING")
+
+    try:
+        settings = Settings.from_env()
+    except ValueError as error:
+        return _fail(None, f"error: bad setting: {error}", EXIT_USAGE)
+    out = Progress(sys.stderr, secret=settings.api_key)
+
+    try:
+        _check_local_files(args)
+    except UsageError as error:
+        out.say(f"error: {error}")
+        return EXIT_USAGE
+
+    try:
+        backend = _open(settings, args.base_url, out)
+    except KlingDemoError as error:
+        out.say(f"error: {error}")
+        return exit_code_for(error)
+    except (OSError, RuntimeError) as error:
+        out.say(f"error: could not start the local sandbox: {error}")
+        return EXIT_OTHER
+
+    client = WaveSpeedClient(backend.base_url, backend.api_key, connect_timeout=settings.connect_timeout,
+                             read_timeout=settings.read_timeout)
+    ctx = JobContext(client=client, videos_dir=settings.data_dir / "videos", deadline_seconds=settings.deadline_seconds,
+                     max_download_bytes=settings.max_download_bytes)
+    last: JobUpdate | None = None
+    try:
+        for update in _updates(args, ctx):
+            last = update
+            if update.stage is not Stage.FAILED:  # the error itself is reported once, below
+                out.show(update)
+        video = last.video_path if last else None
+        if last is None or last.stage is not Stage.DONE or video is None:
+            raise KlingDemoError("The job ended without a video.", task_id=last.task_id if last else None)
+        final = _place(video, args.out, last.task_id, out)
+        print(final, flush=True)
+        return EXIT_OK
+    except KeyboardInterrupt:
+        ctx.stop.set()
+        out.finish_line()
+        if backend.is_sandbox:
+            out.say("Stopped (Ctrl-C). The local sandbox stops with this command, so its task ends here; "
+                    "nothing was billed.")
+            return EXIT_STOPPED
+        return _interrupted(last, args, out)
+    except KlingDemoError as error:
+        out.finish_line()
+        out.say(f"error: {error}")
+        resumable = not isinstance(error, (TaskFailed, InputRejected, ApiInputRefused))
+        if error.task_id and resumable and not backend.is_sandbox:
+            out.say(_resume_hint(error.task_id, args))
+        elif error.task_id and resumable:
+            out.say("(The local sandbox stops with this command, so this task cannot be resumed; nothing was billed.)")
+        return exit_code_for(error)
+    except Exception as error:  # a bug, not a job outcome: say so in one line, details with -v
+        out.finish_line()
+        log.debug("unexpected error", exc_info=True)
+        out.say(f"error: unexpected {type(error).__name__}: {error} (run with -vv for details)")
+        if last and last.task_id:
+            out.say(_resume_hint(last.task_id, args))
+        return EXIT_UNEXPECTED
+    finally:
+        client.close()
+        backend.close()
+
+
+def _check_local_files(args: argparse.Namespace) -> None:
+    for flag, value in (("IMAGE", args.image), ("--end-image", args.end_image)):
+        if value and not Path(value).expanduser().is_file():
+            raise UsageError(f"{flag}: no such file: {value}")
+    if args.out:
+        target = Path(args.out).expanduser()
+        folder = target if target.is_dir() else target.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UsageError(f"--out: cannot create the folder {folder}: {error.strerror or error}") from error
+
+
+def _open(settings: Settings, base_url: str | None, out: "Progress") -> Backend:
+    """Pick the server like the app does; --base-url points at a given server instead."""
+    if base_url:
+        base_url = base_url.rstrip("/")
+        if settings.api_key:
+            out.say(f"Using {base_url} with your WaveSpeed key.")
+            return Backend(base_url=base_url, api_key=settings.api_key)
+        out.say(f"No WAVESPEED_API_KEY: using {base_url} with a placeholder token (only a sandbox accepts it).")
+        return Backend(base_url=base_url, api_key=SANDBOX_TOKEN)
+    if settings.api_key:
+        return open_backend(settings)
+    backend = open_backend(settings)
+    out.say(f"No WAVESPEED_API_KEY: using the local sandbox at {backend.base_url}. "
+            "Sandbox mode — no AI: the video is synthesized locally from your image, at no cost.")
+    return backend
+
+
+def _updates(args: argparse.Namespace, ctx: JobContext) -> Iterator[JobUpdate]:
+    from . import jobs
+
+    if args.resume:
+        return jobs.resume(args.resume.strip(), ctx, duration=args.duration)
+    spec = ctx.spec
+    request = JobRequest(
+        image=Path(args.image).expanduser(),
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        guidance_scale=spec.guidance_default if args.guidance is None else args.guidance,
+        duration=spec.default_duration if args.duration is None else args.duration,
+        end_image=Path(args.end_image).expanduser() if args.end_image else None,
+    )
+    return jobs.generate(request, ctx)
+
+
+def _place(video: Path, out: str | None, task_id: str | None, progress: "Progress") -> Path:
+    """Move the downloaded video to --out (if given); returns its final absolute path."""
+    if not out:
+        return video.resolve()
+    target = Path(out).expanduser()
+    if target.is_dir():
+        target = target / f"{task_id or video.stem}.mp4"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.move(str(video), str(target))
+    except OSError as error:
+        progress.say(f"warning: could not move the video to {target} ({error.strerror or error}); "
+                     "it stays where it was downloaded.")
+        return video.resolve()
+    return target.resolve()
+
+
+def _resume_command(task_id: str, args: argparse.Namespace) -> str:
+    parts = [*PROG.split(), "generate", "--resume", task_id]
+    if args.out:
+        parts += ["--out", args.out]
+    return " ".join(shlex.quote(part) for part in parts)
+
+
+def _resume_hint(task_id: str, args: argparse.Namespace) -> str:
+    return f"Task id: {task_id}. Resume with: {_resume_command(task_id, args)}"
+
+
+def _interrupted(last: JobUpdate | None, args: argparse.Namespace, out: "Progress") -> int:
+    """Ctrl-C: say what may still be billed and how to pick the task up again."""
+    task_id = last.task_id if last else None
+    if task_id:
+        out.say(f"Stopped waiting (Ctrl-C). Task {task_id} was already submitted, so it may still finish "
+                "and be billed.")
+        out.say(_resume_hint(task_id, args))
+    elif last is not None and last.stage is Stage.UPLOADING:
+        out.say("Stopped (Ctrl-C) while uploading or submitting: a task may have been created and billed; "
+                "check your WaveSpeed dashboard before trying again.")
+    else:
+        out.say("Stopped (Ctrl-C) before anything was submitted; nothing was billed.")
+    return EXIT_STOPPED
+
+
+def _fail(secret: str | None, message: str, code: int) -> int:
+    Progress(sys.stderr, secret=secret).say(message)
+    return code
+
+
+# --- progress display -------------------------------------------------------------------------
+
+
+class Progress:
+    """Writes progress to a stream: simple lines for pipes and logs, one rewriting line on a terminal."""
+
+    def __init__(self, stream: TextIO, *, secret: str | None = None, rewrite: bool | None = None) -> None:
+        self.stream = stream
+        self.secret = secret
+        self.rewrite = _isatty(stream) if rewrite is None else rewrite
+        self._open_line = False
+
+    def show(self, update: JobUpdate) -> None:
+        line = format_update(update)
+        if self.rewrite:
+            width = _columns(self.stream)
+            if len(line) >= width and not update.is_final:  # the last line keeps the task id whole
+                line = line[: max(10, width - 2)] + "…"
+            self._write("\r\x1b[K" + line)
+            self._open_line = True
+            if update.is_final:
+                self.finish_line()
+        else:
+            self._write(line + "\n")
+
+    def finish_line(self) -> None:
+        if self._open_line:
+            self._write("\n")
+            self._open_line = False
+
+    def say(self, message: str) -> None:
+        self.finish_line()
+        self._write(message + "\n")
+
+    def _write(self, text: str) -> None:
+        if self.secret:
+            text = text.replace(self.secret, "***")
+        self.stream.write(text)
+        self.stream.flush()
+
+
+def format_update(update: JobUpdate) -> str:
+    """`[  12.3s] processing  task=abc123  WaveSpeed is rendering…` — one line per update."""
+    task = f"  task={update.task_id}" if update.task_id else ""
+    return f"[{update.elapsed:7.1f}s] {update.stage.value:<11}{task}  {update.message}"
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return shutil.get_terminal_size((100, 20)).columns
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,196 @@
+"""Browser fixtures: the app as a real subprocess on the sandbox, Debian's Chromium through Playwright.
+
+Without `/usr/bin/chromium` or the `playwright` package these tests skip with the reason; with `CI=true`
+either one missing is a failure, so CI cannot go green by not running them.
+Every test leaves one screenshot in `E2E_SCREENSHOT_DIR` (default: a fresh temp dir), named in the summary.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .pictures import draw_landscape, draw_small_image
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path(os.environ.get("E2E_CHROMIUM") or "/usr/bin/chromium")  # Debian's; never `playwright install`
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SANDBOX_SECONDS = "3"  # short renders keep the whole browser run well under two minutes
+APP_START_TIMEOUT = 90.0
+
+
+
+_screenshot_dir_key = pytest.StashKey[Path]()
+
+
+def _missing_browser(reason: str) -> None:
+    """Skip locally; fail under CI, where a browser test that did not run must not pass."""
+    if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# --- the app ---------------------------------------------------------------------------------------------------
+
+def _wait_until_answering(url: str, app: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + APP_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if app.poll() is not None:
+            pytest.fail(f"`python app.py` exited with {app.returncode} before serving:\n{_tail(log_path)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.25)  # polling for startup only; no test outcome depends on this pause
+    pytest.fail(f"`python app.py` did not answer at {url} within {APP_START_TIMEOUT:.0f} s:\n{_tail(log_path)}")
+
+
+def _tail(log_path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`python app.py` as a visitor's server would run it: no key, so the embedded sandbox, on a free port.
+
+    The working directory is an empty temp dir, so a developer's `.env` (perhaps with a real key) is never read.
+    `E2E_APP=/path/to/app.py` runs another checkout's app instead of this one.
+    """
+    workdir = tmp_path_factory.mktemp("app")
+    log_path = workdir / "app.log"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WAVESPEED_", "KLING_DEMO_", "GRADIO_"))}
+    env.update({
+        "WAVESPEED_API_KEY": "",
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "KLING_DEMO_DATA_DIR": str(workdir / "data"),
+        "KLING_DEMO_SANDBOX_SECONDS": SANDBOX_SECONDS,
+        "PYTHONUNBUFFERED": "1",
+    })
+    with open(log_path, "wb") as log_file:
+        app = subprocess.Popen([sys.executable, os.environ.get("E2E_APP") or str(PROJECT_ROOT / "app.py")], cwd=workdir, env=env,
+                               stdout=log_file, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_until_answering(url, app, log_path)
+        yield url
+    finally:
+        app.terminate()
+        try:
+            app.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            app.kill()
+            app.wait(timeout=15)
+
+
+# --- the browser -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium, headless, with a fresh profile (Playwright gives each launch its own temp profile)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing_browser("the `playwright` package is not installed (pip install -r requirements-dev.txt)")
+    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
+        _missing_browser(f"no Chromium at {CHROMIUM} (apt-get install chromium; never `playwright install`)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="session")
+def screenshot_dir(request: pytest.FixtureRequest) -> Path:
+    """`E2E_SCREENSHOT_DIR` when set, else a fresh temp dir; shown in pytest's terminal summary."""
+    configured = os.environ.get("E2E_SCREENSHOT_DIR", "").strip()
+    folder = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="kling-e2e-screenshots-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    request.config.stash[_screenshot_dir_key] = folder
+    return folder
+
+
+@pytest.fixture
+def open_page(browser: Any, app_url: str, screenshot_dir: Path,
+              request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
+    """Factory: `open_page({"width": 1280, "height": 800})` loads the app in a fresh context, ready to use.
+
+    At teardown, whether the test passed or not, the last page opened is saved as `<test name>.png`.
+    """
+    contexts: list[Any] = []
+    pages: list[Any] = []
+
+    def factory(viewport: dict[str, int], **context_options: Any) -> Any:
+        context = browser.new_context(viewport=viewport, **context_options)
+        context.set_default_timeout(15_000)
+        contexts.append(context)
+        page = context.new_page()
+        page.goto(app_url)
+        page.locator("#generate").wait_for(state="visible", timeout=30_000)
+        pages.append(page)
+        return page
+
+    yield factory
+    if pages:
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in request.node.name).strip("_")
+        try:
+            pages[-1].screenshot(path=str(screenshot_dir / f"{name}.png"), full_page=True)
+        except Exception as error:  # a screenshot must never hide the test's own outcome
+            print(f"screenshot of {request.node.name} failed: {error}", file=sys.stderr)
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def page(open_page: Callable[..., Any]) -> Any:
+    """The app at 1280×800."""
+    return open_page({"width": 1280, "height": 800})
+
+
+# --- pictures --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def pictures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`first_frame` (sunset over a lake, 1280×720), `end_frame` (the same at night), `too_small` (200×150)."""
+    folder = tmp_path_factory.mktemp("pictures")
+    return {
+        "first_frame": draw_landscape(folder / "sunset-lake.png"),
+        "end_frame": draw_landscape(folder / "night-lake.png", night=True),
+        "too_small": draw_small_image(folder / "too-small.png"),
+    }
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    folder = config.stash.get(_screenshot_dir_key, None)
+    if folder is not None:
+        shots = sorted(folder.glob("*.png"))
+        terminalreporter.write_sep("-", "browser screenshots")
+        terminalreporter.write_line(f"{len(shots)} screenshot(s) in {folder}")
+

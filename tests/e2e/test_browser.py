@@ -1,0 +1,181 @@
+"""What a visitor does in a real Chromium: upload, prompt, Generate, watch, Stop, and a refused image.
+
+The app runs as `python app.py` on its embedded sandbox (see conftest.py); nothing is mocked.
+Set `E2E_UPDATE_README_SCREENSHOT=1` to also rewrite `docs/screenshot.png` from the finished 5 s run.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # the `browser` fixture skips (or fails under CI) with the reason
+    expect = None
+
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+VIDEO_TIMEOUT = 60_000  # ms: a 3 s sandbox render plus upload, polling and download, with a wide margin
+README_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot.png"
+README_SCREENSHOT_MAX_BYTES = 300 * 1024
+
+# Records every distinct text #status shows, in order, so a test can see the steps a visitor saw.
+RECORD_STATUSES = """() => {
+    const status = document.querySelector('#status');
+    window.statusTexts = [status.innerText.trim()];
+    const record = () => {
+        const text = status.innerText.trim();
+        if (text && text !== window.statusTexts[window.statusTexts.length - 1]) window.statusTexts.push(text);
+    };
+    new MutationObserver(record).observe(status, {subtree: true, childList: true, characterData: true});
+}"""
+VIDEO_IS_PLAYING = """() => {
+    const video = document.querySelector('#video video');
+    return video !== null && Number.isFinite(video.duration) && video.duration > 0 && video.currentTime > 0.2;
+}"""
+
+
+def fill_in(page: Any, first_frame: Path, prompt: str) -> None:
+    page.set_input_files("#first-frame input[type=file]", str(first_frame))
+    expect(page.locator("#first-frame img")).to_be_visible()  # the upload finished and shows a preview
+    page.fill("#prompt textarea", prompt)
+
+
+def wait_for_playing_video(page: Any) -> dict[str, Any]:
+    """Wait until the page plays the finished video; return its duration and whether it plays."""
+    expect(page.locator("#video video")).to_be_attached(timeout=VIDEO_TIMEOUT)
+    page.wait_for_function(VIDEO_IS_PLAYING, timeout=30_000)
+    return page.evaluate("""() => {
+        const video = document.querySelector('#video video');
+        return {duration: video.duration, currentTime: video.currentTime, paused: video.paused,
+                width: video.videoWidth, height: video.videoHeight};
+    }""")
+
+
+def expect_idle_buttons(page: Any) -> None:
+    expect(page.locator("#generate")).to_be_enabled()
+    expect(page.locator("#stop")).to_be_disabled()
+
+
+def task_id_box(page: Any) -> Any:
+    return page.locator("#task-id textarea")
+
+
+def test_generate_shows_each_step_the_task_id_and_plays_a_5_second_video(page, pictures):
+    expect(page.locator("#backend-banner")).to_contain_text("Sandbox mode")
+    fill_in(page, pictures["first_frame"], "The sun sinks behind the mountains as ripples cross the lake")
+    page.evaluate(RECORD_STATUSES)
+    page.click("#generate")
+
+    expect(page.locator("#stop")).to_be_enabled()  # while running, Stop is offered and Generate is not
+    expect(page.locator("#generate")).to_be_disabled()
+    video = wait_for_playing_video(page)
+    expect(page.locator("#status")).to_contain_text("Done", timeout=10_000)
+
+    statuses = page.evaluate("window.statusTexts")
+    assert len(statuses) >= 3, f"the status changed fewer than twice: {statuses}"
+    assert any(re.match(r"(Submitted|Rendering)", text) for text in statuses), statuses
+    task_id = task_id_box(page).input_value()
+    assert re.fullmatch(r"[0-9a-f]{16,}", task_id), task_id
+    assert task_id in page.locator("#status").inner_text()
+    assert video["duration"] == pytest.approx(5.0, abs=0.1), video
+    assert not video["paused"], video
+    expect_idle_buttons(page)
+
+    if os.environ.get("E2E_UPDATE_README_SCREENSHOT", "").strip() in ("1", "true", "yes"):
+        save_readme_screenshot(page)
+
+
+def test_a_10_second_run_plays_a_10_second_video(page, pictures):
+    page.get_by_role("radio", name="10").check()
+    fill_in(page, pictures["first_frame"], "A slow dolly-in over the lake at sunset")
+    page.click("#generate")
+    video = wait_for_playing_video(page)
+    assert video["duration"] == pytest.approx(10.0, abs=0.1), video
+    expect(page.locator("#status")).to_contain_text("Done", timeout=10_000)
+
+
+def test_an_end_frame_from_the_advanced_section_still_yields_a_video(page, pictures):
+    fill_in(page, pictures["first_frame"], "Day turns to night over the lake")
+    expect(page.locator("#end-frame")).to_be_hidden()
+    page.locator("#advanced").get_by_text("Advanced").click()
+    expect(page.locator("#end-frame")).to_be_visible()
+    page.fill("#negative-prompt textarea", "blurry, people")
+    page.set_input_files("#end-frame input[type=file]", str(pictures["end_frame"]))
+    expect(page.locator("#end-frame img")).to_be_visible()
+    page.click("#generate")
+    video = wait_for_playing_video(page)
+    assert video["duration"] == pytest.approx(5.0, abs=0.1), video
+    expect(page.locator("#status")).to_contain_text("Done", timeout=10_000)
+
+
+def test_stop_while_rendering_says_what_happened_and_frees_the_buttons(page, pictures):
+    fill_in(page, pictures["first_frame"], "The moon rises")
+    page.click("#generate")
+    expect(page.locator("#status")).to_contain_text(re.compile(r"Submitted|Rendering"), timeout=30_000)
+    expect(page.locator("#stop")).to_be_enabled()  # offered while the task runs, not only after it ends
+    task_id = task_id_box(page).input_value()
+    page.click("#stop")
+
+    status = page.locator("#status")
+    expect(status).to_contain_text("Stopped")
+    expect(status).to_contain_text("billed")
+    if task_id:
+        expect(status).to_contain_text(task_id)
+    expect_idle_buttons(page)
+    expect(page.locator("#video video")).to_have_count(0)
+
+
+def test_a_too_small_image_is_refused_in_the_page_and_no_video_appears(page, pictures):
+    page.set_input_files("#first-frame input[type=file]", str(pictures["too_small"]))
+    page.fill("#prompt textarea", "A tiny picture")
+    page.click("#generate")
+
+    # Gradio's validator shows the refusal on the input itself; the message names the 300 px minimum.
+    expect(page.get_by_text(re.compile(r"300")).first).to_be_visible(timeout=15_000)
+    expect_idle_buttons(page)
+    expect(page.locator("#video video")).to_have_count(0)
+    expect(page.locator("#status")).not_to_contain_text("Submitted")
+    assert task_id_box(page).input_value() == ""
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop-1280x800", "phone-390x844"])
+def test_generate_and_status_fit_the_screen_without_horizontal_scrolling(open_page, viewport):
+    page = open_page(viewport)
+    overflow = page.evaluate("() => [document.scrollingElement.scrollWidth, window.innerWidth]")
+    assert overflow[0] <= overflow[1], f"the page scrolls sideways: scrollWidth {overflow[0]} > {overflow[1]}"
+    for selector in ("#generate", "#status"):
+        element = page.locator(selector)
+        element.scroll_into_view_if_needed()
+        expect(element).to_be_visible()
+        expect(element).to_be_in_viewport()
+        box = element.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"], (selector, box)
+    page.evaluate("window.scrollTo(0, 0)")
+
+
+def save_readme_screenshot(page: Any) -> None:
+    """The README picture: the finished run at 1280×800, as a palette PNG under 300 KB."""
+    from PIL import Image
+
+    page.evaluate("""() => {  // a still, well-lit frame rather than whatever instant the screenshot lands on
+        const video = document.querySelector('#video video');
+        video.pause(); video.currentTime = 2.5;
+    }""")
+    page.wait_for_function("() => { const v = document.querySelector('#video video');"
+                           " return v.paused && !v.seeking && v.readyState >= 2; }")
+    page.evaluate("window.scrollTo(0, 0)")
+    picture = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+    README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    for colours in (256, 192, 128, 96, 64):
+        picture.quantize(colors=colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+            README_SCREENSHOT, format="PNG", optimize=True)
+        if README_SCREENSHOT.stat().st_size <= README_SCREENSHOT_MAX_BYTES:
+            return
+    pytest.fail(f"{README_SCREENSHOT} is {README_SCREENSHOT.stat().st_size} bytes, over {README_SCREENSHOT_MAX_BYTES}")
