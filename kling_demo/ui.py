@@ -41,6 +41,21 @@ IDLE_STATUS = "Ready. Add a first frame and a prompt, then press **Generate**."
 Outputs = tuple[str, str, "str | None"]
 
 
+class FrameInput(gr.Image):
+    """An image input that hands even an unreadable upload to our checks.
+
+    Stock gr.Image opens the file with Pillow first, so random bytes or an empty file end in a
+    bare HTTP 400; passing the path through lets the validator say what is wrong and what to do."""
+
+    is_template = True  # rendered by the stock Image frontend
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)
+        except OSError:  # includes PIL.UnidentifiedImageError
+            return str(payload.path) if payload is not None and payload.path else None
+
+
 def backend_banner(backend: Backend, settings: Settings) -> str:
     if backend.is_sandbox:
         return (
@@ -54,8 +69,12 @@ def backend_banner(backend: Backend, settings: Settings) -> str:
     return f"**Live: WaveSpeedAI** (`{backend.base_url}`), model `{SPEC.model_id}`. {who}"
 
 
-def status_markdown(update: JobUpdate) -> str:
-    return f"**{STAGE_LABELS[update.stage]}** — {update.message}"
+def status_markdown(update: JobUpdate, fixes: tuple[str, ...] = ()) -> str:
+    """The stage and its message; what was fixed in the input stays visible until the end."""
+    text = f"**{STAGE_LABELS[update.stage]}** — {update.message}"
+    if fixes and update.stage is not Stage.UPLOADING:  # the upload message already lists them
+        text += "\n\n*Fixed before upload:* " + "; ".join(fixes) + "."
+    return text
 
 
 def videos_dir(settings: Settings) -> Path:
@@ -121,13 +140,14 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
     async def stream(job: Iterator[JobUpdate], ctx: JobContext, api_key: str | None) -> AsyncIterator[Outputs]:
         """Drive a job off the event loop, waiting between polls without holding a thread."""
         last: JobUpdate | None = None
+        fixes: tuple[str, ...] = ()
         try:
             while True:
                 update = await anyio.to_thread.run_sync(next, job, None)
                 if update is None:
                     return
-                last = update
-                yield status_markdown(update), update.task_id or "", str(update.video_path or "") or None
+                last, fixes = update, update.changes or fixes
+                yield status_markdown(update, fixes), update.task_id or "", str(update.video_path or "") or None
                 if update.wait_seconds > 0:
                     await asyncio.sleep(update.wait_seconds)
         except KlingDemoError as error:
@@ -265,7 +285,8 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
         gr.Markdown(backend_banner(backend, settings), elem_id="backend-banner")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1):
-                image = gr.Image(label="First frame", type="filepath", sources=["upload", "clipboard"],
+                image = FrameInput(label="First frame", type="filepath", image_mode=None,
+                                 sources=["upload", "clipboard"],
                                  height=300, elem_id="first-frame")
                 prompt = gr.Textbox(label="Prompt", lines=3, max_length=SPEC.prompt_max_chars,
                                     placeholder="A slow dolly-in as the wind moves through her hair…",
@@ -279,7 +300,7 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
                 with gr.Accordion("Advanced", open=False, elem_id="advanced"):
                     negative = gr.Textbox(label="Negative prompt", lines=2, max_length=SPEC.prompt_max_chars,
                                           placeholder="blurry, distorted hands", elem_id="negative-prompt")
-                    end_image = gr.Image(label="End frame (optional)", type="filepath",
+                    end_image = FrameInput(label="End frame (optional)", type="filepath", image_mode=None,
                                          sources=["upload", "clipboard"], height=200, elem_id="end-frame")
                 with gr.Accordion("Your WaveSpeed key", open=settings.require_user_key, elem_id="key-section"):
                     key_box = gr.Textbox(label="WaveSpeed API key", type="password", elem_id="user-key",

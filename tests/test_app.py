@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -52,9 +53,26 @@ def test_the_api_names_its_parameters_as_documented(app_url):
     assert parameters == ["image", "prompt", "negative_prompt", "guidance_scale", "duration", "end_image"]
 
 
-def test_a_refused_image_is_reported_and_nothing_is_uploaded(app_url, make_image):
+@pytest.mark.parametrize("kind, expected", [("tiny", "300"), ("random bytes", "not an image"), ("empty", "empty")])
+def test_a_refused_image_is_reported_and_nothing_is_uploaded(app_url, make_image, tmp_path, kind, expected):
+    url, sandbox = app_url
+    if kind == "tiny":
+        image = make_image(size=(200, 200))
+    else:
+        image = tmp_path / "upload.png"
+        image.write_bytes(os.urandom(4000) if kind == "random bytes" else b"")
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception, match=expected):
+        client.predict(handle_file(str(image)), "tiny", "", 0.5, 5, None, api_name="/generate")
+    assert sandbox.stats()["uploads"] == 0 and sandbox.stats()["submissions"] == 0
+
+
+def test_a_fixed_input_says_what_was_changed(app_url, make_image):
     url, sandbox = app_url
     client = Client(url, verbose=False)
-    with pytest.raises(Exception, match="300"):
-        client.predict(handle_file(str(make_image(size=(200, 200)))), "tiny", "", 0.5, 5, None, api_name="/generate")
-    assert sandbox.stats()["uploads"] == 0 and sandbox.stats()["submissions"] == 0
+    webp = make_image(size=(640, 400), format="WEBP", mode="RGBA", color=(200, 40, 40, 128))
+    status, task_id, video = client.predict(handle_file(str(webp)), "a red veil", "", 0.5, 5, None,
+                                            api_name="/generate")
+    assert "Done" in status and "Fixed before upload" in status
+    assert "WebP" in status and "transparency" in status
+    assert probe_video(video).frames == 120

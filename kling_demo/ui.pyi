@@ -1,0 +1,382 @@
+"""The page: layout and event wiring. Each `JobUpdate` becomes component updates."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterator
+
+import anyio
+import gradio as gr
+
+from . import jobs, media
+from .backend import Backend, open_backend
+from .client import WaveSpeedClient
+from .config import Settings
+from .errors import InputRejected, KlingDemoError, NotYours
+from .jobs import Followers, JobContext, JobRequest, JobUpdate, Stage
+from .journal import Journal, TaskRecord
+from .models import DEFAULT_MODEL
+from .polling import InferenceHistory
+from .recovery import Recovery
+from .visitors import OWNER_STORAGE_KEY, JobSlots, new_owner_id, resolve_owner, visitor_key
+
+log = logging.getLogger(__name__)
+
+SPEC = DEFAULT_MODEL
+STAGE_LABELS = {
+    Stage.PREPARING: "Checking",
+    Stage.UPLOADING: "Uploading",
+    Stage.SUBMITTED: "Submitted",
+    Stage.PROCESSING: "Rendering",
+    Stage.DOWNLOADING: "Downloading",
+    Stage.DONE: "Done",
+    Stage.FAILED: "Failed",
+}
+STATUS_ICONS = {"completed": "✅", "failed": "❌", "lost": "❌", "created": "⏳", "processing": "⏳"}
+IDLE_STATUS = "Ready. Add a first frame and a prompt, then press **Generate**."
+Outputs = tuple[str, str, "str | None"]
+
+from gradio.events import Dependency
+
+class FrameInput(gr.Image):
+    """An image input that hands even an unreadable upload to our checks.
+
+    Stock gr.Image opens the file with Pillow first, so random bytes or an empty file end in a
+    bare HTTP 400; passing the path through lets the validator say what is wrong and what to do."""
+
+    is_template = True  # rendered by the stock Image frontend
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)
+        except OSError:  # includes PIL.UnidentifiedImageError
+            return str(payload.path) if payload is not None and payload.path else None
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def backend_banner(backend: Backend, settings: Settings) -> str:
+    if backend.is_sandbox:
+        return (
+            "**Sandbox mode — no AI.** No `WAVESPEED_API_KEY` is set, so videos are synthesized locally "
+            "(a slow camera move over your image, marked *SANDBOX*) and nothing is billed. To generate with "
+            "Kling 2.0 for real, put `WAVESPEED_API_KEY=…` in the environment or a `.env` file and restart."
+        )
+    who = ("Bring your own WaveSpeed key below: this Space does not pay for generations."
+           if settings.require_user_key else
+           "Generations are billed to this Space's key, or to your own if you enter one below.")
+    return f"**Live: WaveSpeedAI** (`{backend.base_url}`), model `{SPEC.model_id}`. {who}"
+
+
+def status_markdown(update: JobUpdate, fixes: tuple[str, ...] = ()) -> str:
+    """The stage and its message; what was fixed in the input stays visible until the end."""
+    text = f"**{STAGE_LABELS[update.stage]}** — {update.message}"
+    if fixes and update.stage is not Stage.UPLOADING:  # the upload message already lists them
+        text += "\n\n*Fixed before upload:* " + "; ".join(fixes) + "."
+    return text
+
+
+def videos_dir(settings: Settings) -> Path:
+    return settings.data_dir / "videos"
+
+
+def launch_options(settings: Settings) -> dict[str, Any]:
+    """Arguments for `demo.launch()` that the app needs wherever it is launched."""
+    return {
+        "allowed_paths": [str(videos_dir(settings))],
+        "show_error": True,
+        # Gradio 6's run history keeps every input, a password box included, in localStorage.
+        "run_history": False,
+        "mcp_server": settings.mcp_server,
+    }
+
+
+def history_items(records: list[TaskRecord]) -> list[tuple[str, str]]:
+    """Gallery entries: the first frame, captioned with status, prompt, when and how long."""
+    items = []
+    for record in records:
+        when = time.strftime("%d %b %H:%M", time.localtime(record.created_at))
+        took = f" · {jobs.format_seconds(record.inference_ms / 1000)}" if record.inference_ms else ""
+        prompt = record.prompt or "(resumed by task id)"
+        caption = f"{STATUS_ICONS.get(record.status, '•')} {prompt[:60]} · {when}{took}"
+        items.append((record.first_frame or "", caption))
+    return [(image, caption) for image, caption in items if image]
+
+
+def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
+    """Build the page; with no backend given, open the one the settings call for."""
+    backend = backend or open_backend(settings)
+    output_dir = videos_dir(settings)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # Served in place: Gradio neither copies nor re-downloads the finished video.
+    gr.set_static_paths([str(output_dir)])
+    os.environ.setdefault("GRADIO_RUN_HISTORY", "false")  # also when launched without launch_options()
+
+    journal = Journal(settings.data_dir / "journal.sqlite3")
+    if settings.retention_days is not None or settings.retention_gb is not None:
+        report = journal.prune(max_age_days=settings.retention_days,
+                               max_total_bytes=int(settings.retention_gb * 1e9) if settings.retention_gb else None)
+        log.info("retention: removed %d old videos (%.1f MB)", report.videos_removed, report.bytes_freed / 1e6)
+    history = InferenceHistory()
+    for duration, seconds in reversed(journal.inference_times(SPEC.model_id)):
+        history.record(SPEC.model_id, duration, seconds)
+    followers = Followers()
+    slots = JobSlots()
+
+    def make_context(owner: str, api_key: str | None = None) -> JobContext:
+        client = WaveSpeedClient(backend.base_url, api_key or backend.api_key,
+                                 connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout)
+        return JobContext(client=client, videos_dir=output_dir, deadline_seconds=settings.deadline_seconds,
+                          max_download_bytes=settings.max_download_bytes, spec=SPEC, history=history,
+                          journal=journal, owner=owner, key_source="visitor" if api_key else "server",
+                          followers=followers)
+
+    recovery = Recovery(journal, make_context, api_base=backend.base_url, sandbox=backend.is_sandbox)
+    recovered = recovery.resume_running()
+    if recovered:
+        log.info("resuming %d task(s) left running by the previous run", recovered)
+
+    async def stream(job: Iterator[JobUpdate], ctx: JobContext, api_key: str | None) -> AsyncIterator[Outputs]:
+        """Drive a job off the event loop, waiting between polls without holding a thread."""
+        last: JobUpdate | None = None
+        fixes: tuple[str, ...] = ()
+        try:
+            while True:
+                update = await anyio.to_thread.run_sync(next, job, None)
+                if update is None:
+                    return
+                last, fixes = update, update.changes or fixes
+                yield status_markdown(update, fixes), update.task_id or "", str(update.video_path or "") or None
+                if update.wait_seconds > 0:
+                    await asyncio.sleep(update.wait_seconds)
+        except KlingDemoError as error:
+            raise gr.Error(str(error), duration=None) from error
+        finally:
+            ctx.stop.set()
+            job.close()
+            ctx.client.close()
+            # Stopped, or the tab went away: a paid task still finishes into its owner's history.
+            if last is not None and last.task_id and not last.is_final:
+                record = journal.get(ctx.owner, last.task_id)
+                if record is not None and record.is_running:
+                    recovery.adopt(record, api_key)
+
+    def visitor(owner_id: str | None, typed_key: str | None, request: gr.Request | None) -> tuple[str, str | None]:
+        session = request.session_hash if request is not None else None
+        headers = request.headers if request is not None else None
+        return resolve_owner(owner_id, session), visitor_key(typed_key, headers)
+
+    def require_key(key: str | None) -> None:
+        if settings.require_user_key and not key:
+            raise gr.Error("This Space asks every visitor to bring their own WaveSpeed key: enter it under "
+                           "“Your WaveSpeed key”. It is used for your requests only and never stored.")
+
+    def validate(image: str | None, prompt: str | None, negative_prompt: str | None, guidance_scale: float,
+                 duration: int, end_image: str | None, owner_id: str | None = None,
+                 typed_key: str | None = None) -> list[dict[str, Any]]:
+        """Instant checks in the page, before anything is uploaded or paid for."""
+        return [
+            _verdict(lambda: _refuse_if(media.quick_check_image(image, SPEC.first_frame, role="first frame"))),
+            _verdict(lambda: media.check_prompt(prompt, SPEC)),
+            _verdict(lambda: media.check_prompt(negative_prompt, SPEC, field="negative_prompt", required=False)),
+            _verdict(lambda: media.check_guidance(guidance_scale, SPEC)),
+            _verdict(lambda: media.check_duration(duration, SPEC)),
+            _verdict(lambda: _refuse_if(media.quick_check_image(end_image, SPEC.end_frame, role="end frame",
+                                                                 required=False))),
+            gr.validate(True, ""),
+            gr.validate(True, ""),
+        ]
+
+    async def generate(image: str | None, prompt: str, negative_prompt: str, guidance_scale: float, duration: int,
+                       end_image: str | None, owner_id: str | None = None, typed_key: str | None = None,
+                       request: gr.Request = None) -> AsyncIterator[Outputs]:  # type: ignore[assignment]
+        """Turn one still image into a 5 or 10 second video with Kling 2.0 Master (WaveSpeedAI).
+
+        Args:
+            image: first frame of the video: a JPEG or PNG at least 300×300 px, aspect ratio between 1:2.5 and 2.5:1.
+            prompt: what should happen in the video.
+            negative_prompt: what the video should avoid (optional).
+            guidance_scale: how closely to follow the prompt, 0 to 1 (default 0.5).
+            duration: length of the video in seconds: 5 or 10.
+            end_image: optional last frame of the video (JPEG or PNG, at least 300×300 px).
+        Returns:
+            status text, task id, and the path of the finished MP4.
+        """
+        owner, key = visitor(owner_id, typed_key, request)
+        require_key(key)
+        request_fields = JobRequest(image=image, prompt=prompt, negative_prompt=negative_prompt,
+                                    guidance_scale=guidance_scale, duration=duration, end_image=end_image)
+        try:
+            with slots.hold(owner, None if key else settings.max_jobs_per_visitor):
+                ctx = make_context(owner, key)
+                async for outputs in stream(jobs.generate(request_fields, ctx), ctx, key):
+                    yield outputs
+        except KlingDemoError as error:
+            raise gr.Error(str(error), duration=None) from error
+
+    async def resume(task_id: str, owner_id: str | None = None, typed_key: str | None = None,
+                     request: gr.Request = None) -> AsyncIterator[Outputs]:  # type: ignore[assignment]
+        """Fetch a task by its id into your history: one of yours, or, with your own key, one submitted elsewhere."""
+        task_id = (task_id or "").strip()
+        if not task_id:
+            raise gr.Error("Enter the task id to resume.")
+        owner, key = visitor(owner_id, typed_key, request)
+        record = journal.get(owner, task_id)
+        if record is not None and record.video_path and Path(record.video_path).exists():
+            yield f"**Done** — task {task_id} is already in your history.", task_id, record.video_path
+            return
+        if record is None and not key:
+            raise gr.Error(str(NotYours("This task is not in your history. To fetch a task submitted elsewhere, "
+                                        "enter your own WaveSpeed key first.", task_id=task_id)), duration=None)
+        if record is not None and record.key_source == "visitor" and not key:
+            raise gr.Error("This task was paid with your own key: enter it again to resume it (keys are never "
+                           "stored).", duration=None)
+        use_key = key if record is None or record.key_source == "visitor" else None
+        ctx = make_context(owner, use_key)
+        async for outputs in stream(jobs.resume(task_id, ctx, duration=record.duration if record else None),
+                                    ctx, use_key):
+            yield outputs
+
+    def show_history(owner_id: str | None, request: gr.Request) -> tuple[list[tuple[str, str]], list[str]]:
+        """Your generations, newest first."""
+        owner, _ = visitor(owner_id, None, request)
+        records = [r for r in journal.for_owner(owner) if r.first_frame]
+        return history_items(records), [r.task_id for r in records]
+
+    def on_load(stored_owner: str | None, request: gr.Request) -> tuple[Any, ...]:
+        owner_id = stored_owner or new_owner_id()
+        owner, _ = visitor(owner_id, None, request)
+        recovery.resume_running(owner)  # a returning visitor's unfinished tasks are fetched now
+        items, ids = show_history(owner_id, request)
+        return owner_id, owner_id, items, ids
+
+    def select_history(task_ids: list[str], owner_id: str | None, request: gr.Request,
+                       selection: gr.SelectData) -> tuple[str | None, str]:
+        owner, _ = visitor(owner_id, None, request)
+        if selection.index is None or selection.index >= len(task_ids):
+            return None, ""
+        record = journal.get(owner, task_ids[selection.index])
+        if record is None:
+            return None, ""
+        detail = f"Task `{record.task_id}` · {record.status}"
+        if record.inference_ms:
+            detail += f" · inference {record.inference_ms / 1000:.1f} s"
+        if record.error:
+            detail += f" · {record.error}"
+        if record.is_running:
+            detail += " · still rendering; it will appear here when it finishes."
+        video = record.video_path if record.video_path and Path(record.video_path).exists() else None
+        return video, detail
+
+    def stopped(task_id: str) -> str:
+        if task_id:
+            return (f"**Stopped** — stopped waiting for task `{task_id}`. It was already submitted, so it may "
+                    "still finish and be billed; if it does, it will appear in your history.")
+        return "**Stopped** — nothing was submitted, so nothing was billed."
+
+    with gr.Blocks(title="Kling 2.0 image-to-video") as demo:
+        owner_store = gr.BrowserState("", storage_key=OWNER_STORAGE_KEY, secret=settings.owner_secret())
+        owner_id = gr.State("")
+        typed_key = gr.State("")
+        history_ids = gr.State([])
+
+        gr.Markdown(f"# {SPEC.title}\nOne still image in, a 5 or 10 second video out.")
+        gr.Markdown(backend_banner(backend, settings), elem_id="backend-banner")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1):
+                image = FrameInput(label="First frame", type="filepath", image_mode=None,
+                                 sources=["upload", "clipboard"],
+                                 height=300, elem_id="first-frame")
+                prompt = gr.Textbox(label="Prompt", lines=3, max_length=SPEC.prompt_max_chars,
+                                    placeholder="A slow dolly-in as the wind moves through her hair…",
+                                    elem_id="prompt")
+                with gr.Row():
+                    guidance = gr.Slider(SPEC.guidance_min, SPEC.guidance_max, value=SPEC.guidance_default,
+                                         step=0.05, label="Guidance scale",
+                                         info="Higher follows the prompt more closely.")
+                    duration = gr.Radio(list(SPEC.durations), value=SPEC.default_duration, label="Duration (s)",
+                                        elem_id="duration")
+                with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+                    negative = gr.Textbox(label="Negative prompt", lines=2, max_length=SPEC.prompt_max_chars,
+                                          placeholder="blurry, distorted hands", elem_id="negative-prompt")
+                    end_image = FrameInput(label="End frame (optional)", type="filepath", image_mode=None,
+                                         sources=["upload", "clipboard"], height=200, elem_id="end-frame")
+                with gr.Accordion("Your WaveSpeed key", open=settings.require_user_key, elem_id="key-section"):
+                    key_box = gr.Textbox(label="WaveSpeed API key", type="password", elem_id="user-key",
+                                         placeholder="optional" if not settings.require_user_key else "required",
+                                         info="Used for your requests only; never stored, logged or shown.")
+                with gr.Row():
+                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
+            with gr.Column(scale=1):
+                status = gr.Markdown(IDLE_STATUS, elem_id="status", container=True)
+                task_id = gr.Textbox(label="Task id", interactive=False, buttons=["copy"], elem_id="task-id")
+                video = gr.Video(label="Video", interactive=False, autoplay=True, buttons=["download"],
+                                 elem_id="video")
+        with gr.Accordion("Your history", open=True, elem_id="history-section"):
+            gr.Markdown("Every generation you submit is kept here, even if you close the tab. Only you can see it.")
+            gallery = gr.Gallery(label="Your generations", columns=5, height=260, object_fit="contain",
+                                 allow_preview=False, elem_id="history", show_label=False)
+            with gr.Row():
+                history_video = gr.Video(label="Selected video", interactive=False, buttons=["download"],
+                                         elem_id="history-video")
+                with gr.Column():
+                    history_detail = gr.Markdown(elem_id="history-detail")
+                    refresh_btn = gr.Button("Refresh history", size="sm", elem_id="refresh-history")
+                    resume_id = gr.Textbox(label="Resume by task id", placeholder="task id from this app or "
+                                           "elsewhere (with your own key)", elem_id="resume-id")
+                    resume_btn = gr.Button("Resume", size="sm", elem_id="resume")
+
+        def idle() -> tuple[Any, Any]:
+            return gr.update(interactive=True), gr.update(interactive=False)
+
+        def busy() -> tuple[Any, Any]:
+            return gr.update(interactive=False), gr.update(interactive=True)
+
+        private: dict[str, Any] = {"api_visibility": "private"}
+        key_box.change(lambda key: key, inputs=key_box, outputs=typed_key, queue=False, **private)
+        demo.load(on_load, inputs=owner_store, outputs=[owner_store, owner_id, gallery, history_ids], **private)
+
+        inputs = [image, prompt, negative, guidance, duration, end_image, owner_id, typed_key]
+        # Buttons flip only once the inputs pass: Gradio runs no `.then()` after a validator refuses.
+        job_event = generate_btn.click(
+            lambda *_: busy(), inputs=inputs, outputs=[generate_btn, stop_btn], validator=validate, **private).then(
+            generate, inputs=inputs, outputs=[status, task_id, video], api_name="generate", validator=validate,
+            concurrency_limit=settings.concurrency)
+        resume_event = resume_btn.click(busy, outputs=[generate_btn, stop_btn], queue=False, **private).then(
+            resume, inputs=[resume_id, owner_id, typed_key], outputs=[status, task_id, video], api_name="resume",
+            concurrency_limit=settings.concurrency)
+        for event in (job_event, resume_event):
+            event.then(idle, outputs=[generate_btn, stop_btn], queue=False, **private).then(
+                show_history, inputs=owner_id, outputs=[gallery, history_ids], **private)
+        stop_btn.click(stopped, inputs=task_id, outputs=status, cancels=[job_event, resume_event], queue=False,
+                       **private).then(idle, outputs=[generate_btn, stop_btn], queue=False, **private)
+        refresh_btn.click(show_history, inputs=owner_id, outputs=[gallery, history_ids], api_name="history")
+        gallery.select(select_history, inputs=[history_ids, owner_id], outputs=[history_video, history_detail],
+                       **private)
+
+    demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
+    demo.backend = backend  # type: ignore[attr-defined]  # tests and the CLI reach the sandbox through it
+    demo.journal = journal  # type: ignore[attr-defined]
+    return demo
+
+
+def _refuse_if(message: str | None) -> None:
+    if message:
+        raise InputRejected(message)
+
+
+def _verdict(check: Callable[[], object]) -> dict[str, Any]:
+    """Run one check; a refusal becomes a `gr.validate` message shown under its input."""
+    try:
+        check()
+    except KlingDemoError as error:
+        return gr.validate(False, str(error))
+    return gr.validate(True, "")
