@@ -41,19 +41,23 @@ IDLE_STATUS = "Ready. Add a first frame and a prompt, then press **Generate**."
 Outputs = tuple[str, str, "str | None"]
 
 
-class FrameInput(gr.Image):
+def frame_input(**options: Any) -> gr.Image:
     """An image input that hands even an unreadable upload to our checks.
 
     Stock gr.Image opens the file with Pillow first, so random bytes or an empty file end in a
-    bare HTTP 400; passing the path through lets the validator say what is wrong and what to do."""
+    bare HTTP 400; passing the path through lets the validator say what is wrong and what to do.
+    (Wrapped per instance: a gr.Image subclass would make Gradio write a .pyi beside this module.)"""
+    component = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], **options)
+    stock_preprocess = component.preprocess
 
-    is_template = True  # rendered by the stock Image frontend
-
-    def preprocess(self, payload: Any) -> Any:
+    def preprocess(payload: Any) -> Any:
         try:
-            return super().preprocess(payload)
+            return stock_preprocess(payload)
         except OSError:  # includes PIL.UnidentifiedImageError
             return str(payload.path) if payload is not None and payload.path else None
+
+    component.preprocess = preprocess  # type: ignore[method-assign]
+    return component
 
 
 def backend_banner(backend: Backend, settings: Settings) -> str:
@@ -285,9 +289,7 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
         gr.Markdown(backend_banner(backend, settings), elem_id="backend-banner")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1):
-                image = FrameInput(label="First frame", type="filepath", image_mode=None,
-                                 sources=["upload", "clipboard"],
-                                 height=300, elem_id="first-frame")
+                image = frame_input(label="First frame", height=300, elem_id="first-frame")
                 prompt = gr.Textbox(label="Prompt", lines=3, max_length=SPEC.prompt_max_chars,
                                     placeholder="A slow dolly-in as the wind moves through her hair…",
                                     elem_id="prompt")
@@ -300,8 +302,7 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
                 with gr.Accordion("Advanced", open=False, elem_id="advanced"):
                     negative = gr.Textbox(label="Negative prompt", lines=2, max_length=SPEC.prompt_max_chars,
                                           placeholder="blurry, distorted hands", elem_id="negative-prompt")
-                    end_image = FrameInput(label="End frame (optional)", type="filepath", image_mode=None,
-                                         sources=["upload", "clipboard"], height=200, elem_id="end-frame")
+                    end_image = frame_input(label="End frame (optional)", height=200, elem_id="end-frame")
                 with gr.Accordion("Your WaveSpeed key", open=settings.require_user_key, elem_id="key-section"):
                     key_box = gr.Textbox(label="WaveSpeed API key", type="password", elem_id="user-key",
                                          placeholder="optional" if not settings.require_user_key else "required",
