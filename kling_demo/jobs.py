@@ -254,7 +254,7 @@ def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
 
 
 def _done_message(prediction: Prediction, total: float) -> str:
-    parts = [f"Done in {format_seconds(total)}"]
+    parts = [f"Your video is ready after {format_seconds(total)}"]
     if prediction.inference_ms:
         parts.append(f"inference {prediction.inference_ms / 1000:.1f} s")
     parts.append(f"task {prediction.task_id}")

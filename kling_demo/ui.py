@@ -303,13 +303,13 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
                     negative = gr.Textbox(label="Negative prompt", lines=2, max_length=SPEC.prompt_max_chars,
                                           placeholder="blurry, distorted hands", elem_id="negative-prompt")
                     end_image = frame_input(label="End frame (optional)", height=200, elem_id="end-frame")
+                with gr.Row():
+                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
                 with gr.Accordion("Your WaveSpeed key", open=settings.require_user_key, elem_id="key-section"):
                     key_box = gr.Textbox(label="WaveSpeed API key", type="password", elem_id="user-key",
                                          placeholder="optional" if not settings.require_user_key else "required",
                                          info="Used for your requests only; never stored, logged or shown.")
-                with gr.Row():
-                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
-                    stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
             with gr.Column(scale=1):
                 status = gr.Markdown(IDLE_STATUS, elem_id="status", container=True)
                 task_id = gr.Textbox(label="Task id", interactive=False, buttons=["copy"], elem_id="task-id")
