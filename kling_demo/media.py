@@ -426,7 +426,7 @@ def thumbnail(source: str | Path, dest_dir: Path, *, max_side: int = 320) -> Pat
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / f"{uuid.uuid4().hex}.jpg"
     with Image.open(source) as picture:
+        picture.thumbnail((max_side, max_side))  # first: JPEGs then decode at reduced scale
         picture = ImageOps.exif_transpose(picture).convert("RGB")
-        picture.thumbnail((max_side, max_side))
         picture.save(target, "JPEG", quality=85)
     return target

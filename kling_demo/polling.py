@@ -1,4 +1,4 @@
-"""When to poll a running task: at most once per second, densest around its expected end.
+"""When to poll a running task: about once per second at most, densest around its expected end.
 
 Kling renders take minutes, so a fixed 1 s poll (the SDK's default) spends most requests
 on a task that cannot be done yet, while a fixed 3 s poll (peer Spaces) adds up to 3 s
@@ -20,6 +20,9 @@ MAX_INTERVAL_FAR = 10.0  # while the expected end is still far away
 MAX_INTERVAL_LATE = 5.0  # once a task runs past every expectation
 UNKNOWN_FAST_PHASE = 30.0  # seconds of 1 s polling when nothing is known
 GRID_OFFSET = 0.05  # poll just after the expected end, not just before it
+# Polls run a little after their planned time; without slack the next grid point would look
+# too close and be skipped, leaving a 2 s gap right where the render is expected to end.
+GRID_SLACK = 0.2
 
 
 def next_poll_delay(elapsed: float, expected: float | None) -> float:
@@ -36,9 +39,9 @@ def next_poll_delay(elapsed: float, expected: float | None) -> float:
         # Halve the distance to the window each time, never faster than 1 s.
         return min(MAX_INTERVAL_FAR, max(MIN_INTERVAL, (window_start - elapsed) / 2.0))
     if elapsed < window_end:
-        # Polls on a 1 s grid anchored just after the expected end: each gap is in [1, 2) s.
+        # Polls on a 1 s grid anchored just after the expected end: each gap is in [0.8, 1.8) s.
         anchor = expected + GRID_OFFSET
-        steps = math.ceil(elapsed + MIN_INTERVAL - anchor)
+        steps = math.ceil(elapsed + MIN_INTERVAL - GRID_SLACK - anchor)
         return anchor + steps - elapsed
     return min(MAX_INTERVAL_LATE, MIN_INTERVAL + (elapsed - window_end) / 30.0)
 

@@ -151,9 +151,9 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
                 if update is None:
                     return
                 last, fixes = update, update.changes or fixes
+                next_poll = time.monotonic() + update.wait_seconds  # before Gradio spends time sending
                 yield status_markdown(update, fixes), update.task_id or "", str(update.video_path or "") or None
-                if update.wait_seconds > 0:
-                    await asyncio.sleep(update.wait_seconds)
+                await asyncio.sleep(max(0.0, next_poll - time.monotonic()))
         except KlingDemoError as error:
             raise gr.Error(str(error), duration=None) from error
         finally:
