@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
+from gradio.utils import get_upload_folder
 from gradio_client import Client, handle_file
 
 from kling_demo.backend import Backend
@@ -32,9 +34,9 @@ def app_url(make_sandbox, tmp_path):
     demo.close()
 
 
-def test_generate_streams_statuses_then_the_video(app_url, make_image):
+def test_generate_streams_statuses_then_the_video(app_url, make_image, tmp_path):
     url, sandbox = app_url
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, download_files=str(tmp_path / "client-downloads"))
     job = client.submit(handle_file(str(make_image(size=(720, 480)))), "a paper boat drifting", "", 0.5, 5, None,
                         api_name="/generate")
     status, task_id, video = job.result(timeout=120)
@@ -44,6 +46,9 @@ def test_generate_streams_statuses_then_the_video(app_url, make_image):
     assert "Done" in status and task_id and task_id in status
     assert probe_video(video).duration_seconds == pytest.approx(5.0)
     assert sandbox.stats()["submissions"] == 1
+    # The page serves the downloaded file in place: Gradio made no copy of it in its cache.
+    (kept,) = (tmp_path / "data" / "videos").glob("*.mp4")
+    assert list(Path(get_upload_folder()).rglob(kept.name)) == []
 
 
 def test_the_api_names_its_parameters_as_documented(app_url):
