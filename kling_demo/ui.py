@@ -11,6 +11,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 
 import anyio
 import gradio as gr
+from PIL import Image
 
 from . import jobs, media
 from .backend import Backend, open_backend
@@ -60,6 +61,17 @@ def frame_input(**options: Any) -> gr.Image:
     return component
 
 
+class DurationInput(gr.Radio):
+    """A radio of whole seconds that tells API and MCP clients so.
+
+    Stock gr.Radio describes every choice as a string, so an MCP client's `duration: 5` fails schema validation."""
+
+    is_template = True  # rendered by the stock Radio frontend
+
+    def api_info(self) -> dict[str, Any]:
+        return {**super().api_info(), "type": "integer"}
+
+
 def backend_banner(backend: Backend, settings: Settings) -> str:
     if backend.is_sandbox:
         return (
@@ -96,16 +108,25 @@ def launch_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def history_items(records: list[TaskRecord]) -> list[tuple[str, str]]:
-    """Gallery entries: the first frame, captioned with status, prompt, when and how long."""
+def history_items(records: list[TaskRecord], placeholder: str) -> list[tuple[str, str]]:
+    """Gallery entries captioned with status, prompt, when and how long: the first frame, or for a
+    task fetched by id the video itself (or a placeholder while it renders)."""
     items = []
     for record in records:
         when = time.strftime("%d %b %H:%M", time.localtime(record.created_at))
         took = f" · {jobs.format_seconds(record.inference_ms / 1000)}" if record.inference_ms else ""
-        prompt = record.prompt or "(resumed by task id)"
+        prompt = record.prompt or "(fetched by task id)"
         caption = f"{STATUS_ICONS.get(record.status, '•')} {prompt[:60]} · {when}{took}"
-        items.append((record.first_frame or "", caption))
-    return [(image, caption) for image, caption in items if image]
+        items.append((record.first_frame or record.video_path or placeholder, caption))
+    return items
+
+
+def pending_picture(folder: Path) -> Path:
+    """A plain tile for history entries that have no picture yet."""
+    path = folder / "pending.png"
+    if not path.exists():
+        Image.new("RGB", (320, 180), (226, 232, 240)).save(path)
+    return path
 
 
 def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
@@ -115,6 +136,7 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
     output_dir.mkdir(parents=True, exist_ok=True)
     # Served in place: Gradio neither copies nor re-downloads the finished video.
     gr.set_static_paths([str(output_dir)])
+    placeholder = str(pending_picture(output_dir))
     os.environ.setdefault("GRADIO_RUN_HISTORY", "false")  # also when launched without launch_options()
 
     journal = Journal(settings.data_dir / "journal.sqlite3")
@@ -192,8 +214,9 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
             gr.validate(True, ""),
         ]
 
-    async def generate(image: str | None, prompt: str, negative_prompt: str, guidance_scale: float, duration: int,
-                       end_image: str | None, owner_id: str | None = None, typed_key: str | None = None,
+    async def generate(image: str | None, prompt: str, negative_prompt: str | None = None,
+                       guidance_scale: float = SPEC.guidance_default, duration: int = SPEC.default_duration,
+                       end_image: str | None = None, owner_id: str | None = None, typed_key: str | None = None,
                        request: gr.Request = None) -> AsyncIterator[Outputs]:  # type: ignore[assignment]
         """Turn one still image into a 5 or 10 second video with Kling 2.0 Master (WaveSpeedAI).
 
@@ -245,8 +268,8 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
     def show_history(owner_id: str | None, request: gr.Request) -> tuple[list[tuple[str, str]], list[str]]:
         """Your generations, newest first."""
         owner, _ = visitor(owner_id, None, request)
-        records = [r for r in journal.for_owner(owner) if r.first_frame]
-        return history_items(records), [r.task_id for r in records]
+        records = journal.for_owner(owner)
+        return history_items(records, placeholder), [r.task_id for r in records]
 
     def on_load(stored_owner: str | None, request: gr.Request) -> tuple[Any, ...]:
         owner_id = stored_owner or new_owner_id()
@@ -297,8 +320,8 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
                     guidance = gr.Slider(SPEC.guidance_min, SPEC.guidance_max, value=SPEC.guidance_default,
                                          step=0.05, label="Guidance scale",
                                          info="Higher follows the prompt more closely.")
-                    duration = gr.Radio(list(SPEC.durations), value=SPEC.default_duration, label="Duration (s)",
-                                        elem_id="duration")
+                    duration = DurationInput(list(SPEC.durations), value=SPEC.default_duration, label="Duration (s)",
+                                             elem_id="duration")
                 with gr.Accordion("Advanced", open=False, elem_id="advanced"):
                     negative = gr.Textbox(label="Negative prompt", lines=2, max_length=SPEC.prompt_max_chars,
                                           placeholder="blurry, distorted hands", elem_id="negative-prompt")

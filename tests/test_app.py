@@ -81,3 +81,23 @@ def test_a_fixed_input_says_what_was_changed(app_url, make_image):
     assert "Done" in status and "Fixed before upload" in status
     assert "WebP" in status and "transparency" in status
     assert probe_video(video).frames == 120
+
+
+def test_a_task_submitted_elsewhere_is_fetched_by_id_with_your_own_key(app_url, make_image):
+    from kling_demo.client import WaveSpeedClient
+    from kling_demo.models import KLING_V2_I2V_MASTER
+
+    url, sandbox = app_url
+    with WaveSpeedClient(sandbox.base_url, "my-own-key") as elsewhere:
+        image_url = elsewhere.upload(make_image(), "image/png")
+        task_id = elsewhere.submit(KLING_V2_I2V_MASTER, {"image": image_url, "prompt": "made elsewhere"}).task_id
+    without_key = Client(url, verbose=False)
+    with pytest.raises(Exception, match="own WaveSpeed key"):
+        without_key.predict(task_id, api_name="/resume")
+    visitor = Client(url, verbose=False, headers={"X-WaveSpeed-Key": "my-own-key"})
+    status, resumed_id, video = visitor.predict(task_id, api_name="/resume")
+    assert resumed_id == task_id and "Done" in status
+    assert probe_video(video).duration_seconds == pytest.approx(5.0)
+    (entry,) = visitor.predict(api_name="/history")
+    assert "fetched by task id" in entry["caption"]
+    assert sandbox.stats()["submissions"] == 1
