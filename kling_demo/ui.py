@@ -61,15 +61,15 @@ def frame_input(**options: Any) -> gr.Image:
     return component
 
 
-class DurationInput(gr.Radio):
+def duration_input(**options: Any) -> gr.Radio:
     """A radio of whole seconds that tells API and MCP clients so.
 
-    Stock gr.Radio describes every choice as a string, so an MCP client's `duration: 5` fails schema validation."""
-
-    is_template = True  # rendered by the stock Radio frontend
-
-    def api_info(self) -> dict[str, Any]:
-        return {**super().api_info(), "type": "integer"}
+    Stock gr.Radio describes every choice as a string, so an MCP client's `duration: 5` fails
+    schema validation. (Overridden per instance, like frame_input, to avoid a generated .pyi.)"""
+    component = gr.Radio(**options)
+    stock_api_info = component.api_info
+    component.api_info = lambda: {**stock_api_info(), "type": "integer"}  # type: ignore[method-assign]
+    return component
 
 
 def backend_banner(backend: Backend, settings: Settings) -> str:
@@ -320,7 +320,7 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
                     guidance = gr.Slider(SPEC.guidance_min, SPEC.guidance_max, value=SPEC.guidance_default,
                                          step=0.05, label="Guidance scale",
                                          info="Higher follows the prompt more closely.")
-                    duration = DurationInput(list(SPEC.durations), value=SPEC.default_duration, label="Duration (s)",
+                    duration = duration_input(choices=list(SPEC.durations), value=SPEC.default_duration, label="Duration (s)",
                                              elem_id="duration")
                 with gr.Accordion("Advanced", open=False, elem_id="advanced"):
                     negative = gr.Textbox(label="Negative prompt", lines=2, max_length=SPEC.prompt_max_chars,
@@ -376,7 +376,8 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
                 show_history, inputs=owner_id, outputs=[gallery, history_ids], **private)
         stop_btn.click(stopped, inputs=task_id, outputs=status, cancels=[job_event, resume_event], queue=False,
                        **private).then(idle, outputs=[generate_btn, stop_btn], queue=False, **private)
-        refresh_btn.click(show_history, inputs=owner_id, outputs=[gallery, history_ids], api_name="history")
+        refresh_btn.click(show_history, inputs=owner_id, outputs=[gallery, history_ids], api_name="history",
+                          api_visibility="undocumented")  # per-session for API clients: no use as an MCP tool
         gallery.select(select_history, inputs=[history_ids, owner_id], outputs=[history_video, history_detail],
                        **private)
 

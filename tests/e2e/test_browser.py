@@ -179,3 +179,62 @@ def save_readme_screenshot(page: Any) -> None:
         if README_SCREENSHOT.stat().st_size <= README_SCREENSHOT_MAX_BYTES:
             return
     pytest.fail(f"{README_SCREENSHOT} is {README_SCREENSHOT.stat().st_size} bytes, over {README_SCREENSHOT_MAX_BYTES}")
+
+
+# --- bring your own key: a canary key typed in the page pays for the run and is kept nowhere in the browser ---
+
+@pytest.fixture
+def canary_app(tmp_path):
+    """The app on a server key the sandbox refuses; the sandbox accepts only the canary, so a video proves its use."""
+    import uuid
+
+    from tests.processes import start_app_process, start_sandbox_process
+
+    key = f"ws-canary-{uuid.uuid4().hex}"
+    sandbox = start_sandbox_process("--inference-seconds", "2", "--api-key", key)
+    app = start_app_process(tmp_path / "data", log_path=tmp_path / "app.log",
+                            env={"WAVESPEED_API_KEY": "server-key", "WAVESPEED_BASE_URL": sandbox.url,
+                                 "GRADIO_ANALYTICS_ENABLED": "False"})
+    yield app.url, key, sandbox.url
+    app.stop()
+    sandbox.stop()
+
+
+def test_a_typed_key_runs_the_generation_and_stays_out_of_browser_storage(browser, canary_app, pictures,
+                                                                          screenshot_dir):
+    import requests
+
+    url, key, sandbox_url = canary_app
+    context = browser.new_context(viewport=DESKTOP)
+    context.set_default_timeout(15_000)
+    try:
+        page = context.new_page()
+        page.goto(url)
+        page.locator("#generate").wait_for(state="visible", timeout=30_000)
+        page.locator("#key-section").get_by_text("Your WaveSpeed key").click()
+        key_input = page.locator("#user-key input")
+        expect(key_input).to_have_attribute("type", "password")
+        key_input.fill(key)
+        fill_in(page, pictures["first_frame"], "Mist lifts off the lake at dawn")
+        page.click("#generate")
+        wait_for_playing_video(page)
+        expect(page.locator("#status")).to_contain_text("Done", timeout=10_000)
+        page.screenshot(path=str(screenshot_dir / "typed_key_run.png"), full_page=True)
+        assert requests.get(sandbox_url + "/sandbox/stats", timeout=5).json()["submissions"] == 1
+
+        storage = page.evaluate("""() => ({local: JSON.stringify(localStorage), session: JSON.stringify(sessionStorage),
+                                          cookies: document.cookie})""")
+        assert storage["local"] != "{}", "the page stores its owner id in localStorage, so this read is live"
+        for where, content in storage.items():
+            assert key not in content, f"the key is kept in the browser's {where}"
+        # Gradio's run history would keep every input, the password box included, in localStorage.
+        expect(page.locator("footer").get_by_text(re.compile(r"\bRuns?\b"))).to_have_count(0)
+        visible = page.evaluate("() => document.body.innerText")
+        assert key not in visible, "the key is shown on the page"
+
+        page.reload()  # a returning visitor: nothing brings the key back
+        page.locator("#generate").wait_for(state="visible", timeout=30_000)
+        page.locator("#key-section").get_by_text("Your WaveSpeed key").click()
+        expect(page.locator("#user-key input")).to_have_value("")
+    finally:
+        context.close()
