@@ -37,7 +37,10 @@ STAGE_LABELS = {
     Stage.DONE: "Done",
     Stage.FAILED: "Failed",
 }
-STATUS_ICONS = {"completed": "✅", "failed": "❌", "lost": "❌", "created": "⏳", "processing": "⏳"}
+STATUS_WORDS = {"completed": "Done", "failed": "Failed", "lost": "Lost", "created": "Queued", "processing": "Rendering"}
+# Gradio sizes a gallery's grid to its item count, so one entry fills the width; keep a steady grid.
+PAGE_CSS = "#history .grid-container { --grid-cols: 5 !important; } " \
+           "@media (max-width: 640px) { #history .grid-container { --grid-cols: 2 !important; } }"
 IDLE_STATUS = "Ready. Add a first frame and a prompt, then press **Generate**."
 Outputs = tuple[str, str, "str | None"]
 
@@ -105,6 +108,7 @@ def launch_options(settings: Settings) -> dict[str, Any]:
         # Gradio 6's run history keeps every input, a password box included, in localStorage.
         "run_history": False,
         "mcp_server": settings.mcp_server,
+        "css": PAGE_CSS,
     }
 
 
@@ -116,7 +120,7 @@ def history_items(records: list[TaskRecord], placeholder: str) -> list[tuple[str
         when = time.strftime("%d %b %H:%M", time.localtime(record.created_at))
         took = f" · {jobs.format_seconds(record.inference_ms / 1000)}" if record.inference_ms else ""
         prompt = record.prompt or "(fetched by task id)"
-        caption = f"{STATUS_ICONS.get(record.status, '•')} {prompt[:60]} · {when}{took}"
+        caption = f"{STATUS_WORDS.get(record.status, record.status)} · {prompt[:60]} · {when}{took}"
         items.append((record.first_frame or record.video_path or placeholder, caption))
     return items
 

@@ -145,6 +145,35 @@ def test_a_too_small_image_is_refused_in_the_page_and_no_video_appears(page, pic
     assert task_id_box(page).input_value() == ""
 
 
+def test_a_generation_is_in_the_history_after_a_reload_and_only_there(page, pictures, browser, app_url):
+    prompt = "Lanterns drift across the lake at dusk"
+    fill_in(page, pictures["first_frame"], prompt)
+    page.click("#generate")
+    wait_for_playing_video(page)
+    task_id = task_id_box(page).input_value()
+
+    page.reload()  # same browser, same owner: the history is still there
+    history = page.locator("#history")
+    expect(history).to_contain_text(prompt, timeout=15_000)
+    history.get_by_text(prompt).first.click()
+    expect(page.locator("#history-detail")).to_contain_text(task_id)
+    expect(page.locator("#history-video video")).to_be_attached(timeout=15_000)
+    duration = page.wait_for_function(
+        "() => { const v = document.querySelector('#history-video video'); "
+        "return v && Number.isFinite(v.duration) && v.duration > 0 ? v.duration : null; }", timeout=30_000)
+    assert duration.json_value() == pytest.approx(5.0, abs=0.1)
+
+    stranger = browser.new_context()  # another visitor: their own, empty history
+    try:
+        other = stranger.new_page()
+        other.goto(app_url)
+        expect(other.locator("#history")).to_be_visible()
+        other.wait_for_timeout(2_000)  # the history loads with the page
+        assert prompt not in other.locator("#history").inner_text()
+    finally:
+        stranger.close()
+
+
 @pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop-1280x800", "phone-390x844"])
 def test_generate_and_status_fit_the_screen_without_horizontal_scrolling(open_page, viewport):
     page = open_page(viewport)
