@@ -312,12 +312,12 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
         typed_key = gr.State("")
         history_ids = gr.State([])
 
-        gr.Markdown(f"# {SPEC.title}\nOne still image in, a 5 or 10 second video out.")
+        gr.Markdown(f"## {SPEC.title} — one still image in, a 5 or 10 second video out")
         gr.Markdown(backend_banner(backend, settings), elem_id="backend-banner")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1):
-                image = frame_input(label="First frame", height=300, elem_id="first-frame")
-                prompt = gr.Textbox(label="Prompt", lines=3, max_length=SPEC.prompt_max_chars,
+                image = frame_input(label="First frame", height=240, elem_id="first-frame")
+                prompt = gr.Textbox(label="Prompt", lines=2, max_length=SPEC.prompt_max_chars,
                                     placeholder="A slow dolly-in as the wind moves through her hair…",
                                     elem_id="prompt")
                 with gr.Row():
