@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputRejected
@@ -38,6 +37,8 @@ class VideoInfo:
 
 def probe_video(path: str | Path) -> VideoInfo:
     """Decode every frame of the video, so the duration reflects what actually plays."""
+    import av  # imported here: PyAV costs ~1 s of cold start and only probing needs it
+
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or Fraction(24)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 log = logging.getLogger(__name__)
@@ -93,6 +92,8 @@ def render_video(
 ) -> RenderedVideo:
     """Write `duration_seconds` × 24 frames to `output_path` atomically; `threads` 0 = x264 auto.
     Setting `cancel` stops the render between frames with RenderCancelled."""
+    import av  # imported here: PyAV costs ~1 s of the app's cold start, and only renders need it
+
     output_path = Path(output_path)
     first = _as_rgb(first_frame)
     width, height = output_size(*first.size)
