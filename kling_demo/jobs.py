@@ -147,12 +147,12 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
                 payload["negative_prompt"] = negative
             if end:
                 payload["end_image"] = ctx.client.upload(end.path, end.mime_type)
-            first_frame = media.thumbnail(first.path, ctx.videos_dir) if ctx.journal is not None else None
             _check_stop(ctx, task_id)
             prediction = ctx.client.submit(spec, payload)
             task_id = prediction.task_id
             ctx.followers.claim(task_id)  # before the journal row exists, so recovery never races us
             if ctx.journal is not None:
+                first_frame = media.save_preview(first, ctx.videos_dir)
                 ctx.journal.record_submission(
                     owner=ctx.owner, task_id=task_id, model=spec.model_id, api_base=ctx.client.base_url,
                     key_source=ctx.key_source, status=prediction.status,

@@ -12,7 +12,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -71,6 +71,16 @@ _ROTATION_NAMES = {
     7: "mirrored, 270°",
     8: "270°",
 }
+# The transposition that makes a picture with each EXIF orientation upright (as ImageOps.exif_transpose).
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _FORMAT_NAMES = {"WEBP": "WebP"}
 _SUFFIXES = {"JPEG": ".jpg", "PNG": ".png"}
 _NAME_SUFFIXES = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",)}
@@ -90,6 +100,8 @@ class PreparedImage:
     format: str
     size_bytes: int
     changes: tuple[str, ...] = ()
+    # A small upright RGB copy for the history list, made while the pixels were decoded anyway.
+    preview: Image.Image | None = field(default=None, compare=False, repr=False)
 
     @property
     def mime_type(self) -> str:
@@ -114,7 +126,8 @@ def prepare_image(
         _check_dimensions(*_oriented_size(image), limits, role)
         _decode(image, role)
         if _fits_as_is(image, source_format, source_bytes, limits):
-            return _pass_through(path, image, source_format, source_bytes, work_dir, role)
+            return replace(_pass_through(path, image, source_format, source_bytes, work_dir, role),
+                           preview=_preview(image, _orientation(image)))
         frames = getattr(image, "n_frames", 1)
         changes = [f"used the first of {frames} frames"] if frames > 1 else []
         picture, orientation_changes = _apply_orientation(image)
@@ -126,7 +139,8 @@ def prepare_image(
     target = _new_file(work_dir, role, encoded.format)
     target.write_bytes(encoded.data)
     log.info("prepared %s %s -> %s: %s", role, path.name, target.name, "; ".join(changes) or "re-saved")
-    return PreparedImage(target, encoded.width, encoded.height, encoded.format, len(encoded.data), tuple(changes))
+    return PreparedImage(target, encoded.width, encoded.height, encoded.format, len(encoded.data), tuple(changes),
+                         preview=_preview(picture, orientation=1))
 
 
 def quick_check_image(
@@ -422,12 +436,26 @@ def _new_file(work_dir: Path | None, role: str, image_format: str) -> Path:
     return directory / f"{role.replace(' ', '-')}-{uuid.uuid4().hex[:12]}{_SUFFIXES[image_format]}"
 
 
-def thumbnail(source: str | Path, dest_dir: Path, *, max_side: int = 320) -> Path:
-    """A small JPEG of a prepared image, under an unguessable name in `dest_dir`, for the history list."""
+PREVIEW_SIDE = 320
+
+
+def _preview(image: Image.Image, orientation: int) -> Image.Image:
+    """Shrink first (a cheap box reduce), then turn upright: never transposes the full image."""
+    factor = max(1, min(image.size) // (2 * PREVIEW_SIDE))
+    small = image.reduce(factor) if factor > 1 else image.copy()
+    small.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    if orientation != 1:
+        small = small.transpose(_ORIENTATION_TRANSPOSE[orientation])
+    return small.convert("RGB")
+
+
+def save_preview(prepared: PreparedImage, dest_dir: Path) -> Path:
+    """The prepared image's preview as a JPEG under an unguessable name in `dest_dir`, for the history list."""
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / f"{uuid.uuid4().hex}.jpg"
-    with Image.open(source) as picture:
-        picture.thumbnail((max_side, max_side))  # first: JPEGs then decode at reduced scale
-        picture = ImageOps.exif_transpose(picture).convert("RGB")
-        picture.save(target, "JPEG", quality=85)
+    preview = prepared.preview
+    if preview is None:
+        with Image.open(prepared.path) as picture:
+            preview = _preview(picture, _orientation(picture))
+    preview.save(target, "JPEG", quality=85)
     return target
