@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,25 @@ def test_a_task_submitted_elsewhere_is_fetched_by_id_with_your_own_key(app_url, 
     (entry,) = visitor.predict(api_name="/history")
     assert "fetched by task id" in entry["caption"]
     assert sandbox.stats()["submissions"] == 1
+
+
+def test_a_full_queue_says_the_app_is_busy_instead_of_waiting_forever(make_sandbox, make_image, tmp_path):
+    sandbox = make_sandbox(inference_seconds=4)
+    settings = Settings(data_dir=tmp_path / "data", concurrency=1, max_queue=1, max_jobs_per_visitor=10)
+    demo = build_app(settings, Backend(base_url=sandbox.base_url, api_key="k", sandbox=sandbox))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **launch_options(settings))
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        image = handle_file(str(make_image()))
+        running = client.submit(image, "first", "", 0.5, 5, None, api_name="/generate")
+        while not running.outputs():  # the first job is running: the queue now has room for one more
+            time.sleep(0.1)
+        waiting = client.submit(image, "second", "", 0.5, 5, None, api_name="/generate")
+        time.sleep(0.5)
+        with pytest.raises(Exception, match="(?i)queue is full"):
+            client.predict(image, "third", "", 0.5, 5, None, api_name="/generate")
+        assert "Done" in running.result(timeout=60)[0] and "Done" in waiting.result(timeout=60)[0]
+    finally:
+        demo.close()
