@@ -58,6 +58,13 @@ def wait_for_playing_video(page: Any) -> dict[str, Any]:
     }""")
 
 
+def generate_and_expect_video_of(page: Any, seconds: float) -> None:
+    page.click("#generate")
+    video = wait_for_playing_video(page)
+    assert video["duration"] == pytest.approx(seconds, abs=0.1), video
+    expect(page.locator("#status")).to_contain_text("Done", timeout=10_000)
+
+
 def expect_idle_buttons(page: Any) -> None:
     expect(page.locator("#generate")).to_be_enabled()
     expect(page.locator("#stop")).to_be_disabled()
@@ -95,10 +102,7 @@ def test_generate_shows_each_step_the_task_id_and_plays_a_5_second_video(page, p
 def test_a_10_second_run_plays_a_10_second_video(page, pictures):
     page.get_by_role("radio", name="10").check()
     fill_in(page, pictures["first_frame"], "A slow dolly-in over the lake at sunset")
-    page.click("#generate")
-    video = wait_for_playing_video(page)
-    assert video["duration"] == pytest.approx(10.0, abs=0.1), video
-    expect(page.locator("#status")).to_contain_text("Done", timeout=10_000)
+    generate_and_expect_video_of(page, seconds=10.0)
 
 
 def test_an_end_frame_from_the_advanced_section_still_yields_a_video(page, pictures):
@@ -109,10 +113,7 @@ def test_an_end_frame_from_the_advanced_section_still_yields_a_video(page, pictu
     page.fill("#negative-prompt textarea", "blurry, people")
     page.set_input_files("#end-frame input[type=file]", str(pictures["end_frame"]))
     expect(page.locator("#end-frame img")).to_be_visible()
-    page.click("#generate")
-    video = wait_for_playing_video(page)
-    assert video["duration"] == pytest.approx(5.0, abs=0.1), video
-    expect(page.locator("#status")).to_contain_text("Done", timeout=10_000)
+    generate_and_expect_video_of(page, seconds=5.0)
 
 
 def test_stop_while_rendering_says_what_happened_and_frees_the_buttons(page, pictures):
