@@ -31,19 +31,22 @@ class Recovery:
         self.sandbox = sandbox
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="recovery")
 
-    def resume_running(self, owner: str | None = None) -> int:
-        """Adopt every running server-key task (of one owner, or all); returns how many were adopted."""
+    def resume_running(self, owner: str | None = None, api_key: str | None = None) -> int:
+        """Adopt every running task (of one owner, or all) that this key can follow; returns how many.
+
+        Without `api_key`, tasks paid with the server's key; with a visitor's key, that owner's own-key tasks."""
         adopted = 0
         for record in self.journal.running(owner=owner):
-            if record.key_source != "server":
+            if record.key_source != ("visitor" if api_key else "server"):
                 continue
             if record.api_base != self.api_base:
                 if self.sandbox:
                     # The embedded sandbox keeps tasks in memory: a restart ends them for good.
-                    self.journal.fail(record.owner, record.task_id, "The local sandbox that ran this task was restarted; "
-                                                      "sandbox tasks do not survive a restart.", status="lost")
+                    self.journal.fail(record.owner, record.task_id, "The local sandbox that ran this task was "
+                                                                    "restarted; sandbox tasks do not survive a "
+                                                                    "restart.", status="lost")
                 continue
-            adopted += self.adopt(record)
+            adopted += self.adopt(record, api_key)
         return adopted
 
     def adopt(self, record: TaskRecord, api_key: str | None = None) -> bool:

@@ -186,11 +186,11 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
             ctx.stop.set()
             job.close()
             ctx.client.close()
-            # Stopped, or the tab went away: a paid task still finishes into its owner's history.
-            if last is not None and last.task_id and not last.is_final:
-                record = journal.get(ctx.owner, last.task_id)
-                if record is not None and record.is_running:
-                    recovery.adopt(record, api_key)
+            # Stopped, or the tab went away: a paid task still finishes into its owner's history. A stop
+            # can land while the submit answer is on its way, before the page saw a task id, so this
+            # hands over every running task of the owner; those a live job follows are skipped there.
+            if last is None or not last.is_final:
+                recovery.resume_running(ctx.owner, api_key)
 
     def visitor(owner_id: str | None, typed_key: str | None, request: gr.Request | None) -> tuple[str, str | None]:
         session = request.session_hash if request is not None else None
@@ -304,7 +304,8 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
         if task_id:
             return (f"**Stopped** — stopped waiting for task `{task_id}`. It was already submitted, so it may "
                     "still finish and be billed; if it does, it will appear in your history.")
-        return "**Stopped** — nothing was submitted, so nothing was billed."
+        return ("**Stopped** — nothing had been submitted yet. If the submission was already on its way, the "
+                "task will still finish into your history.")
 
     with gr.Blocks(title="Kling 2.0 image-to-video") as demo:
         owner_store = gr.BrowserState("", storage_key=OWNER_STORAGE_KEY, secret=settings.owner_secret())
