@@ -275,6 +275,15 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
         records = journal.for_owner(owner)
         return history_items(records, placeholder), [r.task_id for r in records]
 
+    def refresh_changed(owner_id: str | None, seen: str, request: gr.Request) -> tuple[Any, Any, str]:
+        """Redraw the history only when a task was added or changed status (tasks finish in the background)."""
+        owner, _ = visitor(owner_id, None, request)
+        records = journal.for_owner(owner)
+        signature = "|".join(f"{r.task_id}:{r.status}" for r in records)
+        if signature == seen:
+            return gr.skip(), gr.skip(), seen
+        return history_items(records, placeholder), [r.task_id for r in records], signature
+
     def on_load(stored_owner: str | None, request: gr.Request) -> tuple[Any, ...]:
         owner_id = stored_owner or new_owner_id()
         owner, _ = visitor(owner_id, None, request)
@@ -312,6 +321,8 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
         owner_id = gr.State("")
         typed_key = gr.State("")
         history_ids = gr.State([])
+        history_seen = gr.State("")
+        history_ticker = gr.Timer(5.0)
 
         gr.Markdown(f"## {SPEC.title} — one still image in, a 5 or 10 second video out")
         gr.Markdown(backend_banner(backend, settings), elem_id="backend-banner")
@@ -383,6 +394,9 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
                        **private).then(idle, outputs=[generate_btn, stop_btn], queue=False, **private)
         refresh_btn.click(show_history, inputs=owner_id, outputs=[gallery, history_ids], api_name="history",
                           api_visibility="undocumented")  # per-session for API clients: no use as an MCP tool
+        history_ticker.tick(refresh_changed, inputs=[owner_id, history_seen],
+                            outputs=[gallery, history_ids, history_seen], queue=False, show_progress="hidden",
+                            **private)
         gallery.select(select_history, inputs=[history_ids, owner_id], outputs=[history_video, history_detail],
                        **private)
 

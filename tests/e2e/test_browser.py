@@ -131,6 +131,8 @@ def test_stop_while_rendering_says_what_happened_and_frees_the_buttons(page, pic
         expect(status).to_contain_text(task_id)
     expect_idle_buttons(page)
     expect(page.locator("#video video")).to_have_count(0)
+    # The paid task is still finished in the background and turns up, done, in the history.
+    expect(page.locator("#history")).to_contain_text("Done · The moon rises", timeout=30_000)
 
 
 def test_a_too_small_image_is_refused_in_the_page_and_no_video_appears(page, pictures):
