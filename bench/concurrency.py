@@ -528,7 +528,7 @@ def main() -> int:
     print()
     print("Markdown (for the README):")
     print()
-    print(f"| jobs at once | wall (× one job) | completion→video p50 / p95 | result polls per job (per s) | app peak RSS |")
+    print("| jobs at once | wall (× one job) | completion→video p50 / p95 | result polls per job (per s) | app peak RSS |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r.label} | {r.wall:.1f} s ({r.wall / base:.2f}×) | {statistics.median(r.latencies):.2f} s / "

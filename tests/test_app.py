@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -15,12 +14,7 @@ from kling_demo.backend import Backend
 from kling_demo.config import Settings
 from kling_demo.media import probe_video
 from kling_demo.ui import build_app, launch_options
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.processes import free_port
 
 
 @pytest.fixture

@@ -8,27 +8,22 @@ Every test leaves one screenshot in `E2E_SCREENSHOT_DIR` (default: a fresh temp 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.processes import start_app_process
+
 from .pictures import draw_landscape, draw_small_image
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("E2E_CHROMIUM") or "/usr/bin/chromium")  # Debian's; never `playwright install`
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SANDBOX_SECONDS = "3"  # short renders keep the whole browser run well under two minutes
-APP_START_TIMEOUT = 90.0
 
 
 
@@ -42,70 +37,24 @@ def _missing_browser(reason: str) -> None:
     pytest.skip(reason)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 # --- the app ---------------------------------------------------------------------------------------------------
-
-def _wait_until_answering(url: str, app: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + APP_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if app.poll() is not None:
-            pytest.fail(f"`python app.py` exited with {app.returncode} before serving:\n{_tail(log_path)}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.25)  # polling for startup only; no test outcome depends on this pause
-    pytest.fail(f"`python app.py` did not answer at {url} within {APP_START_TIMEOUT:.0f} s:\n{_tail(log_path)}")
-
-
-def _tail(log_path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
 
 @pytest.fixture(scope="session")
 def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python app.py` as a visitor's server would run it: no key, so the embedded sandbox, on a free port.
 
-    The working directory is an empty temp dir, so a developer's `.env` (perhaps with a real key) is never read.
+    It runs from an empty temp dir, so a developer's `.env` (perhaps with a real key) is never read.
     `E2E_APP=/path/to/app.py` runs another checkout's app instead of this one.
     """
     workdir = tmp_path_factory.mktemp("app")
-    log_path = workdir / "app.log"
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WAVESPEED_", "KLING_DEMO_", "GRADIO_"))}
-    env.update({
-        "WAVESPEED_API_KEY": "",
-        "GRADIO_SERVER_NAME": "127.0.0.1",
-        "GRADIO_SERVER_PORT": str(port),
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "KLING_DEMO_DATA_DIR": str(workdir / "data"),
-        "KLING_DEMO_SANDBOX_SECONDS": SANDBOX_SECONDS,
-        "PYTHONUNBUFFERED": "1",
-    })
-    with open(log_path, "wb") as log_file:
-        app = subprocess.Popen([sys.executable, os.environ.get("E2E_APP") or str(PROJECT_ROOT / "app.py")], cwd=workdir, env=env,
-                               stdout=log_file, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+    app_script = os.environ.get("E2E_APP")
+    served = start_app_process(workdir / "data", log_path=workdir / "app.log",
+                               app_script=Path(app_script) if app_script else None,
+                               env={"KLING_DEMO_SANDBOX_SECONDS": SANDBOX_SECONDS})
     try:
-        _wait_until_answering(url, app, log_path)
-        yield url
+        yield served.url
     finally:
-        app.terminate()
-        try:
-            app.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            app.kill()
-            app.wait(timeout=15)
+        served.stop()
 
 
 # --- the browser -----------------------------------------------------------------------------------------------
