@@ -41,7 +41,13 @@ STATUS_WORDS = {"completed": "Done", "failed": "Failed", "lost": "Lost", "create
 # Gradio sizes a gallery's grid to its item count, so one entry fills the width; keep a steady grid.
 PAGE_CSS = "#history .grid-container { --grid-cols: 5 !important; } " \
            "@media (max-width: 640px) { #history .grid-container { --grid-cols: 2 !important; } }"
-IDLE_STATUS = "Ready. Add a first frame and a prompt, then press **Generate**."
+IDLE_STATUS = "Ready. Add a first frame and a prompt (or pick an example), then press **Generate**."
+ASSETS = Path(__file__).parent / "assets"
+EXAMPLES = [  # image, prompt, negative prompt, end frame
+    [ASSETS / "sunset-lake.jpg", "The sun sinks behind the mountains as ripples cross the lake", "", None],
+    [ASSETS / "sunset-lake.jpg", "Dusk falls over the lake and the stars come out", "blurry",
+     ASSETS / "night-lake.jpg"],
+]
 Outputs = tuple[str, str, "str | None"]
 
 
@@ -139,7 +145,7 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
     output_dir = videos_dir(settings)
     output_dir.mkdir(parents=True, exist_ok=True)
     # Served in place: Gradio neither copies nor re-downloads the finished video.
-    gr.set_static_paths([str(output_dir)])
+    gr.set_static_paths([str(output_dir), str(ASSETS)])
     placeholder = str(pending_picture(output_dir))
     os.environ.setdefault("GRADIO_RUN_HISTORY", "false")  # also when launched without launch_options()
 
@@ -349,6 +355,9 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
                     key_box = gr.Textbox(label="WaveSpeed API key", type="password", elem_id="user-key",
                                          placeholder="optional" if not settings.require_user_key else "required",
                                          info="Used for your requests only; never stored, logged or shown.")
+                gr.Examples([[str(cell) if cell else None for cell in row] for row in EXAMPLES],
+                            inputs=[image, prompt, negative, end_image], label="Try an example",
+                            elem_id="examples")
             with gr.Column(scale=1):
                 status = gr.Markdown(IDLE_STATUS, elem_id="status", container=True)
                 task_id = gr.Textbox(label="Task id", interactive=False, buttons=["copy"], elem_id="task-id")

@@ -116,6 +116,13 @@ def test_an_end_frame_from_the_advanced_section_still_yields_a_video(page, pictu
     generate_and_expect_video_of(page, seconds=5.0)
 
 
+def test_an_example_fills_the_form_and_generates(page):
+    page.locator("#examples").get_by_text("Dusk falls").first.click()
+    expect(page.locator("#prompt textarea")).to_have_value("Dusk falls over the lake and the stars come out")
+    expect(page.locator("#first-frame img")).to_be_visible()
+    generate_and_expect_video_of(page, seconds=5.0)
+
+
 def test_stop_while_rendering_says_what_happened_and_frees_the_buttons(page, pictures):
     fill_in(page, pictures["first_frame"], "The moon rises")
     page.click("#generate")
