@@ -153,12 +153,9 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
             ctx.followers.claim(task_id)  # before the journal row exists, so recovery never races us
             if ctx.journal is not None:
                 first_frame = media.save_preview(first, ctx.videos_dir)
-                ctx.journal.record_submission(
-                    owner=ctx.owner, task_id=task_id, model=spec.model_id, api_base=ctx.client.base_url,
-                    key_source=ctx.key_source, status=prediction.status,
-                    params={"prompt": prompt, "negative_prompt": negative, "guidance_scale": guidance,
-                            "duration": duration, "end_image": end is not None},
-                    first_frame=str(first_frame))
+                params = {"prompt": prompt, "negative_prompt": negative, "guidance_scale": guidance,
+                          "duration": duration, "end_image": end is not None}
+                _remember(ctx, prediction, params, first_frame=str(first_frame))
         yield from _follow(prediction, duration, ctx, started)
     except KlingDemoError as error:
         if task_id and not error.task_id:
@@ -176,11 +173,8 @@ def resume(task_id: str, ctx: JobContext, *, duration: int | None = None) -> Ite
                                    "it finishes.", task_id=task_id)
         try:
             prediction = ctx.client.result(task_id)
-            if ctx.journal is not None:  # a task fetched by id joins the visitor's history; existing rows stay
-                ctx.journal.record_submission(
-                    owner=ctx.owner, task_id=task_id, model=ctx.spec.model_id, api_base=ctx.client.base_url,
-                    key_source=ctx.key_source, status=prediction.status,
-                    params={"prompt": "", "duration": duration, "resumed": True})
+            # A task fetched by id joins the visitor's history; an existing row stays as it is.
+            _remember(ctx, prediction, {"prompt": "", "duration": duration, "resumed": True})
         except KlingDemoError:
             ctx.followers.release(task_id)
             raise
@@ -189,6 +183,16 @@ def resume(task_id: str, ctx: JobContext, *, duration: int | None = None) -> Ite
         error.task_id = error.task_id or task_id
         yield JobUpdate(Stage.FAILED, str(error), ctx.clock() - started, task_id=task_id)
         raise
+
+
+def _remember(ctx: JobContext, prediction: Prediction, params: dict[str, object], *,
+              first_frame: str | None = None) -> None:
+    """Write the task's journal row for its owner, if the job keeps one (an existing row is kept)."""
+    if ctx.journal is None:
+        return
+    ctx.journal.record_submission(owner=ctx.owner, task_id=prediction.task_id, model=ctx.spec.model_id,
+                                  api_base=ctx.client.base_url, key_source=ctx.key_source,
+                                  status=prediction.status, params=params, first_frame=first_frame)
 
 
 def _follow(prediction: Prediction, duration: int | None, ctx: JobContext, started: float) -> Iterator[JobUpdate]:
@@ -227,10 +231,10 @@ def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
                 f"Gave up waiting after {format_seconds(running)} (the limit is "
                 f"{format_seconds(ctx.deadline_seconds)}). The task may still finish and be billed; "
                 "resume it later by its task id.", task_id=task_id)
-        prediction = ctx.client.result(task_id)
+        previous_status, prediction = prediction.status, ctx.client.result(task_id)
         if prediction.is_final:
             break  # the journal says "completed" only once the video is safely on disk
-        if journal is not None:
+        if journal is not None and prediction.status != previous_status:
             journal.set_status(ctx.owner, task_id, prediction.status)
         running = ctx.clock() - submitted_at
         wait = next_poll_delay(running, expected)

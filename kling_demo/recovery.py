@@ -46,15 +46,15 @@ class Recovery:
                                                                     "restarted; sandbox tasks do not survive a "
                                                                     "restart.", status="lost")
                 continue
-            adopted += self.adopt(record, api_key)
+            self.adopt(record, api_key)
+            adopted += 1
         return adopted
 
-    def adopt(self, record: TaskRecord, api_key: str | None = None) -> bool:
+    def adopt(self, record: TaskRecord, api_key: str | None = None) -> None:
         """Follow one task in the background; a task this process already follows is skipped there.
 
         `api_key` is a visitor's own key, held in memory only for this follow."""
         self._pool.submit(self._follow, record, api_key)
-        return True
 
     def _follow(self, record: TaskRecord, api_key: str | None) -> None:
         ctx = self.make_context(record.owner, api_key)
