@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from kling_demo.polling import InferenceHistory, next_poll_delay
 
@@ -23,6 +23,8 @@ def simulate(expected: float | None, finish: float, horizon: float = 3600.0, lat
 @settings(max_examples=200, deadline=None)
 @given(expected=st.one_of(st.none(), st.floats(1, 900)), finish=st.floats(0.1, 1200),
        lateness=st.floats(0, 0.15))
+@example(expected=1.75, finish=2.0, lateness=0.0)  # once polled at 1.0, 1.8, 2.8 s: three polls in 2.8 s
+@example(expected=5.8, finish=3.0, lateness=0.0)  # entering the grid 0.15 s after a grid point
 def test_at_most_one_poll_per_second(expected, finish, lateness):
     times = simulate(expected, finish, lateness=lateness)
     assert times[0] >= 1.0
