@@ -7,23 +7,23 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 import anyio
 import gradio as gr
 from PIL import Image
 
-from . import jobs, media
-from .backend import Backend, open_backend
-from .client import WaveSpeedClient
+from . import media
+from .backend import Backend
 from .config import Settings
-from .errors import InputRejected, KlingDemoError, NotYours
-from .jobs import Followers, JobContext, JobRequest, JobUpdate, Stage
-from .journal import Journal, TaskRecord
+from .errors import InputRejected, KlingDemoError
+from .jobs import JobRequest, JobUpdate, Stage, format_seconds
 from .models import DEFAULT_MODEL
-from .polling import InferenceHistory
-from .recovery import Recovery
-from .visitors import OWNER_STORAGE_KEY, JobSlots, new_owner_id, resolve_owner, visitor_key
+from .service import Job, Service, Visitor
+from .visitors import OWNER_STORAGE_KEY, new_owner_id, resolve_owner, visitor_key
+
+if TYPE_CHECKING:
+    from .journal import TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def history_items(records: list[TaskRecord], placeholder: str) -> list[tuple[str
     items = []
     for record in records:
         when = time.strftime("%d %b %H:%M", time.localtime(record.created_at))
-        took = f" · {jobs.format_seconds(record.inference_ms / 1000)}" if record.inference_ms else ""
+        took = f" · {format_seconds(record.inference_ms / 1000)}" if record.inference_ms else ""
         prompt = record.prompt or "(fetched by task id)"
         caption = f"{STATUS_WORDS.get(record.status, record.status)} · {prompt[:60]} · {when}{took}"
         items.append((record.first_frame or record.video_path or placeholder, caption))
@@ -139,74 +139,19 @@ def pending_picture(folder: Path) -> Path:
     return path
 
 
-def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
-    """Build the page; with no backend given, open the one the settings call for."""
-    backend = backend or open_backend(settings)
-    output_dir = videos_dir(settings)
-    output_dir.mkdir(parents=True, exist_ok=True)
+def build_app(settings: Settings, backend: Backend | None = None, service: Service | None = None) -> gr.Blocks:
+    """Build the page over a `Service` (made from the settings, and `backend` if given, unless one is passed)."""
+    service = service or Service(settings, backend)
+    output_dir = service.videos_dir
     # Served in place: Gradio neither copies nor re-downloads the finished video.
     gr.set_static_paths([str(output_dir), str(ASSETS)])
     placeholder = str(pending_picture(output_dir))
     os.environ.setdefault("GRADIO_RUN_HISTORY", "false")  # also when launched without launch_options()
 
-    journal = Journal(settings.data_dir / "journal.sqlite3")
-    if settings.retention_days is not None or settings.retention_gb is not None:
-        report = journal.prune(max_age_days=settings.retention_days,
-                               max_total_bytes=int(settings.retention_gb * 1e9) if settings.retention_gb else None)
-        log.info("retention: removed %d old videos (%.1f MB)", report.videos_removed, report.bytes_freed / 1e6)
-    history = InferenceHistory()
-    for duration, seconds in reversed(journal.inference_times(SPEC.model_id)):
-        history.record(SPEC.model_id, duration, seconds)
-    followers = Followers()
-    slots = JobSlots()
-
-    def make_context(owner: str, api_key: str | None = None) -> JobContext:
-        client = WaveSpeedClient(backend.base_url, api_key or backend.api_key,
-                                 connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout)
-        return JobContext(client=client, videos_dir=output_dir, deadline_seconds=settings.deadline_seconds,
-                          max_download_bytes=settings.max_download_bytes, spec=SPEC, history=history,
-                          journal=journal, owner=owner, key_source="visitor" if api_key else "server",
-                          followers=followers)
-
-    recovery = Recovery(journal, make_context, api_base=backend.base_url, sandbox=backend.is_sandbox)
-    recovered = recovery.resume_running()
-    if recovered:
-        log.info("resuming %d task(s) left running by the previous run", recovered)
-
-    async def stream(job: Iterator[JobUpdate], ctx: JobContext, api_key: str | None) -> AsyncIterator[Outputs]:
-        """Drive a job off the event loop, waiting between polls without holding a thread."""
-        last: JobUpdate | None = None
-        fixes: tuple[str, ...] = ()
-        try:
-            while True:
-                update = await anyio.to_thread.run_sync(next, job, None)
-                if update is None:
-                    return
-                last, fixes = update, update.changes or fixes
-                next_poll = time.monotonic() + update.wait_seconds  # before Gradio spends time sending
-                yield status_markdown(update, fixes), update.task_id or "", str(update.video_path or "") or None
-                await asyncio.sleep(max(0.0, next_poll - time.monotonic()))
-        except KlingDemoError as error:
-            raise gr.Error(str(error), duration=None) from error
-        finally:
-            ctx.stop.set()
-            job.close()
-            ctx.client.close()
-            # Stopped, or the tab went away: a paid task still finishes into its owner's history. A stop
-            # can land while the submit answer is on its way, before the page saw a task id, so this
-            # hands over every running task of the owner; those a live job follows are skipped there.
-            if last is None or not last.is_final:
-                recovery.resume_running(ctx.owner, api_key)
-
-    def visitor(owner_id: str | None, typed_key: str | None, request: gr.Request | None) -> tuple[str, str | None]:
+    def visitor(owner_id: str | None, typed_key: str | None, request: gr.Request | None) -> Visitor:
         session = request.session_hash if request is not None else None
         headers = request.headers if request is not None else None
-        return resolve_owner(owner_id, session), visitor_key(typed_key, headers)
-
-    def require_key(key: str | None) -> None:
-        if settings.require_user_key and not key:
-            raise gr.Error("This Space asks every visitor to bring their own WaveSpeed key: enter it under "
-                           "“Your WaveSpeed key”. It is used for your requests only and never stored.")
+        return Visitor(resolve_owner(owner_id, session), visitor_key(typed_key, headers))
 
     def validate(image: str | None, prompt: str | None, negative_prompt: str | None, guidance_scale: float,
                  duration: int, end_image: str | None, owner_id: str | None = None,
@@ -240,17 +185,10 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
         Returns:
             status text, task id, and the path of the finished MP4.
         """
-        owner, key = visitor(owner_id, typed_key, request)
-        require_key(key)
         request_fields = JobRequest(image=image, prompt=prompt, negative_prompt=negative_prompt,
                                     guidance_scale=guidance_scale, duration=duration, end_image=end_image)
-        try:
-            with slots.hold(owner, None if key else settings.max_jobs_per_visitor):
-                ctx = make_context(owner, key)
-                async for outputs in stream(jobs.generate(request_fields, ctx), ctx, key):
-                    yield outputs
-        except KlingDemoError as error:
-            raise gr.Error(str(error), duration=None) from error
+        async for outputs in stream(lambda: service.generate(request_fields, visitor(owner_id, typed_key, request))):
+            yield outputs
 
     async def resume(task_id: str, owner_id: str | None = None, typed_key: str | None = None,
                      request: gr.Request = None) -> AsyncIterator[Outputs]:  # type: ignore[assignment]
@@ -258,33 +196,17 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
         task_id = (task_id or "").strip()
         if not task_id:
             raise gr.Error("Enter the task id to resume.")
-        owner, key = visitor(owner_id, typed_key, request)
-        record = journal.get(owner, task_id)
-        if record is not None and record.video_path and Path(record.video_path).exists():
-            yield f"**Done** — task {task_id} is already in your history.", task_id, record.video_path
-            return
-        if record is None and not key:
-            raise gr.Error(str(NotYours("This task is not in your history. To fetch a task submitted elsewhere, "
-                                        "enter your own WaveSpeed key first.", task_id=task_id)), duration=None)
-        if record is not None and record.key_source == "visitor" and not key:
-            raise gr.Error("This task was paid with your own key: enter it again to resume it (keys are never "
-                           "stored).", duration=None)
-        use_key = key if record is None or record.key_source == "visitor" else None
-        ctx = make_context(owner, use_key)
-        async for outputs in stream(jobs.resume(task_id, ctx, duration=record.duration if record else None),
-                                    ctx, use_key):
+        async for outputs in stream(lambda: service.resume(task_id, visitor(owner_id, typed_key, request))):
             yield outputs
 
     def show_history(owner_id: str | None, request: gr.Request) -> tuple[list[tuple[str, str]], list[str]]:
         """Your generations, newest first."""
-        owner, _ = visitor(owner_id, None, request)
-        records = journal.for_owner(owner)
+        records = service.tasks(visitor(owner_id, None, request))
         return history_items(records, placeholder), [r.task_id for r in records]
 
     def refresh_changed(owner_id: str | None, seen: str, request: gr.Request) -> tuple[Any, Any, str]:
         """Redraw the history only when a task was added or changed status (tasks finish in the background)."""
-        owner, _ = visitor(owner_id, None, request)
-        records = journal.for_owner(owner)
+        records = service.tasks(visitor(owner_id, None, request))
         signature = "|".join(f"{r.task_id}:{r.status}" for r in records)
         if signature == seen:
             return gr.skip(), gr.skip(), seen
@@ -292,17 +214,14 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
 
     def on_load(stored_owner: str | None, request: gr.Request) -> tuple[Any, ...]:
         owner_id = stored_owner or new_owner_id()
-        owner, _ = visitor(owner_id, None, request)
-        recovery.resume_running(owner)  # a returning visitor's unfinished tasks are fetched now
-        items, ids = show_history(owner_id, request)
-        return owner_id, owner_id, items, ids
+        records = service.arrive(visitor(owner_id, None, request))  # unfinished tasks are fetched now
+        return owner_id, owner_id, history_items(records, placeholder), [r.task_id for r in records]
 
     def select_history(task_ids: list[str], owner_id: str | None, request: gr.Request,
                        selection: gr.SelectData) -> tuple[str | None, str]:
-        owner, _ = visitor(owner_id, None, request)
         if selection.index is None or selection.index >= len(task_ids):
             return None, ""
-        record = journal.get(owner, task_ids[selection.index])
+        record = service.task(visitor(owner_id, None, request), task_ids[selection.index])
         if record is None:
             return None, ""
         detail = f"Task `{record.task_id}` · {record.status}"
@@ -331,7 +250,7 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
         history_ticker = gr.Timer(5.0)
 
         gr.Markdown(f"## {SPEC.title} — one still image in, a 5 or 10 second video out")
-        gr.Markdown(backend_banner(backend, settings), elem_id="backend-banner")
+        gr.Markdown(backend_banner(service.backend, settings), elem_id="backend-banner")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1):
                 image = frame_input(label="First frame", height=240, elem_id="first-frame")
@@ -410,9 +329,31 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
                        **private)
 
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
-    demo.backend = backend  # type: ignore[attr-defined]  # tests and the CLI reach the sandbox through it
-    demo.journal = journal  # type: ignore[attr-defined]
+    demo.service = service  # type: ignore[attr-defined]  # tests reach the journal and the sandbox through it
+    demo.backend = service.backend  # type: ignore[attr-defined]
     return demo
+
+
+async def stream(start: Callable[[], Job]) -> AsyncIterator[Outputs]:
+    """Run a job off the event loop, waiting between polls without holding a thread; errors become gr.Error."""
+    try:
+        job = start()
+    except KlingDemoError as error:
+        raise gr.Error(str(error), duration=None) from error
+    fixes: tuple[str, ...] = ()
+    try:
+        while True:
+            update = await anyio.to_thread.run_sync(job.next_update)
+            if update is None:
+                return
+            fixes = update.changes or fixes
+            next_poll = time.monotonic() + update.wait_seconds  # before Gradio spends time sending
+            yield status_markdown(update, fixes), update.task_id or "", str(update.video_path or "") or None
+            await asyncio.sleep(max(0.0, next_poll - time.monotonic()))
+    except KlingDemoError as error:
+        raise gr.Error(str(error), duration=None) from error
+    finally:
+        job.close()
 
 
 def _refuse_if(message: str | None) -> None:
