@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Callable
 
@@ -110,6 +112,45 @@ def _never_sent(exc: Exception) -> bool:
     return isinstance(reason, NewConnectionError)
 
 
+def _transport_reason(exc: Exception) -> str:
+    """How a connection failed, in a few plain words for a status line ("connection refused")."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connection timed out"
+    if isinstance(exc, requests.Timeout):
+        return "no answer in time"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return "the answer was cut off"
+    causes = _causes(exc)
+    if any(isinstance(cause, ConnectionRefusedError) for cause in causes):
+        return "connection refused"
+    if any(isinstance(cause, ConnectionResetError) for cause in causes):
+        return "connection reset"
+    if any(isinstance(cause, socket.gaierror) for cause in causes):
+        return "host not found"
+    return "connection failed"
+
+
+def _status_words(status: int) -> str:
+    """"HTTP 503 Service Unavailable": the code with its standard phrase (not the server's, which could say anything)."""
+    try:
+        return f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and what it wraps: causes, contexts, urllib3's `reason` and exceptions among the args."""
+    found: list[BaseException] = []
+    pending: list[object] = [exc]
+    while pending and len(found) < 20:
+        item = pending.pop()
+        if not isinstance(item, BaseException) or any(item is seen for seen in found):
+            continue
+        found.append(item)
+        pending += [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
+    return found
+
+
 class WaveSpeedClient:
     """The four calls the app needs: upload, submit, result, download."""
 
@@ -204,9 +245,11 @@ class WaveSpeedClient:
             return Prediction.from_envelope(self._decode(response))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def result(self, task_id: str) -> Prediction:
-        """The task's current state (retried on transient failures)."""
-        envelope = self._json("GET", f"/api/v3/predictions/{task_id}/result", task_id=task_id)
+    def result(self, task_id: str, *, attempts: int | None = None) -> Prediction:
+        """The task's current state, retried on transient failures up to `attempts` times (default max_attempts).
+
+        A follower that does its own waiting asks for one attempt, so no worker thread sleeps in here."""
+        envelope = self._json("GET", f"/api/v3/predictions/{task_id}/result", task_id=task_id, attempts=attempts)
         return Prediction.from_envelope(envelope)
 
     def download(self, url: str, dest_dir: str | Path, *, max_bytes: int, deadline_seconds: float = 300.0,
@@ -246,42 +289,58 @@ class WaveSpeedClient:
 
     # -- plumbing ---------------------------------------------------------------
 
-    def _json(self, method: str, path: str, *, task_id: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    def _json(self, method: str, path: str, *, task_id: str | None = None, attempts: int | None = None,
+              **kwargs: Any) -> dict[str, Any]:
         response = self._with_retries(
             f"{method} {path}", lambda: self.session.request(method, self.base_url + path, timeout=self.timeout, **kwargs),
-            task_id=task_id,
+            task_id=task_id, attempts=attempts,
         )
         return self._decode(response, task_id=task_id)
 
-    def _with_retries(self, what: str, call: Callable[[], Any], *, task_id: str | None = None) -> Any:
+    def _with_retries(self, what: str, call: Callable[[], Any], *, task_id: str | None = None,
+                      attempts: int | None = None) -> Any:
         """Run a request that is safe to repeat; return its 200 answer or raise a typed error."""
-        for attempt in range(1, self.max_attempts + 1):
-            last = attempt == self.max_attempts
+        attempts = max(1, attempts or self.max_attempts)
+        for attempt in range(1, attempts + 1):
+            last = attempt == attempts
             try:
                 response = call()
             except TRANSPORT_ERRORS as exc:
                 if last:
-                    raise ServiceUnavailable(
-                        f"The {what} failed {attempt} times ({type(exc).__name__}); the service or network is "
-                        "unavailable. Try again in a minute.", task_id=task_id) from exc
-                self._pause(attempt, None, f"{what}: {type(exc).__name__}")
+                    raise self._unavailable(what, attempt, _transport_reason(exc), None, task_id) from exc
+                self._pause(attempt, None, f"{what}: {type(exc).__name__}", attempts)
                 continue
             if not isinstance(response, requests.Response):
                 return response
-            if response.status_code in RETRYABLE_STATUS and not last:
-                self._pause(attempt, retry_after_seconds(response), f"{what}: HTTP {response.status_code}")
+            if response.status_code in RETRYABLE_STATUS:
+                reason, retry_after = _status_words(response.status_code), retry_after_seconds(response)
+                if last:
+                    raise self._unavailable(what, attempt, reason, retry_after, task_id)
+                self._pause(attempt, retry_after, f"{what}: {reason}", attempts)
                 continue
             self._raise_for_status(response, what, task_id=task_id)
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _pause(self, attempt: int, retry_after: float | None, why: str) -> None:
+    @staticmethod
+    def _unavailable(what: str, attempts: int, reason: str, retry_after: float | None,
+                     task_id: str | None) -> ServiceUnavailable:
+        """The error for retries that ran out; with a task id it never invites a second, paid submission."""
+        tries = f"{attempts} attempts" if attempts > 1 else "one attempt"
+        if task_id:
+            message = f"WaveSpeed did not answer the {what} ({reason}, {tries}). The task is not lost."
+        else:
+            message = (f"The {what} failed ({reason}, {tries}): WaveSpeed is unreachable or busy. "
+                       "Try again in a minute.")
+        return ServiceUnavailable(message, task_id=task_id, reason=reason, retry_after=retry_after)
+
+    def _pause(self, attempt: int, retry_after: float | None, why: str, attempts: int | None = None) -> None:
         if retry_after is not None:
             delay = min(retry_after, 60.0)
         else:
             delay = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1))
             delay *= random.uniform(0.8, 1.2)
-        log.info("%s; retrying in %.1f s (attempt %d of %d)", why, delay, attempt + 1, self.max_attempts)
+        log.info("%s; retrying in %.1f s (attempt %d of %d)", why, delay, attempt + 1, attempts or self.max_attempts)
         self._sleep(delay)
 
     def _raise_for_status(self, response: requests.Response, what: str, *, task_id: str | None = None) -> None:

@@ -38,7 +38,15 @@ class ApiInputRefused(KlingDemoError):
 
 
 class ServiceUnavailable(KlingDemoError):
-    """The API or the network failed on a request that is safe to repeat, and retries ran out."""
+    """The API or the network failed on a request that is safe to repeat, and retries ran out.
+
+    `reason` says how in a few words ("connection refused", "HTTP 503"); `retry_after` is the server's ask."""
+
+    def __init__(self, message: str, *, task_id: str | None = None, reason: str = "",
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, task_id=task_id)
+        self.reason = reason
+        self.retry_after = retry_after
 
 
 class SubmissionOutcomeUnknown(KlingDemoError):

@@ -15,16 +15,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Generator, Iterator, TypeVar
 
 from . import media
 from .client import Prediction, WaveSpeedClient
-from .errors import AlreadyFollowing, JobStopped, KlingDemoError, TaskFailed, TaskTimedOut
+from .errors import AlreadyFollowing, JobStopped, KlingDemoError, ServiceUnavailable, TaskFailed, TaskTimedOut
 from .journal import Journal
 from .models import DEFAULT_MODEL, ModelSpec
-from .polling import InferenceHistory, next_poll_delay
+from .polling import InferenceHistory, next_poll_delay, retry_delay
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Stage(str, enum.Enum):
@@ -172,10 +173,11 @@ def resume(task_id: str, ctx: JobContext, *, duration: int | None = None) -> Ite
             raise AlreadyFollowing("This task is already being followed here; it will appear in your history when "
                                    "it finishes.", task_id=task_id)
         try:
-            prediction = ctx.client.result(task_id)
+            prediction = yield from _patiently(lambda: ctx.client.result(task_id, attempts=1), ctx, task_id,
+                                               Stage.SUBMITTED, started, started + ctx.deadline_seconds)
             # A task fetched by id joins the visitor's history; an existing row stays as it is.
             _remember(ctx, prediction, {"prompt": "", "duration": duration, "resumed": True})
-        except KlingDemoError:
+        except BaseException:  # also a Stop or a closed page while WaveSpeed was not answering
             ctx.followers.release(task_id)
             raise
         yield from _follow(prediction, duration, ctx, started)
@@ -216,6 +218,7 @@ def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
         return JobUpdate(stage, message, ctx.clock() - started, task_id=task_id, **extra)  # type: ignore[arg-type]
 
     submitted_at = ctx.clock()
+    deadline_at = submitted_at + ctx.deadline_seconds
     expected = ctx.history.expected(spec.model_id, duration) if duration else None
     hint = f" Renders like this usually take about {format_seconds(expected)}." if expected else ""
     wait = next_poll_delay(0.0, expected)
@@ -229,9 +232,11 @@ def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
         if running > ctx.deadline_seconds:
             raise TaskTimedOut(
                 f"Gave up waiting after {format_seconds(running)} (the limit is "
-                f"{format_seconds(ctx.deadline_seconds)}). The task may still finish and be billed; "
-                "resume it later by its task id.", task_id=task_id)
-        previous_status, prediction = prediction.status, ctx.client.result(task_id)
+                f"{format_seconds(ctx.deadline_seconds)}). The task may still finish and be billed. "
+                + _not_lost(ctx, task_id), task_id=task_id)
+        previous_status = prediction.status
+        prediction = yield from _patiently(lambda: ctx.client.result(task_id, attempts=1), ctx, task_id,
+                                           Stage.PROCESSING, started, deadline_at)
         if prediction.is_final:
             break  # the journal says "completed" only once the video is safely on disk
         if journal is not None and prediction.status != previous_status:
@@ -250,11 +255,52 @@ def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
     if prediction.inference_ms and duration:
         ctx.history.record(spec.model_id, duration, prediction.inference_ms / 1000.0)
     yield update(Stage.DOWNLOADING, "Finished. Downloading the video…", inference_ms=prediction.inference_ms)
-    video_path = ctx.client.download(prediction.outputs[0], ctx.videos_dir, max_bytes=ctx.max_download_bytes)
+    output_url = prediction.outputs[0]
+    video_path = yield from _patiently(
+        lambda: ctx.client.download(output_url, ctx.videos_dir, max_bytes=ctx.max_download_bytes),
+        ctx, task_id, Stage.DOWNLOADING, started, deadline_at)
     if journal is not None:
         journal.complete(ctx.owner, task_id, video_path=str(video_path), inference_ms=prediction.inference_ms)
     yield update(Stage.DONE, _done_message(prediction, ctx.clock() - started), video_path=video_path,
                  inference_ms=prediction.inference_ms, nsfw=_nsfw(prediction))
+
+
+def _patiently(call: Callable[[], T], ctx: JobContext, task_id: str, stage: Stage, started: float,
+               deadline_at: float) -> Generator[JobUpdate, None, T]:
+    """`call()`, retried with backoff while WaveSpeed is unreachable or failing, until `deadline_at`.
+
+    Each failure yields an update saying so, with the wait as `wait_seconds`: an async caller waits off
+    the thread, and Stop ends the wait at once. Used as `result = yield from _patiently(...)`."""
+    failures, outage_began = 0, ctx.clock()
+    while True:
+        try:
+            return call()
+        except ServiceUnavailable as error:
+            failures += 1
+            reason = error.reason or "an unexpected answer"
+            now = ctx.clock()
+            if now >= deadline_at:
+                log.warning("task %s: gave up after WaveSpeed failed %d times in a row (%s) and the deadline passed",
+                            task_id, failures, reason)
+                raise ServiceUnavailable(
+                    f"WaveSpeed has not answered for {format_seconds(now - outage_began)} ({reason}) and this "
+                    f"job's time limit of {format_seconds(ctx.deadline_seconds)} is up. " + _not_lost(ctx, task_id),
+                    task_id=task_id, reason=reason) from error
+            wait = min(retry_delay(failures, error.retry_after), deadline_at - now)
+            log.info("task %s: WaveSpeed is not answering (%s) at the %s stage; try %d in %.1f s", task_id, reason,
+                     stage.value, failures + 1, wait)
+            yield JobUpdate(stage, f"WaveSpeed is not answering ({reason}); still waiting for task {task_id}, "
+                                   f"retrying in {max(1, round(wait))} s. Nothing needs to be submitted again.",
+                            now - started, task_id=task_id, wait_seconds=wait)
+            _sleep_until(ctx, now + wait, task_id)
+
+
+def _not_lost(ctx: JobContext, task_id: str) -> str:
+    """What becomes of a task this job stops following; never an invitation to pay for it again."""
+    if ctx.journal is not None and ctx.journal.get(ctx.owner, task_id) is not None:
+        return ("Nothing needs to be submitted again: the task is still followed in the background and will "
+                "appear in your history when it finishes.")
+    return "Nothing needs to be submitted again: resume it later by its task id."
 
 
 def _done_message(prediction: Prediction, total: float) -> str:

@@ -192,10 +192,11 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
             ctx.stop.set()
             job.close()
             ctx.client.close()
-            # Stopped, or the tab went away: a paid task still finishes into its owner's history. A stop
-            # can land while the submit answer is on its way, before the page saw a task id, so this
-            # hands over every running task of the owner; those a live job follows are skipped there.
-            if last is None or not last.is_final:
+            # Stopped, the tab went away, or WaveSpeed stayed unreachable past the deadline: a paid task that
+            # did not end here still finishes into its owner's history. A stop can land while the submit
+            # answer is on its way, before the page saw a task id, so this hands over every running task of
+            # the owner (rows of tasks that ended are not running; tasks a live job follows are skipped).
+            if last is None or last.stage is not Stage.DONE:
                 recovery.resume_running(ctx.owner, api_key)
 
     def visitor(owner_id: str | None, typed_key: str | None, request: gr.Request | None) -> tuple[str, str | None]:
