@@ -208,7 +208,7 @@ def run_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
     client = WaveSpeedClient(backend.base_url, backend.api_key, connect_timeout=settings.connect_timeout,
                              read_timeout=settings.read_timeout)
     ctx = JobContext(client=client, videos_dir=settings.data_dir / "videos", deadline_seconds=settings.deadline_seconds,
-                     max_download_bytes=settings.max_download_bytes)
+                     max_download_bytes=settings.max_download_bytes, min_free_bytes=settings.min_free_bytes)
     last: JobUpdate | None = None
     try:
         for update in _updates(args, ctx):

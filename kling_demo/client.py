@@ -8,6 +8,7 @@ raises `SubmissionOutcomeUnknown` instead of paying twice.
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import socket
@@ -33,6 +34,7 @@ from .errors import (
     SubmissionOutcomeUnknown,
 )
 from .models import ModelSpec
+from .storage import is_disk_full, partial_file
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +255,11 @@ class WaveSpeedClient:
         return Prediction.from_envelope(envelope)
 
     def download(self, url: str, dest_dir: str | Path, *, max_bytes: int, deadline_seconds: float = 300.0,
-                 suffix: str = ".mp4") -> Path:
-        """Stream `url` into a new unique file in `dest_dir`, refusing more than `max_bytes`."""
+                 suffix: str = ".mp4", attempts: int | None = None) -> Path:
+        """Stream `url` into a new unique file in `dest_dir`, refusing more than `max_bytes`.
+
+        The bytes go to a hidden `.part` file that is renamed only once complete, so a video in
+        the folder is always whole; a full disk is a plain `DownloadFailed`."""
         dest_dir = Path(dest_dir)
         dest_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
@@ -272,7 +277,7 @@ class WaveSpeedClient:
                 target = dest_dir / f"{uuid.uuid4().hex}{suffix}"
                 written = 0
                 try:
-                    with target.open("xb") as out:
+                    with partial_file(target) as out:
                         for chunk in response.iter_content(CHUNK_BYTES):
                             written += len(chunk)
                             if written > max_bytes:
@@ -280,12 +285,17 @@ class WaveSpeedClient:
                             if time.monotonic() - started > deadline_seconds:
                                 raise DownloadFailed(f"The download took longer than {deadline_seconds:.0f} s.")
                             out.write(chunk)
-                except BaseException:
-                    target.unlink(missing_ok=True)
-                    raise
+                except requests.RequestException:
+                    raise  # the network, not the disk: _with_retries decides
+                except OSError as error:
+                    log.warning("download: could not save the video (%s)",
+                                errno.errorcode.get(error.errno or 0, type(error).__name__))
+                    reason = "the app's storage is full" if is_disk_full(error) else "the app could not write it"
+                    raise DownloadFailed(f"The video is finished but could not be saved because {reason}. The task "
+                                         "is kept: resume it later by its task id.") from error
                 return target
 
-        return self._with_retries("video download", fetch)
+        return self._with_retries("video download", fetch, attempts=attempts)
 
     # -- plumbing ---------------------------------------------------------------
 

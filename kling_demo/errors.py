@@ -65,6 +65,10 @@ class JobStopped(KlingDemoError):
     """The user stopped waiting; the remote task may still finish and be billed."""
 
 
+class StorageUnavailable(KlingDemoError):
+    """The data dir is full or cannot be written, so a job was refused before anything was paid for."""
+
+
 class DownloadFailed(KlingDemoError):
     """The finished video could not be fetched or was too large."""
 

@@ -10,17 +10,29 @@ from __future__ import annotations
 
 import enum
 import logging
+import sqlite3
 import tempfile
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Generator, Iterator, TypeVar
+from typing import Any, Callable, Generator, Iterator, TypeVar
 
-from . import media
+from . import media, storage
 from .client import Prediction, WaveSpeedClient
-from .errors import AlreadyFollowing, JobStopped, KlingDemoError, ServiceUnavailable, TaskFailed, TaskTimedOut
-from .journal import Journal
+from .errors import (
+    AlreadyFollowing,
+    InputRejected,
+    JobStopped,
+    KlingDemoError,
+    ServiceUnavailable,
+    StorageUnavailable,
+    SubmissionOutcomeUnknown,
+    TaskFailed,
+    TaskTimedOut,
+)
+from .journal import OUTCOME_UNKNOWN, Journal, is_intent_id, positive_int
 from .models import DEFAULT_MODEL, ModelSpec
 from .polling import InferenceHistory, next_poll_delay, retry_delay
 
@@ -101,6 +113,7 @@ class JobContext:
     journal: Journal | None = None
     owner: str = ""
     key_source: str = "server"  # whose key pays: "server" or "visitor" (the key itself is never kept)
+    min_free_bytes: int = storage.DEFAULT_MIN_FREE_BYTES  # refuse a job when the data dir has less room
     followers: Followers = field(default_factory=Followers)
     stop: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], float] = time.monotonic
@@ -133,30 +146,38 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
                 end = media.prepare_image(request.end_image, spec.end_frame, role="end frame", work_dir=Path(work))
             changes = first.changes + (end.changes if end else ())
             _check_stop(ctx, task_id)
+            # Nothing is uploaded or paid for that the app could not record.
+            storage.check_room(ctx.videos_dir, ctx.min_free_bytes)
+            params = {"prompt": prompt, "negative_prompt": negative, "guidance_scale": guidance,
+                      "duration": duration, "end_image": end is not None}
+            intent = _Intent.write(ctx, params, first)
 
-            size_mb = (first.size_bytes + (end.size_bytes if end else 0)) / 1e6
-            fixed = (" Fixed: " + "; ".join(changes) + ".") if changes else ""
-            yield update(Stage.UPLOADING, f"Uploading {'both frames' if end else 'the first frame'} "
-                                          f"({size_mb:.1f} MB)…{fixed}", changes=changes)
-            payload: dict[str, object] = {
-                "image": ctx.client.upload(first.path, first.mime_type),
-                "prompt": prompt,
-                "guidance_scale": guidance,
-                "duration": duration,
-            }
-            if negative:
-                payload["negative_prompt"] = negative
-            if end:
-                payload["end_image"] = ctx.client.upload(end.path, end.mime_type)
-            _check_stop(ctx, task_id)
-            prediction = ctx.client.submit(spec, payload)
+            try:
+                size_mb = (first.size_bytes + (end.size_bytes if end else 0)) / 1e6
+                fixed = (" Fixed: " + "; ".join(changes) + ".") if changes else ""
+                yield update(Stage.UPLOADING, f"Uploading {'both frames' if end else 'the first frame'} "
+                                              f"({size_mb:.1f} MB)…{fixed}", changes=changes)
+                payload: dict[str, object] = {
+                    "image": ctx.client.upload(first.path, first.mime_type),
+                    "prompt": prompt,
+                    "guidance_scale": guidance,
+                    "duration": duration,
+                }
+                if negative:
+                    payload["negative_prompt"] = negative
+                if end:
+                    payload["end_image"] = ctx.client.upload(end.path, end.mime_type)
+                _check_stop(ctx, task_id)
+                prediction = ctx.client.submit(spec, payload)
+            except SubmissionOutcomeUnknown as error:
+                intent.outcome_unknown(error.message)
+                raise
+            except BaseException:
+                intent.withdraw()  # refused, unreachable, or stopped: nothing was created
+                raise
             task_id = prediction.task_id
-            ctx.followers.claim(task_id)  # before the journal row exists, so recovery never races us
-            if ctx.journal is not None:
-                first_frame = media.save_preview(first, ctx.videos_dir)
-                params = {"prompt": prompt, "negative_prompt": negative, "guidance_scale": guidance,
-                          "duration": duration, "end_image": end is not None}
-                _remember(ctx, prediction, params, first_frame=str(first_frame))
+            ctx.followers.claim(task_id)  # before the journal row has the task id, so recovery never races us
+            intent.attach(prediction)
         yield from _follow(prediction, duration, ctx, started)
     except KlingDemoError as error:
         if task_id and not error.task_id:
@@ -173,28 +194,131 @@ def resume(task_id: str, ctx: JobContext, *, duration: int | None = None) -> Ite
             raise AlreadyFollowing("This task is already being followed here; it will appear in your history when "
                                    "it finishes.", task_id=task_id)
         try:
+            if is_intent_id(task_id):
+                raise InputRejected("This entry never received a task id from WaveSpeed, so there is nothing to "
+                                    "resume. Check your WaveSpeed dashboard for the task.", task_id=task_id)
             prediction = yield from _patiently(lambda: ctx.client.result(task_id, attempts=1), ctx, task_id,
                                                Stage.SUBMITTED, started, started + ctx.deadline_seconds)
+            known = duration or _declared_duration(prediction, ctx.spec)
             # A task fetched by id joins the visitor's history; an existing row stays as it is.
-            _remember(ctx, prediction, {"prompt": "", "duration": duration, "resumed": True})
+            _remember(ctx, prediction, {"prompt": "", "duration": known, "resumed": True})
+            if known and not duration:
+                _fill_duration(ctx, task_id, known)
         except BaseException:  # also a Stop or a closed page while WaveSpeed was not answering
             ctx.followers.release(task_id)
             raise
-        yield from _follow(prediction, duration, ctx, started)
+        with closing(_follow(prediction, known, ctx, started)) as updates:
+            for update in updates:
+                if update.stage is Stage.DONE and not known and update.video_path:
+                    _fill_duration(ctx, task_id, _video_duration(update.video_path, ctx.spec))
+                yield update
     except KlingDemoError as error:
         error.task_id = error.task_id or task_id
         yield JobUpdate(Stage.FAILED, str(error), ctx.clock() - started, task_id=task_id)
         raise
 
 
-def _remember(ctx: JobContext, prediction: Prediction, params: dict[str, object], *,
-              first_frame: str | None = None) -> None:
+def _remember(ctx: JobContext, prediction: Prediction, params: dict[str, object]) -> None:
     """Write the task's journal row for its owner, if the job keeps one (an existing row is kept)."""
     if ctx.journal is None:
         return
-    ctx.journal.record_submission(owner=ctx.owner, task_id=prediction.task_id, model=ctx.spec.model_id,
-                                  api_base=ctx.client.base_url, key_source=ctx.key_source,
-                                  status=prediction.status, params=params, first_frame=first_frame)
+    try:
+        ctx.journal.record_submission(owner=ctx.owner, task_id=prediction.task_id, model=ctx.spec.model_id,
+                                      api_base=ctx.client.base_url, key_source=ctx.key_source,
+                                      status=prediction.status, params=params)
+    except (OSError, sqlite3.Error) as error:  # the task is paid already: follow it anyway, without a row
+        log.error("journal: task %s could not be recorded (%s: %s); it is followed without the journal",
+                  prediction.task_id, type(error).__name__, error)
+        ctx.journal = None
+
+
+class _Intent:
+    """The journal row of a submission in flight: written before the POST, given the task id after it."""
+
+    def __init__(self, ctx: JobContext, intent_id: str | None) -> None:
+        self.ctx, self.intent_id = ctx, intent_id
+
+    @classmethod
+    def write(cls, ctx: JobContext, params: dict[str, Any], first: media.PreparedImage) -> "_Intent":
+        """Record the submission to come; raises `StorageUnavailable` if the journal cannot take it."""
+        if ctx.journal is None:
+            return cls(ctx, None)
+        preview: Path | None = None
+        try:
+            preview = media.save_preview(first, ctx.videos_dir)
+            intent_id = ctx.journal.record_intent(owner=ctx.owner, model=ctx.spec.model_id,
+                                                  api_base=ctx.client.base_url, key_source=ctx.key_source,
+                                                  params=params, first_frame=str(preview))
+        except (OSError, sqlite3.Error) as error:
+            log.warning("journal: cannot record a new submission (%s: %s); refusing it before anything is paid for",
+                        type(error).__name__, error)
+            if preview is not None:
+                preview.unlink(missing_ok=True)
+            raise StorageUnavailable(storage.NO_ROOM_MESSAGE) from error
+        return cls(ctx, intent_id)
+
+    def attach(self, prediction: Prediction) -> None:
+        """Give the row its task id. If that fails the job goes on (the visitor sees the id); the log keeps it."""
+        if self.ctx.journal is None or self.intent_id is None:
+            return
+        try:
+            self.ctx.journal.attach_task(self.ctx.owner, self.intent_id, prediction.task_id, prediction.status)
+        except (OSError, sqlite3.Error) as error:
+            log.error("journal: task %s was submitted but could not be recorded (%s: %s); it is followed without "
+                      "the journal", prediction.task_id, type(error).__name__, error)
+            self.ctx.journal = None  # this job only: its later journal writes would fail the same way
+
+    def outcome_unknown(self, reason: str) -> None:
+        """The answer was lost: the entry stays in the history, saying a task may exist and be billed."""
+        if self.ctx.journal is None or self.intent_id is None:
+            return
+        try:
+            self.ctx.journal.fail(self.ctx.owner, self.intent_id, reason, status=OUTCOME_UNKNOWN)
+        except (OSError, sqlite3.Error) as error:
+            log.warning("journal: could not mark a submission as outcome unknown (%s)", type(error).__name__)
+
+    def withdraw(self) -> None:
+        if self.ctx.journal is None or self.intent_id is None:
+            return
+        try:
+            record = self.ctx.journal.get(self.ctx.owner, self.intent_id)
+            self.ctx.journal.withdraw_intent(self.ctx.owner, self.intent_id)
+        except (OSError, sqlite3.Error) as error:
+            log.warning("journal: could not remove an unsent submission (%s)", type(error).__name__)
+            return
+        if record is not None and record.first_frame:
+            Path(record.first_frame).unlink(missing_ok=True)
+
+
+def _declared_duration(prediction: Prediction, spec: ModelSpec) -> int | None:
+    """The video length the API's answer states in its inputs, when it has them (the result usually does not)."""
+    for key in ("input", "inputs"):
+        fields = prediction.raw.get(key)
+        if isinstance(fields, dict):
+            duration = positive_int(fields.get("duration"))
+            if duration in spec.durations:
+                return duration
+    return None
+
+
+def _video_duration(video: Path, spec: ModelSpec) -> int | None:
+    """The task's duration read from its downloaded video: the model's length closest to what plays."""
+    try:
+        seconds = media.video_seconds(video)
+    except Exception as error:  # an unreadable file only means the length stays unknown
+        log.info("could not read the length of %s: %s", video.name, error)
+        return None
+    closest = min(spec.durations, key=lambda allowed: abs(allowed - seconds))
+    return closest if abs(closest - seconds) <= 1.0 else None
+
+
+def _fill_duration(ctx: JobContext, task_id: str, duration: int | None) -> None:
+    if ctx.journal is None or not duration:
+        return
+    try:
+        ctx.journal.fill_duration(ctx.owner, task_id, duration)
+    except (OSError, sqlite3.Error) as error:  # only the history's detail is missing
+        log.warning("journal: could not record the duration of task %s (%s)", task_id, type(error).__name__)
 
 
 def _follow(prediction: Prediction, duration: int | None, ctx: JobContext, started: float) -> Iterator[JobUpdate]:
@@ -257,7 +381,7 @@ def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
     yield update(Stage.DOWNLOADING, "Finished. Downloading the video…", inference_ms=prediction.inference_ms)
     output_url = prediction.outputs[0]
     video_path = yield from _patiently(
-        lambda: ctx.client.download(output_url, ctx.videos_dir, max_bytes=ctx.max_download_bytes),
+        lambda: ctx.client.download(output_url, ctx.videos_dir, max_bytes=ctx.max_download_bytes, attempts=1),
         ctx, task_id, Stage.DOWNLOADING, started, deadline_at)
     if journal is not None:
         journal.complete(ctx.owner, task_id, video_path=str(video_path), inference_ms=prediction.inference_ms)

@@ -54,6 +54,19 @@ def probe_video(path: str | Path) -> VideoInfo:
         )
 
 
+def video_seconds(path: str | Path) -> float:
+    """The video's length from its container, without decoding a frame (cheap enough for any size)."""
+    import av
+
+    with av.open(str(path)) as container:
+        if container.duration:
+            return container.duration / av.time_base
+        stream = container.streams.video[0]
+        if stream.duration and stream.time_base:
+            return float(stream.duration * stream.time_base)
+    return probe_video(path).duration_seconds
+
+
 # ---------------------------------------------------------------------------
 # Image checks and fix-ups, applied before anything is uploaded or paid for.
 

@@ -13,7 +13,7 @@ import anyio
 import gradio as gr
 from PIL import Image
 
-from . import jobs, media
+from . import jobs, media, storage
 from .backend import Backend, open_backend
 from .client import WaveSpeedClient
 from .config import Settings
@@ -37,7 +37,8 @@ STAGE_LABELS = {
     Stage.DONE: "Done",
     Stage.FAILED: "Failed",
 }
-STATUS_WORDS = {"completed": "Done", "failed": "Failed", "lost": "Lost", "created": "Queued", "processing": "Rendering"}
+STATUS_WORDS = {"completed": "Done", "failed": "Failed", "lost": "Lost", "created": "Queued", "processing": "Rendering",
+                "submitting": "Submitting", "unknown": "Outcome unknown"}
 # Gradio sizes a gallery's grid to its item count, so one entry fills the width; keep a steady grid.
 PAGE_CSS = "#history .grid-container { --grid-cols: 5 !important; } " \
            "@media (max-width: 640px) { #history .grid-container { --grid-cols: 2 !important; } }"
@@ -149,7 +150,9 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
     placeholder = str(pending_picture(output_dir))
     os.environ.setdefault("GRADIO_RUN_HISTORY", "false")  # also when launched without launch_options()
 
-    journal = Journal(settings.data_dir / "journal.sqlite3")
+    journal = Journal(settings.data_dir / "journal.sqlite3")  # an unreadable file is moved aside, not fatal
+    journal.settle_intents()  # submissions a stopped run left without an answer: outcome unknown
+    storage.remove_orphan_parts(output_dir)  # downloads a killed run left half-written
     if settings.retention_days is not None or settings.retention_gb is not None:
         report = journal.prune(max_age_days=settings.retention_days,
                                max_total_bytes=int(settings.retention_gb * 1e9) if settings.retention_gb else None)
@@ -166,7 +169,7 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
         return JobContext(client=client, videos_dir=output_dir, deadline_seconds=settings.deadline_seconds,
                           max_download_bytes=settings.max_download_bytes, spec=SPEC, history=history,
                           journal=journal, owner=owner, key_source="visitor" if api_key else "server",
-                          followers=followers)
+                          min_free_bytes=settings.min_free_bytes, followers=followers)
 
     recovery = Recovery(journal, make_context, api_base=backend.base_url, sandbox=backend.is_sandbox)
     recovered = recovery.resume_running()
@@ -306,7 +309,8 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
         record = journal.get(owner, task_ids[selection.index])
         if record is None:
             return None, ""
-        detail = f"Task `{record.task_id}` · {record.status}"
+        detail = "Never received a task id" if record.is_intent else f"Task `{record.task_id}`"
+        detail += f" · {STATUS_WORDS.get(record.status, record.status)}"
         if record.inference_ms:
             detail += f" · inference {record.inference_ms / 1000:.1f} s"
         if record.error:
