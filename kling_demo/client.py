@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import quote
 
 import requests
 from urllib3.exceptions import NewConnectionError
@@ -30,6 +31,7 @@ from .errors import (
     ServiceUnavailable,
     SubmissionOutcomeUnknown,
 )
+from .logs import mask_secrets
 from .models import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,7 @@ class Prediction:
     def from_envelope(cls, envelope: dict[str, Any]) -> "Prediction":
         data = envelope.get("data") or {}
         if not data.get("id"):
-            raise ServiceUnavailable(f"The API answered without a task id: {str(envelope)[:200]}")
+            raise ServiceUnavailable(f"The API answered without a task id: {mask_secrets(str(envelope))[:200]}")
         inference = (data.get("timings") or {}).get("inference")
         return cls(
             task_id=str(data["id"]),
@@ -92,14 +94,15 @@ def retry_after_seconds(response: requests.Response) -> float | None:
             return None
 
 
-def _api_message(response: requests.Response) -> str:
+def _api_message(response: requests.Response, secrets: tuple[str, ...] = ()) -> str:
+    """The error text of an API answer, short, with any credential it echoes masked (before it is cut)."""
     try:
         body = response.json()
     except ValueError:
-        return response.text[:300].strip() or response.reason or f"HTTP {response.status_code}"
-    if isinstance(body, dict):
-        return str(body.get("message") or body.get("error") or body)[:300]
-    return str(body)[:300]
+        text = response.text.strip() or response.reason or f"HTTP {response.status_code}"
+    else:
+        text = str(body.get("message") or body.get("error") or body) if isinstance(body, dict) else str(body)
+    return mask_secrets(text, secrets)[:300]
 
 
 def _never_sent(exc: Exception) -> bool:
@@ -206,7 +209,7 @@ class WaveSpeedClient:
 
     def result(self, task_id: str) -> Prediction:
         """The task's current state (retried on transient failures)."""
-        envelope = self._json("GET", f"/api/v3/predictions/{task_id}/result", task_id=task_id)
+        envelope = self._json("GET", f"/api/v3/predictions/{quote(task_id, safe='')}/result", task_id=task_id)
         return Prediction.from_envelope(envelope)
 
     def download(self, url: str, dest_dir: str | Path, *, max_bytes: int, deadline_seconds: float = 300.0,
@@ -288,7 +291,7 @@ class WaveSpeedClient:
         status = response.status_code
         if 200 <= status < 300:
             return
-        message = self._redact(_api_message(response))
+        message = _api_message(response, (self._api_key,))
         if status in (401, 403):
             raise AuthenticationFailed(
                 f"WaveSpeed rejected the API key (HTTP {status}). Check WAVESPEED_API_KEY or the key you entered.",
@@ -315,4 +318,4 @@ class WaveSpeedClient:
         return body
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        return mask_secrets(text, (self._api_key,))
