@@ -7,7 +7,6 @@ succeeds therefore proves which key was used.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 import time
@@ -18,6 +17,8 @@ import requests
 from gradio_client import Client, handle_file
 
 from kling_demo.media import probe_video
+from tests.page_session import PageSession
+from tests.page_session import error_of as error_of_step
 from tests.processes import Served, start_app_process, start_sandbox_process
 
 SERVER_KEY = "server-key"
@@ -223,32 +224,11 @@ def wait_for_refusal(jobs: list, timeout: float = 30) -> tuple[list[str], list]:
 # --- a malformed key is refused before use, and never echoed or printed ------------------------------------------
 
 def page_generate(app: Served, image: Path, typed_key: str) -> str:
-    """Generate as the page does: the key box's change event, then /generate in the same session.
-
-    Returns the error the job ends with ("" when it succeeds)."""
-    config = requests.get(app.url + "config", timeout=10).json()
-    key_box = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "user-key")
-    key_change = next(d["id"] for d in config["dependencies"] if [key_box, "change"] in d["targets"])
-    generate = next(d for d in config["dependencies"] if d.get("api_name") == "generate")
-    session = uuid.uuid4().hex
-    typed = requests.post(app.url + "gradio_api/run/predict", timeout=10, json={
-        "data": [typed_key], "fn_index": key_change, "session_hash": session, "trigger_id": key_box})
-    typed.raise_for_status()
-    with image.open("rb") as picture:
-        uploaded = requests.post(app.url + "gradio_api/upload", files={"files": (image.name, picture, "image/png")},
-                                 timeout=30).json()[0]
-    inputs = [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}, "a lighthouse in fog", "", 0.5, 5, None]
-    inputs += [None] * (len(generate["inputs"]) - len(inputs))  # the page's states: the server holds them
-    joined = requests.post(app.url + "gradio_api/queue/join", timeout=10, json={
-        "data": inputs, "fn_index": generate["id"], "session_hash": session, "trigger_id": None})
-    joined.raise_for_status()
-    with requests.get(app.url + "gradio_api/queue/data", params={"session_hash": session}, stream=True,
-                      timeout=120) as events:
-        for line in events.iter_lines(decode_unicode=True):
-            message = json.loads(line[len("data:"):]) if line and line.startswith("data:") else {}
-            if message.get("msg") == "process_completed":
-                return "" if message.get("success") else str((message.get("output") or {}).get("error"))
-    raise AssertionError("the event stream ended before the job did")
+    """Generate as the page does, with a key typed in its box; returns the error the job ends with."""
+    page = PageSession(app.url)
+    page.run(page.event("user-key", "change"), typed_key)
+    generate = next(d for d in page.config["dependencies"] if d.get("api_name") == "generate")
+    return error_of_step(page.join(generate, page.upload(image), "a lighthouse in fog", "", 0.5, 5, None))
 
 
 def test_a_key_with_a_line_break_or_control_character_is_refused_unechoed(processes, make_image):

@@ -161,3 +161,59 @@ def test_a_path_in_one_of_our_messages_is_cut_to_its_file_name(tmp_path):
         with plain_errors():
             raise KlingDemoError(f"Could not save {tmp_path / 'videos' / 'clip.mp4'}; see https://example.com/a/b.")
     assert shown.value.message == "Could not save clip.mp4; see https://example.com/a/b."
+
+
+# --- through the app's API, as a visitor's script meets it --------------------------------------------------------
+
+@pytest.fixture
+def app_url(make_sandbox, tmp_path):
+    from kling_demo.backend import Backend
+    from kling_demo.config import Settings
+    from kling_demo.ui import build_app, launch_options
+    from tests.processes import free_port
+
+    sandbox = make_sandbox()
+    settings = Settings(data_dir=tmp_path / "data")
+    demo = build_app(settings, Backend(base_url=sandbox.base_url, api_key="server-key", sandbox=sandbox))
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **launch_options(settings))
+    yield f"http://127.0.0.1:{port}/", sandbox, tmp_path / "data"
+    demo.close()
+
+
+def submitted_elsewhere(sandbox, make_image) -> str:
+    with WaveSpeedClient(sandbox.base_url, "my-own-key") as elsewhere:
+        image_url = elsewhere.upload(make_image(), "image/png")
+        return elsewhere.submit(SPEC, {"image": image_url, "prompt": "made elsewhere"}).task_id
+
+
+def test_a_pasted_task_id_with_a_query_is_refused_before_any_request(app_url, make_image):
+    from gradio_client import Client
+
+    url, sandbox, _ = app_url
+    task_id = submitted_elsewhere(sandbox, make_image)
+    visitor = Client(url, verbose=False, headers={"X-WaveSpeed-Key": "my-own-key"})
+    with pytest.raises(Exception, match="A task id has only letters, digits, - and _; check what you pasted."):
+        visitor.predict(f"{task_id}?x=1", api_name="/resume")
+    assert sandbox.stats()["result_polls"] == 0
+
+
+def test_a_journal_broken_while_running_is_a_plain_sentence_on_the_page(app_url, make_image, caplog):
+    from gradio_client import Client
+
+    url, sandbox, data_dir = app_url
+    task_id = submitted_elsewhere(sandbox, make_image)
+    with (data_dir / "journal.sqlite3").open("r+b") as journal:
+        journal.write(b"\xff" * 4096)  # sqlite3.DatabaseError: file is not a database
+    visitor = Client(url, verbose=False, headers={"X-WaveSpeed-Key": "my-own-key"})
+    with pytest.raises(Exception) as resumed:
+        visitor.predict(task_id, api_name="/resume")
+    with pytest.raises(Exception) as listed:
+        visitor.predict(api_name="/history")
+    for shown in (str(resumed.value), str(listed.value)):
+        assert "Something went wrong on the server (reference " in shown, shown
+        assert "database" not in shown and str(data_dir) not in shown
+        reference = re.search(r"reference (\w+)\)", shown).group(1)
+        assert any(reference in r.getMessage() and r.exc_info for r in caplog.records), "the log has no details"
+    assert sandbox.stats()["result_polls"] == 0
