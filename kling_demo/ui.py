@@ -446,8 +446,9 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
                 show_history, inputs=owner_id, outputs=[gallery, history_ids], queue=False, **private)
         stop_btn.click(stopped, inputs=task_id, outputs=status, cancels=[job_event, resume_event], queue=False,
                        **private).then(idle, outputs=[generate_btn, stop_btn], queue=False, **private)
+        # Per-session for API clients: no use as an MCP tool.
         refresh_btn.click(show_history, inputs=owner_id, outputs=[gallery, history_ids], api_name="history",
-                          queue=False, api_visibility="undocumented")  # per-session for API clients: no use as an MCP tool
+                          queue=False, api_visibility="undocumented")
         history_ticker.tick(refresh_changed, inputs=[owner_id, history_seen],
                             outputs=[gallery, history_ids, history_seen], queue=False, show_progress="hidden",
                             **private)

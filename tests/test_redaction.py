@@ -43,7 +43,8 @@ class EchoingApi(BaseHTTPRequestHandler):
         elif self.style == "text":
             body = f"Bad Request\n{echoed}\n"
         else:  # the key starts 6 characters before the cut at 300 characters that an error message gets
-            body = json.dumps({"code": 400, "message": "x" * 268 + f" 'authorization': '{self.headers['Authorization']}'"})
+            echoed = f" 'authorization': '{self.headers['Authorization']}'"
+            body = json.dumps({"code": 400, "message": "x" * 268 + echoed})
         data = body.encode()
         self.send_response(400)
         self.send_header("Content-Type", "application/json" if self.style != "text" else "text/plain")
