@@ -19,6 +19,7 @@ from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import quote
 
 import requests
 from urllib3.exceptions import NewConnectionError
@@ -33,6 +34,7 @@ from .errors import (
     ServiceUnavailable,
     SubmissionOutcomeUnknown,
 )
+from .logs import mask_secrets
 from .models import ModelSpec
 from .storage import is_disk_full, partial_file
 
@@ -67,7 +69,7 @@ class Prediction:
     def from_envelope(cls, envelope: dict[str, Any]) -> "Prediction":
         data = envelope.get("data") or {}
         if not data.get("id"):
-            raise ServiceUnavailable(f"The API answered without a task id: {str(envelope)[:200]}")
+            raise ServiceUnavailable(f"The API answered without a task id: {mask_secrets(str(envelope))[:200]}")
         inference = (data.get("timings") or {}).get("inference")
         return cls(
             task_id=str(data["id"]),
@@ -96,14 +98,15 @@ def retry_after_seconds(response: requests.Response) -> float | None:
             return None
 
 
-def _api_message(response: requests.Response) -> str:
+def _api_message(response: requests.Response, secrets: tuple[str, ...] = ()) -> str:
+    """The error text of an API answer, short, with any credential it echoes masked (before it is cut)."""
     try:
         body = response.json()
     except ValueError:
-        return response.text[:300].strip() or response.reason or f"HTTP {response.status_code}"
-    if isinstance(body, dict):
-        return str(body.get("message") or body.get("error") or body)[:300]
-    return str(body)[:300]
+        text = response.text.strip() or response.reason or f"HTTP {response.status_code}"
+    else:
+        text = str(body.get("message") or body.get("error") or body) if isinstance(body, dict) else str(body)
+    return mask_secrets(text, secrets)[:300]
 
 
 def _never_sent(exc: Exception) -> bool:
@@ -251,7 +254,7 @@ class WaveSpeedClient:
         """The task's current state, retried on transient failures up to `attempts` times (default max_attempts).
 
         A follower that does its own waiting asks for one attempt, so no worker thread sleeps in here."""
-        envelope = self._json("GET", f"/api/v3/predictions/{task_id}/result", task_id=task_id, attempts=attempts)
+        envelope = self._json("GET", f"/api/v3/predictions/{quote(task_id, safe='')}/result", task_id=task_id, attempts=attempts)
         return Prediction.from_envelope(envelope)
 
     def download(self, url: str, dest_dir: str | Path, *, max_bytes: int, deadline_seconds: float = 300.0,
@@ -357,7 +360,7 @@ class WaveSpeedClient:
         status = response.status_code
         if 200 <= status < 300:
             return
-        message = self._redact(_api_message(response))
+        message = _api_message(response, (self._api_key,))
         if status in (401, 403):
             raise AuthenticationFailed(
                 f"WaveSpeed rejected the API key (HTTP {status}). Check WAVESPEED_API_KEY or the key you entered.",
@@ -384,4 +387,4 @@ class WaveSpeedClient:
         return body
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        return mask_secrets(text, (self._api_key,))

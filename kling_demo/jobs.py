@@ -188,6 +188,7 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
 
 def resume(task_id: str, ctx: JobContext, *, duration: int | None = None) -> Iterator[JobUpdate]:
     """Follow a task submitted earlier (here or elsewhere) to its video; same updates as `generate`."""
+    task_id = media.check_task_id(task_id)  # refused before it goes into an API path
     started = ctx.clock()
     try:
         if not ctx.followers.claim(task_id):

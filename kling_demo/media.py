@@ -206,6 +206,21 @@ def check_duration(value: object, spec: ModelSpec) -> int:
     return int(seconds)
 
 
+TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def check_task_id(task_id: object) -> str:
+    """Return the trimmed task id, refusing anything but 1 to 128 letters, digits, - and _ before it reaches a URL."""
+    text = task_id.strip() if isinstance(task_id, str) else ""
+    if not text:
+        raise InputRejected("Enter the task id to resume.")
+    if len(text) > 128:
+        raise InputRejected(f"A task id is at most 128 characters long, not {len(text)}; check what you pasted.")
+    if not TASK_ID_PATTERN.fullmatch(text):
+        raise InputRejected("A task id has only letters, digits, - and _; check what you pasted.")
+    return text
+
+
 def _as_number(value: object) -> float | None:
     """A finite float from a number or numeric text; None for anything else (bools included)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
+import secrets
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
 
@@ -50,6 +53,32 @@ EXAMPLES = [  # image, prompt, negative prompt, end frame
      ASSETS / "night-lake.jpg"],
 ]
 Outputs = tuple[str, str, "str | None"]
+UNEXPECTED = ("Something went wrong on the server (reference {reference}); nothing more was submitted. If a task id "
+              "is shown, your task is still followed.")
+# An absolute path, not part of a URL: `/data/kling_demo/videos/x.mp4` → `x.mp4`.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s'\"/:]+/)+")
+
+
+def without_paths(message: str) -> str:
+    """A message with every absolute server path cut down to its file name."""
+    return _ABSOLUTE_PATH.sub("", message)
+
+
+@contextmanager
+def plain_errors() -> Iterator[None]:
+    """Whatever fails reaches the page as a plain sentence: ours as they are (paths cut), anything else as a
+    reference to the server log, which has the details."""
+    try:
+        yield
+    except gr.Error as error:  # ours, made by stream()
+        error.message = without_paths(str(error.message))
+        raise
+    except KlingDemoError as error:
+        raise gr.Error(without_paths(str(error)), duration=None) from error
+    except Exception:
+        reference = secrets.token_hex(3)
+        log.exception("unexpected error, reference %s", reference)
+        raise gr.Error(UNEXPECTED.format(reference=reference), duration=None, print_exception=False) from None
 
 
 def frame_input(**options: Any) -> gr.Image:
@@ -202,10 +231,15 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
             if last is None or last.stage is not Stage.DONE:
                 recovery.resume_running(ctx.owner, api_key)
 
-    def visitor(owner_id: str | None, typed_key: str | None, request: gr.Request | None) -> tuple[str, str | None]:
-        session = request.session_hash if request is not None else None
+    def visitor(owner_id: str | None, typed_key: str | None, request: gr.Request | None,
+                from_page: bool = False) -> tuple[str, str | None]:
+        """Who pays for and owns a job; the page itself must have its owner id (see on_load)."""
         headers = request.headers if request is not None else None
-        return resolve_owner(owner_id, session), visitor_key(typed_key, headers)
+        return resolve_owner(owner_id, _session(request), from_page=bool(from_page)), visitor_key(typed_key, headers)
+
+    def owner_of(owner_id: str | None, request: gr.Request | None) -> str:
+        """Whose history a housekeeping event shows: no key is read."""
+        return resolve_owner(owner_id, _session(request))
 
     def require_key(key: str | None) -> None:
         if settings.require_user_key and not key:
@@ -214,7 +248,7 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
 
     def validate(image: str | None, prompt: str | None, negative_prompt: str | None, guidance_scale: float,
                  duration: int, end_image: str | None, owner_id: str | None = None,
-                 typed_key: str | None = None) -> list[dict[str, Any]]:
+                 typed_key: str | None = None, from_page: bool = False) -> list[dict[str, Any]]:
         """Instant checks in the page, before anything is uploaded or paid for."""
         return [
             _verdict(lambda: _refuse_if(media.quick_check_image(image, SPEC.first_frame, role="first frame"))),
@@ -226,11 +260,13 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
                                                                  required=False))),
             gr.validate(True, ""),
             gr.validate(True, ""),
+            gr.validate(True, ""),
         ]
 
     async def generate(image: str | None, prompt: str, negative_prompt: str | None = None,
                        guidance_scale: float = SPEC.guidance_default, duration: int = SPEC.default_duration,
                        end_image: str | None = None, owner_id: str | None = None, typed_key: str | None = None,
+                       from_page: bool = False,
                        request: gr.Request = None) -> AsyncIterator[Outputs]:  # type: ignore[assignment]
         """Turn one still image into a 5 or 10 second video with Kling 2.0 Master (WaveSpeedAI).
 
@@ -244,66 +280,69 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
         Returns:
             status text, task id, and the path of the finished MP4.
         """
-        owner, key = visitor(owner_id, typed_key, request)
-        require_key(key)
-        request_fields = JobRequest(image=image, prompt=prompt, negative_prompt=negative_prompt,
-                                    guidance_scale=guidance_scale, duration=duration, end_image=end_image)
-        try:
+        with plain_errors():
+            owner, key = visitor(owner_id, typed_key, request, from_page)
+            require_key(key)
+            request_fields = JobRequest(image=image, prompt=prompt, negative_prompt=negative_prompt,
+                                        guidance_scale=guidance_scale, duration=duration, end_image=end_image)
             with slots.hold(owner, None if key else settings.max_jobs_per_visitor):
                 ctx = make_context(owner, key)
                 async for outputs in stream(jobs.generate(request_fields, ctx), ctx, key):
                     yield outputs
-        except KlingDemoError as error:
-            raise gr.Error(str(error), duration=None) from error
 
     async def resume(task_id: str, owner_id: str | None = None, typed_key: str | None = None,
+                     from_page: bool = False,
                      request: gr.Request = None) -> AsyncIterator[Outputs]:  # type: ignore[assignment]
         """Fetch a task by its id into your history: one of yours, or, with your own key, one submitted elsewhere."""
-        task_id = (task_id or "").strip()
-        if not task_id:
-            raise gr.Error("Enter the task id to resume.")
-        owner, key = visitor(owner_id, typed_key, request)
-        record = journal.get(owner, task_id)
-        if record is not None and record.video_path and Path(record.video_path).exists():
-            yield f"**Done** — task {task_id} is already in your history.", task_id, record.video_path
-            return
-        if record is None and not key:
-            raise gr.Error(str(NotYours("This task is not in your history. To fetch a task submitted elsewhere, "
-                                        "enter your own WaveSpeed key first.", task_id=task_id)), duration=None)
-        if record is not None and record.key_source == "visitor" and not key:
-            raise gr.Error("This task was paid with your own key: enter it again to resume it (keys are never "
-                           "stored).", duration=None)
-        use_key = key if record is None or record.key_source == "visitor" else None
-        ctx = make_context(owner, use_key)
-        async for outputs in stream(jobs.resume(task_id, ctx, duration=record.duration if record else None),
-                                    ctx, use_key):
-            yield outputs
+        with plain_errors():
+            task_id = media.check_task_id(task_id)
+            owner, key = visitor(owner_id, typed_key, request, from_page)
+            record = journal.get(owner, task_id)
+            if record is not None and record.video_path and Path(record.video_path).exists():
+                yield f"**Done** — task {task_id} is already in your history.", task_id, record.video_path
+                return
+            if record is None and not key:
+                raise NotYours("This task is not in your history. To fetch a task submitted elsewhere, enter your "
+                               "own WaveSpeed key first.", task_id=task_id)
+            if record is not None and record.key_source == "visitor" and not key:
+                raise gr.Error("This task was paid with your own key: enter it again to resume it (keys are never "
+                               "stored).", duration=None)
+            use_key = key if record is None or record.key_source == "visitor" else None
+            ctx = make_context(owner, use_key)
+            async for outputs in stream(jobs.resume(task_id, ctx, duration=record.duration if record else None),
+                                        ctx, use_key):
+                yield outputs
 
+    @plain_errors()
     def show_history(owner_id: str | None, request: gr.Request) -> tuple[list[tuple[str, str]], list[str]]:
         """Your generations, newest first."""
-        owner, _ = visitor(owner_id, None, request)
+        owner = owner_of(owner_id, request)
         records = journal.for_owner(owner)
         return history_items(records, placeholder), [r.task_id for r in records]
 
+    @plain_errors()
     def refresh_changed(owner_id: str | None, seen: str, request: gr.Request) -> tuple[Any, Any, str]:
         """Redraw the history only when a task was added or changed status (tasks finish in the background)."""
-        owner, _ = visitor(owner_id, None, request)
+        owner = owner_of(owner_id, request)
         records = journal.for_owner(owner)
         signature = "|".join(f"{r.task_id}:{r.status}" for r in records)
         if signature == seen:
             return gr.skip(), gr.skip(), seen
         return history_items(records, placeholder), [r.task_id for r in records], signature
 
+    @plain_errors()
     def on_load(stored_owner: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """Give the browser its owner id (kept in its localStorage) and show its history."""
         owner_id = stored_owner or new_owner_id()
-        owner, _ = visitor(owner_id, None, request)
+        owner = owner_of(owner_id, request)
         recovery.resume_running(owner)  # a returning visitor's unfinished tasks are fetched now
         items, ids = show_history(owner_id, request)
         return owner_id, owner_id, items, ids
 
+    @plain_errors()
     def select_history(task_ids: list[str], owner_id: str | None, request: gr.Request,
                        selection: gr.SelectData) -> tuple[str | None, str]:
-        owner, _ = visitor(owner_id, None, request)
+        owner = owner_of(owner_id, request)
         if selection.index is None or selection.index >= len(task_ids):
             return None, ""
         record = journal.get(owner, task_ids[selection.index])
@@ -331,6 +370,7 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
         owner_store = gr.BrowserState("", storage_key=OWNER_STORAGE_KEY, secret=settings.owner_secret())
         owner_id = gr.State("")
         typed_key = gr.State("")
+        from_page = gr.State(False)  # set by the page's own first step of Generate and Resume
         history_ids = gr.State([])
         history_seen = gr.State("")
         history_ticker = gr.Timer(5.0)
@@ -390,34 +430,44 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
 
         private: dict[str, Any] = {"api_visibility": "private"}
         key_box.change(lambda key: key, inputs=key_box, outputs=typed_key, queue=False, **private)
-        demo.load(on_load, inputs=owner_store, outputs=[owner_store, owner_id, gallery, history_ids], **private)
+        # Housekeeping never waits in the queue (served by POST /gradio_api/run/predict), so a queue full of
+        # jobs cannot refuse a tab its owner id, and the page can refuse to generate without one.
+        demo.load(on_load, inputs=owner_store, outputs=[owner_store, owner_id, gallery, history_ids], queue=False,
+                  **private)
 
-        inputs = [image, prompt, negative, guidance, duration, end_image, owner_id, typed_key]
+        inputs = [image, prompt, negative, guidance, duration, end_image, owner_id, typed_key, from_page]
         # Buttons flip only once the inputs pass: Gradio runs no `.then()` after a validator refuses.
         job_event = generate_btn.click(
-            lambda *_: busy(), inputs=inputs, outputs=[generate_btn, stop_btn], validator=validate, **private).then(
+            lambda *_: (*busy(), True), inputs=inputs, outputs=[generate_btn, stop_btn, from_page],
+            validator=validate, **private).then(
             generate, inputs=inputs, outputs=[status, task_id, video], api_name="generate", validator=validate,
             concurrency_limit=settings.concurrency)
-        resume_event = resume_btn.click(busy, outputs=[generate_btn, stop_btn], queue=False, **private).then(
-            resume, inputs=[resume_id, owner_id, typed_key], outputs=[status, task_id, video], api_name="resume",
-            concurrency_limit=settings.concurrency)
+        resume_event = resume_btn.click(lambda: (*busy(), True), outputs=[generate_btn, stop_btn, from_page],
+                                        queue=False, **private).then(
+            resume, inputs=[resume_id, owner_id, typed_key, from_page], outputs=[status, task_id, video],
+            api_name="resume", concurrency_limit=settings.concurrency)
         for event in (job_event, resume_event):
             event.then(idle, outputs=[generate_btn, stop_btn], queue=False, **private).then(
-                show_history, inputs=owner_id, outputs=[gallery, history_ids], **private)
+                show_history, inputs=owner_id, outputs=[gallery, history_ids], queue=False, **private)
         stop_btn.click(stopped, inputs=task_id, outputs=status, cancels=[job_event, resume_event], queue=False,
                        **private).then(idle, outputs=[generate_btn, stop_btn], queue=False, **private)
+        # Per-session for API clients: no use as an MCP tool.
         refresh_btn.click(show_history, inputs=owner_id, outputs=[gallery, history_ids], api_name="history",
-                          api_visibility="undocumented")  # per-session for API clients: no use as an MCP tool
+                          queue=False, api_visibility="undocumented")
         history_ticker.tick(refresh_changed, inputs=[owner_id, history_seen],
                             outputs=[gallery, history_ids, history_seen], queue=False, show_progress="hidden",
                             **private)
         gallery.select(select_history, inputs=[history_ids, owner_id], outputs=[history_video, history_detail],
-                       **private)
+                       queue=False, **private)
 
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
     demo.backend = backend  # type: ignore[attr-defined]  # tests and the CLI reach the sandbox through it
     demo.journal = journal  # type: ignore[attr-defined]
     return demo
+
+
+def _session(request: gr.Request | None) -> str | None:
+    return request.session_hash if request is not None else None
 
 
 def _refuse_if(message: str | None) -> None:
