@@ -140,6 +140,10 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
             negative = media.check_prompt(request.negative_prompt, spec, field="negative_prompt", required=False)
             guidance = media.check_guidance(request.guidance_scale, spec)
             duration = media.check_duration(request.duration, spec)
+            # Both frames pass every check that decodes no pixels before either is decoded.
+            media.check_before_decoding(request.image, spec.first_frame, role="first frame")
+            if request.end_image:
+                media.check_before_decoding(request.end_image, spec.end_frame, role="end frame")
             first = media.prepare_image(request.image, spec.first_frame, role="first frame", work_dir=Path(work))
             end = None
             if request.end_image:

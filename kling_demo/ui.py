@@ -82,19 +82,20 @@ def plain_errors() -> Iterator[None]:
 
 
 def frame_input(**options: Any) -> gr.Image:
-    """An image input that hands even an unreadable upload to our checks.
+    """An image input that hands every upload, unopened, to our checks.
 
-    Stock gr.Image opens the file with Pillow first, so random bytes or an empty file end in a
-    bare HTTP 400; passing the path through lets the validator say what is wrong and what to do.
+    Stock gr.Image opens the file with Pillow first (type="filepath" decodes no pixels, but the open
+    alone fails): random bytes or an empty file end in a bare HTTP 400, and an image over Pillow's bomb
+    limit in "Could not preprocess … DecompressionBombError" with server paths. Passing the path through
+    lets the validator say what is wrong and what to do.
     (Wrapped per instance: a gr.Image subclass would make Gradio write a .pyi beside this module.)"""
     component = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], **options)
     stock_preprocess = component.preprocess
 
     def preprocess(payload: Any) -> Any:
-        try:
-            return stock_preprocess(payload)
-        except OSError:  # includes PIL.UnidentifiedImageError
-            return str(payload.path) if payload is not None and payload.path else None
+        if payload is not None and payload.path:
+            return str(payload.path)  # already checked by Gradio to be an upload of this app
+        return stock_preprocess(payload)
 
     component.preprocess = preprocess  # type: ignore[method-assign]
     return component
@@ -136,10 +137,20 @@ def videos_dir(settings: Settings) -> Path:
     return settings.data_dir / "videos"
 
 
+# Gradio refuses bigger uploads with HTTP 413 while they stream in, before they reach the disk cache.
+# The API takes at most 10 MB, but we re-encode bigger files: a PNG photo at our 16 MP decode limit is
+# 25–50 MB, a 50 MP phone JPEG 10–25 MB. Memory does not depend on file size (`ImageLimits.max_pixels`
+# bounds it), so the cap only bounds disk and bandwidth per upload.
+MAX_UPLOAD = "50mb"
+# Every 30 min, delete uploads older than 2 h: a job reads its images within seconds of the click.
+UPLOAD_CACHE_CLEANUP = (30 * 60, 2 * 3600)
+
+
 def launch_options(settings: Settings) -> dict[str, Any]:
     """Arguments for `demo.launch()` that the app needs wherever it is launched."""
     return {
         "allowed_paths": [str(videos_dir(settings))],
+        "max_file_size": MAX_UPLOAD,
         "show_error": True,
         # Gradio 6's run history keeps every input, a password box included, in localStorage.
         "run_history": False,
@@ -366,7 +377,7 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
         return ("**Stopped** — nothing had been submitted yet. If the submission was already on its way, the "
                 "task will still finish into your history.")
 
-    with gr.Blocks(title="Kling 2.0 image-to-video") as demo:
+    with gr.Blocks(title="Kling 2.0 image-to-video", delete_cache=UPLOAD_CACHE_CLEANUP) as demo:
         owner_store = gr.BrowserState("", storage_key=OWNER_STORAGE_KEY, secret=settings.owner_secret())
         owner_id = gr.State("")
         typed_key = gr.State("")
