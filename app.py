@@ -2,10 +2,11 @@
 
 from kling_demo.config import Settings
 from kling_demo.logs import configure_logging
-from kling_demo.runtime import limit_malloc_arenas
+from kling_demo.runtime import limit_malloc_arenas, map_large_allocations
 from kling_demo.ui import build_app, launch_options
 
 limit_malloc_arenas()
+map_large_allocations()
 settings = Settings.from_env()
 configure_logging(secrets=(settings.api_key or "",))
 demo = build_app(settings)

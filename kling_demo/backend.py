@@ -35,5 +35,5 @@ def open_backend(settings: Settings) -> Backend:
     if settings.api_key:
         return Backend(base_url=settings.base_url, api_key=settings.api_key)
     handle = start_sandbox(SandboxConfig(inference_seconds=settings.sandbox_inference_seconds))
-    log.info("No WAVESPEED_API_KEY: using the local sandbox at %s (no AI, no cost)", handle.base_url)
+    log.info("WAVESPEED_API_KEY is not set, so the local sandbox at %s is used (no AI, no cost)", handle.base_url)
     return Backend(base_url=handle.base_url, api_key=SANDBOX_TOKEN, sandbox=handle)

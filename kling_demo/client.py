@@ -8,14 +8,18 @@ raises `SubmissionOutcomeUnknown` instead of paying twice.
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import quote
 
 import requests
 from urllib3.exceptions import NewConnectionError
@@ -30,7 +34,9 @@ from .errors import (
     ServiceUnavailable,
     SubmissionOutcomeUnknown,
 )
+from .logs import mask_secrets
 from .models import ModelSpec
+from .storage import is_disk_full, partial_file
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +69,7 @@ class Prediction:
     def from_envelope(cls, envelope: dict[str, Any]) -> "Prediction":
         data = envelope.get("data") or {}
         if not data.get("id"):
-            raise ServiceUnavailable(f"The API answered without a task id: {str(envelope)[:200]}")
+            raise ServiceUnavailable(f"The API answered without a task id: {mask_secrets(str(envelope))[:200]}")
         inference = (data.get("timings") or {}).get("inference")
         return cls(
             task_id=str(data["id"]),
@@ -92,14 +98,15 @@ def retry_after_seconds(response: requests.Response) -> float | None:
             return None
 
 
-def _api_message(response: requests.Response) -> str:
+def _api_message(response: requests.Response, secrets: tuple[str, ...] = ()) -> str:
+    """The error text of an API answer, short, with any credential it echoes masked (before it is cut)."""
     try:
         body = response.json()
     except ValueError:
-        return response.text[:300].strip() or response.reason or f"HTTP {response.status_code}"
-    if isinstance(body, dict):
-        return str(body.get("message") or body.get("error") or body)[:300]
-    return str(body)[:300]
+        text = response.text.strip() or response.reason or f"HTTP {response.status_code}"
+    else:
+        text = str(body.get("message") or body.get("error") or body) if isinstance(body, dict) else str(body)
+    return mask_secrets(text, secrets)[:300]
 
 
 def _never_sent(exc: Exception) -> bool:
@@ -108,6 +115,45 @@ def _never_sent(exc: Exception) -> bool:
         return True
     reason = getattr(exc.args[0], "reason", None) if exc.args else None
     return isinstance(reason, NewConnectionError)
+
+
+def _transport_reason(exc: Exception) -> str:
+    """How a connection failed, in a few plain words for a status line ("connection refused")."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connection timed out"
+    if isinstance(exc, requests.Timeout):
+        return "no answer in time"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return "the answer was cut off"
+    causes = _causes(exc)
+    if any(isinstance(cause, ConnectionRefusedError) for cause in causes):
+        return "connection refused"
+    if any(isinstance(cause, ConnectionResetError) for cause in causes):
+        return "connection reset"
+    if any(isinstance(cause, socket.gaierror) for cause in causes):
+        return "host not found"
+    return "connection failed"
+
+
+def _status_words(status: int) -> str:
+    """"HTTP 503 Service Unavailable": the code with its standard phrase (not the server's, which could say anything)."""
+    try:
+        return f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and what it wraps: causes, contexts, urllib3's `reason` and exceptions among the args."""
+    found: list[BaseException] = []
+    pending: list[object] = [exc]
+    while pending and len(found) < 20:
+        item = pending.pop()
+        if not isinstance(item, BaseException) or any(item is seen for seen in found):
+            continue
+        found.append(item)
+        pending += [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
+    return found
 
 
 class WaveSpeedClient:
@@ -204,14 +250,19 @@ class WaveSpeedClient:
             return Prediction.from_envelope(self._decode(response))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def result(self, task_id: str) -> Prediction:
-        """The task's current state (retried on transient failures)."""
-        envelope = self._json("GET", f"/api/v3/predictions/{task_id}/result", task_id=task_id)
+    def result(self, task_id: str, *, attempts: int | None = None) -> Prediction:
+        """The task's current state, retried on transient failures up to `attempts` times (default max_attempts).
+
+        A follower that does its own waiting asks for one attempt, so no worker thread sleeps in here."""
+        envelope = self._json("GET", f"/api/v3/predictions/{quote(task_id, safe='')}/result", task_id=task_id, attempts=attempts)
         return Prediction.from_envelope(envelope)
 
     def download(self, url: str, dest_dir: str | Path, *, max_bytes: int, deadline_seconds: float = 300.0,
-                 suffix: str = ".mp4") -> Path:
-        """Stream `url` into a new unique file in `dest_dir`, refusing more than `max_bytes`."""
+                 suffix: str = ".mp4", attempts: int | None = None) -> Path:
+        """Stream `url` into a new unique file in `dest_dir`, refusing more than `max_bytes`.
+
+        The bytes go to a hidden `.part` file that is renamed only once complete, so a video in
+        the folder is always whole; a full disk is a plain `DownloadFailed`."""
         dest_dir = Path(dest_dir)
         dest_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
@@ -229,7 +280,7 @@ class WaveSpeedClient:
                 target = dest_dir / f"{uuid.uuid4().hex}{suffix}"
                 written = 0
                 try:
-                    with target.open("xb") as out:
+                    with partial_file(target) as out:
                         for chunk in response.iter_content(CHUNK_BYTES):
                             written += len(chunk)
                             if written > max_bytes:
@@ -237,58 +288,79 @@ class WaveSpeedClient:
                             if time.monotonic() - started > deadline_seconds:
                                 raise DownloadFailed(f"The download took longer than {deadline_seconds:.0f} s.")
                             out.write(chunk)
-                except BaseException:
-                    target.unlink(missing_ok=True)
-                    raise
+                except requests.RequestException:
+                    raise  # the network, not the disk: _with_retries decides
+                except OSError as error:
+                    log.warning("download: could not save the video (%s)",
+                                errno.errorcode.get(error.errno or 0, type(error).__name__))
+                    reason = "the app's storage is full" if is_disk_full(error) else "the app could not write it"
+                    raise DownloadFailed(f"The video is finished but could not be saved because {reason}. The task "
+                                         "is kept: resume it later by its task id.") from error
                 return target
 
-        return self._with_retries("video download", fetch)
+        return self._with_retries("video download", fetch, attempts=attempts)
 
     # -- plumbing ---------------------------------------------------------------
 
-    def _json(self, method: str, path: str, *, task_id: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    def _json(self, method: str, path: str, *, task_id: str | None = None, attempts: int | None = None,
+              **kwargs: Any) -> dict[str, Any]:
         response = self._with_retries(
             f"{method} {path}", lambda: self.session.request(method, self.base_url + path, timeout=self.timeout, **kwargs),
-            task_id=task_id,
+            task_id=task_id, attempts=attempts,
         )
         return self._decode(response, task_id=task_id)
 
-    def _with_retries(self, what: str, call: Callable[[], Any], *, task_id: str | None = None) -> Any:
+    def _with_retries(self, what: str, call: Callable[[], Any], *, task_id: str | None = None,
+                      attempts: int | None = None) -> Any:
         """Run a request that is safe to repeat; return its 200 answer or raise a typed error."""
-        for attempt in range(1, self.max_attempts + 1):
-            last = attempt == self.max_attempts
+        attempts = max(1, attempts or self.max_attempts)
+        for attempt in range(1, attempts + 1):
+            last = attempt == attempts
             try:
                 response = call()
             except TRANSPORT_ERRORS as exc:
                 if last:
-                    raise ServiceUnavailable(
-                        f"The {what} failed {attempt} times ({type(exc).__name__}); the service or network is "
-                        "unavailable. Try again in a minute.", task_id=task_id) from exc
-                self._pause(attempt, None, f"{what}: {type(exc).__name__}")
+                    raise self._unavailable(what, attempt, _transport_reason(exc), None, task_id) from exc
+                self._pause(attempt, None, f"{what}: {type(exc).__name__}", attempts)
                 continue
             if not isinstance(response, requests.Response):
                 return response
-            if response.status_code in RETRYABLE_STATUS and not last:
-                self._pause(attempt, retry_after_seconds(response), f"{what}: HTTP {response.status_code}")
+            if response.status_code in RETRYABLE_STATUS:
+                reason, retry_after = _status_words(response.status_code), retry_after_seconds(response)
+                if last:
+                    raise self._unavailable(what, attempt, reason, retry_after, task_id)
+                self._pause(attempt, retry_after, f"{what}: {reason}", attempts)
                 continue
             self._raise_for_status(response, what, task_id=task_id)
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _pause(self, attempt: int, retry_after: float | None, why: str) -> None:
+    @staticmethod
+    def _unavailable(what: str, attempts: int, reason: str, retry_after: float | None,
+                     task_id: str | None) -> ServiceUnavailable:
+        """The error for retries that ran out; with a task id it never invites a second, paid submission."""
+        tries = f"{attempts} attempts" if attempts > 1 else "one attempt"
+        if task_id:
+            message = f"WaveSpeed did not answer the {what} ({reason}, {tries}). The task is not lost."
+        else:
+            message = (f"The {what} failed ({reason}, {tries}): WaveSpeed is unreachable or busy. "
+                       "Try again in a minute.")
+        return ServiceUnavailable(message, task_id=task_id, reason=reason, retry_after=retry_after)
+
+    def _pause(self, attempt: int, retry_after: float | None, why: str, attempts: int | None = None) -> None:
         if retry_after is not None:
             delay = min(retry_after, 60.0)
         else:
             delay = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1))
             delay *= random.uniform(0.8, 1.2)
-        log.info("%s; retrying in %.1f s (attempt %d of %d)", why, delay, attempt + 1, self.max_attempts)
+        log.info("%s; retrying in %.1f s (attempt %d of %d)", why, delay, attempt + 1, attempts or self.max_attempts)
         self._sleep(delay)
 
     def _raise_for_status(self, response: requests.Response, what: str, *, task_id: str | None = None) -> None:
         status = response.status_code
         if 200 <= status < 300:
             return
-        message = self._redact(_api_message(response))
+        message = _api_message(response, (self._api_key,))
         if status in (401, 403):
             raise AuthenticationFailed(
                 f"WaveSpeed rejected the API key (HTTP {status}). Check WAVESPEED_API_KEY or the key you entered.",
@@ -315,4 +387,4 @@ class WaveSpeedClient:
         return body
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        return mask_secrets(text, (self._api_key,))

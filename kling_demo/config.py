@@ -10,6 +10,8 @@ from typing import Mapping
 
 from dotenv import dotenv_values
 
+from .storage import DEFAULT_MIN_FREE_MB
+
 DEFAULT_BASE_URL = "https://api.wavespeed.ai"
 
 
@@ -58,6 +60,7 @@ class Settings:
     deadline_seconds: float = 30 * 60.0
     data_dir: Path = field(default_factory=lambda: default_data_dir(os.environ))
     max_download_bytes: int = 500 * 1024 * 1024
+    min_free_mb: float = float(DEFAULT_MIN_FREE_MB)  # below this free space in the data dir, new jobs are refused
     concurrency: int = 32
     max_queue: int = 64
     sandbox_inference_seconds: float = 6.0
@@ -69,8 +72,13 @@ class Settings:
     mcp_server: bool = False
 
     @property
-    def uses_sandbox(self) -> bool:
-        return not self.api_key
+    def videos_dir(self) -> Path:
+        """Finished videos and history previews; the page serves this folder in place."""
+        return self.data_dir / "videos"
+
+    @property
+    def min_free_bytes(self) -> int:
+        return int(self.min_free_mb * 1024 * 1024)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, dotenv_path: str | os.PathLike | None = ".env") -> "Settings":
@@ -89,6 +97,7 @@ class Settings:
             deadline_seconds=_float(merged, "KLING_DEMO_DEADLINE_SECONDS", cls.deadline_seconds),
             data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(merged),
             max_download_bytes=_int(merged, "KLING_DEMO_MAX_DOWNLOAD_MB", 500) * 1024 * 1024,
+            min_free_mb=max(0.0, _float(merged, "KLING_DEMO_MIN_FREE_MB", cls.min_free_mb)),
             concurrency=max(1, _int(merged, "KLING_DEMO_CONCURRENCY", cls.concurrency)),
             max_queue=max(1, _int(merged, "KLING_DEMO_MAX_QUEUE", cls.max_queue)),
             sandbox_inference_seconds=_float(merged, "KLING_DEMO_SANDBOX_SECONDS", cls.sandbox_inference_seconds),

@@ -42,7 +42,15 @@ class ApiInputRefused(KlingDemoError):
 
 
 class ServiceUnavailable(KlingDemoError):
-    """The API or the network failed on a request that is safe to repeat, and retries ran out."""
+    """The API or the network failed on a request that is safe to repeat, and retries ran out.
+
+    `reason` says how in a few words ("connection refused", "HTTP 503"); `retry_after` is the server's ask."""
+
+    def __init__(self, message: str, *, task_id: str | None = None, reason: str = "",
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, task_id=task_id)
+        self.reason = reason
+        self.retry_after = retry_after
 
 
 class SubmissionOutcomeUnknown(KlingDemoError):
@@ -59,6 +67,10 @@ class TaskTimedOut(KlingDemoError):
 
 class JobStopped(KlingDemoError):
     """The user stopped waiting; the remote task may still finish and be billed."""
+
+
+class StorageUnavailable(KlingDemoError):
+    """The data dir is full or cannot be written, so a job was refused before anything was paid for."""
 
 
 class DownloadFailed(KlingDemoError):

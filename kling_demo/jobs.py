@@ -10,21 +10,34 @@ from __future__ import annotations
 
 import enum
 import logging
+import sqlite3
 import tempfile
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Generator, Iterator, TypeVar
 
-from . import media
+from . import media, storage
 from .client import Prediction, WaveSpeedClient
-from .errors import AlreadyFollowing, JobStopped, KlingDemoError, TaskFailed, TaskTimedOut
-from .journal import Journal
+from .errors import (
+    AlreadyFollowing,
+    InputRejected,
+    JobStopped,
+    KlingDemoError,
+    ServiceUnavailable,
+    StorageUnavailable,
+    SubmissionOutcomeUnknown,
+    TaskFailed,
+    TaskTimedOut,
+)
+from .journal import OUTCOME_UNKNOWN, Journal, is_intent_id, positive_int
 from .models import DEFAULT_MODEL, ModelSpec
-from .polling import InferenceHistory, next_poll_delay
+from .polling import InferenceHistory, next_poll_delay, retry_delay
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Stage(str, enum.Enum):
@@ -100,6 +113,7 @@ class JobContext:
     journal: Journal | None = None
     owner: str = ""
     key_source: str = "server"  # whose key pays: "server" or "visitor" (the key itself is never kept)
+    min_free_bytes: int = storage.DEFAULT_MIN_FREE_BYTES  # refuse a job when the data dir has less room
     followers: Followers = field(default_factory=Followers)
     stop: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], float] = time.monotonic
@@ -126,36 +140,48 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
             negative = media.check_prompt(request.negative_prompt, spec, field="negative_prompt", required=False)
             guidance = media.check_guidance(request.guidance_scale, spec)
             duration = media.check_duration(request.duration, spec)
+            # Both frames pass every check that decodes no pixels before either is decoded.
+            media.check_before_decoding(request.image, spec.first_frame, role="first frame")
+            if request.end_image:
+                media.check_before_decoding(request.end_image, spec.end_frame, role="end frame")
             first = media.prepare_image(request.image, spec.first_frame, role="first frame", work_dir=Path(work))
             end = None
             if request.end_image:
                 end = media.prepare_image(request.end_image, spec.end_frame, role="end frame", work_dir=Path(work))
             changes = first.changes + (end.changes if end else ())
             _check_stop(ctx, task_id)
+            # Nothing is uploaded or paid for that the app could not record.
+            storage.check_room(ctx.videos_dir, ctx.min_free_bytes)
+            params = {"prompt": prompt, "negative_prompt": negative, "guidance_scale": guidance,
+                      "duration": duration, "end_image": end is not None}
+            intent = _Intent.write(ctx, params, first)
 
-            size_mb = (first.size_bytes + (end.size_bytes if end else 0)) / 1e6
-            fixed = (" Fixed: " + "; ".join(changes) + ".") if changes else ""
-            yield update(Stage.UPLOADING, f"Uploading {'both frames' if end else 'the first frame'} "
-                                          f"({size_mb:.1f} MB)…{fixed}", changes=changes)
-            payload: dict[str, object] = {
-                "image": ctx.client.upload(first.path, first.mime_type),
-                "prompt": prompt,
-                "guidance_scale": guidance,
-                "duration": duration,
-            }
-            if negative:
-                payload["negative_prompt"] = negative
-            if end:
-                payload["end_image"] = ctx.client.upload(end.path, end.mime_type)
-            _check_stop(ctx, task_id)
-            prediction = ctx.client.submit(spec, payload)
+            try:
+                size_mb = (first.size_bytes + (end.size_bytes if end else 0)) / 1e6
+                fixed = (" Fixed: " + "; ".join(changes) + ".") if changes else ""
+                yield update(Stage.UPLOADING, f"Uploading {'both frames' if end else 'the first frame'} "
+                                              f"({size_mb:.1f} MB)…{fixed}", changes=changes)
+                payload: dict[str, object] = {
+                    "image": ctx.client.upload(first.path, first.mime_type),
+                    "prompt": prompt,
+                    "guidance_scale": guidance,
+                    "duration": duration,
+                }
+                if negative:
+                    payload["negative_prompt"] = negative
+                if end:
+                    payload["end_image"] = ctx.client.upload(end.path, end.mime_type)
+                _check_stop(ctx, task_id)
+                prediction = ctx.client.submit(spec, payload)
+            except SubmissionOutcomeUnknown as error:
+                intent.outcome_unknown(error.message)
+                raise
+            except BaseException:
+                intent.withdraw()  # refused, unreachable, or stopped: nothing was created
+                raise
             task_id = prediction.task_id
-            ctx.followers.claim(task_id)  # before the journal row exists, so recovery never races us
-            if ctx.journal is not None:
-                first_frame = media.save_preview(first, ctx.videos_dir)
-                params = {"prompt": prompt, "negative_prompt": negative, "guidance_scale": guidance,
-                          "duration": duration, "end_image": end is not None}
-                _remember(ctx, prediction, params, first_frame=str(first_frame))
+            ctx.followers.claim(task_id)  # before the journal row has the task id, so recovery never races us
+            intent.attach(prediction)
         yield from _follow(prediction, duration, ctx, started)
     except KlingDemoError as error:
         if task_id and not error.task_id:
@@ -166,33 +192,138 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
 
 def resume(task_id: str, ctx: JobContext, *, duration: int | None = None) -> Iterator[JobUpdate]:
     """Follow a task submitted earlier (here or elsewhere) to its video; same updates as `generate`."""
+    task_id = media.check_task_id(task_id)  # refused before it goes into an API path
     started = ctx.clock()
     try:
         if not ctx.followers.claim(task_id):
             raise AlreadyFollowing("This task is already being followed here; it will appear in your history when "
                                    "it finishes.", task_id=task_id)
         try:
-            prediction = ctx.client.result(task_id)
+            if is_intent_id(task_id):
+                raise InputRejected("This entry never received a task id from WaveSpeed, so there is nothing to "
+                                    "resume. Check your WaveSpeed dashboard for the task.", task_id=task_id)
+            prediction = yield from _patiently(lambda: ctx.client.result(task_id, attempts=1), ctx, task_id,
+                                               Stage.SUBMITTED, started, started + ctx.deadline_seconds)
+            known = duration or _declared_duration(prediction, ctx.spec)
             # A task fetched by id joins the visitor's history; an existing row stays as it is.
-            _remember(ctx, prediction, {"prompt": "", "duration": duration, "resumed": True})
-        except KlingDemoError:
+            _remember(ctx, prediction, {"prompt": "", "duration": known, "resumed": True})
+            if known and not duration:
+                _fill_duration(ctx, task_id, known)
+        except BaseException:  # also a Stop or a closed page while WaveSpeed was not answering
             ctx.followers.release(task_id)
             raise
-        yield from _follow(prediction, duration, ctx, started)
+        with closing(_follow(prediction, known, ctx, started)) as updates:
+            for update in updates:
+                if update.stage is Stage.DONE and not known and update.video_path:
+                    _fill_duration(ctx, task_id, _video_duration(update.video_path, ctx.spec))
+                yield update
     except KlingDemoError as error:
         error.task_id = error.task_id or task_id
         yield JobUpdate(Stage.FAILED, str(error), ctx.clock() - started, task_id=task_id)
         raise
 
 
-def _remember(ctx: JobContext, prediction: Prediction, params: dict[str, object], *,
-              first_frame: str | None = None) -> None:
+def _remember(ctx: JobContext, prediction: Prediction, params: dict[str, object]) -> None:
     """Write the task's journal row for its owner, if the job keeps one (an existing row is kept)."""
     if ctx.journal is None:
         return
-    ctx.journal.record_submission(owner=ctx.owner, task_id=prediction.task_id, model=ctx.spec.model_id,
-                                  api_base=ctx.client.base_url, key_source=ctx.key_source,
-                                  status=prediction.status, params=params, first_frame=first_frame)
+    try:
+        ctx.journal.record_submission(owner=ctx.owner, task_id=prediction.task_id, model=ctx.spec.model_id,
+                                      api_base=ctx.client.base_url, key_source=ctx.key_source,
+                                      status=prediction.status, params=params)
+    except (OSError, sqlite3.Error) as error:  # the task is paid already: follow it anyway, without a row
+        log.error("journal: task %s could not be recorded (%s: %s); it is followed without the journal",
+                  prediction.task_id, type(error).__name__, error)
+        ctx.journal = None
+
+
+class _Intent:
+    """The journal row of a submission in flight: written before the POST, given the task id after it."""
+
+    def __init__(self, ctx: JobContext, intent_id: str | None) -> None:
+        self.ctx, self.intent_id = ctx, intent_id
+
+    @classmethod
+    def write(cls, ctx: JobContext, params: dict[str, Any], first: media.PreparedImage) -> "_Intent":
+        """Record the submission to come; raises `StorageUnavailable` if the journal cannot take it."""
+        if ctx.journal is None:
+            return cls(ctx, None)
+        preview: Path | None = None
+        try:
+            preview = media.save_preview(first, ctx.videos_dir)
+            intent_id = ctx.journal.record_intent(owner=ctx.owner, model=ctx.spec.model_id,
+                                                  api_base=ctx.client.base_url, key_source=ctx.key_source,
+                                                  params=params, first_frame=str(preview))
+        except (OSError, sqlite3.Error) as error:
+            log.warning("journal: cannot record a new submission (%s: %s); refusing it before anything is paid for",
+                        type(error).__name__, error)
+            if preview is not None:
+                preview.unlink(missing_ok=True)
+            raise StorageUnavailable(storage.NO_ROOM_MESSAGE) from error
+        return cls(ctx, intent_id)
+
+    def attach(self, prediction: Prediction) -> None:
+        """Give the row its task id. If that fails the job goes on (the visitor sees the id); the log keeps it."""
+        if self.ctx.journal is None or self.intent_id is None:
+            return
+        try:
+            self.ctx.journal.attach_task(self.ctx.owner, self.intent_id, prediction.task_id, prediction.status)
+        except (OSError, sqlite3.Error) as error:
+            log.error("journal: task %s was submitted but could not be recorded (%s: %s); it is followed without "
+                      "the journal", prediction.task_id, type(error).__name__, error)
+            self.ctx.journal = None  # this job only: its later journal writes would fail the same way
+
+    def outcome_unknown(self, reason: str) -> None:
+        """The answer was lost: the entry stays in the history, saying a task may exist and be billed."""
+        if self.ctx.journal is None or self.intent_id is None:
+            return
+        try:
+            self.ctx.journal.fail(self.ctx.owner, self.intent_id, reason, status=OUTCOME_UNKNOWN)
+        except (OSError, sqlite3.Error) as error:
+            log.warning("journal: could not mark a submission as outcome unknown (%s)", type(error).__name__)
+
+    def withdraw(self) -> None:
+        if self.ctx.journal is None or self.intent_id is None:
+            return
+        try:
+            record = self.ctx.journal.get(self.ctx.owner, self.intent_id)
+            self.ctx.journal.withdraw_intent(self.ctx.owner, self.intent_id)
+        except (OSError, sqlite3.Error) as error:
+            log.warning("journal: could not remove an unsent submission (%s)", type(error).__name__)
+            return
+        if record is not None and record.first_frame:
+            Path(record.first_frame).unlink(missing_ok=True)
+
+
+def _declared_duration(prediction: Prediction, spec: ModelSpec) -> int | None:
+    """The video length the API's answer states in its inputs, when it has them (the result usually does not)."""
+    for key in ("input", "inputs"):
+        fields = prediction.raw.get(key)
+        if isinstance(fields, dict):
+            duration = positive_int(fields.get("duration"))
+            if duration in spec.durations:
+                return duration
+    return None
+
+
+def _video_duration(video: Path, spec: ModelSpec) -> int | None:
+    """The task's duration read from its downloaded video: the model's length closest to what plays."""
+    try:
+        seconds = media.video_seconds(video)
+    except Exception as error:  # an unreadable file only means the length stays unknown
+        log.info("could not read the length of %s: %s", video.name, error)
+        return None
+    closest = min(spec.durations, key=lambda allowed: abs(allowed - seconds))
+    return closest if abs(closest - seconds) <= 1.0 else None
+
+
+def _fill_duration(ctx: JobContext, task_id: str, duration: int | None) -> None:
+    if ctx.journal is None or not duration:
+        return
+    try:
+        ctx.journal.fill_duration(ctx.owner, task_id, duration)
+    except (OSError, sqlite3.Error) as error:  # only the history's detail is missing
+        log.warning("journal: could not record the duration of task %s (%s)", task_id, type(error).__name__)
 
 
 def _follow(prediction: Prediction, duration: int | None, ctx: JobContext, started: float) -> Iterator[JobUpdate]:
@@ -216,6 +347,7 @@ def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
         return JobUpdate(stage, message, ctx.clock() - started, task_id=task_id, **extra)  # type: ignore[arg-type]
 
     submitted_at = ctx.clock()
+    deadline_at = submitted_at + ctx.deadline_seconds
     expected = ctx.history.expected(spec.model_id, duration) if duration else None
     hint = f" Renders like this usually take about {format_seconds(expected)}." if expected else ""
     wait = next_poll_delay(0.0, expected)
@@ -229,9 +361,11 @@ def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
         if running > ctx.deadline_seconds:
             raise TaskTimedOut(
                 f"Gave up waiting after {format_seconds(running)} (the limit is "
-                f"{format_seconds(ctx.deadline_seconds)}). The task may still finish and be billed; "
-                "resume it later by its task id.", task_id=task_id)
-        previous_status, prediction = prediction.status, ctx.client.result(task_id)
+                f"{format_seconds(ctx.deadline_seconds)}). The task may still finish and be billed. "
+                + _not_lost(ctx, task_id), task_id=task_id)
+        previous_status = prediction.status
+        prediction = yield from _patiently(lambda: ctx.client.result(task_id, attempts=1), ctx, task_id,
+                                           Stage.PROCESSING, started, deadline_at)
         if prediction.is_final:
             break  # the journal says "completed" only once the video is safely on disk
         if journal is not None and prediction.status != previous_status:
@@ -250,11 +384,52 @@ def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
     if prediction.inference_ms and duration:
         ctx.history.record(spec.model_id, duration, prediction.inference_ms / 1000.0)
     yield update(Stage.DOWNLOADING, "Finished. Downloading the video…", inference_ms=prediction.inference_ms)
-    video_path = ctx.client.download(prediction.outputs[0], ctx.videos_dir, max_bytes=ctx.max_download_bytes)
+    output_url = prediction.outputs[0]
+    video_path = yield from _patiently(
+        lambda: ctx.client.download(output_url, ctx.videos_dir, max_bytes=ctx.max_download_bytes, attempts=1),
+        ctx, task_id, Stage.DOWNLOADING, started, deadline_at)
     if journal is not None:
         journal.complete(ctx.owner, task_id, video_path=str(video_path), inference_ms=prediction.inference_ms)
     yield update(Stage.DONE, _done_message(prediction, ctx.clock() - started), video_path=video_path,
                  inference_ms=prediction.inference_ms, nsfw=_nsfw(prediction))
+
+
+def _patiently(call: Callable[[], T], ctx: JobContext, task_id: str, stage: Stage, started: float,
+               deadline_at: float) -> Generator[JobUpdate, None, T]:
+    """`call()`, retried with backoff while WaveSpeed is unreachable or failing, until `deadline_at`.
+
+    Each failure yields an update saying so, with the wait as `wait_seconds`: an async caller waits off
+    the thread, and Stop ends the wait at once. Used as `result = yield from _patiently(...)`."""
+    failures, outage_began = 0, ctx.clock()
+    while True:
+        try:
+            return call()
+        except ServiceUnavailable as error:
+            failures += 1
+            reason = error.reason or "an unexpected answer"
+            now = ctx.clock()
+            if now >= deadline_at:
+                log.warning("task %s: gave up after WaveSpeed failed %d times in a row (%s) and the deadline passed",
+                            task_id, failures, reason)
+                raise ServiceUnavailable(
+                    f"WaveSpeed has not answered for {format_seconds(now - outage_began)} ({reason}) and this "
+                    f"job's time limit of {format_seconds(ctx.deadline_seconds)} is up. " + _not_lost(ctx, task_id),
+                    task_id=task_id, reason=reason) from error
+            wait = min(retry_delay(failures, error.retry_after), deadline_at - now)
+            log.info("task %s: WaveSpeed is not answering (%s) at the %s stage; try %d in %.1f s", task_id, reason,
+                     stage.value, failures + 1, wait)
+            yield JobUpdate(stage, f"WaveSpeed is not answering ({reason}); still waiting for task {task_id}, "
+                                   f"retrying in {max(1, round(wait))} s. Nothing needs to be submitted again.",
+                            now - started, task_id=task_id, wait_seconds=wait)
+            _sleep_until(ctx, now + wait, task_id)
+
+
+def _not_lost(ctx: JobContext, task_id: str) -> str:
+    """What becomes of a task this job stops following; never an invitation to pay for it again."""
+    if ctx.journal is not None and ctx.journal.get(ctx.owner, task_id) is not None:
+        return ("Nothing needs to be submitted again: the task is still followed in the background and will "
+                "appear in your history when it finishes.")
+    return "Nothing needs to be submitted again: resume it later by its task id."
 
 
 def _done_message(prediction: Prediction, total: float) -> str:

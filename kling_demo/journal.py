@@ -1,25 +1,37 @@
 """Durable record of every submitted task (stdlib sqlite3, WAL), each row scoped to its owner.
 
-A row is written as soon as the submit answer arrives, before the first poll, so a task
-that was paid for is never forgotten: not by a closed tab, a crash, or a restart. Keys
-are never stored; `key_source` only says whose key paid ("server" or "visitor").
+An intent row ("submitting", under a placeholder id) is written before the submit POST and
+given the task id when the answer arrives, so a task that was paid for is never forgotten:
+not by a closed tab, a crash, or a restart; and nothing is submitted that could not be
+recorded. Keys are never stored; `key_source` only says whose key paid ("server" or "visitor").
+Reading never fails on an odd row, and a file that is not a database is moved aside at start.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
 RUNNING_STATUSES = ("created", "processing")
+SUBMITTING = "submitting"  # an intent row: the submit POST is on its way, the task id not yet known
+OUTCOME_UNKNOWN = "unknown"  # the submit answer never arrived: a task may exist and be billed
+INTENT_PREFIX = "intent-"
+UNKNOWN_OUTCOME_ERROR = ("The submission outcome is unknown: the app stopped before WaveSpeed's answer arrived, so "
+                         "the task may exist and be billed. Check your WaveSpeed dashboard before trying again.")
+_CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+SQLITE_HEADER = b"SQLite format 3\x00"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     task_id      TEXT NOT NULL,
@@ -72,8 +84,27 @@ class TaskRecord:
 
     @property
     def duration(self) -> int | None:
-        value = self.params.get("duration")
-        return int(value) if value is not None else None
+        return positive_int(self.params.get("duration"))
+
+    @property
+    def is_intent(self) -> bool:
+        """An entry whose submission never got a task id (still submitting, or outcome unknown)."""
+        return is_intent_id(self.task_id)
+
+
+def is_intent_id(task_id: str) -> bool:
+    return task_id.startswith(INTENT_PREFIX)
+
+
+def positive_int(value: object) -> int | None:
+    """`value` as a whole number above zero, or None for anything else (null, text, NaN, a list…)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if number > 0 else None
 
 
 @dataclass(frozen=True)
@@ -91,12 +122,74 @@ class Journal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        with self._connect() as db:
+        self._prepare_lock = threading.Lock()
+        self._ready = False
+        try:
+            self._prepare()
+        except sqlite3.OperationalError as error:  # full or read-only disk: start anyway, retry on each use
+            log.error("journal: %s cannot be opened (%s); the app runs without history and refuses new jobs "
+                      "until the data dir can be written again", self.path.name, error)
+
+    def _prepare(self) -> None:
+        """Open the journal for use; a file that is not a sound database is moved aside and started afresh."""
+        with self._prepare_lock:
+            if self._ready:
+                return
+            try:
+                self._open()
+            except sqlite3.OperationalError:
+                raise
+            except sqlite3.DatabaseError as error:
+                if not _is_corrupt(error):
+                    raise
+                self._move_aside(error)
+                self._open()
+            self._ready = True
+
+    def _open(self) -> None:
+        """Create the table if needed and check the file is a sound database (raises DatabaseError if not)."""
+        if not _has_sqlite_header(self.path):  # checked before SQLite opens it, as closing would delete its WAL
+            raise _CorruptJournal("file is not a database")
+        with self._session() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if verdict != "ok":
+            raise _CorruptJournal(f"quick_check: {verdict}")
+
+    def _move_aside(self, error: sqlite3.DatabaseError) -> None:
+        """Keep an unreadable journal (and its -wal/-shm) under a dated name; the next open starts afresh."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        while aside.exists():
+            aside = aside.with_name(aside.name + "x")
+        for suffix in ("-wal", "-shm", ""):  # the main file last: a half-done move still looks corrupt
+            source = Path(f"{self.path}{suffix}")
+            if source.exists():
+                source.replace(Path(f"{aside}{suffix}"))
+        reason = " ".join(str(error).split())  # one line, whatever SQLite said
+        log.warning("journal: %s was not a readable database (%s); moved it aside as %s and started a fresh "
+                    "journal (the history it held is not shown)", self.path.name, reason, aside.name)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection to the prepared journal, in one transaction (raises sqlite3.Error if it is unusable)."""
+        if not self._ready:
+            self._prepare()
+        with self._session() as db:
+            yield db
+
+    def _rows(self, query: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
+        """A read that never fails: an unusable journal (full disk, damaged file) reads as empty, and is logged."""
+        try:
+            with self._connect() as db:
+                return db.execute(query, args).fetchall()
+        except sqlite3.DatabaseError as error:
+            log.warning("journal: cannot be read right now (%s); showing nothing from it", error)
+            return []
+
+    @contextmanager
+    def _session(self) -> Iterator[sqlite3.Connection]:
         db = sqlite3.connect(self.path, timeout=30.0)
         db.row_factory = sqlite3.Row
         try:
@@ -115,6 +208,56 @@ class Journal:
                 " status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (task_id, owner, model, api_base, key_source, json.dumps(params), first_frame, status, now, now),
             )
+
+    def record_intent(self, *, owner: str, model: str, api_base: str, key_source: str, params: dict[str, Any],
+                      first_frame: str | None = None) -> str:
+        """Remember a submission before it is sent; returns the intent id that `attach_task` replaces."""
+        intent_id = INTENT_PREFIX + uuid.uuid4().hex
+        self.record_submission(owner=owner, task_id=intent_id, model=model, api_base=api_base,
+                               key_source=key_source, params=params, first_frame=first_frame, status=SUBMITTING)
+        return intent_id
+
+    def attach_task(self, owner: str, intent_id: str, task_id: str, status: str) -> None:
+        """Give an intent row the task id the API answered with (it becomes an ordinary running task)."""
+        with self._connect() as db:
+            db.execute("UPDATE tasks SET task_id = ?, status = ?, error = '', updated_at = ?"
+                       " WHERE owner = ? AND task_id = ?", (task_id, status, time.time(), owner, intent_id))
+
+    def withdraw_intent(self, owner: str, intent_id: str) -> None:
+        """Forget an intent whose submission certainly created nothing."""
+        with self._connect() as db:
+            db.execute("DELETE FROM tasks WHERE owner = ? AND task_id = ?", (owner, intent_id))
+
+    def settle_intents(self) -> int:
+        """Mark intents a stopped process left behind as outcome unknown; returns how many.
+
+        Called at start-up (one app process per data dir): no submission of this process is on its way yet.
+        A live job elsewhere that does get its answer still attaches its task id to the row."""
+        now = time.time()
+        try:
+            with self._connect() as db:
+                cursor = db.execute("UPDATE tasks SET status = ?, error = ?, updated_at = ?, finished_at = ?"
+                                    " WHERE status = ?", (OUTCOME_UNKNOWN, UNKNOWN_OUTCOME_ERROR, now, now, SUBMITTING))
+        except sqlite3.DatabaseError as error:
+            log.warning("journal: could not settle interrupted submissions now (%s); they stay as submitting", error)
+            return 0
+        if cursor.rowcount:
+            log.warning("journal: %d submission(s) were interrupted before their answer arrived; marked as outcome "
+                        "unknown", cursor.rowcount)
+        return cursor.rowcount
+
+    def fill_duration(self, owner: str, task_id: str, duration: int) -> None:
+        """Record a task's video length where its row has none (a task fetched by id)."""
+        with self._connect() as db:
+            row = db.execute("SELECT params FROM tasks WHERE owner = ? AND task_id = ?", (owner, task_id)).fetchone()
+            if row is None:
+                return
+            params = _params(row["params"])
+            if positive_int(params.get("duration")) == duration:
+                return
+            params["duration"] = duration
+            db.execute("UPDATE tasks SET params = ? WHERE owner = ? AND task_id = ?",
+                       (json.dumps(params), owner, task_id))
 
     def set_status(self, owner: str, task_id: str, status: str) -> None:
         with self._connect() as db:
@@ -141,16 +284,13 @@ class Journal:
 
     def get(self, owner: str, task_id: str) -> TaskRecord | None:
         """The owner's task, or None: another owner's task is indistinguishable from a missing one."""
-        with self._connect() as db:
-            row = db.execute("SELECT * FROM tasks WHERE task_id = ? AND owner = ?", (task_id, owner)).fetchone()
-        return _record(row) if row else None
+        rows = self._rows("SELECT * FROM tasks WHERE task_id = ? AND owner = ?", (task_id, owner))
+        return next(iter(_records(rows)), None)
 
     def for_owner(self, owner: str, limit: int = 50) -> list[TaskRecord]:
         """The owner's tasks, newest first."""
-        with self._connect() as db:
-            rows = db.execute("SELECT * FROM tasks WHERE owner = ? ORDER BY created_at DESC LIMIT ?",
-                              (owner, limit)).fetchall()
-        return [_record(row) for row in rows]
+        rows = self._rows("SELECT * FROM tasks WHERE owner = ? ORDER BY created_at DESC LIMIT ?", (owner, limit))
+        return _records(rows)
 
     def running(self, *, owner: str | None = None) -> list[TaskRecord]:
         """Tasks not yet finished (all owners, or one), oldest first."""
@@ -159,44 +299,123 @@ class Journal:
         if owner is not None:
             query += " AND owner = ?"
             args = (owner,)
-        with self._connect() as db:
-            rows = db.execute(query + " ORDER BY created_at", args).fetchall()
-        return [_record(row) for row in rows]
+        return _records(self._rows(query + " ORDER BY created_at", args))
 
     def inference_times(self, model: str, limit: int = 20) -> list[tuple[int, float]]:
         """(duration, seconds) of recent completed tasks, newest first, to seed poll timing."""
-        with self._connect() as db:
-            rows = db.execute("SELECT params, inference_ms FROM tasks WHERE model = ? AND status = 'completed'"
-                              " AND inference_ms > 0 ORDER BY finished_at DESC LIMIT ?", (model, limit)).fetchall()
-        return [(int(json.loads(row["params"]).get("duration", 5)), row["inference_ms"] / 1000.0) for row in rows]
+        rows = self._rows("SELECT params, inference_ms FROM tasks WHERE model = ? AND status = 'completed'"
+                          " AND inference_ms > 0 ORDER BY finished_at DESC LIMIT ?", (model, limit))
+        times = []
+        for row in rows:  # rows without a known duration (or with odd values) teach nothing: skipped
+            duration, milliseconds = positive_int(_params(row["params"]).get("duration")), _number(row["inference_ms"])
+            if duration and milliseconds and milliseconds > 0:
+                times.append((duration, milliseconds / 1000.0))
+        return times
 
     def prune(self, *, max_age_days: float | None = None, max_total_bytes: int | None = None) -> PruneReport:
         """Delete videos older than `max_age_days`, then the oldest until the rest fit `max_total_bytes`.
 
         Rows stay (the history still shows the task); their video path is cleared."""
-        with self._lock, self._connect() as db:
-            rows = db.execute("SELECT owner, task_id, video_path, finished_at FROM tasks"
-                              " WHERE video_path IS NOT NULL ORDER BY finished_at DESC").fetchall()
-            cutoff = time.time() - max_age_days * 86400 if max_age_days is not None else None
-            kept_bytes, removed, freed = 0, 0, 0
-            for row in rows:
-                video = Path(row["video_path"])
-                size = video.stat().st_size if video.exists() else 0
-                too_old = cutoff is not None and (row["finished_at"] or 0) < cutoff
-                too_big = max_total_bytes is not None and kept_bytes + size > max_total_bytes
-                if not (too_old or too_big):
-                    kept_bytes += size
-                    continue
-                video.unlink(missing_ok=True)
-                db.execute("UPDATE tasks SET video_path = NULL, error = 'video removed by retention policy'"
-                           " WHERE owner = ? AND task_id = ?", (row["owner"], row["task_id"]))
-                removed, freed = removed + 1, freed + size
+        try:
+            with self._lock, self._connect() as db:
+                rows = db.execute("SELECT owner, task_id, video_path, finished_at FROM tasks"
+                                  " WHERE video_path IS NOT NULL ORDER BY finished_at DESC").fetchall()
+                cutoff = time.time() - max_age_days * 86400 if max_age_days is not None else None
+                kept_bytes, removed, freed = 0, 0, 0
+                for row in rows:
+                    video = Path(str(row["video_path"]))
+                    size = video.stat().st_size if video.is_file() else 0
+                    too_old = cutoff is not None and (_number(row["finished_at"]) or 0) < cutoff
+                    too_big = max_total_bytes is not None and kept_bytes + size > max_total_bytes
+                    if not (too_old or too_big):
+                        kept_bytes += size
+                        continue
+                    video.unlink(missing_ok=True)
+                    db.execute("UPDATE tasks SET video_path = NULL, error = 'video removed by retention policy'"
+                               " WHERE owner = ? AND task_id = ?", (row["owner"], row["task_id"]))
+                    removed, freed = removed + 1, freed + size
+        except sqlite3.DatabaseError as error:
+            log.warning("retention: skipped, the journal cannot be written now (%s)", error)
+            return PruneReport(videos_removed=0, bytes_freed=0)
         if removed:
             log.info("retention: removed %d videos, %.1f MB", removed, freed / 1e6)
         return PruneReport(videos_removed=removed, bytes_freed=freed)
 
 
+class _CorruptJournal(sqlite3.DatabaseError):
+    """The file is not an SQLite database, or fails SQLite's own integrity check."""
+
+    sqlite_errorcode = 11
+
+
+def _has_sqlite_header(path: Path) -> bool:
+    """True for a missing or empty file (SQLite starts one) or one that begins like an SQLite database."""
+    try:
+        with path.open("rb") as head:
+            start = head.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return True
+    return not start or start == SQLITE_HEADER
+
+
+def _is_corrupt(error: sqlite3.DatabaseError) -> bool:
+    """Corrupt or not a database at all, as opposed to locked, full or read-only."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _CORRUPT_CODES
+    text = str(error).lower()
+    return "not a database" in text or "malformed" in text
+
+
+_TEXT_FIELDS = ("task_id", "owner", "model", "api_base", "key_source", "status", "error")
+_OPTIONAL_TEXT_FIELDS = ("first_frame", "video_path")
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(TaskRecord))
+
+
+def _records(rows: Iterable[sqlite3.Row]) -> list[TaskRecord]:
+    """Rows as records; a row that cannot be read even leniently is skipped (and logged), never fatal."""
+    records = []
+    for row in rows:
+        try:
+            records.append(_record(row))
+        except Exception as error:  # one odd row must not hide the others (or stop the app)
+            log.warning("journal: skipped an unreadable row (%s: %s)", type(error).__name__, error)
+    return records
+
+
 def _record(row: sqlite3.Row) -> TaskRecord:
-    fields = dict(row)
-    fields["params"] = json.loads(fields["params"])
+    """One row, repaired where its fields are odd: text is text, numbers are numbers, params a dict."""
+    fields = {name: row[name] for name in row.keys() if name in _RECORD_FIELDS}  # columns of later versions ignored
+    for name in _TEXT_FIELDS:
+        fields[name] = "" if fields.get(name) is None else str(fields[name])
+    for name in _OPTIONAL_TEXT_FIELDS:
+        fields[name] = str(fields[name]) if fields.get(name) else None
+    fields["params"] = _params(fields.get("params"))
+    fields["created_at"] = _number(fields.get("created_at")) or 0.0
+    fields["updated_at"] = _number(fields.get("updated_at")) or fields["created_at"]
+    fields["finished_at"] = _number(fields.get("finished_at"))
+    milliseconds = _number(fields.get("inference_ms"))
+    fields["inference_ms"] = int(milliseconds) if milliseconds and milliseconds > 0 else None
+    if not fields["task_id"]:
+        raise ValueError("a row without a task id")
     return TaskRecord(**fields)
+
+
+def _params(raw: object) -> dict[str, Any]:
+    """The params JSON as a dict; anything else (bad JSON, null, a list) as an empty dict."""
+    try:
+        value = json.loads(raw) if isinstance(raw, (str, bytes)) else None
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value: object) -> float | None:
+    """A finite float, or None for null, text and the like."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None

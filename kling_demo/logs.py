@@ -5,25 +5,42 @@ from __future__ import annotations
 import logging
 import os
 import re
+from typing import Iterable
 
-_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._\-]+", re.IGNORECASE)
+MASK = "***"
+# A bearer token, and the value of a header or field that carries a credential, as an error body echoing our
+# request shows it: `Authorization: Basic abc`, `'x-wavespeed-key': 'abc'`, `api_key=abc`.
+_BEARER = re.compile(r"\b(Bearer\s+)[^\s'\",;}\]]+", re.IGNORECASE)
+_FIELD = re.compile(r"((?:authorization|x-wavespeed-key|api[-_ ]?key)[\"']?\s*[:=]\s*[\"']?"
+                    r"(?:(?:Bearer|Basic|Token)\s+)?)[^\s'\",;}\]]+", re.IGNORECASE)
+
+
+def mask_secrets(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """`text` with bearer tokens, echoed credential headers and each of `secrets` replaced by ***."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, MASK)
+    text = _BEARER.sub(rf"\1{MASK}", text)
+    return _FIELD.sub(rf"\1{MASK}", text)
 
 
 class RedactSecrets(logging.Filter):
-    """Masks bearer tokens and known keys in any log record."""
+    """Masks bearer tokens and known keys in any log record, its traceback included."""
 
     def __init__(self, secrets: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.secrets = tuple(s for s in secrets if s)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        secrets = self.secrets + (os.environ.get("WAVESPEED_API_KEY", ""),)
         message = record.getMessage()
-        redacted = _BEARER.sub(r"\1***", message)
-        for secret in self.secrets + (os.environ.get("WAVESPEED_API_KEY", ""),):
-            if secret:
-                redacted = redacted.replace(secret, "***")
+        redacted = mask_secrets(message, secrets)
         if redacted != message:
             record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:  # formatted here, so the handler prints the masked text
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_secrets(record.exc_text, secrets)
         return True
 
 

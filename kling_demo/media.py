@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import logging
 import math
+import mmap
 import re
 import shutil
 import struct
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,6 +56,19 @@ def probe_video(path: str | Path) -> VideoInfo:
         )
 
 
+def video_seconds(path: str | Path) -> float:
+    """The video's length from its container, without decoding a frame (cheap enough for any size)."""
+    import av
+
+    with av.open(str(path)) as container:
+        if container.duration:
+            return container.duration / av.time_base
+        stream = container.streams.video[0]
+        if stream.duration and stream.time_base:
+            return float(stream.duration * stream.time_base)
+    return probe_video(path).duration_seconds
+
+
 # ---------------------------------------------------------------------------
 # Image checks and fix-ups, applied before anything is uploaded or paid for.
 
@@ -88,6 +103,11 @@ _MIME_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
 # Multi-picture JPEGs from phone cameras are ordinary JPEG files to every decoder.
 _FORMAT_ALIASES = {"MPO": "JPEG"}
 _UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombWarning)
+# JPEG can be decoded at these fractions of its size for a fraction of the memory (libjpeg's DCT scaling).
+_DRAFT_SCALES = (2, 4, 8)
+# Decoding and re-encoding is CPU-bound, so more than two at once on a 2-core Space gains nothing, while
+# each holds up to ~4 bytes a pixel of `max_pixels` several times over: the slots bound the sum.
+_DECODE_SLOTS = threading.BoundedSemaphore(2)
 
 
 @dataclass(frozen=True)
@@ -121,18 +141,28 @@ def prepare_image(
     """
     path = _existing_file(source, role)
     source_bytes = path.stat().st_size
-    with _open_image(path, role) as image:
-        source_format = _FORMAT_ALIASES.get(image.format or "", image.format or "unknown")
-        _check_dimensions(*_oriented_size(image), limits, role)
-        _decode(image, role)
-        if _fits_as_is(image, source_format, source_bytes, limits):
-            return replace(_pass_through(path, image, source_format, source_bytes, work_dir, role),
+    with _DECODE_SLOTS, _open_image(path, role, limits) as image:
+        source_format = _source_format(image)
+        scale = _check_size(image, source_format, limits, role)
+        if scale == 1 and _fits_as_is(image, source_format, source_bytes, limits):
+            size = image.size
+            # Only the preview needs pixels: a JPEG is decoded at the smallest scale that still makes one
+            # (libjpeg reads every byte either way, so a damaged file is still refused).
+            image.draft(image.mode, (PREVIEW_SIDE, PREVIEW_SIDE))
+            _decode(image, role)
+            return replace(_pass_through(path, size, source_format, source_bytes, work_dir, role),
                            preview=_preview(image, _orientation(image)))
+        changes = _draft(image, scale, limits, role)
+        _decode(image, role)
         frames = getattr(image, "n_frames", 1)
-        changes = [f"used the first of {frames} frames"] if frames > 1 else []
-        picture, orientation_changes = _apply_orientation(image)
-        picture, mode_changes = _to_upload_mode(picture)
+        changes += [f"used the first of {frames} frames"] if frames > 1 else []
         icc_profile = None if image.mode == "CMYK" else image.info.get("icc_profile")
+        picture, orientation_changes = _apply_orientation(image)
+        if scale > 1:
+            picture = _within_aspect(picture, limits)
+        picture, mode_changes = _to_upload_mode(picture)
+        if picture is not image:
+            image.close()  # free the decoded source (4 bytes a pixel) before encoding the converted copy
         encoded = _encode_within_limits(picture, source_format, source_bytes, limits, icc_profile)
     changes += orientation_changes + mode_changes + list(encoded.changes)
     _check_dimensions(encoded.width, encoded.height, limits, role)
@@ -151,11 +181,23 @@ def quick_check_image(
         return None
     try:
         path = _existing_file(source, role)
-        with _open_image(path, role) as image:
-            _check_dimensions(*_oriented_size(image), limits, role)
+        with _open_image(path, role, limits) as image:
+            _check_size(image, _source_format(image), limits, role)
     except InputRejected as refusal:
         return refusal.message
     return None
+
+
+def check_before_decoding(source: str | Path | None, limits: ImageLimits, *, role: str) -> None:
+    """Every check that decodes no pixels: the header, the limits, and that a JPEG or PNG is complete.
+
+    Run it on every frame of a job before decoding any, so a bad end frame costs no first-frame decode.
+    Raises InputRejected."""
+    path = _existing_file(source, role)
+    with _open_image(path, role, limits) as image:
+        source_format = _source_format(image)
+        _check_size(image, source_format, limits, role)
+        _check_complete(image, source_format, path, role)
 
 
 def check_prompt(prompt: object, spec: ModelSpec, *, field: str = "prompt", required: bool = True) -> str:
@@ -164,13 +206,14 @@ def check_prompt(prompt: object, spec: ModelSpec, *, field: str = "prompt", requ
     if prompt is None:
         prompt = ""
     if not isinstance(prompt, str):
-        raise InputRejected(f"the {name} must be text, not {type(prompt).__name__}")
+        raise InputRejected(f"The {name} must be text, not {type(prompt).__name__}.")
     text = prompt.strip()
     if required and not text:
-        raise InputRejected(f"the {name} is empty — describe what should happen in the video")
+        raise InputRejected(f"The {name} is empty — describe what should happen in the video.")
     if len(text) > spec.prompt_max_chars:
         raise InputRejected(
-            f"the {name} is {len(text)} characters long; the limit is {spec.prompt_max_chars} characters — shorten it"
+            f"The {name} is {len(text)} characters long; the limit is {spec.prompt_max_chars} characters — "
+            "shorten it."
         )
     return text
 
@@ -180,7 +223,7 @@ def check_guidance(value: object, spec: ModelSpec) -> float:
     allowed = f"a number from {spec.guidance_min:g} to {spec.guidance_max:g}"
     guidance = _as_number(value)
     if guidance is None or not spec.guidance_min <= guidance <= spec.guidance_max:
-        raise InputRejected(f"guidance scale must be {allowed}; got {value!r:.40}")
+        raise InputRejected(f"Guidance scale must be {allowed}; got {value!r:.40}.")
     return guidance
 
 
@@ -189,8 +232,23 @@ def check_duration(value: object, spec: ModelSpec) -> int:
     allowed = " or ".join(str(seconds) for seconds in spec.durations)
     seconds = _as_number(value)
     if seconds is None or seconds not in spec.durations:
-        raise InputRejected(f"duration must be {allowed} seconds; got {value!r:.40}")
+        raise InputRejected(f"Duration must be {allowed} seconds; got {value!r:.40}.")
     return int(seconds)
+
+
+TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def check_task_id(task_id: object) -> str:
+    """Return the trimmed task id, refusing anything but 1 to 128 letters, digits, - and _ before it reaches a URL."""
+    text = task_id.strip() if isinstance(task_id, str) else ""
+    if not text:
+        raise InputRejected("Enter the task id to resume.")
+    if len(text) > 128:
+        raise InputRejected(f"A task id is at most 128 characters long, not {len(text)}; check what you pasted.")
+    if not TASK_ID_PATTERN.fullmatch(text):
+        raise InputRejected("A task id has only letters, digits, - and _; check what you pasted.")
+    return text
 
 
 def _as_number(value: object) -> float | None:
@@ -206,43 +264,44 @@ def _as_number(value: object) -> float | None:
 
 def _existing_file(source: str | Path | None, role: str) -> Path:
     if source is None or not str(source).strip():
-        raise InputRejected(f"no image given for the {role} — add a JPEG or PNG image")
+        raise InputRejected(f"No image given for the {role} — add a JPEG or PNG image.")
     path = Path(source)
     if not path.is_file():
-        raise InputRejected(f"the {role} image file {path.name!r} was not found — upload it again")
+        raise InputRejected(f"The {role} image file {path.name!r} was not found — upload it again.")
     if path.stat().st_size == 0:
-        raise InputRejected(f"the {role} image file is empty (0 bytes) — use a JPEG or PNG image")
+        raise InputRejected(f"The {role} image file is empty (0 bytes) — use a JPEG or PNG image.")
     return path
 
 
 @contextmanager
-def _open_image(path: Path, role: str) -> Iterator[Image.Image]:
+def _open_image(path: Path, role: str, limits: ImageLimits) -> Iterator[Image.Image]:
     """Open the image header, refusing non-images and decompression bombs before any pixel is decoded."""
     try:
         image = Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as bomb:
         # Pillow refuses before we see the size; its message carries the pixel count.
         pixels = re.search(r"\((\d+) pixels\)", str(bomb))
-        raise _bomb_refusal(role, _megapixels(int(pixels[1])) if pixels else "too large") from bomb
+        raise _bomb_refusal(role, _megapixels(int(pixels[1])) if pixels else "too large", limits) from bomb
     except UnidentifiedImageError as error:
         raise InputRejected(
-            f"the {role} file is not an image that can be read — use a JPEG or PNG image"
+            f"The {role} file is not an image that can be read — use a JPEG or PNG image."
         ) from error
     except _UNREADABLE as error:
-        raise InputRejected(f"the {role} image could not be read ({error}) — use a JPEG or PNG image") from error
+        log.info("could not read the %s header: %s", role, error)  # Pillow's words stay in the log
+        raise InputRejected(f"The {role} image could not be read — use a JPEG or PNG image.") from error
     with image:
         width, height = image.size
         # Pillow only warns between 1x and 2x its pixel limit; refuse the whole range.
         if Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS:
-            raise _bomb_refusal(role, f"{width}×{height} px ({_megapixels(width * height)})")
+            raise _bomb_refusal(role, f"{width}×{height} px ({_megapixels(width * height)})", limits)
         yield image
 
 
-def _bomb_refusal(role: str, measured: str) -> InputRejected:
+def _bomb_refusal(role: str, measured: str, limits: ImageLimits) -> InputRejected:
     limit = Image.MAX_IMAGE_PIXELS or 0
     return InputRejected(
-        f"the {role} image is {measured}; images over {limit / 1e6:.0f} megapixels are refused "
-        f"as a possible decompression bomb — use a smaller image"
+        f"The {role} image is {measured}; images over {limit / 1e6:.0f} megapixels are refused "
+        f"as a possible decompression bomb — use a smaller image (at most {_megapixels(limits.max_pixels)})."
     )
 
 
@@ -254,9 +313,103 @@ def _decode(image: Image.Image, role: str) -> None:
     try:
         image.load()
     except _UNREADABLE as error:
-        raise InputRejected(
-            f"the {role} image is damaged or incomplete ({error}) — export it again as JPEG or PNG"
-        ) from error
+        raise _damaged(role, error) from error
+
+
+def _damaged(role: str, error: Exception) -> InputRejected:
+    log.info("the %s image is damaged: %s", role, error)  # Pillow's words stay in the log
+    return InputRejected(f"The {role} image is damaged or incomplete — export it again as JPEG or PNG.")
+
+
+def _source_format(image: Image.Image) -> str:
+    return _FORMAT_ALIASES.get(image.format or "", image.format or "unknown")
+
+
+def _check_size(image: Image.Image, source_format: str, limits: ImageLimits, role: str) -> int:
+    """Refuse sizes the model cannot take or we will not decode; return the draft scale (1 = full size)."""
+    width, height = _oriented_size(image)
+    _check_dimensions(width, height, limits, role)
+    scale = _draft_scale(width, height, source_format, limits)
+    if scale is None:
+        raise _too_many_pixels(width, height, source_format, limits, role)
+    return scale
+
+
+def _too_many_pixels(width: int, height: int, source_format: str, limits: ImageLimits, role: str) -> InputRejected:
+    fit = math.sqrt(limits.max_pixels / (width * height))
+    smaller = [math.floor(side * fit + 1e-6) for side in (width, height)]
+    at_most = f" (at most {smaller[0]}×{smaller[1]} px)" if min(smaller) >= limits.min_side else ""
+    return InputRejected(
+        f"The {role} image is {width}×{height} px ({_megapixels(width * height)}); "
+        f"{_FORMAT_NAMES.get(source_format, source_format)} images over {_megapixels(limits.max_pixels)} are "
+        f"refused, as the model makes video of at most 1080p — use a smaller image{at_most}."
+    )
+
+
+def _draft_scale(width: int, height: int, source_format: str, limits: ImageLimits) -> int | None:
+    """1 when the picture may be decoded in full; else the JPEG scale that brings it within `max_pixels`
+    and keeps `min_side`, or None when there is none (the picture is refused)."""
+    if width * height <= limits.max_pixels:
+        return 1
+    if source_format != "JPEG":
+        return None
+    for scale in _DRAFT_SCALES:
+        scaled_width, scaled_height = -(-width // scale), -(-height // scale)  # libjpeg rounds up
+        if min(scaled_width, scaled_height) < limits.min_side:
+            return None
+        if scaled_width * scaled_height <= limits.max_pixels:
+            return scale
+    return None
+
+
+def _draft(image: Image.Image, scale: int, limits: ImageLimits, role: str) -> list[str]:
+    """Have libjpeg decode at 1/`scale` of the size; the change note for the visitor, or none."""
+    if scale == 1:
+        return []
+    before = _oriented_size(image)
+    width, height = image.size
+    image.draft(image.mode, (width // scale, height // scale))
+    if image.width * image.height > limits.max_pixels:  # a JPEG Pillow cannot draft (never seen; never decoded)
+        raise _too_many_pixels(*before, "JPEG", limits, role)
+    after = _oriented_size(image)
+    return [f"reduced from {before[0]}×{before[1]} to {after[0]}×{after[1]} px (the model makes video of at "
+            f"most 1080p; images over {_megapixels(limits.max_pixels)} are reduced)"]
+
+
+def _within_aspect(picture: Image.Image, limits: ImageLimits) -> Image.Image:
+    """Trim the pixel or two by which rounding a drafted size up can cross an aspect bound."""
+    size = _scaled_size(*picture.size, 1.0, limits)
+    return picture if size == picture.size else picture.crop((0, 0, *size))
+
+
+def _check_complete(image: Image.Image, source_format: str, path: Path, role: str) -> None:
+    """Refuse a truncated JPEG or PNG by reading its structure, not its pixels.
+
+    PNG: every chunk up to IEND with its checksum (Pillow's verify). JPEG: an end-of-image marker after
+    the main image's first scan (an EXIF thumbnail before it has its own). Other formats are left to
+    the decode; they are converted anyway."""
+    try:
+        if source_format == "PNG":
+            image.verify()
+        elif source_format == "JPEG" and not _jpeg_has_end(path):
+            raise EOFError("no end-of-image marker after the scan data")
+    except _UNREADABLE as error:
+        raise _damaged(role, error) from error
+
+
+def _jpeg_has_end(path: Path) -> bool:
+    """Walk the marker segments to the first scan, then look for EOI: no pixel is decoded."""
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        position = 2  # after SOI
+        while position + 4 <= len(data):
+            marker = data[position + 1]
+            if data[position] != 0xFF or marker in (0x00, 0xFF):  # junk or fill bytes: Pillow skips them too
+                position += 1
+                continue
+            position += 2 + int.from_bytes(data[position + 2:position + 4], "big")
+            if marker == 0xDA:  # start of scan: entropy-coded data follows, then markers, then EOI
+                return data.find(b"\xff\xd9", position) != -1
+        return False
 
 
 def _orientation(image: Image.Image) -> int:
@@ -274,15 +427,15 @@ def _oriented_size(image: Image.Image) -> tuple[int, int]:
 
 
 def _check_dimensions(width: int, height: int, limits: ImageLimits, role: str) -> None:
-    measured = f"the {role} image is {width}×{height} px"
+    measured = f"The {role} image is {width}×{height} px"
     if min(width, height) < limits.min_side:
         raise InputRejected(
-            f"{measured}; the {role} must be at least {limits.min_side}×{limits.min_side} px — use a larger image"
+            f"{measured}; the {role} must be at least {limits.min_side}×{limits.min_side} px — use a larger image."
         )
     if not limits.aspect_ok(width, height):
         raise InputRejected(
             f"{measured} (aspect ratio {_ratio_text(width / height)}); the {role} must have an aspect ratio "
-            f"{_aspect_range_text(limits)} — crop it closer to square"
+            f"{_aspect_range_text(limits)} — crop it closer to square."
         )
 
 
@@ -315,7 +468,7 @@ def _fits_as_is(image: Image.Image, source_format: str, source_bytes: int, limit
 
 
 def _pass_through(
-    path: Path, image: Image.Image, source_format: str, source_bytes: int, work_dir: Path | None, role: str
+    path: Path, size: tuple[int, int], source_format: str, source_bytes: int, work_dir: Path | None, role: str
 ) -> PreparedImage:
     """Keep the file byte for byte; copy it only when its name would misstate its format."""
     if path.suffix.lower() not in _NAME_SUFFIXES[source_format]:
@@ -323,7 +476,7 @@ def _pass_through(
         shutil.copyfile(path, target)
         log.debug("copied %s to %s so its name matches its %s content", path.name, target.name, source_format)
         path = target
-    return PreparedImage(path, image.width, image.height, source_format, source_bytes)
+    return PreparedImage(path, *size, source_format, source_bytes)
 
 
 def _apply_orientation(image: Image.Image) -> tuple[Image.Image, list[str]]:
@@ -336,12 +489,13 @@ def _apply_orientation(image: Image.Image) -> tuple[Image.Image, list[str]]:
 def _to_upload_mode(image: Image.Image) -> tuple[Image.Image, list[str]]:
     """Convert to 8-bit grayscale or RGB, flattening transparency onto white."""
     if _has_alpha(image):
-        rgba = image.convert("RGBA")
-        if rgba.getchannel("A").getextrema()[0] == 255:
+        # Each copy of a large picture costs 4 bytes a pixel: make no copy that is not kept.
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+        if rgba.getextrema()[3][0] == 255:
             return rgba.convert("RGB"), ["removed an unused alpha channel"]
-        flattened = Image.new("RGBA", rgba.size, FLATTEN_BACKGROUND)
-        flattened.alpha_composite(rgba)
-        return flattened.convert("RGB"), ["flattened transparency onto white"]
+        flattened = Image.new("RGB", rgba.size, FLATTEN_BACKGROUND[:3])
+        flattened.paste(rgba, mask=rgba)
+        return flattened, ["flattened transparency onto white"]
     if image.mode in ("L", "RGB"):
         return image, []
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
@@ -400,8 +554,8 @@ def _downscaled(picture: Image.Image, scale: float, limits: ImageLimits) -> Imag
     short_side = min(picture.size)
     if short_side <= limits.min_side:
         raise InputRejected(
-            f"the image cannot be made smaller than {_megabytes(limits.max_bytes)} without going below "
-            f"{limits.min_side} px — use a simpler or smaller image"
+            f"The image cannot be made smaller than {_megabytes(limits.max_bytes)} without going below "
+            f"{limits.min_side} px — use a simpler or smaller image."
         )
     size = _scaled_size(*picture.size, max(scale, limits.min_side / short_side), limits)
     return picture.resize(size, Image.Resampling.LANCZOS)

@@ -47,6 +47,10 @@ class ImageLimits:
     formats: tuple[str, ...] = ("JPEG", "PNG")  # Pillow format names
     max_bytes: int = 10 * MB
     min_side: int = 300
+    # Not an API limit but ours: the largest picture we decode in full. Kling renders 720p–1080p video
+    # (a ~1–2 MP frame), so 16 MP is already 8× what the model can use, and it holds a decoded frame to
+    # 64 MB (4 bytes a pixel). JPEGs above it are decoded at 1/2–1/8 scale instead; other formats are refused.
+    max_pixels: int = 16_000_000
     # Width / height bounds; None means the API documents no bound.
     min_aspect: float | None = None
     max_aspect: float | None = None

@@ -4,32 +4,46 @@ Every task still running in the journal is polled to completion in the backgroun
 video downloaded into the data dir, so it appears in its owner's history. Only tasks paid
 with the server's key can be resumed here; a visitor's own key is never stored, so those
 wait until the visitor comes back and resumes them with the key entered again.
+
+While WaveSpeed cannot be reached, a task is tried again with backoff until it is older than
+`max_age_seconds`; every try and every give-up is logged with the task id.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from . import jobs
-from .errors import AlreadyFollowing, KlingDemoError
-from .jobs import JobContext
+from .errors import AlreadyFollowing, KlingDemoError, ServiceUnavailable, TaskFailed, TaskTimedOut
+from .jobs import JobContext, format_seconds
 from .journal import Journal, TaskRecord
+from .polling import retry_delay
 
 log = logging.getLogger(__name__)
+# Worth another try later: WaveSpeed unreachable or failing, or the task outlived one follow's deadline.
+RETRYABLE = (ServiceUnavailable, TaskTimedOut)
+MAX_AGE_SECONDS = 24 * 3600.0  # the API keeps tasks 7 days; past a day, wait for a restart or the owner
 
 
 class Recovery:
     """Background followers for journal tasks, bounded to a few threads."""
 
     def __init__(self, journal: Journal, make_context: Callable[[str, str | None], JobContext], *, api_base: str,
-                 sandbox: bool, max_workers: int = 4) -> None:
+                 sandbox: bool, max_workers: int = 4, max_age_seconds: float = MAX_AGE_SECONDS) -> None:
         self.journal = journal
         self.make_context = make_context  # (owner, visitor key or None) → a JobContext
         self.api_base = api_base
         self.sandbox = sandbox
+        self.max_age_seconds = max_age_seconds
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="recovery")
+        self._active: set[str] = set()  # task ids adopted and not yet finished or given up
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
 
     def resume_running(self, owner: str | None = None, api_key: str | None = None) -> int:
         """Adopt every running task (of one owner, or all) that this key can follow; returns how many.
@@ -51,23 +65,69 @@ class Recovery:
         return adopted
 
     def adopt(self, record: TaskRecord, api_key: str | None = None) -> None:
-        """Follow one task in the background; a task this process already follows is skipped there.
+        """Follow one task in the background; a task already adopted, or followed by a live job, is skipped.
 
         `api_key` is a visitor's own key, held in memory only for this follow."""
+        with self._lock:
+            if record.task_id in self._active:
+                return
+            self._active.add(record.task_id)
         self._pool.submit(self._follow, record, api_key)
 
     def _follow(self, record: TaskRecord, api_key: str | None) -> None:
+        """Try to finish the task, again and again with backoff while the failure is worth retrying."""
+        task_id = record.task_id
+        try:
+            for attempt in itertools.count(1):
+                error = self._attempt(record, api_key)
+                if error is None or self._closing.is_set():
+                    return
+                retryable, age = isinstance(error, RETRYABLE), time.time() - record.created_at
+                if not retryable or age > self.max_age_seconds:
+                    limit = f"it is {format_seconds(age)} old (the limit is {format_seconds(self.max_age_seconds)})" \
+                        if retryable else "this error is not worth retrying"
+                    log.warning("gave up recovering task %s after %d attempt(s) (%s), as %s. It stays in the journal "
+                                "and is tried again at the next start or when its owner returns.",
+                                task_id, attempt, _why(error), limit)
+                    return
+                delay = retry_delay(attempt, getattr(error, "retry_after", None))
+                log.info("recovering task %s: attempt %d failed (%s); next try in %.0f s", task_id, attempt,
+                         _why(error), delay)
+                if self._closing.wait(delay):
+                    return
+        except Exception:  # a bug or a broken data dir: say so rather than die silently in the pool
+            log.exception("gave up recovering task %s after an unexpected error", task_id)
+        finally:
+            with self._lock:
+                self._active.discard(task_id)
+
+    def _attempt(self, record: TaskRecord, api_key: str | None) -> KlingDemoError | None:
+        """Follow the task once to its end; returns the error that stopped it, or None when it ended."""
         ctx = self.make_context(record.owner, api_key)
+        ctx.stop = self._closing  # close() ends a follow that is waiting on WaveSpeed, so the process can exit
         try:
             for _ in jobs.resume(record.task_id, ctx, duration=record.duration):
                 pass
             log.info("recovered task %s into its owner's history", record.task_id)
         except AlreadyFollowing:
             log.debug("task %s is already followed by a live job", record.task_id)
+        except TaskFailed as failure:
+            log.info("task %s ended without a video: %s", record.task_id, failure.message)
         except KlingDemoError as error:
-            log.warning("could not recover task %s: %s", record.task_id, error)
+            return error
         finally:
             ctx.client.close()
+        return None
 
     def close(self) -> None:
+        self._closing.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _why(error: KlingDemoError) -> str:
+    """A failed attempt in a few words for the log (the visitor's long sentence is not needed there)."""
+    if isinstance(error, ServiceUnavailable) and error.reason:
+        return f"WaveSpeed not answering: {error.reason}"
+    if isinstance(error, TaskTimedOut):
+        return "the task was still running at the deadline"
+    return str(error)

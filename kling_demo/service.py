@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from . import jobs
+from . import jobs, storage
 from .backend import Backend, open_backend
 from .client import WaveSpeedClient
 from .config import Settings
@@ -79,10 +79,11 @@ class Job:
         finally:
             self._ctx.client.close()
             self._on_close.close()
-            # Stopped, or the tab went away: a paid task still finishes into its owner's history. A stop can
-            # land while the submit answer is on its way, before anyone saw a task id, so every running task
-            # of the owner is handed over; those a live job follows are skipped there.
-            if self.last is None or not self.last.is_final:
+            # Stopped, the tab went away, or WaveSpeed stayed unreachable past the deadline: a paid task that
+            # did not end here still finishes into its owner's history. A stop can land while the submit
+            # answer is on its way, before anyone saw a task id, so every running task of the owner is handed
+            # over (rows of tasks that ended are not running; tasks a live job follows are skipped there).
+            if self.last is None or self.last.stage is not Stage.DONE:
                 self._hand_over()
 
     def __enter__(self) -> "Job":
@@ -101,9 +102,11 @@ class Service:
         self.settings = settings
         self.spec = spec
         self.backend = backend or open_backend(settings)
-        self.videos_dir = settings.data_dir / "videos"
+        self.videos_dir = settings.videos_dir
         self.videos_dir.mkdir(parents=True, exist_ok=True)
-        self.journal = Journal(settings.data_dir / "journal.sqlite3")
+        self.journal = Journal(settings.data_dir / "journal.sqlite3")  # an unreadable file is moved aside
+        self.journal.settle_intents()  # submissions a stopped run left without an answer: outcome unknown
+        storage.remove_orphan_parts(self.videos_dir)  # downloads a killed run left half-written
         if settings.retention_days is not None or settings.retention_gb is not None:
             self.journal.prune(max_age_days=settings.retention_days,
                                max_total_bytes=int(settings.retention_gb * 1e9) if settings.retention_gb else None)
@@ -132,7 +135,8 @@ class Service:
         return JobContext(client=client, videos_dir=self.videos_dir, deadline_seconds=self.settings.deadline_seconds,
                           max_download_bytes=self.settings.max_download_bytes, spec=self.spec, history=self.history,
                           journal=self.journal, owner=owner,
-                          key_source=KeySource.VISITOR if api_key else KeySource.SERVER, followers=self.followers)
+                          key_source=KeySource.VISITOR if api_key else KeySource.SERVER,
+                          min_free_bytes=self.settings.min_free_bytes, followers=self.followers)
 
     # -- what front ends ask for ---------------------------------------------------------------------------
 

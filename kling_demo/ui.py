@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
+import secrets
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
 import anyio
 import gradio as gr
@@ -37,7 +40,8 @@ STAGE_LABELS = {
     Stage.DONE: "Done",
     Stage.FAILED: "Failed",
 }
-STATUS_WORDS = {"completed": "Done", "failed": "Failed", "lost": "Lost", "created": "Queued", "processing": "Rendering"}
+STATUS_WORDS = {"completed": "Done", "failed": "Failed", "lost": "Lost", "created": "Queued", "processing": "Rendering",
+                "submitting": "Submitting", "unknown": "Outcome unknown"}
 # Gradio sizes a gallery's grid to its item count, so one entry fills the width; keep a steady grid.
 PAGE_CSS = "#history .grid-container { --grid-cols: 5 !important; } " \
            "@media (max-width: 640px) { #history .grid-container { --grid-cols: 2 !important; } }"
@@ -49,22 +53,49 @@ EXAMPLES = [  # image, prompt, negative prompt, end frame
      ASSETS / "night-lake.jpg"],
 ]
 Outputs = tuple[str, str, "str | None"]
+UNEXPECTED = ("Something went wrong on the server (reference {reference}); nothing more was submitted. If a task id "
+              "is shown, your task is still followed.")
+# An absolute path, not part of a URL: `/data/kling_demo/videos/x.mp4` → `x.mp4`.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s'\"/:]+/)+")
+
+
+def without_paths(message: str) -> str:
+    """A message with every absolute server path cut down to its file name."""
+    return _ABSOLUTE_PATH.sub("", message)
+
+
+@contextmanager
+def plain_errors() -> Iterator[None]:
+    """Whatever fails reaches the page as a plain sentence: ours as they are (paths cut), anything else as a
+    reference to the server log, which has the details."""
+    try:
+        yield
+    except gr.Error as error:  # ours, made by stream()
+        error.message = without_paths(str(error.message))
+        raise
+    except KlingDemoError as error:
+        raise gr.Error(without_paths(str(error)), duration=None) from error
+    except Exception:
+        reference = secrets.token_hex(3)
+        log.exception("unexpected error, reference %s", reference)
+        raise gr.Error(UNEXPECTED.format(reference=reference), duration=None, print_exception=False) from None
 
 
 def frame_input(**options: Any) -> gr.Image:
-    """An image input that hands even an unreadable upload to our checks.
+    """An image input that hands every upload, unopened, to our checks.
 
-    Stock gr.Image opens the file with Pillow first, so random bytes or an empty file end in a
-    bare HTTP 400; passing the path through lets the validator say what is wrong and what to do.
+    Stock gr.Image opens the file with Pillow first (type="filepath" decodes no pixels, but the open
+    alone fails): random bytes or an empty file end in a bare HTTP 400, and an image over Pillow's bomb
+    limit in "Could not preprocess … DecompressionBombError" with server paths. Passing the path through
+    lets the validator say what is wrong and what to do.
     (Wrapped per instance: a gr.Image subclass would make Gradio write a .pyi beside this module.)"""
     component = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], **options)
     stock_preprocess = component.preprocess
 
     def preprocess(payload: Any) -> Any:
-        try:
-            return stock_preprocess(payload)
-        except OSError:  # includes PIL.UnidentifiedImageError
-            return str(payload.path) if payload is not None and payload.path else None
+        if payload is not None and payload.path:
+            return str(payload.path)  # already checked by Gradio to be an upload of this app
+        return stock_preprocess(payload)
 
     component.preprocess = preprocess  # type: ignore[method-assign]
     return component
@@ -102,14 +133,20 @@ def status_markdown(update: JobUpdate, fixes: tuple[str, ...] = ()) -> str:
     return text
 
 
-def videos_dir(settings: Settings) -> Path:
-    return settings.data_dir / "videos"
+# Gradio refuses bigger uploads with HTTP 413 while they stream in, before they reach the disk cache.
+# The API takes at most 10 MB, but we re-encode bigger files: a PNG photo at our 16 MP decode limit is
+# 25–50 MB, a 50 MP phone JPEG 10–25 MB. Memory does not depend on file size (`ImageLimits.max_pixels`
+# bounds it), so the cap only bounds disk and bandwidth per upload.
+MAX_UPLOAD = "50mb"
+# Every 30 min, delete uploads older than 2 h: a job reads its images within seconds of the click.
+UPLOAD_CACHE_CLEANUP = (30 * 60, 2 * 3600)
 
 
 def launch_options(settings: Settings) -> dict[str, Any]:
     """Arguments for `demo.launch()` that the app needs wherever it is launched."""
     return {
-        "allowed_paths": [str(videos_dir(settings))],
+        "allowed_paths": [str(settings.videos_dir)],
+        "max_file_size": MAX_UPLOAD,
         "show_error": True,
         # Gradio 6's run history keeps every input, a password box included, in localStorage.
         "run_history": False,
@@ -148,14 +185,20 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     placeholder = str(pending_picture(output_dir))
     os.environ.setdefault("GRADIO_RUN_HISTORY", "false")  # also when launched without launch_options()
 
-    def visitor(owner_id: str | None, typed_key: str | None, request: gr.Request | None) -> Visitor:
-        session = request.session_hash if request is not None else None
+    def visitor(owner_id: str | None, typed_key: str | None, request: gr.Request | None,
+                from_page: bool = False) -> Visitor:
+        """Who pays for and owns a job; the page itself must have its owner id (see on_load)."""
         headers = request.headers if request is not None else None
-        return Visitor(resolve_owner(owner_id, session), visitor_key(typed_key, headers))
+        return Visitor(resolve_owner(owner_id, _session(request), from_page=bool(from_page)),
+                       visitor_key(typed_key, headers))
+
+    def owner_of(owner_id: str | None, request: gr.Request | None) -> Visitor:
+        """Whose history a housekeeping event shows: no key is read."""
+        return Visitor(resolve_owner(owner_id, _session(request)))
 
     def validate(image: str | None, prompt: str | None, negative_prompt: str | None, guidance_scale: float,
                  duration: int, end_image: str | None, owner_id: str | None = None,
-                 typed_key: str | None = None) -> list[dict[str, Any]]:
+                 typed_key: str | None = None, from_page: bool = False) -> list[dict[str, Any]]:
         """Instant checks in the page, before anything is uploaded or paid for."""
         return [
             _verdict(lambda: _refuse_if(media.quick_check_image(image, SPEC.first_frame, role="first frame"))),
@@ -167,11 +210,13 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                                                                  required=False))),
             gr.validate(True, ""),
             gr.validate(True, ""),
+            gr.validate(True, ""),
         ]
 
     async def generate(image: str | None, prompt: str, negative_prompt: str | None = None,
                        guidance_scale: float = SPEC.guidance_default, duration: int = SPEC.default_duration,
                        end_image: str | None = None, owner_id: str | None = None, typed_key: str | None = None,
+                       from_page: bool = False,
                        request: gr.Request = None) -> AsyncIterator[Outputs]:  # type: ignore[assignment]
         """Turn one still image into a 5 or 10 second video with Kling 2.0 Master (WaveSpeedAI).
 
@@ -185,46 +230,54 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         Returns:
             status text, task id, and the path of the finished MP4.
         """
-        request_fields = JobRequest(image=image, prompt=prompt, negative_prompt=negative_prompt,
-                                    guidance_scale=guidance_scale, duration=duration, end_image=end_image)
-        async for outputs in stream(lambda: service.generate(request_fields, visitor(owner_id, typed_key, request))):
-            yield outputs
+        with plain_errors():
+            job_request = JobRequest(image=image, prompt=prompt, negative_prompt=negative_prompt,
+                                     guidance_scale=guidance_scale, duration=duration, end_image=end_image)
+            async for outputs in stream(service.generate(job_request, visitor(owner_id, typed_key, request,
+                                                                              from_page))):
+                yield outputs
 
     async def resume(task_id: str, owner_id: str | None = None, typed_key: str | None = None,
+                     from_page: bool = False,
                      request: gr.Request = None) -> AsyncIterator[Outputs]:  # type: ignore[assignment]
         """Fetch a task by its id into your history: one of yours, or, with your own key, one submitted elsewhere."""
-        task_id = (task_id or "").strip()
-        if not task_id:
-            raise gr.Error("Enter the task id to resume.")
-        async for outputs in stream(lambda: service.resume(task_id, visitor(owner_id, typed_key, request))):
-            yield outputs
+        with plain_errors():
+            task_id = media.check_task_id(task_id)
+            async for outputs in stream(service.resume(task_id, visitor(owner_id, typed_key, request, from_page))):
+                yield outputs
 
+    @plain_errors()
     def show_history(owner_id: str | None, request: gr.Request) -> tuple[list[tuple[str, str]], list[str]]:
         """Your generations, newest first."""
-        records = service.tasks(visitor(owner_id, None, request))
+        records = service.tasks(owner_of(owner_id, request))
         return history_items(records, placeholder), [r.task_id for r in records]
 
+    @plain_errors()
     def refresh_changed(owner_id: str | None, seen: str, request: gr.Request) -> tuple[Any, Any, str]:
         """Redraw the history only when a task was added or changed status (tasks finish in the background)."""
-        records = service.tasks(visitor(owner_id, None, request))
+        records = service.tasks(owner_of(owner_id, request))
         signature = "|".join(f"{r.task_id}:{r.status}" for r in records)
         if signature == seen:
             return gr.skip(), gr.skip(), seen
         return history_items(records, placeholder), [r.task_id for r in records], signature
 
+    @plain_errors()
     def on_load(stored_owner: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """Give the browser its owner id (kept in its localStorage) and show its history."""
         owner_id = stored_owner or new_owner_id()
-        records = service.arrive(visitor(owner_id, None, request))  # unfinished tasks are fetched now
+        records = service.arrive(owner_of(owner_id, request))  # unfinished tasks are fetched now
         return owner_id, owner_id, history_items(records, placeholder), [r.task_id for r in records]
 
+    @plain_errors()
     def select_history(task_ids: list[str], owner_id: str | None, request: gr.Request,
                        selection: gr.SelectData) -> tuple[str | None, str]:
         if selection.index is None or selection.index >= len(task_ids):
             return None, ""
-        record = service.task(visitor(owner_id, None, request), task_ids[selection.index])
+        record = service.task(owner_of(owner_id, request), task_ids[selection.index])
         if record is None:
             return None, ""
-        detail = f"Task `{record.task_id}` · {record.status}"
+        detail = "Never received a task id" if record.is_intent else f"Task `{record.task_id}`"
+        detail += f" · {STATUS_WORDS.get(record.status, record.status)}"
         if record.inference_ms:
             detail += f" · inference {record.inference_ms / 1000:.1f} s"
         if record.error:
@@ -241,10 +294,11 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         return ("**Stopped** — nothing had been submitted yet. If the submission was already on its way, the "
                 "task will still finish into your history.")
 
-    with gr.Blocks(title="Kling 2.0 image-to-video") as demo:
+    with gr.Blocks(title="Kling 2.0 image-to-video", delete_cache=UPLOAD_CACHE_CLEANUP) as demo:
         owner_store = gr.BrowserState("", storage_key=OWNER_STORAGE_KEY, secret=settings.owner_secret())
         owner_id = gr.State("")
         typed_key = gr.State("")
+        from_page = gr.State(False)  # set by the page's own first step of Generate and Resume
         history_ids = gr.State([])
         history_seen = gr.State("")
         history_ticker = gr.Timer(5.0)
@@ -304,29 +358,35 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
 
         private: dict[str, Any] = {"api_visibility": "private"}
         key_box.change(lambda key: key, inputs=key_box, outputs=typed_key, queue=False, **private)
-        demo.load(on_load, inputs=owner_store, outputs=[owner_store, owner_id, gallery, history_ids], **private)
+        # Housekeeping never waits in the queue (served by POST /gradio_api/run/predict), so a queue full of
+        # jobs cannot refuse a tab its owner id, and the page can refuse to generate without one.
+        demo.load(on_load, inputs=owner_store, outputs=[owner_store, owner_id, gallery, history_ids], queue=False,
+                  **private)
 
-        inputs = [image, prompt, negative, guidance, duration, end_image, owner_id, typed_key]
+        inputs = [image, prompt, negative, guidance, duration, end_image, owner_id, typed_key, from_page]
         # Buttons flip only once the inputs pass: Gradio runs no `.then()` after a validator refuses.
         job_event = generate_btn.click(
-            lambda *_: busy(), inputs=inputs, outputs=[generate_btn, stop_btn], validator=validate, **private).then(
+            lambda *_: (*busy(), True), inputs=inputs, outputs=[generate_btn, stop_btn, from_page],
+            validator=validate, **private).then(
             generate, inputs=inputs, outputs=[status, task_id, video], api_name="generate", validator=validate,
             concurrency_limit=settings.concurrency)
-        resume_event = resume_btn.click(busy, outputs=[generate_btn, stop_btn], queue=False, **private).then(
-            resume, inputs=[resume_id, owner_id, typed_key], outputs=[status, task_id, video], api_name="resume",
-            concurrency_limit=settings.concurrency)
+        resume_event = resume_btn.click(lambda: (*busy(), True), outputs=[generate_btn, stop_btn, from_page],
+                                        queue=False, **private).then(
+            resume, inputs=[resume_id, owner_id, typed_key, from_page], outputs=[status, task_id, video],
+            api_name="resume", concurrency_limit=settings.concurrency)
         for event in (job_event, resume_event):
             event.then(idle, outputs=[generate_btn, stop_btn], queue=False, **private).then(
-                show_history, inputs=owner_id, outputs=[gallery, history_ids], **private)
+                show_history, inputs=owner_id, outputs=[gallery, history_ids], queue=False, **private)
         stop_btn.click(stopped, inputs=task_id, outputs=status, cancels=[job_event, resume_event], queue=False,
                        **private).then(idle, outputs=[generate_btn, stop_btn], queue=False, **private)
+        # Per-session for API clients: no use as an MCP tool.
         refresh_btn.click(show_history, inputs=owner_id, outputs=[gallery, history_ids], api_name="history",
-                          api_visibility="undocumented")  # per-session for API clients: no use as an MCP tool
+                          queue=False, api_visibility="undocumented")
         history_ticker.tick(refresh_changed, inputs=[owner_id, history_seen],
                             outputs=[gallery, history_ids, history_seen], queue=False, show_progress="hidden",
                             **private)
         gallery.select(select_history, inputs=[history_ids, owner_id], outputs=[history_video, history_detail],
-                       **private)
+                       queue=False, **private)
 
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
     demo.service = service  # type: ignore[attr-defined]  # tests reach the journal and the sandbox through it
@@ -334,12 +394,8 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     return demo
 
 
-async def stream(start: Callable[[], Job]) -> AsyncIterator[Outputs]:
-    """Run a job off the event loop, waiting between polls without holding a thread; errors become gr.Error."""
-    try:
-        job = start()
-    except KlingDemoError as error:
-        raise gr.Error(str(error), duration=None) from error
+async def stream(job: Job) -> AsyncIterator[Outputs]:
+    """Run a job off the event loop, waiting between polls without holding a thread; a failure becomes gr.Error."""
     fixes: tuple[str, ...] = ()
     try:
         while True:
@@ -351,9 +407,13 @@ async def stream(start: Callable[[], Job]) -> AsyncIterator[Outputs]:
             yield status_markdown(update, fixes), update.task_id or "", str(update.video_path or "") or None
             await asyncio.sleep(max(0.0, next_poll - time.monotonic()))
     except KlingDemoError as error:
-        raise gr.Error(str(error), duration=None) from error
+        raise gr.Error(without_paths(str(error)), duration=None) from error
     finally:
         job.close()
+
+
+def _session(request: gr.Request | None) -> str | None:
+    return request.session_hash if request is not None else None
 
 
 def _refuse_if(message: str | None) -> None:

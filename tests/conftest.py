@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -76,3 +78,26 @@ def make_image(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return factory
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MB tmpfs of our own (CI runs as root); without mount rights the test skips, saying why."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    try:
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+                              capture_output=True, text=True)
+    except OSError as error:
+        pytest.skip(f"cannot mount a tmpfs here: {error}")
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def fill(folder: Path, leave_bytes: int = 0) -> None:
+    """Take all but `leave_bytes` of the free space of the disk under `folder`."""
+    free = shutil.disk_usage(folder).free
+    with (folder / f"filler-{free}").open("wb") as out:
+        out.write(b"\0" * max(0, free - leave_bytes))

@@ -118,3 +118,28 @@ def test_a_full_queue_says_the_app_is_busy_instead_of_waiting_forever(make_sandb
         assert "Done" in running.result(timeout=60)[0] and "Done" in waiting.result(timeout=60)[0]
     finally:
         demo.close()
+
+
+def test_a_page_without_its_owner_id_is_refused_and_gets_one_from_the_load_event(app_url, make_image):
+    from tests.page_session import PageSession, error_of
+
+    url, sandbox = app_url
+    page = PageSession(url)  # a tab whose load event never ran: it has no owner id
+    inputs = (page.upload(make_image()), "a paper boat drifting", "", 0.5, 5, None)
+    busy = page.event("generate", "click")
+    assert page.join(busy, *inputs)["success"]
+    refused = error_of(page.join(page.then(busy), *inputs))
+    resume_busy = page.event("resume", "click")
+    page.run(resume_busy)
+    refused_resume = error_of(page.join(page.then(resume_busy), "0" * 32))
+    for message in (refused, refused_resume):
+        assert "has not finished loading" in message and "Reload the page" in message, message
+    assert sandbox.stats()["uploads"] == 0 and sandbox.stats()["submissions"] == 0
+
+    load = next(d for d in page.config["dependencies"] if any(trigger == "load" for _, trigger in d["targets"]))
+    owner_store, *_ = page.run(load, None)["data"]  # as the page calls it: outside the queue
+    assert len(owner_store) == 32, "the browser is given its owner id to keep"
+    done = page.join(page.then(busy), *inputs)
+    assert done["success"] and "Done" in done["output"]["data"][0]
+    gallery, _ = page.run(page.event("refresh-history", "click"))["data"]
+    assert len(gallery) == 1, "the video is in this tab's history"

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
+import sqlite3
+import subprocess
 import time
 
 import pytest
+import requests
 from gradio_client import Client, handle_file
 
-from kling_demo.journal import Journal
+from kling_demo.journal import Journal, TaskRecord
 from kling_demo.media import probe_video
+from tests.conftest import fill
 from tests.processes import start_app_process, start_sandbox_process
+from tests.test_journal import write_raw_row
 
 
 @pytest.fixture
@@ -109,5 +115,123 @@ def test_two_visitors_never_see_or_resume_each_others_tasks(tmp_path, external_s
         # Alice can fetch her own task again by id.
         status, resumed_id, _ = alice.predict(task_id, api_name="/resume")
         assert resumed_id == task_id and "already in your history" in status
+    finally:
+        app.stop()
+
+
+# --- start-up survives any journal; nothing is paid for that cannot be recorded ------------------
+
+
+def submit_elsewhere(sandbox_url: str, image, duration: int) -> str:
+    """A task made straight through the API (another app, the website), as a visitor would resume it."""
+    from tests.test_sandbox import MODEL, data_uri
+
+    answer = requests.post(f"{sandbox_url}/api/v3/{MODEL}", json={"image": data_uri(image), "prompt": "elsewhere",
+                                                                 "duration": duration},
+                           headers={"Authorization": "Bearer visitor-key"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["data"]["id"]
+
+
+def rows_of(path, task_id: str) -> list[TaskRecord]:
+    with sqlite3.connect(path) as db:
+        owners = [row[0] for row in db.execute("SELECT owner FROM tasks WHERE task_id = ?", (task_id,))]
+    return [Journal(path).get(owner, task_id) for owner in owners]
+
+
+def test_the_app_starts_again_after_a_resume_by_id_and_keeps_the_real_duration(tmp_path, make_image):
+    sandbox = start_sandbox_process("--inference-seconds", "1", log_path=tmp_path / "sandbox.log")
+    data = tmp_path / "data"
+    app = start_app_process(data, env=live_env(sandbox.url), log_path=tmp_path / "app1.log")
+    try:
+        task_id = submit_elsewhere(sandbox.url, make_image(), duration=10)
+        visitor = Client(app.url, verbose=False, headers={"X-WaveSpeed-Key": "visitor-key"})
+        status, resumed, video = visitor.predict(task_id, api_name="/resume")
+        assert resumed == task_id and "ready" in status and video
+        app.stop()
+        # A row as the previous version wrote it for a task fetched by id: it once stopped every start.
+        write_raw_row(data / "journal.sqlite3", "fetched-by-an-older-version", owner="someone",
+                      params='{"prompt": "", "duration": null, "resumed": true}')
+
+        app = start_app_process(data, env=live_env(sandbox.url), log_path=tmp_path / "app2.log")
+        assert requests.get(app.url, timeout=10).status_code == 200
+        (record,) = rows_of(data / "journal.sqlite3", task_id)
+        assert record.status == "completed" and record.duration == 10
+        assert probe_video(record.video_path).duration_seconds == pytest.approx(10.0)
+        assert requests.get(sandbox.url + "/sandbox/stats", timeout=5).json()["submissions"] == 1
+    finally:
+        app.stop()
+        sandbox.stop()
+
+
+def test_a_corrupt_journal_and_a_half_written_download_do_not_stop_the_app(tmp_path, external_sandbox):
+    data = tmp_path / "data"
+    (data / "videos").mkdir(parents=True)
+    (data / "journal.sqlite3").write_bytes(b"\x00\x01 this is not a database " * 2000)
+    (data / "videos" / ".0123abcd.mp4.part").write_bytes(b"half a video, its process was killed")
+    log_path = tmp_path / "app.log"
+    app = start_app_process(data, env=live_env(external_sandbox.url), log_path=log_path)
+    try:
+        (aside,) = data.glob("journal.sqlite3.corrupt-*")
+        assert aside.read_bytes().startswith(b"\x00\x01 this is not a database")
+        assert not list((data / "videos").glob("*.part"))
+        log = log_path.read_text()
+        (line,) = [line for line in log.splitlines() if "moved it aside" in line]
+        assert "WARNING" in line and aside.name in line
+        assert "Traceback" not in log
+        assert "removed 1 unfinished download" in log
+        assert Client(app.url, verbose=False).predict(api_name="/history") == []
+        assert Journal(data / "journal.sqlite3").running() == []
+    finally:
+        app.stop()
+
+
+@pytest.fixture
+def full_data_dir(tmp_path):
+    """A data dir on a 3 MB tmpfs, plus the env that makes the app use it and a `fill()` that takes its room.
+
+    Without mount rights, the same refusal is reached by a floor above the free space of tmp_path."""
+    data = tmp_path / "data"
+    data.mkdir()
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(data)],
+                                 capture_output=True).returncode == 0
+    except OSError:  # no mount command
+        mounted = False
+
+    def fill_data_dir(leave_bytes: int = 64 * 1024) -> None:
+        if mounted:
+            fill(data, leave_bytes)
+
+    floor_mb = 1 if mounted else shutil.disk_usage(tmp_path).free // 2**20 + 10**6
+    yield data, {"KLING_DEMO_MIN_FREE_MB": str(floor_mb)}, fill_data_dir
+    if mounted:
+        subprocess.run(["umount", "-l", str(data)], check=True)
+
+
+def test_a_full_data_dir_refuses_a_job_before_anything_is_paid_for(tmp_path, external_sandbox, make_image,
+                                                                    full_data_dir):
+    data, env, fill = full_data_dir
+    app = start_app_process(data, env={**live_env(external_sandbox.url), **env}, log_path=tmp_path / "app.log")
+    try:
+        fill()
+        client = Client(app.url, verbose=False)
+        with pytest.raises(Exception) as refused:
+            client.predict(handle_file(str(make_image())), "a full disk", "", 0.5, 5, None, api_name="/generate")
+        message = str(refused.value)
+        assert "cannot save your video right now" in message and "nothing was billed" in message
+        assert str(data) not in message and "Errno" not in message
+        stats = requests.get(external_sandbox.url + "/sandbox/stats", timeout=5).json()
+        assert (stats["submissions"], stats["uploads"]) == (0, 0)
+        assert app.process.poll() is None, "the app keeps serving"
+
+        app.stop()  # and it starts again on a disk without a byte free: no crash loop, just no new jobs
+        fill(leave_bytes=0)
+        app = start_app_process(data, env={**live_env(external_sandbox.url), **env}, log_path=tmp_path / "app2.log")
+        client = Client(app.url, verbose=False)
+        assert client.predict(api_name="/history") == []
+        with pytest.raises(Exception, match="cannot save your video right now"):
+            client.predict(handle_file(str(make_image())), "still full", "", 0.5, 5, None, api_name="/generate")
+        assert requests.get(external_sandbox.url + "/sandbox/stats", timeout=5).json()["submissions"] == 0
     finally:
         app.stop()

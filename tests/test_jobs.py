@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
+from pathlib import Path
 
 import pytest
 
 from kling_demo.client import WaveSpeedClient
-from kling_demo.errors import InputRejected, JobStopped, TaskFailed, TaskTimedOut
-from kling_demo.jobs import JobContext, JobRequest, Stage, generate
+from kling_demo.errors import (
+    AuthenticationFailed,
+    DownloadFailed,
+    InputRejected,
+    JobStopped,
+    StorageUnavailable,
+    SubmissionOutcomeUnknown,
+    TaskFailed,
+    TaskTimedOut,
+)
+from kling_demo.jobs import JobContext, JobRequest, Stage, generate, resume
+from kling_demo.journal import Journal
 from kling_demo.media import probe_video
+from kling_demo.storage import NO_ROOM_MESSAGE
+from tests.conftest import fill
 
 
 @pytest.fixture
@@ -108,3 +122,132 @@ def test_an_empty_prompt_is_refused_before_upload(sandbox, make_image, job_conte
     assert isinstance(updates[-1], InputRejected)
     assert "prompt" in str(updates[-1]).lower()
     assert sandbox.stats()["uploads"] == 0
+
+
+# --- nothing is paid for that cannot be recorded -----------------------------------------------
+
+
+def corrupt(journal: Journal) -> None:
+    """What a failing disk does to the journal while the app runs: every later write fails."""
+    journal.path.write_bytes(b"\x00 not a database any more " * 400)
+
+
+def test_the_journal_row_is_written_before_the_submission_and_completed_after(sandbox, make_image, job_context,
+                                                                              tmp_path):
+    journal = Journal(tmp_path / "journal.sqlite3")
+    ctx = job_context(sandbox, journal=journal, owner="alice")
+    updates = []
+    for update in generate(JobRequest(image=make_image(), prompt="a lighthouse"), ctx):
+        if update.stage is Stage.UPLOADING:
+            (row,) = journal.for_owner("alice")
+            assert row.status == "submitting" and row.prompt == "a lighthouse" and Path(row.first_frame).is_file()
+            assert sandbox.stats()["submissions"] == 0
+        updates.append(update)
+    assert updates[-1].stage is Stage.DONE
+    (row,) = journal.for_owner("alice")
+    assert (row.task_id, row.status, row.duration) == (updates[-1].task_id, "completed", 5)
+    assert Path(row.first_frame).is_file() and row.video_path == str(updates[-1].video_path)
+
+
+def test_a_journal_that_cannot_be_written_refuses_before_anything_is_uploaded(sandbox, make_image, job_context,
+                                                                              tmp_path):
+    journal = Journal(tmp_path / "journal.sqlite3")
+    corrupt(journal)
+    updates = run(JobRequest(image=make_image(), prompt="waves"), job_context(sandbox, journal=journal, owner="a"))
+    error = updates[-1]
+    assert isinstance(error, StorageUnavailable) and str(error) == NO_ROOM_MESSAGE
+    assert updates[-2].stage is Stage.FAILED and updates[-2].task_id is None
+    stats = sandbox.stats()
+    assert (stats["uploads"], stats["submissions"]) == (0, 0)
+    assert list((tmp_path / "videos").glob("*.jpg")) == [], "the preview of a refused job is not kept"
+
+
+def test_a_full_data_dir_refuses_before_anything_is_uploaded(sandbox, make_image, job_context, tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    journal = Journal(tmp_path / "journal.sqlite3")
+    updates = run(JobRequest(image=make_image(), prompt="waves"),
+                  job_context(sandbox, journal=journal, owner="a", min_free_bytes=free + 2**40))
+    assert isinstance(updates[-1], StorageUnavailable)
+    assert (sandbox.stats()["uploads"], sandbox.stats()["submissions"]) == (0, 0)
+    assert journal.for_owner("a") == []
+
+
+def test_a_lost_submit_answer_stays_in_the_history_as_outcome_unknown(make_sandbox, make_image, job_context,
+                                                                      tmp_path):
+    sandbox = make_sandbox(lost_answer_rate=1.0, seed=1)
+    journal = Journal(tmp_path / "journal.sqlite3")
+    updates = run(JobRequest(image=make_image(), prompt="a storm"), job_context(sandbox, journal=journal, owner="a"))
+    assert isinstance(updates[-1], SubmissionOutcomeUnknown)
+    (row,) = journal.for_owner("a")
+    assert row.status == "unknown" and row.is_intent and row.prompt == "a storm"
+    assert "may exist and be billed" in row.error
+    assert journal.running() == [], "recovery never polls an id the API never gave"
+    assert sandbox.stats()["submissions"] == 1
+
+
+def test_a_submission_that_created_nothing_leaves_no_row(make_sandbox, make_image, job_context, tmp_path):
+    sandbox = make_sandbox(api_key="the-right-key")
+    journal = Journal(tmp_path / "journal.sqlite3")
+    updates = run(JobRequest(image=make_image(), prompt="waves"), job_context(sandbox, journal=journal, owner="a"))
+    assert isinstance(updates[-1], AuthenticationFailed)
+    assert journal.for_owner("a") == [] and list((tmp_path / "videos").glob("*.jpg")) == []
+
+
+def test_a_row_that_cannot_be_completed_still_shows_the_task_id_and_logs_it(sandbox, make_image, job_context,
+                                                                            tmp_path, caplog):
+    journal = Journal(tmp_path / "journal.sqlite3")
+    ctx = job_context(sandbox, journal=journal, owner="alice")
+    updates = []
+    with caplog.at_level("ERROR", logger="kling_demo.jobs"):
+        for update in generate(JobRequest(image=make_image(), prompt="waves"), ctx):
+            if update.stage is Stage.UPLOADING:
+                corrupt(journal)  # after the intent row, before the submit answer
+            updates.append(update)
+    final = updates[-1]
+    assert final.stage is Stage.DONE and final.task_id and final.video_path.is_file()
+    assert {u.task_id for u in updates[2:]} == {final.task_id}
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert final.task_id in line and "could not be recorded" in line
+    assert sandbox.stats()["submissions"] == 1
+
+
+@pytest.mark.parametrize("duration", [5, 10])
+def test_a_task_fetched_by_id_records_its_real_duration(make_sandbox, make_image, job_context, tmp_path, duration):
+    from tests.test_client import run_to_completion
+
+    sandbox = make_sandbox(inference_seconds=0.5)
+    with WaveSpeedClient(sandbox.base_url, "k") as elsewhere:  # submitted outside this app
+        task_id = run_to_completion(elsewhere, elsewhere.upload(make_image(), "image/png"), duration).task_id
+    journal = Journal(tmp_path / "journal.sqlite3")
+    updates = list(resume(task_id, job_context(sandbox, journal=journal, owner="bob")))
+    assert updates[-1].stage is Stage.DONE
+    record = journal.get("bob", task_id)
+    assert record.status == "completed" and record.duration == duration and record.params["resumed"] is True
+    assert journal.inference_times(record.model)[0][0] == duration
+
+
+def test_an_entry_without_a_task_id_is_never_polled(sandbox, job_context, tmp_path):
+    journal = Journal(tmp_path / "journal.sqlite3")
+    with pytest.raises(InputRejected, match="never received a task id"):
+        list(resume("intent-0123abcd", job_context(sandbox, journal=journal, owner="a")))
+    assert sandbox.stats()["result_polls"] == 0
+
+
+def test_a_download_onto_a_full_disk_keeps_the_task_running_in_the_journal(sandbox, make_image, job_context,
+                                                                            tmp_path, tiny_disk):
+    journal = Journal(tmp_path / "journal.sqlite3")
+    ctx = job_context(sandbox, journal=journal, owner="alice", min_free_bytes=0)
+    ctx.videos_dir = tiny_disk / "videos"
+    updates = []
+    try:
+        for update in generate(JobRequest(image=make_image(), prompt="waves"), ctx):
+            if update.stage is Stage.SUBMITTED:
+                fill(tiny_disk)  # the disk fills up while the video renders
+            updates.append(update)
+    except DownloadFailed as error:
+        failure = error
+    assert "storage is full" in str(failure) and failure.task_id in str(failure)
+    assert updates[-1].stage is Stage.FAILED and updates[-1].task_id == failure.task_id
+    (row,) = journal.running()
+    assert row.task_id == failure.task_id, "the paid task stays recoverable"
+    assert not list(ctx.videos_dir.glob(".*.part"))

@@ -77,3 +77,128 @@ def test_concurrent_writers_in_separate_processes_lose_no_rows(tmp_path):
         records = journal.for_owner(f"owner{n}", limit=1000)
         assert len(records) == 60
         assert all(record.status == "completed" for record in records)
+
+
+# --- start-up survives any journal content ----------------------------------------------------
+
+
+def write_raw_row(path, task_id: str, *, owner: str = "alice", params: str = '{"prompt": "p", "duration": 5}',
+                  status: str = "completed", inference_ms: object = 90_000, created_at: object = 1.0,
+                  finished_at: object = 2.0) -> None:
+    """A row as some earlier version (or a damaged disk) may have left it, written past the Journal API."""
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO tasks (task_id, owner, model, api_base, key_source, params, status, created_at,"
+                   " updated_at, finished_at, inference_ms) VALUES (?, ?, 'm', 'a', 'server', ?, ?, ?, ?, ?, ?)",
+                   (task_id, owner, params, status, created_at, created_at, finished_at, inference_ms))
+
+
+def test_odd_rows_are_read_leniently_and_never_stop_a_reader(tmp_path):
+    path = tmp_path / "j.sqlite3"
+    journal = Journal(path)
+    write_raw_row(path, "resumed-by-id", params='{"prompt": "", "duration": null, "resumed": true}')
+    write_raw_row(path, "bad-json", params="{not json")
+    write_raw_row(path, "a-list", params="[5]")
+    write_raw_row(path, "text-duration", params='{"duration": "ten"}', inference_ms="fast")
+    write_raw_row(path, "huge", params='{"duration": 1e400}', created_at="yesterday", finished_at="later")
+    write_raw_row(path, "strange-status", status="exploded", params='{"duration": 10}')
+    write_raw_row(path, "running-odd", status="processing", params="null", created_at="None")
+    write_raw_row(path, "good", params='{"prompt": "waves", "duration": 10}', inference_ms=120_000)
+
+    assert journal.inference_times("m") == [(10, 120.0)], "only rows with a known duration teach poll timing"
+    records = {r.task_id: r for r in journal.for_owner("alice")}
+    assert len(records) == 8
+    assert {r.task_id for r in records.values() if r.duration is None} == set(records) - {"good", "strange-status"}
+    assert records["good"].duration == 10 and records["good"].prompt == "waves"
+    assert records["bad-json"].params == {} and records["a-list"].params == {}
+    assert records["text-duration"].inference_ms is None
+    assert records["huge"].created_at == 0.0 and records["huge"].finished_at is None
+    assert records["strange-status"].status == "exploded" and not records["strange-status"].is_running
+    assert [r.task_id for r in journal.running()] == ["running-odd"]
+    assert journal.get("alice", "bad-json").task_id == "bad-json"
+    assert journal.prune(max_age_days=0).videos_removed == 0  # rows without videos are left alone
+
+
+def test_a_task_record_duration_never_raises():
+    from kling_demo.journal import positive_int
+
+    for odd in (None, "abc", [5], {"a": 1}, float("nan"), float("inf"), -5, 0, True):
+        assert positive_int(odd) is None, odd
+    assert [positive_int(v) for v in (5, "10", 10.0)] == [5, 10, 10]
+
+
+def test_a_file_that_is_not_a_database_is_moved_aside_and_a_fresh_journal_starts(tmp_path, caplog):
+    path = tmp_path / "journal.sqlite3"
+    path.write_bytes(b"\x00garbage, not SQLite" * 500)
+    (tmp_path / "journal.sqlite3-wal").write_bytes(b"more garbage")
+    with caplog.at_level("WARNING", logger="kling_demo.journal"):
+        journal = Journal(path)
+    (aside,) = tmp_path.glob("journal.sqlite3.corrupt-*[0-9Z]")
+    assert aside.read_bytes().startswith(b"\x00garbage")
+    assert (tmp_path / f"{aside.name}-wal").read_bytes() == b"more garbage"
+    submit(journal, "alice", "t1")
+    assert [r.task_id for r in journal.for_owner("alice")] == ["t1"]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "moved it aside" in line and aside.name in line and "\n" not in line
+
+
+def test_a_truncated_database_is_moved_aside_too(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    for index in range(300):
+        submit(journal, "alice", f"t{index}", prompt="x" * 500)
+    import sqlite3
+
+    with sqlite3.connect(path) as db:  # fold the WAL into the main file, then cut it short
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    fresh = Journal(path)
+    assert list(tmp_path.glob("journal.sqlite3.corrupt-*")), "the damaged file is kept aside"
+    assert fresh.for_owner("alice") == []
+
+
+# --- intents: a row before the submit POST -----------------------------------------------------
+
+
+def intent(journal: Journal, owner: str = "alice") -> str:
+    return journal.record_intent(owner=owner, model="m", api_base="a", key_source="server",
+                                 params={"prompt": "p", "duration": 5}, first_frame="/preview.jpg")
+
+
+def test_an_intent_becomes_an_ordinary_task_once_the_api_answers(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite3")
+    intent_id = intent(journal)
+    (record,) = journal.for_owner("alice")
+    assert record.status == "submitting" and record.is_intent and record.first_frame == "/preview.jpg"
+    assert journal.running() == [], "recovery never polls a placeholder id"
+    journal.attach_task("alice", intent_id, "real-task", "created")
+    (record,) = journal.for_owner("alice")
+    assert (record.task_id, record.status, record.is_intent, record.duration) == ("real-task", "created", False, 5)
+    assert [r.task_id for r in journal.running()] == ["real-task"]
+
+
+def test_intents_left_by_a_stopped_run_are_settled_as_outcome_unknown(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite3")
+    left = intent(journal)
+    withdrawn = intent(journal)
+    journal.withdraw_intent("alice", withdrawn)
+    assert Journal(tmp_path / "j.sqlite3").settle_intents() == 1
+    (record,) = journal.for_owner("alice")
+    assert record.task_id == left and record.status == "unknown" and record.finished_at
+    assert "outcome is unknown" in record.error and "dashboard" in record.error
+    assert journal.running() == []
+
+
+def test_a_missing_duration_is_filled_in_without_touching_other_params(tmp_path):
+    path = tmp_path / "j.sqlite3"
+    journal = Journal(path)
+    write_raw_row(path, "resumed", params='{"prompt": "", "duration": null, "resumed": true}')
+    write_raw_row(path, "broken", params="{oops")
+    journal.fill_duration("alice", "resumed", 10)
+    journal.fill_duration("alice", "broken", 5)
+    journal.fill_duration("alice", "absent", 5)  # no row: nothing to do
+    assert journal.get("alice", "resumed").params == {"prompt": "", "duration": 10, "resumed": True}
+    assert journal.get("alice", "broken").duration == 5
+    assert journal.inference_times("m") == [(10, 90.0), (5, 90.0)]

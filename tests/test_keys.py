@@ -17,6 +17,8 @@ import requests
 from gradio_client import Client, handle_file
 
 from kling_demo.media import probe_video
+from tests.page_session import PageSession
+from tests.page_session import error_of as error_of_step
 from tests.processes import Served, start_app_process, start_sandbox_process
 
 SERVER_KEY = "server-key"
@@ -217,3 +219,29 @@ def wait_for_refusal(jobs: list, timeout: float = 30) -> tuple[list[str], list]:
     assert len(refused) == 1 and len(running) == 1, (refused, [job.status() for job in jobs])
     return refused, running
 
+
+
+# --- a malformed key is refused before use, and never echoed or printed ------------------------------------------
+
+def page_generate(app: Served, image: Path, typed_key: str) -> str:
+    """Generate as the page does, with a key typed in its box; returns the error the job ends with."""
+    page = PageSession(app.url)
+    page.run(page.event("user-key", "change"), typed_key)
+    generate = next(d for d in page.config["dependencies"] if d.get("api_name") == "generate")
+    return error_of_step(page.join(generate, page.upload(image), "a lighthouse in fog", "", 0.5, 5, None))
+
+
+def test_a_key_with_a_line_break_or_control_character_is_refused_unechoed(processes, make_image):
+    secret = canary()
+    sandbox, app, logs = processes((), {})
+    # httpx (under gradio_client) refuses to send CR or LF in a header; other control characters do arrive.
+    from_header = error_of(submit(client(app, f"{secret}\x01X-Evil: 1"), make_image()))
+    typed = page_generate(app, make_image(), f"{secret}\r\nX-Evil: 1")
+    for message in (from_header, typed):
+        assert "The WaveSpeed key contains a line break or other control character; paste only the key." in message
+        assert secret not in message
+    assert stats(sandbox)["uploads"] == 0 and stats(sandbox)["submissions"] == 0, "nothing was sent with that key"
+    app.stop()
+    log = logs["app"].read_text(errors="replace")
+    assert "DEBUG" in log, "the app did not log at DEBUG, so this proves little"
+    assert secret not in log, "the malformed key was printed in the app log"

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +19,7 @@ from PIL import Image
 from kling_demo.errors import InputRejected
 from kling_demo.media import (
     PreparedImage,
+    check_before_decoding,
     check_duration,
     check_guidance,
     check_prompt,
@@ -65,6 +69,20 @@ def write_bilevel_png(path: Path, width: int, height: int) -> Path:
     row = b"\x00" * (1 + (width + 7) // 8)
     pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
+
+
+def write_flat_png(path: Path, width: int, height: int, rgba: tuple[int, int, int, int] = (200, 120, 40, 255)) -> Path:
+    """A real one-colour RGBA PNG streamed row by row: a 9400×9400 one is ~350 kB on disk, 353 MB decoded."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    compressor = zlib.compressobj(6)
+    row = b"\x00" + bytes(rgba) * width
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
     return path
 
@@ -230,6 +248,16 @@ REFUSED: dict[str, tuple[Builder, str, tuple[str, ...]]] = {
         ("decompression bomb", "10000×10000", "89 megapixels"),
     ),
     "missing file": (lambda d: d / "gone.png", "first frame", ("not found",)),
+    "png over the 16 megapixel decode limit": (
+        lambda d: write_flat_png(d / "huge.png", 5000, 4000),
+        "first frame",
+        ("5000×4000 px (20 megapixels)", "PNG images over 16 megapixels are refused", "at most 4472×3577 px"),
+    ),
+    "end frame jpeg too thin to decode at a smaller scale": (
+        lambda d: save(Image.new("RGB", (60000, 300), (90, 90, 90)), d, "strip.jpg"),
+        "end frame",
+        ("60000×300 px (18 megapixels)", "JPEG images over 16 megapixels are refused"),
+    ),
 }
 
 
@@ -302,7 +330,7 @@ def test_refused_files_name_the_broken_limit(case: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("source", [None, "", "   "])
 def test_no_image_given_is_refused(source: str | None) -> None:
-    with pytest.raises(InputRejected, match="no image given for the first frame"):
+    with pytest.raises(InputRejected, match="No image given for the first frame"):
         prepare_image(source, FIRST)
 
 
@@ -394,7 +422,7 @@ def test_quick_check_accepts_what_prepare_accepts(case: str, tmp_path: Path) -> 
 
 
 def test_quick_check_on_missing_image() -> None:
-    assert "no image given" in (quick_check_image(None, FIRST, role="first frame") or "")
+    assert "No image given" in (quick_check_image(None, FIRST, role="first frame") or "")
     assert quick_check_image(None, END, role="end frame", required=False) is None
 
 
@@ -442,7 +470,7 @@ def test_guidance_accepts_numbers_in_range(value: object, expected: float) -> No
     "value", [-0.01, 1.01, 5, "abc", "", None, True, float("nan"), float("inf"), "nan", [0.5], {"v": 1}]
 )
 def test_guidance_refuses_anything_else(value: object) -> None:
-    with pytest.raises(InputRejected, match="guidance scale must be a number from 0 to 1"):
+    with pytest.raises(InputRejected, match="Guidance scale must be a number from 0 to 1"):
         check_guidance(value, SPEC)
 
 
@@ -454,7 +482,7 @@ def test_duration_accepts_documented_values(value: object, expected: int) -> Non
 
 @pytest.mark.parametrize("value", [7, 0, -5, 5.5, "abc", "", None, True, float("nan"), "5s", [5], 1e309])
 def test_duration_refuses_anything_else(value: object) -> None:
-    with pytest.raises(InputRejected, match="duration must be 5 or 10 seconds"):
+    with pytest.raises(InputRejected, match="Duration must be 5 or 10 seconds"):
         check_duration(value, SPEC)
 
 
@@ -475,3 +503,171 @@ def test_the_history_preview_is_small_and_upright(tmp_path, orientation, mark_x)
         x = 4 if mark_x == "left" else preview.width - 4
         red, green, _ = preview.convert("RGB").getpixel((x, 4))
         assert red > 200 and green < 60
+
+
+# ---------------------------------------------------------------------------
+# Memory: what a picture costs is bounded by its declared size, checked before any pixel is decoded
+
+ROOT = Path(__file__).resolve().parent.parent
+# Measured in a fresh interpreter: how far the peak RSS rises above where it stood once the modules were loaded.
+MEASURE = """
+import json, sys
+sys.path.insert(0, {root!r})
+{setup}
+def kilobytes(field):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
+open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS
+before = kilobytes("VmRSS")
+outcome = None
+{statement}
+print(json.dumps({{"grew_mb": (kilobytes("VmHWM") - before) / 1024, "outcome": outcome}}))
+"""
+
+
+def peak_growth(setup: str, statement: str) -> tuple[float, object]:
+    """Run `statement` (which may set `outcome`) in a child process; its peak RSS growth in MB and `outcome`."""
+    script = MEASURE.format(root=str(ROOT), setup=setup, statement=statement)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result["grew_mb"], result["outcome"]
+
+
+PREPARE = """
+from pathlib import Path
+from kling_demo.errors import InputRejected
+from kling_demo.media import prepare_image
+from kling_demo.models import KLING_V2_I2V_MASTER as SPEC
+"""
+
+
+def test_a_png_bomb_just_under_pillows_limit_is_refused_before_any_pixel_is_decoded(tmp_path: Path) -> None:
+    """9400×9400 RGBA is under Pillow's 89 MP bomb limit; decoded, it is 353 MB. It must cost next to nothing."""
+    bomb = write_flat_png(tmp_path / "bomb.png", 9400, 9400)
+    assert bomb.stat().st_size < 1_000_000
+    grew_mb, message = peak_growth(PREPARE, f"""
+try:
+    prepare_image({str(bomb)!r}, SPEC.first_frame, work_dir=Path({str(tmp_path / "out")!r}))
+except InputRejected as refusal:
+    outcome = refusal.message
+""")
+    assert message == (
+        "The first frame image is 9400×9400 px (88 megapixels); PNG images over 16 megapixels are refused, as the "
+        "model makes video of at most 1080p — use a smaller image (at most 4000×4000 px).")
+    assert grew_mb < 30, f"refusing the bomb raised the peak RSS by {grew_mb:.0f} MB"
+    assert quick_check_image(bomb, FIRST, role="first frame") == message
+    with pytest.raises(InputRejected) as refusal:
+        check_before_decoding(bomb, FIRST, role="first frame")
+    assert refusal.value.message == message
+
+
+def test_the_decode_limit_is_the_models_limits_data(tmp_path: Path) -> None:
+    """Exactly 16 MP passes the header check; one row more is refused; a spec can set its own limit."""
+    assert FIRST.max_pixels == END.max_pixels == 16_000_000
+    assert quick_check_image(write_flat_png(tmp_path / "at.png", 4000, 4000), FIRST, role="first frame") is None
+    over = write_flat_png(tmp_path / "over.png", 4000, 4001)
+    assert "16 megapixels are refused" in (quick_check_image(over, FIRST, role="first frame") or "")
+    assert quick_check_image(over, ImageLimits(max_pixels=20_000_000), role="first frame") is None
+
+
+@pytest.mark.parametrize("orientation, shown, reduced",
+                         [(1, "8000×6000", "4000×3000"), (6, "6000×8000", "3000×4000")])
+def test_a_big_jpeg_is_decoded_at_a_fraction_of_its_size(tmp_path: Path, orientation: int, shown: str,
+                                                          reduced: str) -> None:
+    """An 8000×6000 phone photo (48 MP, 192 MB decoded in full) is decoded at half size by libjpeg itself."""
+    picture = Image.new("RGB", (8000, 6000), (30, 90, 160))
+    picture.paste((255, 0, 0), (0, 0, 800, 600))  # a red mark in the stored top-left corner
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    source = save(picture, tmp_path, "phone.jpg", quality=90, exif=exif.tobytes())
+    del picture
+    assert quick_check_image(source, FIRST, role="first frame") is None
+    grew_mb, outcome = peak_growth(PREPARE, f"""
+prepared = prepare_image({str(source)!r}, SPEC.first_frame, work_dir=Path({str(tmp_path / "out")!r}))
+outcome = [str(prepared.path), prepared.width, prepared.height, prepared.format, list(prepared.changes)]
+""")
+    path, width, height, image_format, changes = outcome  # type: ignore[misc]
+    assert f"{width}×{height}" == reduced and image_format == "JPEG"
+    assert changes[0] == (f"reduced from {shown} to {reduced} px (the model makes video of at most 1080p; "
+                          "images over 16 megapixels are reduced)")
+    assert_uploadable(PreparedImage(Path(path), width, height, image_format, Path(path).stat().st_size), FIRST)
+    with Image.open(path) as upright:
+        marked = (10, 10) if orientation == 1 else (upright.width - 10, 10)
+        red, green, _ = upright.convert("RGB").getpixel(marked)
+    assert red > 200 and green < 60, "the stored top-left mark is where the orientation puts it"
+    assert grew_mb < 100, f"a drafted decode costs ~50 MB, not {grew_mb:.0f} MB (192 MB in full)"
+
+
+def test_a_photo_that_passes_through_is_decoded_only_as_far_as_its_preview_needs(tmp_path: Path) -> None:
+    """A 12 MP phone JPEG is uploaded as it is: decoding it in full (48 MB) would only feed a 320 px preview."""
+    photo = Image.effect_noise((4000, 3000), 40).convert("RGB")
+    source = save(photo, tmp_path, "photo.jpg", quality=90)
+    cut = write(tmp_path, "cut.jpg", source.read_bytes()[:-5000])
+    del photo
+    grew_mb, outcome = peak_growth(PREPARE, f"""
+prepared = prepare_image({str(source)!r}, SPEC.first_frame)
+outcome = [str(prepared.path), prepared.width, prepared.height, list(prepared.changes), list(prepared.preview.size)]
+""")
+    assert outcome == [str(source), 4000, 3000, [], [320, 240]]
+    assert grew_mb < 24, f"the pass-through decode raised the peak RSS by {grew_mb:.0f} MB (48 MB in full)"
+    with pytest.raises(InputRejected, match="damaged or incomplete"):
+        prepare_image(cut, FIRST)
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG"])
+def test_a_truncated_file_is_refused_by_its_structure_without_pillows_words(tmp_path: Path, image_format: str) -> None:
+    source = truncated(tmp_path, f"cut.{image_format.lower()}", image_format)
+    assert quick_check_image(source, END, role="end frame") is None, "the header alone looks fine"
+    with pytest.raises(InputRejected) as refusal:
+        check_before_decoding(source, END, role="end frame")
+    assert refusal.value.message == "The end frame image is damaged or incomplete — export it again as JPEG or PNG."
+
+
+def test_a_jpeg_cut_just_before_its_end_marker_is_refused(tmp_path: Path) -> None:
+    """Pillow fails on such a file too. A thumbnail stored in an APP segment before the picture ends with an
+    end marker of its own, which must not make the cut file look complete."""
+    thumbnail = io.BytesIO()
+    gradient((160, 120)).save(thumbnail, "JPEG")
+    picture = io.BytesIO()
+    gradient((640, 480)).save(picture, "JPEG")
+    app15 = b"\xff\xef" + struct.pack(">H", 2 + len(thumbnail.getvalue())) + thumbnail.getvalue()
+    data = picture.getvalue()[:2] + app15 + picture.getvalue()[2:]
+    whole = write(tmp_path, "whole.jpg", data)
+    check_before_decoding(whole, FIRST, role="first frame")
+    cut = write(tmp_path, "cut.jpg", data[:-2])
+    with pytest.raises(InputRejected, match="damaged or incomplete"):
+        check_before_decoding(cut, FIRST, role="first frame")
+    with Image.open(cut) as broken, pytest.raises(OSError):
+        broken.load()
+
+
+@pytest.mark.parametrize("case", ACCEPTED)
+def test_the_structure_check_accepts_what_prepare_accepts(case: str, tmp_path: Path) -> None:
+    build, role, _, _ = ACCEPTED[case]
+    check_before_decoding(build(tmp_path), limits_for(role), role=role)
+
+
+JOB = """
+from kling_demo.client import WaveSpeedClient
+from kling_demo.jobs import JobContext, JobRequest, generate
+from pathlib import Path
+"""
+
+
+def test_a_truncated_end_frame_is_refused_before_the_first_frame_is_decoded(tmp_path: Path, sandbox) -> None:
+    """The first frame decodes to 64 MB; the job must refuse the broken end frame without spending it."""
+    first = write_flat_png(tmp_path / "first.png", 4000, 4000, (200, 120, 40, 128))
+    end = truncated(tmp_path, "end.png", "PNG")
+    grew_mb, updates = peak_growth(JOB, f"""
+ctx = JobContext(client=WaveSpeedClient({sandbox.base_url!r}, "k"), videos_dir=Path({str(tmp_path / "videos")!r}))
+updates = []
+try:
+    for update in generate(JobRequest(image={str(first)!r}, prompt="dusk", end_image={str(end)!r}), ctx):
+        updates.append(update.message)
+except Exception as error:
+    updates.append(type(error).__name__)
+outcome = updates
+""")
+    assert updates[-2:] == ["The end frame image is damaged or incomplete — export it again as JPEG or PNG.",
+                            "InputRejected"]
+    assert grew_mb < 32, f"the first frame was decoded: the peak RSS rose by {grew_mb:.0f} MB"
+    assert sandbox.stats()["uploads"] == 0 and sandbox.stats()["submissions"] == 0

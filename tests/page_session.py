@@ -1,0 +1,70 @@
+"""One browser tab's session, driven over the page's own protocol without a browser.
+
+Events outside the queue go to POST /gradio_api/run/predict, the rest through /gradio_api/queue/join and the
+event stream at /gradio_api/queue/data, as Gradio's frontend does. This reaches what gradio_client cannot:
+the page's private events and the values the page keeps in session state.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import requests
+
+
+class PageSession:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.session_hash = uuid.uuid4().hex
+        self.config = requests.get(url + "config", timeout=10).json()
+
+    def component(self, elem_id: str) -> int:
+        return next(c["id"] for c in self.config["components"] if c.get("props", {}).get("elem_id") == elem_id)
+
+    def event(self, elem_id: str, trigger: str) -> dict[str, Any]:
+        """The first step the page runs when the component with `elem_id` fires `trigger`."""
+        target = [self.component(elem_id), trigger]
+        return next(d for d in self.config["dependencies"] if target in d["targets"])
+
+    def then(self, step: dict[str, Any]) -> dict[str, Any]:
+        """The step the page runs after `step`."""
+        return next(d for d in self.config["dependencies"] if d.get("trigger_after") == step["id"])
+
+    def upload(self, path: Path) -> dict[str, Any]:
+        with path.open("rb") as picture:
+            uploaded = requests.post(self.url + "gradio_api/upload", timeout=30,
+                                     files={"files": (path.name, picture, "application/octet-stream")})
+        uploaded.raise_for_status()
+        return {"path": uploaded.json()[0], "meta": {"_type": "gradio.FileData"}}
+
+    def run(self, step: dict[str, Any], *data: Any) -> dict[str, Any]:
+        """Run a step outside the queue; returns Gradio's answer (`data`, or `error`)."""
+        answer = requests.post(self.url + "gradio_api/run/predict", timeout=30, json=self._body(step, data))
+        return answer.json()
+
+    def join(self, step: dict[str, Any], *data: Any, timeout: float = 120) -> dict[str, Any]:
+        """Run a queued step to its end; returns its `process_completed` message (`success`, `output`)."""
+        joined = requests.post(self.url + "gradio_api/queue/join", timeout=30, json=self._body(step, data))
+        joined.raise_for_status()
+        event_id = joined.json()["event_id"]
+        with requests.get(self.url + "gradio_api/queue/data", params={"session_hash": self.session_hash},
+                          stream=True, timeout=timeout) as events:
+            for line in events.iter_lines(decode_unicode=True):
+                if not line or not line.startswith("data:"):
+                    continue
+                message = json.loads(line[len("data:"):])
+                if message.get("msg") == "process_completed" and message.get("event_id") == event_id:
+                    return message
+        raise AssertionError("the event stream ended before the step did")
+
+    def _body(self, step: dict[str, Any], data: tuple[Any, ...]) -> dict[str, Any]:
+        padded = list(data) + [None] * (len(step["inputs"]) - len(data))  # states: the server holds them
+        return {"data": padded, "fn_index": step["id"], "session_hash": self.session_hash, "trigger_id": None}
+
+
+def error_of(message: dict[str, Any]) -> str:
+    """The error a step ended with, "" when it succeeded."""
+    return "" if message.get("success") else str((message.get("output") or {}).get("error"))
