@@ -3,9 +3,12 @@
     python -m kling_demo generate IMAGE --prompt TEXT [--negative-prompt TEXT] [--end-image FILE]
                                         [--guidance 0.5] [--duration 5|10] [--out video.mp4]
     python -m kling_demo generate --resume TASK_ID [--out video.mp4]
+    python -m kling_demo history [--limit N]
 
 Progress goes to stderr, one line per step; stdout receives only the path of the finished
 video, so `video=$(python -m kling_demo generate photo.jpg --prompt "waves")` works.
+Every task the CLI submits is journalled in the data dir like the page's, so `history` lists it and
+`--resume` picks it up in a later run.
 The backend is chosen as in the app: WAVESPEED_API_KEY in the environment or `.env` → the
 WaveSpeed API; no key → an embedded local sandbox that renders a non-AI video at no cost.
 
@@ -28,12 +31,12 @@ import os
 import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import TextIO
 
 from . import __version__
 from .backend import SANDBOX_TOKEN, Backend, open_backend
-from .client import WaveSpeedClient
 from .config import Settings
 from .errors import (
     ApiInputRefused,
@@ -45,13 +48,17 @@ from .errors import (
     TaskFailed,
     TaskTimedOut,
 )
-from .jobs import JobContext, JobRequest, JobUpdate, Stage
+from .jobs import JobRequest, JobUpdate, Stage
+from .journal import Journal
 from .logs import configure_logging
 from .models import DEFAULT_MODEL
+from .service import Job, Service, Visitor
 
 log = logging.getLogger(__name__)
 
 PROG = "python -m kling_demo"
+# Whose history the command line writes to: one per data dir, the operator's.
+CLI_VISITOR_OWNER = "cli:local"
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -141,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
                                "(e.g. a sandbox from `python -m kling_demo.sandbox`)")
     generate.add_argument("--verbose", "-v", action="count", default=0, help="log details on stderr (-vv: debug)")
     generate.set_defaults(handler=run_generate, command_parser=generate)
+
+    history = commands.add_parser(
+        "history", help="list the tasks this command line submitted or resumed (newest first)",
+        description="List the tasks the command line submitted or resumed with this data dir: "
+                    "id, status, when, prompt and video path, one per line, tab-separated.")
+    history.add_argument("--limit", type=int, default=20, metavar="N", help="at most N tasks (default 20)")
+    history.set_defaults(handler=run_history, command_parser=history)
     return parser
 
 
@@ -205,13 +219,13 @@ def run_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
         out.say(f"error: could not start the local sandbox: {error}")
         return EXIT_OTHER
 
-    client = WaveSpeedClient(backend.base_url, backend.api_key, connect_timeout=settings.connect_timeout,
-                             read_timeout=settings.read_timeout)
-    ctx = JobContext(client=client, videos_dir=settings.data_dir / "videos", deadline_seconds=settings.deadline_seconds,
-                     max_download_bytes=settings.max_download_bytes, min_free_bytes=settings.min_free_bytes)
+    service = Service(settings, backend, background=False)
+    visitor = Visitor(CLI_VISITOR_OWNER, operator=True)
     last: JobUpdate | None = None
+    job: Job | None = None
     try:
-        for update in _updates(args, ctx):
+        job = _start(args, service, visitor)
+        for update in job:
             last = update
             if update.stage is not Stage.FAILED:  # the error itself is reported once, below
                 out.show(update)
@@ -219,10 +233,13 @@ def run_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
         if last is None or last.stage is not Stage.DONE or video is None:
             raise KlingDemoError("The job ended without a video.", task_id=last.task_id if last else None)
         final = _place(video, args.out, last.task_id, out)
+        if last.task_id and final != video.resolve():
+            service.moved(visitor, last.task_id, final)
         print(final, flush=True)
         return EXIT_OK
     except KeyboardInterrupt:
-        ctx.stop.set()
+        if job is not None:
+            job.stop()
         out.finish_line()
         if backend.is_sandbox:
             out.say("Stopped (Ctrl-C). The local sandbox stops with this command, so its task ends here; "
@@ -246,8 +263,27 @@ def run_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
             out.say(_resume_hint(last.task_id, args))
         return EXIT_UNEXPECTED
     finally:
-        client.close()
-        backend.close()
+        if job is not None:
+            job.close()
+        service.close()
+
+
+def run_history(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """`history`: the command line's tasks in this data dir, one tab-separated line each, newest first."""
+    configure_logging("WARNING")
+    try:
+        settings = Settings.from_env()
+    except ValueError as error:
+        return _fail(None, f"error: bad setting: {error}", EXIT_USAGE)
+    journal = Journal(settings.data_dir / "journal.sqlite3")
+    records = journal.for_owner(CLI_VISITOR_OWNER, limit=max(1, args.limit))
+    if not records:
+        sys.stderr.write("No tasks yet: `python -m kling_demo generate IMAGE --prompt …` makes one.\n")
+    for record in records:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.created_at))
+        prompt = " ".join(record.prompt.split()) or "(fetched by task id)"
+        print("\t".join((record.task_id, record.status, when, prompt, record.video_path or "")), flush=True)
+    return EXIT_OK
 
 
 def _check_local_files(args: argparse.Namespace) -> None:
@@ -280,12 +316,10 @@ def _open(settings: Settings, base_url: str | None, out: "Progress") -> Backend:
     return backend
 
 
-def _updates(args: argparse.Namespace, ctx: JobContext) -> Iterator[JobUpdate]:
-    from . import jobs
-
+def _start(args: argparse.Namespace, service: Service, visitor: Visitor) -> Job:
     if args.resume:
-        return jobs.resume(args.resume.strip(), ctx, duration=args.duration)
-    spec = ctx.spec
+        return service.resume(args.resume.strip(), visitor, duration=args.duration)
+    spec = service.spec
     request = JobRequest(
         image=Path(args.image).expanduser(),
         prompt=args.prompt,
@@ -294,7 +328,7 @@ def _updates(args: argparse.Namespace, ctx: JobContext) -> Iterator[JobUpdate]:
         duration=spec.default_duration if args.duration is None else args.duration,
         end_image=Path(args.end_image).expanduser() if args.end_image else None,
     )
-    return jobs.generate(request, ctx)
+    return service.generate(request, visitor)
 
 
 def _place(video: Path, out: str | None, task_id: str | None, progress: "Progress") -> Path:

@@ -72,8 +72,9 @@ class Settings:
     mcp_server: bool = False
 
     @property
-    def uses_sandbox(self) -> bool:
-        return not self.api_key
+    def videos_dir(self) -> Path:
+        """Finished videos and history previews; the page serves this folder in place."""
+        return self.data_dir / "videos"
 
     @property
     def min_free_bytes(self) -> int:

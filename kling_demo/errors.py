@@ -25,6 +25,10 @@ class AuthenticationFailed(KlingDemoError):
     """The API rejected the key (HTTP 401/403)."""
 
 
+class KeyRequired(KlingDemoError):
+    """This needs the visitor's own WaveSpeed key (the Space requires one, or the task was paid with it)."""
+
+
 class RateLimited(KlingDemoError):
     """The API asked us to slow down (HTTP 429) and retries ran out."""
 

@@ -271,6 +271,11 @@ class Journal:
                        " updated_at = ?, finished_at = ? WHERE owner = ? AND task_id = ?",
                        (video_path, inference_ms, now, now, owner, task_id))
 
+    def set_video_path(self, owner: str, task_id: str, video_path: str) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE tasks SET video_path = ?, updated_at = ? WHERE owner = ? AND task_id = ?",
+                       (video_path, time.time(), owner, task_id))
+
     def fail(self, owner: str, task_id: str, error: str, *, status: str = "failed") -> None:
         now = time.time()
         with self._connect() as db:

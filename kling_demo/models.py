@@ -2,9 +2,42 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 MB = 1024 * 1024
+
+
+class TaskStatus(str, enum.Enum):
+    """A task's status as WaveSpeed reports it, plus the states only this app knows."""
+
+    CREATED = "created"  # accepted; may wait here for a slot of the account
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    DELETED = "deleted"  # the SDK treats it as final too
+    LOST = "lost"  # ours: the server that ran it is gone (a restarted embedded sandbox)
+
+    @classmethod
+    def parse(cls, raw: object) -> "TaskStatus":
+        """The status from the wire; anything unknown counts as still running, so it is polled again."""
+        try:
+            return cls(str(raw or "created").strip().lower())
+        except ValueError:
+            return cls.PROCESSING
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (TaskStatus.CREATED, TaskStatus.PROCESSING)
+
+
+class KeySource(str, enum.Enum):
+    """Whose key pays for a task: the server's, or a visitor's own (the key itself is never kept)."""
+
+    SERVER = "server"
+    VISITOR = "visitor"
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,7 @@ class Recovery:
     def _attempt(self, record: TaskRecord, api_key: str | None) -> KlingDemoError | None:
         """Follow the task once to its end; returns the error that stopped it, or None when it ended."""
         ctx = self.make_context(record.owner, api_key)
+        ctx.stop = self._closing  # close() ends a follow that is waiting on WaveSpeed, so the process can exit
         try:
             for _ in jobs.resume(record.task_id, ctx, duration=record.duration):
                 pass

@@ -10,23 +10,23 @@ import secrets
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
 import anyio
 import gradio as gr
 from PIL import Image
 
-from . import jobs, media, storage
-from .backend import Backend, open_backend
-from .client import WaveSpeedClient
+from . import media
+from .backend import Backend
 from .config import Settings
-from .errors import InputRejected, KlingDemoError, NotYours
-from .jobs import Followers, JobContext, JobRequest, JobUpdate, Stage
-from .journal import Journal, TaskRecord
+from .errors import InputRejected, KlingDemoError
+from .jobs import JobRequest, JobUpdate, Stage, format_seconds
 from .models import DEFAULT_MODEL
-from .polling import InferenceHistory
-from .recovery import Recovery
-from .visitors import OWNER_STORAGE_KEY, JobSlots, new_owner_id, resolve_owner, visitor_key
+from .service import Job, Service, Visitor
+from .visitors import OWNER_STORAGE_KEY, new_owner_id, resolve_owner, visitor_key
+
+if TYPE_CHECKING:
+    from .journal import TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +133,6 @@ def status_markdown(update: JobUpdate, fixes: tuple[str, ...] = ()) -> str:
     return text
 
 
-def videos_dir(settings: Settings) -> Path:
-    return settings.data_dir / "videos"
-
-
 # Gradio refuses bigger uploads with HTTP 413 while they stream in, before they reach the disk cache.
 # The API takes at most 10 MB, but we re-encode bigger files: a PNG photo at our 16 MP decode limit is
 # 25–50 MB, a 50 MP phone JPEG 10–25 MB. Memory does not depend on file size (`ImageLimits.max_pixels`
@@ -149,7 +145,7 @@ UPLOAD_CACHE_CLEANUP = (30 * 60, 2 * 3600)
 def launch_options(settings: Settings) -> dict[str, Any]:
     """Arguments for `demo.launch()` that the app needs wherever it is launched."""
     return {
-        "allowed_paths": [str(videos_dir(settings))],
+        "allowed_paths": [str(settings.videos_dir)],
         "max_file_size": MAX_UPLOAD,
         "show_error": True,
         # Gradio 6's run history keeps every input, a password box included, in localStorage.
@@ -165,7 +161,7 @@ def history_items(records: list[TaskRecord], placeholder: str) -> list[tuple[str
     items = []
     for record in records:
         when = time.strftime("%d %b %H:%M", time.localtime(record.created_at))
-        took = f" · {jobs.format_seconds(record.inference_ms / 1000)}" if record.inference_ms else ""
+        took = f" · {format_seconds(record.inference_ms / 1000)}" if record.inference_ms else ""
         prompt = record.prompt or "(fetched by task id)"
         caption = f"{STATUS_WORDS.get(record.status, record.status)} · {prompt[:60]} · {when}{took}"
         items.append((record.first_frame or record.video_path or placeholder, caption))
@@ -180,82 +176,25 @@ def pending_picture(folder: Path) -> Path:
     return path
 
 
-def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
-    """Build the page; with no backend given, open the one the settings call for."""
-    backend = backend or open_backend(settings)
-    output_dir = videos_dir(settings)
-    output_dir.mkdir(parents=True, exist_ok=True)
+def build_app(settings: Settings, backend: Backend | None = None, service: Service | None = None) -> gr.Blocks:
+    """Build the page over a `Service` (made from the settings, and `backend` if given, unless one is passed)."""
+    service = service or Service(settings, backend)
+    output_dir = service.videos_dir
     # Served in place: Gradio neither copies nor re-downloads the finished video.
     gr.set_static_paths([str(output_dir), str(ASSETS)])
     placeholder = str(pending_picture(output_dir))
     os.environ.setdefault("GRADIO_RUN_HISTORY", "false")  # also when launched without launch_options()
 
-    journal = Journal(settings.data_dir / "journal.sqlite3")  # an unreadable file is moved aside, not fatal
-    journal.settle_intents()  # submissions a stopped run left without an answer: outcome unknown
-    storage.remove_orphan_parts(output_dir)  # downloads a killed run left half-written
-    if settings.retention_days is not None or settings.retention_gb is not None:
-        report = journal.prune(max_age_days=settings.retention_days,
-                               max_total_bytes=int(settings.retention_gb * 1e9) if settings.retention_gb else None)
-        log.info("retention: removed %d old videos (%.1f MB)", report.videos_removed, report.bytes_freed / 1e6)
-    history = InferenceHistory()
-    for duration, seconds in reversed(journal.inference_times(SPEC.model_id)):
-        history.record(SPEC.model_id, duration, seconds)
-    followers = Followers()
-    slots = JobSlots()
-
-    def make_context(owner: str, api_key: str | None = None) -> JobContext:
-        client = WaveSpeedClient(backend.base_url, api_key or backend.api_key,
-                                 connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout)
-        return JobContext(client=client, videos_dir=output_dir, deadline_seconds=settings.deadline_seconds,
-                          max_download_bytes=settings.max_download_bytes, spec=SPEC, history=history,
-                          journal=journal, owner=owner, key_source="visitor" if api_key else "server",
-                          min_free_bytes=settings.min_free_bytes, followers=followers)
-
-    recovery = Recovery(journal, make_context, api_base=backend.base_url, sandbox=backend.is_sandbox)
-    recovered = recovery.resume_running()
-    if recovered:
-        log.info("resuming %d task(s) left running by the previous run", recovered)
-
-    async def stream(job: Iterator[JobUpdate], ctx: JobContext, api_key: str | None) -> AsyncIterator[Outputs]:
-        """Drive a job off the event loop, waiting between polls without holding a thread."""
-        last: JobUpdate | None = None
-        fixes: tuple[str, ...] = ()
-        try:
-            while True:
-                update = await anyio.to_thread.run_sync(next, job, None)
-                if update is None:
-                    return
-                last, fixes = update, update.changes or fixes
-                next_poll = time.monotonic() + update.wait_seconds  # before Gradio spends time sending
-                yield status_markdown(update, fixes), update.task_id or "", str(update.video_path or "") or None
-                await asyncio.sleep(max(0.0, next_poll - time.monotonic()))
-        except KlingDemoError as error:
-            raise gr.Error(str(error), duration=None) from error
-        finally:
-            ctx.stop.set()
-            job.close()
-            ctx.client.close()
-            # Stopped, the tab went away, or WaveSpeed stayed unreachable past the deadline: a paid task that
-            # did not end here still finishes into its owner's history. A stop can land while the submit
-            # answer is on its way, before the page saw a task id, so this hands over every running task of
-            # the owner (rows of tasks that ended are not running; tasks a live job follows are skipped).
-            if last is None or last.stage is not Stage.DONE:
-                recovery.resume_running(ctx.owner, api_key)
-
     def visitor(owner_id: str | None, typed_key: str | None, request: gr.Request | None,
-                from_page: bool = False) -> tuple[str, str | None]:
+                from_page: bool = False) -> Visitor:
         """Who pays for and owns a job; the page itself must have its owner id (see on_load)."""
         headers = request.headers if request is not None else None
-        return resolve_owner(owner_id, _session(request), from_page=bool(from_page)), visitor_key(typed_key, headers)
+        return Visitor(resolve_owner(owner_id, _session(request), from_page=bool(from_page)),
+                       visitor_key(typed_key, headers))
 
-    def owner_of(owner_id: str | None, request: gr.Request | None) -> str:
+    def owner_of(owner_id: str | None, request: gr.Request | None) -> Visitor:
         """Whose history a housekeeping event shows: no key is read."""
-        return resolve_owner(owner_id, _session(request))
-
-    def require_key(key: str | None) -> None:
-        if settings.require_user_key and not key:
-            raise gr.Error("This Space asks every visitor to bring their own WaveSpeed key: enter it under "
-                           "“Your WaveSpeed key”. It is used for your requests only and never stored.")
+        return Visitor(resolve_owner(owner_id, _session(request)))
 
     def validate(image: str | None, prompt: str | None, negative_prompt: str | None, guidance_scale: float,
                  duration: int, end_image: str | None, owner_id: str | None = None,
@@ -292,14 +231,11 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
             status text, task id, and the path of the finished MP4.
         """
         with plain_errors():
-            owner, key = visitor(owner_id, typed_key, request, from_page)
-            require_key(key)
-            request_fields = JobRequest(image=image, prompt=prompt, negative_prompt=negative_prompt,
-                                        guidance_scale=guidance_scale, duration=duration, end_image=end_image)
-            with slots.hold(owner, None if key else settings.max_jobs_per_visitor):
-                ctx = make_context(owner, key)
-                async for outputs in stream(jobs.generate(request_fields, ctx), ctx, key):
-                    yield outputs
+            job_request = JobRequest(image=image, prompt=prompt, negative_prompt=negative_prompt,
+                                     guidance_scale=guidance_scale, duration=duration, end_image=end_image)
+            async for outputs in stream(service.generate(job_request, visitor(owner_id, typed_key, request,
+                                                                              from_page))):
+                yield outputs
 
     async def resume(task_id: str, owner_id: str | None = None, typed_key: str | None = None,
                      from_page: bool = False,
@@ -307,35 +243,19 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
         """Fetch a task by its id into your history: one of yours, or, with your own key, one submitted elsewhere."""
         with plain_errors():
             task_id = media.check_task_id(task_id)
-            owner, key = visitor(owner_id, typed_key, request, from_page)
-            record = journal.get(owner, task_id)
-            if record is not None and record.video_path and Path(record.video_path).exists():
-                yield f"**Done** — task {task_id} is already in your history.", task_id, record.video_path
-                return
-            if record is None and not key:
-                raise NotYours("This task is not in your history. To fetch a task submitted elsewhere, enter your "
-                               "own WaveSpeed key first.", task_id=task_id)
-            if record is not None and record.key_source == "visitor" and not key:
-                raise gr.Error("This task was paid with your own key: enter it again to resume it (keys are never "
-                               "stored).", duration=None)
-            use_key = key if record is None or record.key_source == "visitor" else None
-            ctx = make_context(owner, use_key)
-            async for outputs in stream(jobs.resume(task_id, ctx, duration=record.duration if record else None),
-                                        ctx, use_key):
+            async for outputs in stream(service.resume(task_id, visitor(owner_id, typed_key, request, from_page))):
                 yield outputs
 
     @plain_errors()
     def show_history(owner_id: str | None, request: gr.Request) -> tuple[list[tuple[str, str]], list[str]]:
         """Your generations, newest first."""
-        owner = owner_of(owner_id, request)
-        records = journal.for_owner(owner)
+        records = service.tasks(owner_of(owner_id, request))
         return history_items(records, placeholder), [r.task_id for r in records]
 
     @plain_errors()
     def refresh_changed(owner_id: str | None, seen: str, request: gr.Request) -> tuple[Any, Any, str]:
         """Redraw the history only when a task was added or changed status (tasks finish in the background)."""
-        owner = owner_of(owner_id, request)
-        records = journal.for_owner(owner)
+        records = service.tasks(owner_of(owner_id, request))
         signature = "|".join(f"{r.task_id}:{r.status}" for r in records)
         if signature == seen:
             return gr.skip(), gr.skip(), seen
@@ -345,18 +265,15 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
     def on_load(stored_owner: str | None, request: gr.Request) -> tuple[Any, ...]:
         """Give the browser its owner id (kept in its localStorage) and show its history."""
         owner_id = stored_owner or new_owner_id()
-        owner = owner_of(owner_id, request)
-        recovery.resume_running(owner)  # a returning visitor's unfinished tasks are fetched now
-        items, ids = show_history(owner_id, request)
-        return owner_id, owner_id, items, ids
+        records = service.arrive(owner_of(owner_id, request))  # unfinished tasks are fetched now
+        return owner_id, owner_id, history_items(records, placeholder), [r.task_id for r in records]
 
     @plain_errors()
     def select_history(task_ids: list[str], owner_id: str | None, request: gr.Request,
                        selection: gr.SelectData) -> tuple[str | None, str]:
-        owner = owner_of(owner_id, request)
         if selection.index is None or selection.index >= len(task_ids):
             return None, ""
-        record = journal.get(owner, task_ids[selection.index])
+        record = service.task(owner_of(owner_id, request), task_ids[selection.index])
         if record is None:
             return None, ""
         detail = "Never received a task id" if record.is_intent else f"Task `{record.task_id}`"
@@ -387,7 +304,7 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
         history_ticker = gr.Timer(5.0)
 
         gr.Markdown(f"## {SPEC.title} — one still image in, a 5 or 10 second video out")
-        gr.Markdown(backend_banner(backend, settings), elem_id="backend-banner")
+        gr.Markdown(backend_banner(service.backend, settings), elem_id="backend-banner")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1):
                 image = frame_input(label="First frame", height=240, elem_id="first-frame")
@@ -472,9 +389,27 @@ def build_app(settings: Settings, backend: Backend | None = None) -> gr.Blocks:
                        queue=False, **private)
 
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
-    demo.backend = backend  # type: ignore[attr-defined]  # tests and the CLI reach the sandbox through it
-    demo.journal = journal  # type: ignore[attr-defined]
+    demo.service = service  # type: ignore[attr-defined]  # tests reach the journal and the sandbox through it
+    demo.backend = service.backend  # type: ignore[attr-defined]
     return demo
+
+
+async def stream(job: Job) -> AsyncIterator[Outputs]:
+    """Run a job off the event loop, waiting between polls without holding a thread; a failure becomes gr.Error."""
+    fixes: tuple[str, ...] = ()
+    try:
+        while True:
+            update = await anyio.to_thread.run_sync(job.next_update)
+            if update is None:
+                return
+            fixes = update.changes or fixes
+            next_poll = time.monotonic() + update.wait_seconds  # before Gradio spends time sending
+            yield status_markdown(update, fixes), update.task_id or "", str(update.video_path or "") or None
+            await asyncio.sleep(max(0.0, next_poll - time.monotonic()))
+    except KlingDemoError as error:
+        raise gr.Error(without_paths(str(error)), duration=None) from error
+    finally:
+        job.close()
 
 
 def _session(request: gr.Request | None) -> str | None:

@@ -201,3 +201,26 @@ def _only_task_id(sandbox) -> str:
     rows = requests.get(sandbox.base_url + "/sandbox/tasks", timeout=10).json()
     assert len(rows) == 1, rows
     return str(rows[0]["id"])
+
+
+def test_history_lists_a_cli_task_and_a_later_run_resumes_it_by_id(make_sandbox, make_image, tmp_path):
+    sandbox = make_sandbox(inference_seconds=4)
+    stopped = run_cli(tmp_path, "generate", make_image(), "--prompt", "a heron  lands\non the pier",
+                      api_key=CANARY_KEY, base_url=sandbox.base_url, KLING_DEMO_DEADLINE_SECONDS="1")
+    assert stopped.returncode == 5, stopped.stderr
+    task_id = _only_task_id(sandbox)
+
+    listed = run_cli(tmp_path, "history", api_key=CANARY_KEY)
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert row[0] == task_id and row[1] in ("created", "processing")
+    assert row[3] == "a heron lands on the pier" and row[4] == ""
+
+    resumed = run_cli(tmp_path, "generate", "--resume", task_id, api_key=CANARY_KEY, base_url=sandbox.base_url,
+                      KLING_DEMO_DEADLINE_SECONDS="120")
+    video = only_path(resumed)
+    assert probe_video(video).duration_seconds == pytest.approx(5)
+    assert sandbox.stats()["submissions"] == 1
+
+    (row,) = [line.split("\t") for line in run_cli(tmp_path, "history", api_key=None).stdout.splitlines()]
+    assert row[0] == task_id and row[1] == "completed" and Path(row[4]) == video

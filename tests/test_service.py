@@ -1,0 +1,135 @@
+"""The service's rules, in-process against a real sandbox: who may resume what with which key, slots, handover."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from kling_demo.backend import Backend
+from kling_demo.client import WaveSpeedClient
+from kling_demo.config import Settings
+from kling_demo.errors import KeyRequired, NotYours, RateLimited
+from kling_demo.jobs import JobRequest, Stage
+from kling_demo.models import DEFAULT_MODEL, KeySource, TaskStatus
+from kling_demo.service import Service, Visitor
+
+ALICE, BOB = Visitor("browser:alice"), Visitor("browser:bob")
+
+
+@pytest.fixture
+def make_service(tmp_path):
+    """Factory: a Service on a sandbox that it treats as the real API (so tasks are resumable)."""
+    made: list[Service] = []
+
+    def factory(sandbox, **settings_fields) -> Service:
+        settings = Settings(data_dir=tmp_path / "data", **settings_fields)
+        service = Service(settings, Backend(base_url=sandbox.base_url, api_key="server-key"))
+        made.append(service)
+        return service
+
+    yield factory
+    for service in made:
+        service.close()
+
+
+def run_to_end(job) -> list:
+    with job:
+        return list(job)
+
+
+def wait_for(predicate, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail("timed out")
+
+
+def submitted_elsewhere(sandbox, image) -> str:
+    with WaveSpeedClient(sandbox.base_url, "someone's key") as client:
+        return client.submit(DEFAULT_MODEL, {"image": client.upload(image, "image/png"), "prompt": "elsewhere",
+                                             "duration": 5}).task_id
+
+
+def test_a_job_lands_in_its_owners_history_only(make_sandbox, make_service, make_image):
+    service = make_service(make_sandbox())
+    updates = run_to_end(service.generate(JobRequest(image=make_image(), prompt="a kite"), ALICE))
+    assert updates[-1].stage is Stage.DONE
+    (record,) = service.tasks(ALICE)
+    assert record.status == TaskStatus.COMPLETED and record.key_source == KeySource.SERVER
+    assert record.prompt == "a kite"
+    assert service.tasks(BOB) == [] and service.task(BOB, record.task_id) is None
+
+
+def test_resume_rules(make_sandbox, make_service, make_image):
+    sandbox = make_sandbox()
+    service = make_service(sandbox)
+    alice_task = run_to_end(service.generate(JobRequest(image=make_image(), prompt="mine"), ALICE))[-1].task_id
+    polls = sandbox.stats()["result_polls"]
+
+    # Another visitor cannot fetch it by id without a key of their own …
+    with pytest.raises(NotYours):
+        service.resume(alice_task, BOB)
+    # … and the owner gets it from the history, without asking the API again.
+    (done,) = run_to_end(service.resume(alice_task, ALICE))
+    assert done.stage is Stage.DONE and done.video_path.exists()
+    assert sandbox.stats()["result_polls"] == polls
+
+    # With their own key, a visitor fetches a task made elsewhere into their history; it then needs that key.
+    elsewhere = submitted_elsewhere(sandbox, make_image())
+    bob_with_key = Visitor(BOB.owner, "bob's key")
+    assert run_to_end(service.resume(elsewhere, bob_with_key))[-1].stage is Stage.DONE
+    assert service.task(BOB, elsewhere).key_source == KeySource.VISITOR
+    assert service.task(ALICE, elsewhere) is None
+
+
+def test_a_task_paid_with_ones_own_key_needs_it_again(make_sandbox, make_service, make_image):
+    sandbox = make_sandbox(inference_seconds=3)
+    service = make_service(sandbox)
+    own = Visitor(ALICE.owner, "alice's key")
+    job = service.generate(JobRequest(image=make_image(), prompt="own key"), own)
+    task_id = next(u.task_id for u in job if u.stage is Stage.SUBMITTED)
+    job.close()
+    with pytest.raises(KeyRequired, match="your own key"):
+        service.resume(task_id, ALICE)
+
+
+def test_a_space_that_requires_a_key_refuses_before_anything_is_sent(make_sandbox, make_service, make_image):
+    sandbox = make_sandbox()
+    service = make_service(sandbox, require_user_key=True)
+    with pytest.raises(KeyRequired):
+        service.generate(JobRequest(image=make_image(), prompt="x"), ALICE)
+    assert sandbox.stats()["uploads"] == 0 and sandbox.stats()["submissions"] == 0
+
+
+def test_slots_cap_one_visitor_on_the_servers_key_and_free_up(make_sandbox, make_service, make_image):
+    service = make_service(make_sandbox(inference_seconds=3), max_jobs_per_visitor=1)
+    first = service.generate(JobRequest(image=make_image(), prompt="one"), ALICE)
+    with pytest.raises(RateLimited, match="at once"):
+        service.generate(JobRequest(image=make_image(), prompt="two"), ALICE)
+    other = service.generate(JobRequest(image=make_image(), prompt="other visitor"), BOB)
+    own_key = service.generate(JobRequest(image=make_image(), prompt="own key"), Visitor(ALICE.owner, "k2"))
+    for job in (first, other, own_key):
+        job.close()
+    service.generate(JobRequest(image=make_image(), prompt="again"), ALICE).close()
+
+
+def test_closing_a_job_after_submission_hands_the_task_to_recovery(make_sandbox, make_service, make_image):
+    sandbox = make_sandbox(inference_seconds=2)
+    service = make_service(sandbox)
+    job = service.generate(JobRequest(image=make_image(), prompt="left behind"), ALICE)
+    task_id = next(u.task_id for u in job if u.stage is Stage.SUBMITTED)
+    job.close()  # the tab went away
+    record = wait_for(lambda: (r := service.task(ALICE, task_id)) and r.status == TaskStatus.COMPLETED and r)
+    assert record.video_path and sandbox.stats()["submissions"] == 1
+
+
+def test_task_status_from_the_wire():
+    assert TaskStatus.parse("completed") is TaskStatus.COMPLETED and TaskStatus.COMPLETED.is_final
+    assert TaskStatus.parse("Timeout") is TaskStatus.TIMEOUT and TaskStatus.TIMEOUT.is_final
+    assert TaskStatus.parse(None) is TaskStatus.CREATED and not TaskStatus.CREATED.is_final
+    assert TaskStatus.parse("warming-up") is TaskStatus.PROCESSING  # unknown: keep polling
+    assert TaskStatus.COMPLETED == "completed"  # stored and compared as its wire text
