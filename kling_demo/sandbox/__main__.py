@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 
-from kling_demo.sandbox.server import SandboxConfig, start_sandbox
+from kling_demo.sandbox import SandboxConfig, start_sandbox
 
 log = logging.getLogger("kling_demo.sandbox")
 
