@@ -20,6 +20,13 @@ def _share(text: str) -> float:
     return value
 
 
+def _amount(text: str) -> float:
+    value = float(text)
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative amount (got {text})")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The CLI options; shares are fractions of requests (or tasks) between 0 and 1."""
     parser = argparse.ArgumentParser(
@@ -34,6 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--task-failure-rate", type=_share, default=0.0, help="share of tasks that end 'failed'")
     parser.add_argument("--api-key", default=None, help="accept only this bearer token (default: any non-empty one)")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible faults and failures")
+    parser.add_argument("--price-per-second", type=_amount, default=SandboxConfig.price_per_second, metavar="USD",
+                        help="price of one second of video (a stand-in; default %(default)s)")
+    parser.add_argument("--balance", type=_amount, default=SandboxConfig.balance, metavar="USD",
+                        help="balance each API key starts with (default %(default)s)")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -49,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         task_failure_rate=args.task_failure_rate,
         api_key=args.api_key,
         seed=args.seed,
+        price_per_second=args.price_per_second,
+        balance=args.balance,
     )
     stop_requested = threading.Event()
 

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from kling_demo.models import MB, MODELS
 from kling_demo.sandbox.config import SandboxConfig
 from kling_demo.sandbox.faults import CONNECTIONS_STATE_KEY, DroppedConnection, fault_response
+from kling_demo.sandbox.listing import parse_listing
 from kling_demo.sandbox.protocol import ApiError, base_url, bearer_token, envelope, error_response, json_body, json_object
 from kling_demo.sandbox.state import SandboxState
 from kling_demo.sandbox.tasks import Task
@@ -64,9 +65,13 @@ def _state(request: Request) -> SandboxState:
 
 def _authorized(request: Request) -> SandboxState:
     """This server's state, once the request's API key passed."""
+    return _account(request)[0]
+
+
+def _account(request: Request) -> tuple[SandboxState, str]:
+    """This server's state and the request's API key, which names the account (401 if it does not pass)."""
     state = _state(request)
-    bearer_token(request, state.config.api_key)
-    return state
+    return state, bearer_token(request, state.config.api_key)
 
 
 # --- sandbox introspection: never faults, no auth --------------------------------------------
@@ -83,9 +88,30 @@ async def sandbox_tasks(request: Request) -> list[dict[str, Any]]:
 # --- account ---------------------------------------------------------------------------------
 
 
-async def balance(request: Request) -> JSONResponse:
-    _authorized(request)
-    return envelope({"balance": 100.0})
+async def balance(request: Request) -> Response:
+    """The key's balance in USD; a bad key fails here first, before anything is paid for."""
+    state, owner = _account(request)
+    if kind := state.faults.draw_account():
+        return fault_response(kind)
+    return envelope({"balance": state.balance(owner)})
+
+
+async def price(request: Request) -> Response:
+    """A free quote: `{model_id, inputs}` → `{price, discounted_price, discount_rate, currency}`."""
+    state = _authorized(request)
+    if kind := state.faults.draw_account():
+        return fault_response(kind)
+    quote = state.accounts.quote_request(await json_object(request))
+    return envelope(quote.to_data())
+
+
+async def predictions(request: Request) -> Response:
+    """The key's own tasks of the last 24 h (at most 7 days), newest first, a page at a time."""
+    state, owner = _account(request)
+    if kind := state.faults.draw_account():
+        return fault_response(kind)
+    query = parse_listing(await json_object(request), time.time())
+    return envelope(state.listing(owner, query, base_url(request)))
 
 
 # --- uploads ---------------------------------------------------------------------------------
@@ -204,7 +230,7 @@ async def prediction(task_id: str, request: Request) -> Response:
 
 async def submit(model_id: str, request: Request) -> Response:
     """Create a task; under faults only a 429 (which creates nothing) or a lost answer (which does)."""
-    state = _authorized(request)
+    state, owner = _account(request)
     spec = MODELS.get(model_id)
     if spec is None:
         raise ApiError(404, f"model not found: {model_id}")
@@ -212,7 +238,7 @@ async def submit(model_id: str, request: Request) -> Response:
         return fault_response("429")
     body = await json_object(request)
     submission = await asyncio.to_thread(validate_submission, body, spec, state.uploads)
-    task = state.create_task(spec, submission)
+    task = state.create_task(owner, spec, submission)
     if state.faults.lose_answer():
         log.info("sandbox: losing the answer to the submission of %s", task.task_id)
         return DroppedConnection()
@@ -240,6 +266,8 @@ ROUTES: list[tuple[str, Any, list[str]]] = [
     ("/sandbox/stats", sandbox_stats, ["GET"]),
     ("/sandbox/tasks", sandbox_tasks, ["GET"]),
     ("/api/v3/balance", balance, ["GET"]),
+    ("/api/v3/model/price", price, ["POST"]),
+    ("/api/v3/predictions", predictions, ["POST"]),
     ("/api/v3/media/uploads", upload_ticket, ["POST"]),
     ("/files/uploads/{token}/{filename}", upload_put, ["PUT"]),
     ("/api/v3/media/upload/binary", upload_binary, ["POST"]),

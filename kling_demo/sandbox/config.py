@@ -18,3 +18,6 @@ class SandboxConfig:
     seed: int | None = None
     data_dir: Path | None = None  # where uploads/outputs live; None → a temp dir removed on stop
     sync_wait_seconds: float = 30.0  # enable_sync_mode holds the POST at most this long
+    # A stand-in price (the real Kling 2.0 Master price is not published): 5 s = $1.40, 10 s = $2.80.
+    price_per_second: float = 0.28
+    balance: float = 1000.0  # USD each API key starts with; completed tasks draw it down

@@ -43,15 +43,24 @@ class Faults:
         self._faults = random.Random(None if seed is None else f"{seed}:faults")
         self._lost_answers = random.Random(None if seed is None else f"{seed}:lost-answers")
         self._task_failures = random.Random(None if seed is None else f"{seed}:task-failures")
+        self._account_faults = random.Random(None if seed is None else f"{seed}:account-faults")
 
     def draw(self, allowed: tuple[str, ...] = FAULT_KINDS) -> str | None:
         """Roll for a fault on one faultable request; count and return its kind, or None."""
+        return self._draw(self._faults, allowed)
+
+    def draw_account(self) -> str | None:
+        """Roll for a fault on a price, balance or listing call, from its own stream so that
+        calling them does not change which polls, uploads or submissions fail under a seed."""
+        return self._draw(self._account_faults, FAULT_KINDS)
+
+    def _draw(self, dice: random.Random, allowed: tuple[str, ...]) -> str | None:
         if self.fault_rate <= 0:
             return None
         with self._lock:
-            if self._faults.random() >= self.fault_rate:
+            if dice.random() >= self.fault_rate:
                 return None
-            kind = self._faults.choice(allowed)
+            kind = dice.choice(allowed)
             self.counts.faults_injected += 1
             self.counts.faults_by_kind[kind] += 1
         log.info("sandbox: injecting fault %s", kind)

@@ -11,13 +11,16 @@ from fastapi.responses import JSONResponse
 
 
 class ApiError(Exception):
-    """An answer in WaveSpeed's error envelope: the HTTP status repeated in `code`."""
+    """An answer in WaveSpeed's error envelope: the HTTP status repeated in `code`, maybe an `error_code`."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, headers: dict[str, str] | None = None, error_code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.error_code = error_code
 
 
 def envelope(data: Any, status: int = 200, message: str = "success") -> JSONResponse:
@@ -27,9 +30,11 @@ def envelope(data: Any, status: int = 200, message: str = "success") -> JSONResp
 
 def error_response(error: ApiError) -> JSONResponse:
     """The envelope for a refused request, with any headers it carries (e.g. Retry-After)."""
-    response = envelope(None, error.status, error.message)
-    response.headers.update(error.headers)
-    return response
+    body: dict[str, Any] = {"code": error.status, "message": error.message, "data": None}
+    if error.error_code is not None:
+        # (?) WaveSpeed's error bodies carry `error_code`; its values are not documented, these are ours.
+        body["error_code"] = error.error_code
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
 def iso(epoch: float) -> str:

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from kling_demo.models import ModelSpec
+from kling_demo.sandbox.account import Accounts
 from kling_demo.sandbox.config import SandboxConfig
 from kling_demo.sandbox.faults import Connections, Faults
-from kling_demo.sandbox.tasks import RenderCache, Task
+from kling_demo.sandbox.listing import ListingQuery
+from kling_demo.sandbox.tasks import FINAL_STATUSES, RenderCache, Task
 from kling_demo.sandbox.uploads import UploadStore
 from kling_demo.sandbox.validation import Submission
 
@@ -33,27 +35,36 @@ class SandboxState:
         self.renders = RenderCache(self.data_dir / "outputs")
         self.faults = Faults(config.fault_rate, config.lost_answer_rate, config.task_failure_rate, config.seed)
         self.connections = Connections()
+        self.accounts = Accounts(config.price_per_second, config.balance)
         self.lock = threading.Lock()
         self.tasks: dict[str, Task] = {}
+        self._open: list[Task] = []  # not yet settled, oldest first
         self.submissions = 0
         self.result_polls = 0
         self.closed = False
 
-    def create_task(self, spec: ModelSpec, submission: Submission) -> Task:
-        """A new task for a validated submission; its render starts now unless it is drawn to fail."""
-        failing = self.faults.fail_task()
-        render = None if failing else self.renders.render_for(submission.first_frame, submission.end_frame, submission.duration)
-        task = Task(
-            task_id=uuid.uuid4().hex,
-            model_id=spec.model_id,
-            duration=submission.duration,
-            created_epoch=time.time(),
-            inference_seconds=self.config.inference_seconds,
-            simulated_failure=failing,
-            render=render,
-        )
+    def create_task(self, owner: str, spec: ModelSpec, submission: Submission) -> Task:
+        """A new task for a validated submission, its price held on `owner`'s balance (402 creates nothing)."""
+        price = self.accounts.quote(spec, submission.duration).discounted_price
         with self.lock:
+            self._advance(time.time())
+            self.accounts.reserve(owner, price)
+            failing = self.faults.fail_task()
+            render = None if failing else self.renders.render_for(submission.first_frame, submission.end_frame, submission.duration)
+            task = Task(
+                task_id=uuid.uuid4().hex,
+                model_id=spec.model_id,
+                duration=submission.duration,
+                created_epoch=time.time(),
+                inference_seconds=self.config.inference_seconds,
+                simulated_failure=failing,
+                render=render,
+                owner=owner,
+                inputs=submission.inputs,
+                price=price,
+            )
             self.tasks[task.task_id] = task
+            self._open.append(task)
             self.submissions += 1
         log.info("sandbox: task %s created (%d s video)", task.task_id, task.duration)
         return task
@@ -66,6 +77,42 @@ class SandboxState:
             if task is not None:
                 task.result_polls += 1
         return task
+
+    def advance(self) -> None:
+        """Bring every task up to now: settle those that ended."""
+        with self.lock:
+            self._advance(time.time())
+
+    def _advance(self, now: float) -> None:
+        still_open = []
+        for task in self._open:
+            status = task.state(now)[0]
+            if status in FINAL_STATUSES:
+                self._settle(task, status)
+            else:
+                still_open.append(task)
+        self._open = still_open
+
+    def _settle(self, task: Task, status: str) -> None:
+        task.settled = True
+        self.accounts.settle(task.owner, task.price, charge=status == "completed")
+
+    def balance(self, owner: str) -> float:
+        """`owner`'s balance after every task that has ended so far."""
+        self.advance()
+        return self.accounts.balance(owner)
+
+    def listing(self, owner: str, query: ListingQuery, base_url: str) -> dict[str, Any]:
+        """One page of `owner`'s tasks matching `query`, newest first."""
+        now = time.time()
+        with self.lock:
+            self._advance(now)
+            mine = [task for task in self.tasks.values() if task.owner == owner]
+            matching = [task for task in mine if query.matches(task, task.state(now)[0])]
+        matching.sort(key=lambda task: task.created_epoch, reverse=True)
+        start = (query.page - 1) * query.page_size
+        items = [task.listing_item(base_url, now) for task in matching[start : start + query.page_size]]
+        return {"page": query.page, "page_size": query.page_size, "total": len(matching), "items": items}
 
     def stats(self) -> dict[str, Any]:
         """Counters and tasks per status, as served at GET /sandbox/stats."""

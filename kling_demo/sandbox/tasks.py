@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,8 @@ from kling_demo.sandbox.render import RenderCancelled, RenderedVideo, render_vid
 
 log = logging.getLogger(__name__)
 
+STATUSES = ("created", "processing", "completed", "failed", "cancelled", "timeout")
+FINAL_STATUSES = ("completed", "failed", "cancelled", "timeout")
 CREATED_SHARE = 0.1  # share of inference_seconds a task stays "created" before "processing"
 RENDER_WORKERS = 2
 
@@ -100,7 +102,11 @@ class Task:
     inference_seconds: float
     simulated_failure: bool
     render: RenderJob | None
+    owner: str = ""  # the API key that submitted it: listings and balances are per key
+    inputs: dict[str, Any] = field(default_factory=dict)
+    price: float = 0.0
     result_polls: int = 0
+    settled: bool = False  # final, and its price charged or released
 
     def state(self, now: float) -> tuple[str, float | None, str]:
         """(status, completed_at_epoch, error) at time `now`."""
@@ -130,8 +136,28 @@ class Task:
             "status": status,
             "created_at": iso(self.created_epoch),
             "error": error,
-            "timings": {"inference": int(round((completed_at - self.created_epoch) * 1000)) if completed_at else 0},
+            "timings": {"inference": self._inference_ms(completed_at)},
+            "input": dict(self.inputs),
         }
+
+    def listing_item(self, base_url: str, now: float) -> dict[str, Any]:
+        """The task as an item of `POST /api/v3/predictions`."""
+        data = self.to_data(base_url, now)
+        return {
+            "id": data["id"],
+            "model": data["model"],
+            "outputs": data["outputs"],
+            "status": data["status"],
+            "created_at": data["created_at"],
+            "executionTime": data["timings"]["inference"],
+            "timings": data["timings"],
+            "inputs": data["input"],
+            "has_nsfw_contents": data["has_nsfw_contents"],
+            "error": data["error"],
+        }
+
+    def _inference_ms(self, completed_at: float | None) -> int:
+        return int(round((completed_at - self.created_epoch) * 1000)) if completed_at else 0
 
     def output(self) -> RenderedVideo | None:
         """The rendered video once the task shows 'completed', else None."""

@@ -24,20 +24,33 @@ class Submission:
     end_frame: bytes | None
     duration: int
     sync: bool
+    inputs: dict[str, Any]  # the body as sent, minus inline image data: what the task shows as its input
 
 
 def validate_submission(body: dict[str, Any], spec: ModelSpec, uploads: UploadStore) -> Submission:
     """Check every field against `spec`; raise ApiError(400) naming the first bad field."""
     _check_prompts(body)
     _check_guidance(body.get("guidance_scale", spec.guidance_default), spec)
-    duration = _checked_duration(body.get("duration", spec.default_duration), spec)
+    duration = checked_duration(body.get("duration", spec.default_duration), spec)
     first_frame = _decode_image_field("image", body.get("image"), uploads)
     _check_image("image", first_frame, spec.first_frame)
     end_frame = None
     if body.get("end_image") not in (None, ""):
         end_frame = _decode_image_field("end_image", body["end_image"], uploads)
         _check_image("end_image", end_frame, spec.end_frame)
-    return Submission(first_frame, end_frame, duration, bool(body.get("enable_sync_mode")))
+    return Submission(first_frame, end_frame, duration, bool(body.get("enable_sync_mode")), public_inputs(body))
+
+
+IMAGE_FIELDS = ("image", "end_image")
+
+
+def public_inputs(body: dict[str, Any]) -> dict[str, Any]:
+    """The submitted fields to echo back: image URLs stay, inline images (data URIs, base64) are left out."""
+    return {
+        name: value
+        for name, value in body.items()
+        if name not in IMAGE_FIELDS or (isinstance(value, str) and value.strip().startswith(("http://", "https://")))
+    }
 
 
 def _check_prompts(body: dict[str, Any]) -> None:
@@ -62,7 +75,8 @@ def _check_guidance(guidance: Any, spec: ModelSpec) -> None:
         )
 
 
-def _checked_duration(duration: Any, spec: ModelSpec) -> int:
+def checked_duration(duration: Any, spec: ModelSpec) -> int:
+    """`duration` as whole seconds the model offers, or a 400 naming the choices."""
     if isinstance(duration, float) and duration.is_integer():
         duration = int(duration)
     if isinstance(duration, bool) or not isinstance(duration, int) or duration not in spec.durations:

@@ -1,0 +1,203 @@
+"""The sandbox's account side over real HTTP: prices, balances per key, the predictions listing."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import requests
+
+from tests.processes import start_sandbox_process
+from tests.test_sandbox import MODEL, TIMEOUT, data_uri, good_body, result, submit, wait_until_final  # noqa: F401
+
+KEY_A = {"Authorization": "Bearer key-a"}
+KEY_B = {"Authorization": "Bearer key-b"}
+AUTH_OF_SUBMIT = {"Authorization": "Bearer test-key"}  # the key tests.test_sandbox.submit uses by default
+
+
+def api(sandbox, method: str, path: str, headers: dict[str, str] = KEY_A, **kwargs: Any) -> requests.Response:
+    base = getattr(sandbox, "base_url", None) or sandbox.url
+    return requests.request(method, base + path, headers=headers, timeout=TIMEOUT, **kwargs)
+
+
+def quote(sandbox, inputs: Any, model_id: str = MODEL) -> requests.Response:
+    return api(sandbox, "POST", "/api/v3/model/price", json={"model_id": model_id, "inputs": inputs})
+
+
+def balance(sandbox, headers: dict[str, str] = KEY_A) -> float:
+    answer = api(sandbox, "GET", "/api/v3/balance", headers=headers)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["data"]["balance"]
+
+
+def listing(sandbox, body: dict[str, Any], headers: dict[str, str] = KEY_A) -> requests.Response:
+    return api(sandbox, "POST", "/api/v3/predictions", headers=headers, json=body)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- price -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("inputs, expected", [({"duration": 5}, 1.40), ({"duration": 10}, 2.80), ({}, 1.40), (None, 1.40)],
+                         ids=["5 s", "10 s", "no duration", "no inputs"])
+def test_price_quote_is_per_second_times_duration(sandbox, inputs, expected: float) -> None:
+    answer = quote(sandbox, inputs)
+    assert answer.status_code == 200
+    envelope = answer.json()
+    assert (envelope["code"], envelope["message"]) == (200, "success")
+    assert envelope["data"] == {"price": expected, "discounted_price": expected, "discount_rate": 1.0, "currency": "USD"}
+
+
+def test_price_table_is_configurable(make_sandbox) -> None:
+    sandbox = make_sandbox(price_per_second=0.07)
+    assert quote(sandbox, {"duration": 10}).json()["data"]["price"] == 0.70
+
+
+@pytest.mark.parametrize("model_id, inputs, fragments", [
+    ("kwaivgi/kling-v9-nope", {"duration": 5}, ["model_id:", "kling-v9-nope"]),
+    (None, {}, ["model_id:"]),
+    (MODEL, {"duration": 7}, ["duration:", "5 or 10", "7"]),
+    (MODEL, ["duration", 5], ["inputs:", "object"]),
+], ids=["unknown model", "no model", "bad duration", "inputs not an object"])
+def test_price_refusals_name_the_field(sandbox, model_id, inputs, fragments) -> None:
+    answer = quote(sandbox, inputs, model_id=model_id)
+    assert answer.status_code == 400 and answer.json()["code"] == 400
+    assert answer.json()["message"].startswith(fragments[0])
+    for fragment in fragments:
+        assert fragment in answer.json()["message"]
+
+
+# --- balance ---------------------------------------------------------------------------------
+
+
+def test_completed_tasks_draw_down_only_their_own_keys_balance(make_sandbox, good_body) -> None:
+    sandbox = make_sandbox(inference_seconds=0.2, balance=10.0)
+    assert balance(sandbox) == balance(sandbox, KEY_B) == 10.0
+    five = submit(sandbox, good_body, headers=KEY_A).json()["data"]["id"]
+    ten = submit(sandbox, {**good_body, "duration": 10}, headers=KEY_A).json()["data"]["id"]
+    for task_id in (five, ten):
+        assert wait_until_final(sandbox, task_id)["status"] == "completed"
+    assert balance(sandbox) == pytest.approx(10.0 - 1.40 - 2.80)
+    assert balance(sandbox, KEY_B) == 10.0
+
+
+def test_a_failed_task_costs_nothing(make_sandbox, good_body) -> None:
+    sandbox = make_sandbox(inference_seconds=0.2, task_failure_rate=1.0, balance=5.0)
+    task_id = submit(sandbox, good_body).json()["data"]["id"]
+    assert wait_until_final(sandbox, task_id)["status"] == "failed"
+    assert balance(sandbox, AUTH_OF_SUBMIT) == 5.0
+
+
+def test_a_balance_below_the_price_refuses_and_creates_nothing(make_sandbox, good_body) -> None:
+    sandbox = make_sandbox(balance=1.0)
+    answer = submit(sandbox, good_body)
+    assert answer.status_code == 402
+    body = answer.json()
+    assert body["code"] == 402 and body["data"] is None and body["error_code"] == "insufficient_balance"
+    assert body["message"].startswith("Insufficient balance") and "$1.40" in body["message"] and "$1.00" in body["message"]
+    stats = sandbox.stats()
+    assert stats["submissions"] == 0 and sum(stats["tasks"].values()) == 0
+    assert balance(sandbox, AUTH_OF_SUBMIT) == 1.0
+
+
+def test_running_tasks_hold_their_price_so_a_key_cannot_overspend(make_sandbox, good_body) -> None:
+    sandbox = make_sandbox(inference_seconds=30, balance=2.0)
+    assert submit(sandbox, good_body).status_code == 200
+    second = submit(sandbox, good_body)
+    assert second.status_code == 402 and "$0.60 available" in second.json()["message"]
+    assert submit(sandbox, good_body, headers=KEY_B).status_code == 200  # another key, another account
+    assert sandbox.stats()["submissions"] == 2
+
+
+def test_a_zero_balance_still_gets_free_quotes_and_a_balance(make_sandbox) -> None:
+    sandbox = make_sandbox(balance=0.0)
+    assert balance(sandbox) == 0.0
+    assert quote(sandbox, {"duration": 5}).json()["data"]["price"] == 1.40
+
+
+# --- predictions listing ---------------------------------------------------------------------
+
+
+def test_listing_shows_only_the_keys_own_tasks_newest_first_with_their_inputs(make_sandbox, good_body) -> None:
+    sandbox = make_sandbox(inference_seconds=0.2)
+    mine = [submit(sandbox, {**good_body, "prompt": f"take {n}", "duration": 5 + 5 * (n % 2)}, headers=KEY_A).json()["data"]["id"]
+            for n in range(3)]
+    theirs = submit(sandbox, good_body, headers=KEY_B).json()["data"]["id"]
+    wait_until_final(sandbox, mine[-1])
+    answer = listing(sandbox, {"page": 1, "page_size": 10})
+    assert answer.status_code == 200 and answer.json()["code"] == 200
+    page = answer.json()["data"]
+    assert page["page"] == 1
+    assert [item["id"] for item in page["items"]] == mine[::-1]
+    newest = page["items"][0]
+    assert newest["model"] == MODEL and newest["status"] == "completed" and len(newest["outputs"]) == 1
+    assert newest["inputs"] == {"prompt": "take 2", "duration": 5}  # the inline image is left out
+    assert newest["executionTime"] == newest["timings"]["inference"] >= 200
+    assert newest["created_at"].endswith("Z")
+    assert [item["id"] for item in listing(sandbox, {}, headers=KEY_B).json()["data"]["items"]] == [theirs]
+
+
+def test_listing_pages_and_filters(make_sandbox, good_body) -> None:
+    sandbox = make_sandbox(inference_seconds=30, task_failure_rate=0.0)
+    ids = [submit(sandbox, good_body, headers=KEY_A).json()["data"]["id"] for _ in range(5)]
+    pages = [listing(sandbox, {"page": page, "page_size": 2}).json()["data"] for page in (1, 2, 3, 4)]
+    assert [[item["id"] for item in page["items"]] for page in pages] == [ids[4:2:-1], ids[2:0:-1], ids[:1], []]
+    assert {page["total"] for page in pages} == {5}
+    running = [listing(sandbox, {"status": status}).json()["data"]["total"] for status in ("created", "processing")]
+    assert sum(running) == 5
+    assert listing(sandbox, {"status": "completed"}).json()["data"]["items"] == []
+    assert listing(sandbox, {"model": "someone/else"}).json()["data"]["items"] == []
+    now = datetime.now(timezone.utc)
+    later = {"created_after": iso(now + timedelta(minutes=1)), "created_before": iso(now + timedelta(minutes=2))}
+    assert listing(sandbox, later).json()["data"]["items"] == []
+    around = {"created_after": iso(now - timedelta(days=6)), "created_before": iso(now + timedelta(days=1))}
+    assert len(listing(sandbox, around).json()["data"]["items"]) == 5
+
+
+def test_listing_defaults_to_the_last_24_hours(make_sandbox, good_body) -> None:
+    sandbox = make_sandbox(inference_seconds=30)
+    submit(sandbox, good_body, headers=KEY_A)
+    yesterday = datetime.now(timezone.utc) - timedelta(hours=25)
+    assert len(listing(sandbox, {}).json()["data"]["items"]) == 1
+    assert listing(sandbox, {"created_before": iso(yesterday)}).json()["data"]["items"] == []
+
+
+@pytest.mark.parametrize("body, fragments", [
+    ({"page_size": 101}, ["page_size:", "at most 100", "101"]),
+    ({"page": 0}, ["page:", "at least 1"]),
+    ({"status": "done"}, ["status:", "created", "timeout"]),
+    ({"created_after": "yesterday"}, ["created_after:", "ISO 8601"]),
+    ({"created_after": "2025-01-01T00:00:00"}, ["created_after:", "zone"]),
+    ({"created_after": "2025-01-10T00:00:00Z", "created_before": "2025-01-01T00:00:00Z"}, ["created_after:", "later"]),
+    ({"created_after": "2025-01-01T00:00:00Z", "created_before": "2025-01-09T00:00:00Z"}, ["created_after:", "7 days"]),
+], ids=["page_size over 100", "page 0", "unknown status", "not a time", "no zone", "reversed", "over 7 days"])
+def test_listing_refusals_name_the_field(sandbox, body, fragments) -> None:
+    answer = listing(sandbox, body)
+    assert answer.status_code == 400
+    assert answer.json()["code"] == 400 and answer.json()["message"].startswith(fragments[0])
+    for fragment in fragments:
+        assert fragment in answer.json()["message"]
+
+
+def test_result_echoes_the_inputs_without_image_data(sandbox, make_image, good_body) -> None:
+    png = make_image()
+    ticket = api(sandbox, "POST", "/api/v3/media/uploads", json={"filename": png.name}).json()["data"]
+    requests.put(ticket["upload"]["url"], data=png.read_bytes(), headers=ticket["upload"]["headers"], timeout=TIMEOUT)
+    body = {"image": ticket["download_url"], "end_image": data_uri(png), "prompt": "p", "negative_prompt": "n",
+            "guidance_scale": 0.7, "duration": 10}
+    task_id = submit(sandbox, body).json()["data"]["id"]
+    expected = {key: value for key, value in body.items() if key != "end_image"}
+    assert result(sandbox, task_id)["input"] == expected
+
+
+def test_cli_sets_price_and_balance(tmp_path) -> None:
+    served = start_sandbox_process("--price-per-second", "0.5", "--balance", "3", log_path=tmp_path / "sandbox.log")
+    try:
+        assert quote(served, {"duration": 10}).json()["data"]["price"] == 5.0
+        assert balance(served) == 3.0
+    finally:
+        served.stop()
