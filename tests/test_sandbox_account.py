@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import requests
+import wavespeed
 
 from tests.processes import start_sandbox_process
 from tests.test_sandbox import MODEL, TIMEOUT, data_uri, good_body, result, submit, wait_until_final  # noqa: F401
@@ -199,5 +200,134 @@ def test_cli_sets_price_and_balance(tmp_path) -> None:
     try:
         assert quote(served, {"duration": 10}).json()["data"]["price"] == 5.0
         assert balance(served) == 3.0
+    finally:
+        served.stop()
+
+
+# --- account limits --------------------------------------------------------------------------
+
+
+def rows(sandbox) -> list[dict[str, Any]]:
+    return requests.get(f"{sandbox.base_url}/sandbox/tasks", timeout=TIMEOUT).json()
+
+
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = most = 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    return most
+
+
+def test_a_task_beyond_the_keys_slots_waits_in_created(make_sandbox, good_body) -> None:
+    sandbox = make_sandbox(inference_seconds=30, max_concurrent_tasks=1)
+    first = submit(sandbox, good_body, headers=KEY_A).json()["data"]["id"]
+    second = submit(sandbox, good_body, headers=KEY_A).json()["data"]
+    other_key = submit(sandbox, good_body, headers=KEY_B).json()["data"]["id"]
+    assert second["status"] == "created"
+    assert result(sandbox, second["id"])["status"] == "created"
+    by_id = {row["id"]: row for row in rows(sandbox)}
+    assert by_id[second["id"]]["started_at_epoch"] is None  # waiting for a slot: its clock has not started
+    assert by_id[first]["started_at_epoch"] == by_id[first]["created_at_epoch"]
+    assert by_id[other_key]["started_at_epoch"] == by_id[other_key]["created_at_epoch"]  # another key, its own slots
+    assert sandbox.stats()["submissions"] == 3
+
+
+def test_queued_tasks_take_freed_slots_in_order_and_never_exceed_the_limit(make_sandbox, good_body) -> None:
+    sandbox = make_sandbox(inference_seconds=0.3, max_concurrent_tasks=2)
+    ids = [submit(sandbox, good_body, headers=KEY_A).json()["data"]["id"] for _ in range(6)]
+    assert [wait_until_final(sandbox, task_id)["status"] for task_id in ids] == ["completed"] * 6
+    table = rows(sandbox)
+    assert [row["id"] for row in table] == ids
+    intervals = [(row["started_at_epoch"], row["completed_at_epoch"]) for row in table]
+    assert most_at_once(intervals) <= 2
+    assert sandbox.stats()["max_running"] == most_at_once(intervals)
+    starts = [start for start, _ in intervals]
+    assert starts == sorted(starts)  # first come, first served
+    ends = {end for _, end in intervals}
+    for row in table:
+        assert row["started_at_epoch"] >= row["created_at_epoch"]
+        if row["started_at_epoch"] > row["created_at_epoch"]:
+            assert row["started_at_epoch"] in ends  # it took the slot the moment an earlier task let go
+        assert row["completed_at_epoch"] - row["started_at_epoch"] >= 0.3 - 1e-6  # the render clock starts with the slot
+
+
+def test_without_a_limit_tasks_all_run_at_once(make_sandbox, good_body) -> None:
+    sandbox = make_sandbox(inference_seconds=30)
+    for _ in range(4):
+        submit(sandbox, good_body)
+    assert all(row["started_at_epoch"] == row["created_at_epoch"] for row in rows(sandbox))
+    assert sandbox.stats()["max_running"] == 4
+
+
+def test_submissions_past_the_per_minute_rate_get_429_and_create_nothing(make_sandbox, good_body) -> None:
+    sandbox = make_sandbox(inference_seconds=30, videos_per_minute=2)
+    assert [submit(sandbox, good_body, headers=KEY_A).status_code for _ in range(2)] == [200, 200]
+    refused = submit(sandbox, good_body, headers=KEY_A)
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    body = refused.json()
+    assert body["code"] == 429 and body["error_code"] == "rate_limited" and body["data"] is None
+    assert "2 videos per minute" in body["message"]
+    assert submit(sandbox, good_body, headers=KEY_B).status_code == 200  # the rate is per key
+    stats = sandbox.stats()
+    assert stats["submissions"] == 3 and stats["rate_limited"] == 1 and sum(stats["tasks"].values()) == 3
+
+
+def test_a_refused_submission_does_not_use_up_the_rate(make_sandbox, good_body) -> None:
+    sandbox = make_sandbox(videos_per_minute=1)
+    assert submit(sandbox, {**good_body, "duration": 7}).status_code == 400
+    assert submit(sandbox, good_body).status_code == 200
+
+
+# --- every status ----------------------------------------------------------------------------
+
+
+def test_status_faults_end_tasks_cancelled_or_timeout_with_a_reason(make_sandbox, good_body) -> None:
+    sandbox = make_sandbox(inference_seconds=0.2, status_fault_rate=1.0, seed=4, balance=50.0)
+    ids = [submit(sandbox, good_body).json()["data"]["id"] for _ in range(8)]
+    finals = [wait_until_final(sandbox, task_id) for task_id in ids]
+    statuses = [data["status"] for data in finals]
+    assert set(statuses) == {"cancelled", "timeout"}
+    for data in finals:
+        assert data["outputs"] == [] and data["status"] in data["error"]
+    stats = sandbox.stats()
+    assert stats["tasks"]["cancelled"] + stats["tasks"]["timeout"] == 8
+    assert balance(sandbox, AUTH_OF_SUBMIT) == 50.0  # nothing was delivered, nothing is charged
+    again = make_sandbox(inference_seconds=0.2, status_fault_rate=1.0, seed=4)
+    assert [wait_until_final(again, submit(again, good_body).json()["data"]["id"])["status"] for _ in range(8)] == statuses
+
+
+def test_the_official_sdk_treats_a_cancelled_task_as_final(make_sandbox, make_image) -> None:
+    sandbox = make_sandbox(inference_seconds=0.2, status_fault_rate=1.0, seed=1)
+    client = wavespeed.Client(api_key="k", base_url=sandbox.base_url)
+    with pytest.raises(RuntimeError, match=r"Prediction (cancelled|timeout)"):
+        client.run(MODEL, {"image": data_uri(make_image()), "prompt": "x"}, poll_interval=0.1, timeout=30)
+
+
+# --- the model's schema caps -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field, cap", [("prompt", 2000), ("negative_prompt", 2500)])
+def test_prompt_caps_from_the_models_schema(sandbox, good_body, field: str, cap: int) -> None:
+    assert submit(sandbox, {**good_body, field: "x" * cap}).status_code == 200
+    refused = submit(sandbox, {**good_body, field: "x" * (cap + 1)})
+    assert refused.status_code == 400
+    assert refused.json() == {
+        "code": 400,
+        "message": f"{field}: must be at most {cap} characters (got {cap + 1})",
+        "data": None,
+        "error_code": "invalid_parameter",
+    }
+    assert sandbox.stats()["submissions"] == 1
+
+
+def test_cli_sets_account_limits(tmp_path) -> None:
+    served = start_sandbox_process("--max-concurrent-tasks", "3", "--videos-per-minute", "5", "--status-fault-rate", "0.25",
+                                   log_path=tmp_path / "sandbox.log")
+    try:
+        config = requests.get(served.url + "/sandbox/stats", timeout=TIMEOUT).json()["config"]
+        assert (config["max_concurrent_tasks"], config["videos_per_minute"], config["status_fault_rate"]) == (3, 5, 0.25)
     finally:
         served.stop()

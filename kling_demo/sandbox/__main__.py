@@ -27,6 +27,13 @@ def _amount(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (got {text})")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The CLI options; shares are fractions of requests (or tasks) between 0 and 1."""
     parser = argparse.ArgumentParser(
@@ -45,6 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="price of one second of video (a stand-in; default %(default)s)")
     parser.add_argument("--balance", type=_amount, default=SandboxConfig.balance, metavar="USD",
                         help="balance each API key starts with (default %(default)s)")
+    parser.add_argument("--max-concurrent-tasks", type=_count, default=0, metavar="N",
+                        help="tasks one key runs at once; more wait in 'created' (default 0: unlimited; Bronze is 3)")
+    parser.add_argument("--videos-per-minute", type=_count, default=0, metavar="N",
+                        help="submissions per key per minute; more get 429 (default 0: unlimited; Bronze is 5)")
+    parser.add_argument("--status-fault-rate", type=_share, default=0.0,
+                        help="share of tasks that end 'cancelled' or 'timeout' (about half each)")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -62,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         price_per_second=args.price_per_second,
         balance=args.balance,
+        max_concurrent_tasks=args.max_concurrent_tasks,
+        videos_per_minute=args.videos_per_minute,
+        status_fault_rate=args.status_fault_rate,
     )
     stop_requested = threading.Event()
 

@@ -24,7 +24,7 @@ from kling_demo.sandbox.faults import CONNECTIONS_STATE_KEY, DroppedConnection, 
 from kling_demo.sandbox.listing import parse_listing
 from kling_demo.sandbox.protocol import ApiError, base_url, bearer_token, envelope, error_response, json_body, json_object
 from kling_demo.sandbox.state import SandboxState
-from kling_demo.sandbox.tasks import Task
+from kling_demo.sandbox.tasks import FINAL_STATUSES, Task
 from kling_demo.sandbox.uploads import MAX_UPLOAD_BYTES, safe_filename
 from kling_demo.sandbox.validation import validate_submission
 
@@ -207,8 +207,7 @@ async def output_file(task_id: str, request: Request) -> Response:
     state = _state(request)
     if kind := state.faults.draw():
         return fault_response(kind)
-    task = state.tasks.get(task_id)
-    rendered = task.output() if task is not None else None
+    rendered = state.output(task_id)
     if rendered is None:
         raise ApiError(404, f"output not found for task {task_id}")
     return FileResponse(rendered.path, media_type="video/mp4", filename=f"{task_id}.mp4", content_disposition_type="inline")
@@ -225,7 +224,7 @@ async def prediction(task_id: str, request: Request) -> Response:
         return fault_response(kind)
     if task is None:
         raise ApiError(404, f"task not found: {task_id}")
-    return envelope(task.to_data(base_url(request), time.time()))
+    return envelope(state.data(task, base_url(request)))
 
 
 async def submit(model_id: str, request: Request) -> Response:
@@ -244,18 +243,20 @@ async def submit(model_id: str, request: Request) -> Response:
         return DroppedConnection()
     if submission.sync:
         return await _hold_until_done(task, request)
-    return envelope(task.to_data(base_url(request), time.time()))
+    return envelope(state.data(task, base_url(request)))
 
 
 async def _hold_until_done(task: Task, request: Request) -> JSONResponse:
     """enable_sync_mode: answer once the task ends, or with code 5004 when the wait runs out."""
-    wait_seconds = _state(request).config.sync_wait_seconds
+    state = _state(request)
+    wait_seconds = state.config.sync_wait_seconds
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:
-        if task.state(time.time())[0] in ("completed", "failed"):
-            return envelope(task.to_data(base_url(request), time.time()))
+        data = state.data(task, base_url(request))
+        if data["status"] in FINAL_STATUSES:
+            return envelope(data)
         await asyncio.sleep(0.05)
-    data = task.to_data(base_url(request), time.time())
+    data = state.data(task, base_url(request))
     data["status"] = "processing"  # the task is under way, whichever phase it shows to polls
     data["error"] = f"Sync mode timed out after {wait_seconds:g} s; the task continues, query {data['urls']['get']}"
     return JSONResponse({"code": 5004, "message": data["error"], "data": data}, status_code=200)

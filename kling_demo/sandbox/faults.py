@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from kling_demo.sandbox.protocol import envelope
+from kling_demo.sandbox.tasks import Ending
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +35,25 @@ class FaultCounts:
 class Faults:
     """The dice: separate seeded streams, so e.g. polling more often does not change which tasks fail."""
 
-    def __init__(self, fault_rate: float, lost_answer_rate: float, task_failure_rate: float, seed: int | None) -> None:
+    def __init__(
+        self,
+        fault_rate: float,
+        lost_answer_rate: float,
+        task_failure_rate: float,
+        seed: int | None,
+        status_fault_rate: float = 0.0,
+    ) -> None:
         self.fault_rate = fault_rate
         self.lost_answer_rate = lost_answer_rate
         self.task_failure_rate = task_failure_rate
+        self.status_fault_rate = status_fault_rate
         self.counts = FaultCounts()
         self._lock = threading.Lock()
         self._faults = random.Random(None if seed is None else f"{seed}:faults")
         self._lost_answers = random.Random(None if seed is None else f"{seed}:lost-answers")
         self._task_failures = random.Random(None if seed is None else f"{seed}:task-failures")
         self._account_faults = random.Random(None if seed is None else f"{seed}:account-faults")
+        self._status_faults = random.Random(None if seed is None else f"{seed}:status-faults")
 
     def draw(self, allowed: tuple[str, ...] = FAULT_KINDS) -> str | None:
         """Roll for a fault on one faultable request; count and return its kind, or None."""
@@ -82,12 +92,16 @@ class Faults:
         with self._lock:
             return asdict(self.counts)
 
-    def fail_task(self) -> bool:
-        """Roll for a new task ending 'failed'."""
-        if self.task_failure_rate <= 0:
-            return False
+    def task_ending(self) -> Ending | None:
+        """Roll for how a new task ends if not by its render: failed, cancelled, timeout, or None."""
         with self._lock:
-            return self._task_failures.random() < self.task_failure_rate
+            if self.task_failure_rate > 0 and self._task_failures.random() < self.task_failure_rate:
+                return Ending("failed", "sandbox: simulated failure (task_failure_rate)")
+            if self.status_fault_rate > 0 and self._status_faults.random() < self.status_fault_rate:
+                if self._status_faults.random() < 0.5:
+                    return Ending("cancelled", "sandbox: simulated cancellation: the task was cancelled (status_fault_rate)")
+                return Ending("timeout", "sandbox: simulated timeout: the task ran past its time limit (status_fault_rate)")
+        return None
 
 
 def fault_response(kind: str) -> Response:

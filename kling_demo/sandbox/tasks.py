@@ -91,35 +91,50 @@ def _copy_outcome(source: Future, target: Future) -> None:
         target.set_result(source.result())
 
 
+@dataclass(frozen=True)
+class Ending:
+    """How a task drawn by the fault dice ends, instead of by its render."""
+
+    status: str  # failed, cancelled or timeout
+    error: str
+
+
 @dataclass
 class Task:
-    """One submitted prediction; its status is derived from the clock and its render."""
+    """One submitted prediction; its status follows from its slot, the clock and its render.
+
+    A task waits in 'created' until its key has a free slot (`started_epoch` is set then, by
+    `SandboxState`); from there it takes `inference_seconds`, or longer if its render does.
+    """
 
     task_id: str
     model_id: str
     duration: int
     created_epoch: float
     inference_seconds: float
-    simulated_failure: bool
     render: RenderJob | None
-    owner: str = ""  # the API key that submitted it: listings and balances are per key
+    ending: Ending | None = None
+    owner: str = ""  # the API key that submitted it: listings, balances and limits are per key
     inputs: dict[str, Any] = field(default_factory=dict)
     price: float = 0.0
+    started_epoch: float | None = None  # when it took one of its key's slots
     result_polls: int = 0
     settled: bool = False  # final, and its price charged or released
 
     def state(self, now: float) -> tuple[str, float | None, str]:
         """(status, completed_at_epoch, error) at time `now`."""
-        due = self.created_epoch + self.inference_seconds
-        if self.simulated_failure and now >= due:
-            return "failed", due, "sandbox: simulated failure (task_failure_rate)"
+        if self.started_epoch is None:
+            return "created", None, ""
+        due = self.started_epoch + self.inference_seconds
+        if self.ending is not None and now >= due:
+            return self.ending.status, due, self.ending.error
         if self.render is not None and now >= due and self.render.future.done():
             finished = max(due, self.render.finished_epoch or due)
             error = self.render.future.exception()
             if error is not None:
                 return "failed", finished, f"sandbox: render failed: {error}"
             return "completed", finished, ""
-        if now < self.created_epoch + CREATED_SHARE * self.inference_seconds:
+        if now < self.started_epoch + CREATED_SHARE * self.inference_seconds:
             return "created", None, ""
         return "processing", None, ""
 
@@ -157,10 +172,12 @@ class Task:
         }
 
     def _inference_ms(self, completed_at: float | None) -> int:
-        return int(round((completed_at - self.created_epoch) * 1000)) if completed_at else 0
+        if completed_at is None or self.started_epoch is None:
+            return 0
+        return int(round((completed_at - self.started_epoch) * 1000))
 
-    def output(self) -> RenderedVideo | None:
+    def output(self, now: float) -> RenderedVideo | None:
         """The rendered video once the task shows 'completed', else None."""
-        if self.render is None or self.state(time.time())[0] != "completed":
+        if self.render is None or self.state(now)[0] != "completed":
             return None
         return self.render.future.result()

@@ -16,6 +16,11 @@ from kling_demo.sandbox.protocol import ApiError
 from kling_demo.sandbox.uploads import UploadStore
 
 
+# The model's own schema on WaveSpeed caps these fields. They are the server's rule, kept here
+# rather than read from the app's ModelSpec, so the sandbox refuses what the real API refuses.
+SCHEMA_TEXT_CAPS = {"prompt": 2000, "negative_prompt": 2500}
+
+
 @dataclass(frozen=True)
 class Submission:
     """A validated request body."""
@@ -60,6 +65,14 @@ def _check_prompts(body: dict[str, Any]) -> None:
     negative_prompt = body.get("negative_prompt")
     if negative_prompt is not None and not isinstance(negative_prompt, str):
         raise ApiError(400, "negative_prompt: must be a string")
+    for name, cap in SCHEMA_TEXT_CAPS.items():
+        text = body.get(name)
+        if isinstance(text, str) and len(text) > cap:
+            raise ApiError(
+                400,
+                f"{name}: must be at most {cap} characters (got {len(text)})",
+                error_code="invalid_parameter",
+            )
 
 
 def _check_guidance(guidance: Any, spec: ModelSpec) -> None:
