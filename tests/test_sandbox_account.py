@@ -1,8 +1,17 @@
-"""The sandbox's account side over real HTTP: prices, balances per key, the predictions listing."""
+"""The sandbox's account side over real HTTP: prices, balances and limits per key, the predictions
+listing, every final status, the schema's prompt caps, and signed webhooks to a local receiver."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -195,15 +204,6 @@ def test_result_echoes_the_inputs_without_image_data(sandbox, make_image, good_b
     assert result(sandbox, task_id)["input"] == expected
 
 
-def test_cli_sets_price_and_balance(tmp_path) -> None:
-    served = start_sandbox_process("--price-per-second", "0.5", "--balance", "3", log_path=tmp_path / "sandbox.log")
-    try:
-        assert quote(served, {"duration": 10}).json()["data"]["price"] == 5.0
-        assert balance(served) == 3.0
-    finally:
-        served.stop()
-
-
 # --- account limits --------------------------------------------------------------------------
 
 
@@ -323,11 +323,185 @@ def test_prompt_caps_from_the_models_schema(sandbox, good_body, field: str, cap:
     assert sandbox.stats()["submissions"] == 1
 
 
-def test_cli_sets_account_limits(tmp_path) -> None:
-    served = start_sandbox_process("--max-concurrent-tasks", "3", "--videos-per-minute", "5", "--status-fault-rate", "0.25",
-                                   log_path=tmp_path / "sandbox.log")
+# --- webhooks --------------------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+
+class Receiver:
+    """A local HTTP endpoint that records every POST and answers with `statuses` in turn, then 200."""
+
+    def __init__(self, statuses: tuple[int, ...] = ()) -> None:
+        self.received: list[Received] = []
+        self._statuses = list(statuses)
+        self._changed = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                with receiver._changed:
+                    receiver.received.append(Received({k.lower(): v for k, v in self.headers.items()}, body))
+                    status = receiver._statuses.pop(0) if receiver._statuses else 200
+                    receiver._changed.notify_all()
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hooks/wavespeed"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def wait_for(self, count: int, limit: float = 30.0) -> list[Received]:
+        with self._changed:
+            assert self._changed.wait_for(lambda: len(self.received) >= count, timeout=limit), \
+                f"{len(self.received)} of {count} webhook POSTs arrived"
+            return list(self.received)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def make_receiver():
+    receivers: list[Receiver] = []
+
+    def factory(statuses: tuple[int, ...] = ()) -> Receiver:
+        receivers.append(Receiver(statuses))
+        return receivers[-1]
+
+    yield factory
+    for receiver in receivers:
+        receiver.stop()
+
+
+def expected_signature(secret: str, headers: dict[str, str], body: bytes) -> str:
+    """WaveSpeed's scheme, computed here from its description: HMAC-SHA256 of "{id}.{timestamp}.{body}"
+    keyed by the secret without `whsec_`, used as text (not base64-decoded)."""
+    key = secret[len("whsec_"):].encode()
+    message = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    return "v3," + hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def assert_signed(received: Received, secret: str = "whsec_sandbox") -> None:
+    assert hmac.compare_digest(received.headers["webhook-signature"], expected_signature(secret, received.headers, received.body))
+    assert abs(int(received.headers["webhook-timestamp"]) - time.time()) < 300
+
+
+def submit_with_webhook(sandbox, body: dict[str, Any], url: str) -> requests.Response:
+    return requests.post(f"{sandbox.base_url}/api/v3/{MODEL}", params={"webhook": url}, json=body,
+                         headers=AUTH_OF_SUBMIT, timeout=TIMEOUT)
+
+
+def wait_until(condition, limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_a_completed_task_is_pushed_to_its_webhook_signed(make_sandbox, make_receiver, good_body) -> None:
+    sandbox, receiver = make_sandbox(inference_seconds=0.2), make_receiver()
+    task_id = submit_with_webhook(sandbox, good_body, receiver.url).json()["data"]["id"]
+    (delivery,) = receiver.wait_for(1)
+    assert_signed(delivery)
+    assert delivery.headers["content-type"] == "application/json"
+    assert delivery.headers["webhook-id"]
+    pushed = json.loads(delivery.body)
+    assert pushed["id"] == task_id and pushed["status"] == "completed" and len(pushed["outputs"]) == 1
+    assert pushed == result(sandbox, task_id)  # the same prediction object the result endpoint serves
+    assert requests.get(pushed["outputs"][0], timeout=TIMEOUT).content[4:8] == b"ftyp"
+    wait_until(lambda: sandbox.stats()["webhooks_delivered"] == 1)
+    assert sandbox.stats()["webhooks_failed"] == 0
+
+
+@pytest.mark.parametrize("config, statuses", [({"task_failure_rate": 1.0}, {"failed"}),
+                                              ({"status_fault_rate": 1.0, "seed": 2}, {"cancelled", "timeout"})],
+                         ids=["failed", "cancelled or timeout"])
+def test_a_task_that_does_not_complete_is_pushed_too(make_sandbox, make_receiver, good_body, config, statuses) -> None:
+    sandbox, receiver = make_sandbox(inference_seconds=0.2, **config), make_receiver()
+    submit_with_webhook(sandbox, good_body, receiver.url)
+    (delivery,) = receiver.wait_for(1)
+    assert_signed(delivery)
+    pushed = json.loads(delivery.body)
+    assert pushed["status"] in statuses and pushed["outputs"] == [] and pushed["error"]
+
+
+def test_a_failed_delivery_is_retried_with_the_same_id_and_a_fresh_signature(make_sandbox, make_receiver, good_body) -> None:
+    sandbox = make_sandbox(inference_seconds=0.2, webhook_retry_delays=(0.05, 0.1, 0.2))
+    receiver = make_receiver(statuses=(500, 503))
+    submit_with_webhook(sandbox, good_body, receiver.url)
+    attempts = receiver.wait_for(3)
+    assert len({attempt.headers["webhook-id"] for attempt in attempts}) == 1
+    assert len({attempt.body for attempt in attempts}) == 1
+    for attempt in attempts:
+        assert_signed(attempt)
+    wait_until(lambda: sandbox.stats()["webhooks_delivered"] == 1)
+    stats = sandbox.stats()
+    assert (stats["webhook_attempts"], stats["webhooks_failed"]) == (3, 0)
+
+
+def test_a_delivery_that_never_gets_through_is_counted_as_failed(make_sandbox, make_receiver, good_body) -> None:
+    sandbox = make_sandbox(inference_seconds=0.2, webhook_retry_delays=(0.05, 0.05))
+    refusing = make_receiver(statuses=(500,) * 10)
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{probe.getsockname()[1]}/hook"
+    submit_with_webhook(sandbox, good_body, refusing.url)
+    submit_with_webhook(sandbox, good_body, dead_url)
+    wait_until(lambda: sandbox.stats()["webhooks_failed"] == 2)
+    assert len(refusing.received) == 3
+    stats = sandbox.stats()
+    assert (stats["webhooks_delivered"], stats["webhook_attempts"]) == (0, 6)
+
+
+def test_a_lost_submit_answer_still_gets_its_webhook(make_sandbox, make_receiver, good_body) -> None:
+    sandbox, receiver = make_sandbox(inference_seconds=0.2, lost_answer_rate=1.0), make_receiver()
+    with pytest.raises(requests.ConnectionError):
+        submit_with_webhook(sandbox, good_body, receiver.url)
+    (delivery,) = receiver.wait_for(1)
+    (row,) = rows(sandbox)
+    assert json.loads(delivery.body)["id"] == row["id"]
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/hook", "not a url", "http://"])
+def test_a_bad_webhook_url_is_refused_before_anything_is_created(sandbox, good_body, url: str) -> None:
+    answer = submit_with_webhook(sandbox, good_body, url)
+    assert answer.status_code == 400 and answer.json()["message"].startswith("webhook:")
+    assert sandbox.stats()["submissions"] == 0
+
+
+def test_webhook_secret_endpoint_and_a_custom_secret(make_sandbox, make_receiver, good_body) -> None:
+    default = make_sandbox()
+    assert api(default, "GET", "/api/v3/webhook/secret").json()["data"] == {"secret": "whsec_sandbox"}
+    assert api(default, "GET", "/api/v3/webhook/secret", headers={}).status_code == 401
+    sandbox, receiver = make_sandbox(inference_seconds=0.2, webhook_secret="whsec_c2VjcmV0LW9mLXRlc3Q="), make_receiver()
+    submit_with_webhook(sandbox, good_body, receiver.url)
+    (delivery,) = receiver.wait_for(1)
+    assert_signed(delivery, secret="whsec_c2VjcmV0LW9mLXRlc3Q=")
+    assert "webhook_secret" not in sandbox.stats()["config"]
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+
+def test_cli_sets_price_balance_limits_and_webhook_secret(tmp_path) -> None:
+    served = start_sandbox_process("--price-per-second", "0.5", "--balance", "3", "--max-concurrent-tasks", "3",
+                                   "--videos-per-minute", "5", "--status-fault-rate", "0.25",
+                                   "--webhook-secret", "whsec_from-cli", log_path=tmp_path / "sandbox.log")
     try:
+        assert quote(served, {"duration": 10}).json()["data"]["price"] == 5.0
+        assert balance(served) == 3.0
         config = requests.get(served.url + "/sandbox/stats", timeout=TIMEOUT).json()["config"]
         assert (config["max_concurrent_tasks"], config["videos_per_minute"], config["status_fault_rate"]) == (3, 5, 0.25)
+        assert api(served, "GET", "/api/v3/webhook/secret").json()["data"]["secret"] == "whsec_from-cli"
     finally:
         served.stop()

@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="submissions per key per minute; more get 429 (default 0: unlimited; Bronze is 5)")
     parser.add_argument("--status-fault-rate", type=_share, default=0.0,
                         help="share of tasks that end 'cancelled' or 'timeout' (about half each)")
+    parser.add_argument("--webhook-secret", default=SandboxConfig.webhook_secret, metavar="whsec_…",
+                        help="secret that signs ?webhook= deliveries (default %(default)s)")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         max_concurrent_tasks=args.max_concurrent_tasks,
         videos_per_minute=args.videos_per_minute,
         status_fault_rate=args.status_fault_rate,
+        webhook_secret=args.webhook_secret,
     )
     stop_requested = threading.Event()
 

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import unquote
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -27,6 +28,7 @@ from kling_demo.sandbox.state import SandboxState
 from kling_demo.sandbox.tasks import FINAL_STATUSES, Task
 from kling_demo.sandbox.uploads import MAX_UPLOAD_BYTES, safe_filename
 from kling_demo.sandbox.validation import validate_submission
+from kling_demo.sandbox.webhooks import TICK_SECONDS, checked_webhook_url
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,14 @@ def create_app(config: SandboxConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
-        yield {CONNECTIONS_STATE_KEY: state.connections}  # lets DroppableH11Protocol find this server's table
+        async with httpx.AsyncClient(trust_env=False) as client:  # webhooks go direct, never via a proxy
+            ticker = asyncio.create_task(_tick(state, client))
+            try:
+                yield {CONNECTIONS_STATE_KEY: state.connections}  # lets DroppableH11Protocol find this server's table
+            finally:
+                ticker.cancel()
+                await asyncio.gather(ticker, return_exceptions=True)
+                await state.webhooks.close()
         state.close()
 
     app = FastAPI(title="Kling sandbox (WaveSpeed-compatible, no AI)", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -47,6 +56,17 @@ def create_app(config: SandboxConfig) -> FastAPI:
     for path, route, methods in ROUTES:
         app.add_api_route(path, route, methods=methods)
     return app
+
+
+async def _tick(state: SandboxState, client: httpx.AsyncClient) -> None:
+    """Keep tasks moving without being watched: settle ended ones (charges, slots) and send their webhooks."""
+    while True:
+        try:
+            for delivery in state.take_deliveries():
+                state.webhooks.send(delivery, client)
+        except Exception:  # noqa: BLE001 - one bad tick must not stop every later webhook
+            log.exception("sandbox: background tick failed")
+        await asyncio.sleep(TICK_SECONDS)
 
 
 async def _api_error(_: Request, error: Exception) -> JSONResponse:
@@ -112,6 +132,12 @@ async def predictions(request: Request) -> Response:
         return fault_response(kind)
     query = parse_listing(await json_object(request), time.time())
     return envelope(state.listing(owner, query, base_url(request)))
+
+
+async def webhook_secret(request: Request) -> JSONResponse:
+    """The secret that signs this account's webhooks."""
+    state = _authorized(request)
+    return envelope({"secret": state.webhooks.secret})
 
 
 # --- uploads ---------------------------------------------------------------------------------
@@ -237,7 +263,8 @@ async def submit(model_id: str, request: Request) -> Response:
         return fault_response("429")
     body = await json_object(request)
     submission = await asyncio.to_thread(validate_submission, body, spec, state.uploads)
-    task = state.create_task(owner, spec, submission)
+    webhook = checked_webhook_url(request.query_params.get("webhook"))
+    task = state.create_task(owner, spec, submission, webhook=webhook, origin=base_url(request))
     if state.faults.lose_answer():
         log.info("sandbox: losing the answer to the submission of %s", task.task_id)
         return DroppedConnection()
@@ -269,6 +296,7 @@ ROUTES: list[tuple[str, Any, list[str]]] = [
     ("/api/v3/balance", balance, ["GET"]),
     ("/api/v3/model/price", price, ["POST"]),
     ("/api/v3/predictions", predictions, ["POST"]),
+    ("/api/v3/webhook/secret", webhook_secret, ["GET"]),
     ("/api/v3/media/uploads", upload_ticket, ["POST"]),
     ("/files/uploads/{token}/{filename}", upload_put, ["PUT"]),
     ("/api/v3/media/upload/binary", upload_binary, ["POST"]),

@@ -25,3 +25,8 @@ class SandboxConfig:
     max_concurrent_tasks: int = 0  # tasks beyond this wait in "created" until a slot frees
     videos_per_minute: int = 0  # submissions beyond this rate get 429 with Retry-After, creating nothing
     status_fault_rate: float = 0.0  # share of tasks that end "cancelled" or "timeout" (about half each)
+    # Signs `?webhook=` deliveries (a fixed default, so webhooks work out of the box); served at
+    # GET /api/v3/webhook/secret. A failed delivery is retried after each of these delays.
+    webhook_secret: str = "whsec_sandbox"
+    webhook_retry_delays: tuple[float, ...] = (1.0, 2.0, 4.0)
+    webhook_timeout_seconds: float = 5.0

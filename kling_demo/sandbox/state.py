@@ -23,6 +23,7 @@ from kling_demo.sandbox.render import RenderedVideo
 from kling_demo.sandbox.tasks import FINAL_STATUSES, STATUSES, RenderCache, Task
 from kling_demo.sandbox.uploads import UploadStore
 from kling_demo.sandbox.validation import Submission
+from kling_demo.sandbox.webhooks import Delivery, WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class SandboxState:
         self.accounts = Accounts(config.price_per_second, config.balance)
         self.slots = Slots(config.max_concurrent_tasks)
         self.rate = RateLimit(config.videos_per_minute)
+        self.webhooks = WebhookSender(config.webhook_secret, config.webhook_retry_delays, config.webhook_timeout_seconds)
+        self._outbox: list[Delivery] = []
         self.lock = threading.Lock()
         self.tasks: dict[str, Task] = {}
         self._open: list[Task] = []  # not yet settled, oldest first
@@ -52,7 +55,9 @@ class SandboxState:
         self.insufficient_balance = 0
         self.closed = False
 
-    def create_task(self, owner: str, spec: ModelSpec, submission: Submission) -> Task:
+    def create_task(
+        self, owner: str, spec: ModelSpec, submission: Submission, webhook: str | None = None, origin: str = ""
+    ) -> Task:
         """A new task for a validated submission: past `owner`'s rate (429) and balance (402), or nothing."""
         price = self.accounts.quote(spec, submission.duration).discounted_price
         with self.lock:
@@ -72,6 +77,8 @@ class SandboxState:
                 owner=owner,
                 inputs=submission.inputs,
                 price=price,
+                webhook=webhook,
+                origin=origin,
             )
             self.tasks[task.task_id] = task
             self._open.append(task)
@@ -120,15 +127,24 @@ class SandboxState:
         for task in self._open:
             status, ended, _ = task.state(now)
             if status in FINAL_STATUSES and ended is not None:
-                self._settle(task, status, ended)
+                self._settle(task, status, ended, now)
             else:
                 still_open.append(task)
         self._open = still_open
 
-    def _settle(self, task: Task, status: str, ended: float) -> None:
+    def _settle(self, task: Task, status: str, ended: float, now: float) -> None:
         task.settled = True
         self.slots.release(task, ended)
         self.accounts.settle(task.owner, task.price, charge=status == "completed")
+        if task.webhook is not None:
+            self._outbox.append(Delivery(task.webhook, task.to_data(task.origin, now)))
+
+    def take_deliveries(self) -> list[Delivery]:
+        """Webhook messages of tasks that ended since the last call."""
+        with self.lock:
+            self._advance(time.time())
+            deliveries, self._outbox = self._outbox, []
+        return deliveries
 
     def data(self, task: Task, base_url: str) -> dict[str, Any]:
         """The task as the API shows it now."""
@@ -176,6 +192,9 @@ class SandboxState:
                 "rate_limited": self.rate_limited,
                 "insufficient_balance": self.insufficient_balance,
                 "max_running": self._max_running(now),
+                "webhooks_delivered": self.webhooks.delivered,
+                "webhooks_failed": self.webhooks.failed,
+                "webhook_attempts": self.webhooks.attempts,
             }
         counters.update(
             uploads=self.uploads.uploads,
@@ -184,7 +203,9 @@ class SandboxState:
             render_cache_hits=self.renders.render_cache_hits,
             **self.faults.snapshot(),
         )
-        config = {key: value for key, value in asdict(self.config).items() if key not in ("api_key", "data_dir")}
+        private = ("api_key", "data_dir", "webhook_secret")
+        config = {key: list(value) if isinstance(value, tuple) else value  # as JSON shows it
+                  for key, value in asdict(self.config).items() if key not in private}
         return {**counters, "tasks": per_status, "config": config}
 
     def _max_running(self, now: float) -> int:

@@ -118,6 +118,8 @@ class Task:
     inputs: dict[str, Any] = field(default_factory=dict)
     price: float = 0.0
     started_epoch: float | None = None  # when it took one of its key's slots
+    webhook: str | None = None  # where to POST the final prediction
+    origin: str = ""  # the base URL the submitter used: the webhook's URLs point there
     result_polls: int = 0
     settled: bool = False  # final, and its price charged or released
 
