@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=8765, help="port (0 picks a free one; default 8765)")
     parser.add_argument("--inference-seconds", type=float, default=SandboxConfig.inference_seconds)
-    parser.add_argument("--fault-rate", type=_share, default=0.0, help="share of polls/uploads/file GETs that fail")
+    parser.add_argument("--fault-rate", type=_share, default=0.0,
+                        help="share of polls, uploads, file GETs and account calls that fail")
     parser.add_argument("--lost-answer-rate", type=_share, default=0.0, help="share of submissions whose answer is lost")
     parser.add_argument("--task-failure-rate", type=_share, default=0.0, help="share of tasks that end 'failed'")
     parser.add_argument("--api-key", default=None, help="accept only this bearer token (default: any non-empty one)")

@@ -173,9 +173,9 @@ class SandboxState:
             self._advance(now)
             mine = [task for task in self.tasks.values() if task.owner == owner]
             matching = [task for task in mine if query.matches(task, task.state(now)[0])]
-        matching.sort(key=lambda task: task.created_epoch, reverse=True)
-        start = (query.page - 1) * query.page_size
-        items = [task.listing_item(base_url, now) for task in matching[start : start + query.page_size]]
+            matching.sort(key=lambda task: task.created_epoch, reverse=True)
+            start = (query.page - 1) * query.page_size
+            items = [task.listing_item(base_url, now) for task in matching[start : start + query.page_size]]
         return {"page": query.page, "page_size": query.page_size, "total": len(matching), "items": items}
 
     def stats(self) -> dict[str, Any]:
