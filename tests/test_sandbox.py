@@ -22,6 +22,7 @@ from kling_demo.models import KLING_V2_I2V_MASTER
 MODEL = KLING_V2_I2V_MASTER.model_id
 AUTH = {"Authorization": "Bearer test-key"}
 TIMEOUT = (3, 10)
+FINAL_STATUSES = ("completed", "failed", "cancelled", "timeout")
 
 
 def data_uri(path: Path) -> str:
@@ -43,7 +44,7 @@ def wait_until_final(sandbox, task_id: str, limit: float = 30.0) -> dict[str, An
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         data = result(sandbox, task_id)
-        if data["status"] in ("completed", "failed"):
+        if data["status"] in FINAL_STATUSES:
             return data
         time.sleep(0.1)
     raise AssertionError(f"task {task_id} not final after {limit} s")
@@ -81,15 +82,13 @@ def test_urls_follow_the_host_the_client_used(sandbox, good_body) -> None:
 def test_lifecycle_created_processing_completed(make_sandbox, good_body) -> None:
     sandbox = make_sandbox(inference_seconds=1.5)
     started = time.monotonic()
-    task_id = submit(sandbox, good_body).json()["data"]["id"]
-    seen: list[str] = []
-    while True:
-        data = result(sandbox, task_id)
-        if not seen or seen[-1] != data["status"]:
-            seen.append(data["status"])
-        if data["status"] in ("completed", "failed"):
-            break
+    data = submit(sandbox, good_body).json()["data"]  # the answer is computed as the task is created
+    task_id, seen = data["id"], [data["status"]]
+    while data["status"] not in FINAL_STATUSES:
         time.sleep(0.05)
+        data = result(sandbox, task_id)
+        if seen[-1] != data["status"]:
+            seen.append(data["status"])
     assert time.monotonic() - started >= 1.5
     assert seen == ["created", "processing", "completed"]
     assert data["timings"]["inference"] >= 1500
@@ -137,7 +136,7 @@ def test_stats_and_task_list(sandbox, good_body) -> None:
     wait_until_final(sandbox, task_id)
     stats = requests.get(f"{sandbox.base_url}/sandbox/stats", timeout=TIMEOUT).json()
     assert stats["submissions"] == 1 and stats["result_polls"] >= 1
-    assert stats["tasks"] == {"created": 0, "processing": 0, "completed": 1, "failed": 0}
+    assert stats["tasks"] == {"created": 0, "processing": 0, "completed": 1, "failed": 0, "cancelled": 0, "timeout": 0}
     assert stats == {**sandbox.stats(), "result_polls": stats["result_polls"]}
     (row,) = requests.get(f"{sandbox.base_url}/sandbox/tasks", timeout=TIMEOUT).json()
     assert row["id"] == task_id and row["status"] == "completed" and row["duration"] == 5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
-from kling_demo.sandbox.server import SandboxConfig, SandboxHandle, create_app, start_sandbox
+from kling_demo.sandbox.app import create_app
+from kling_demo.sandbox.config import SandboxConfig
+from kling_demo.sandbox.server import SandboxHandle, start_sandbox
 
 __all__ = ["SandboxConfig", "SandboxHandle", "create_app", "start_sandbox"]

@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 
-from kling_demo.sandbox.server import SandboxConfig, start_sandbox
+from kling_demo.sandbox import SandboxConfig, start_sandbox
 
 log = logging.getLogger("kling_demo.sandbox")
 
@@ -17,6 +17,20 @@ def _share(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1 (got {text})")
+    return value
+
+
+def _amount(text: str) -> float:
+    value = float(text)
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative amount (got {text})")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (got {text})")
     return value
 
 
@@ -29,11 +43,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=8765, help="port (0 picks a free one; default 8765)")
     parser.add_argument("--inference-seconds", type=float, default=SandboxConfig.inference_seconds)
-    parser.add_argument("--fault-rate", type=_share, default=0.0, help="share of polls/uploads/file GETs that fail")
+    parser.add_argument("--fault-rate", type=_share, default=0.0,
+                        help="share of polls, uploads, file GETs and account calls that fail")
     parser.add_argument("--lost-answer-rate", type=_share, default=0.0, help="share of submissions whose answer is lost")
     parser.add_argument("--task-failure-rate", type=_share, default=0.0, help="share of tasks that end 'failed'")
     parser.add_argument("--api-key", default=None, help="accept only this bearer token (default: any non-empty one)")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible faults and failures")
+    parser.add_argument("--price-per-second", type=_amount, default=SandboxConfig.price_per_second, metavar="USD",
+                        help="price of one second of video (a stand-in; default %(default)s)")
+    parser.add_argument("--balance", type=_amount, default=SandboxConfig.balance, metavar="USD",
+                        help="balance each API key starts with (default %(default)s)")
+    parser.add_argument("--max-concurrent-tasks", type=_count, default=0, metavar="N",
+                        help="tasks one key runs at once; more wait in 'created' (default 0: unlimited; Bronze is 3)")
+    parser.add_argument("--videos-per-minute", type=_count, default=0, metavar="N",
+                        help="submissions per key per minute; more get 429 (default 0: unlimited; Bronze is 5)")
+    parser.add_argument("--status-fault-rate", type=_share, default=0.0,
+                        help="share of tasks that end 'cancelled' or 'timeout' (about half each)")
+    parser.add_argument("--webhook-secret", default=SandboxConfig.webhook_secret, metavar="whsec_…",
+                        help="secret that signs ?webhook= deliveries (default %(default)s)")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -49,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         task_failure_rate=args.task_failure_rate,
         api_key=args.api_key,
         seed=args.seed,
+        price_per_second=args.price_per_second,
+        balance=args.balance,
+        max_concurrent_tasks=args.max_concurrent_tasks,
+        videos_per_minute=args.videos_per_minute,
+        status_fault_rate=args.status_fault_rate,
+        webhook_secret=args.webhook_secret,
     )
     stop_requested = threading.Event()
 

@@ -1,0 +1,32 @@
+"""The sandbox's knobs: how long tasks take, how often things fail, which key passes, where files live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """How the sandbox behaves: task duration, seeded fault shares, the accepted key, storage."""
+
+    inference_seconds: float = 6.0
+    fault_rate: float = 0.0
+    lost_answer_rate: float = 0.0
+    task_failure_rate: float = 0.0
+    api_key: str | None = None  # None: any non-empty bearer token passes; set: only this one
+    seed: int | None = None
+    data_dir: Path | None = None  # where uploads/outputs live; None → a temp dir removed on stop
+    sync_wait_seconds: float = 30.0  # enable_sync_mode holds the POST at most this long
+    # A stand-in price (the real Kling 2.0 Master price is not published): 5 s = $1.40, 10 s = $2.80.
+    price_per_second: float = 0.28
+    balance: float = 1000.0  # USD each API key starts with; completed tasks draw it down
+    # Account level (per key; 0 = unlimited). WaveSpeed's Bronze level is 3 at once and 5 videos a minute.
+    max_concurrent_tasks: int = 0  # tasks beyond this wait in "created" until a slot frees
+    videos_per_minute: int = 0  # submissions beyond this rate get 429 with Retry-After, creating nothing
+    status_fault_rate: float = 0.0  # share of tasks that end "cancelled" or "timeout" (about half each)
+    # Signs `?webhook=` deliveries (a fixed default, so webhooks work out of the box); served at
+    # GET /api/v3/webhook/secret. A failed delivery is retried after each of these delays.
+    webhook_secret: str = "whsec_sandbox"
+    webhook_retry_delays: tuple[float, ...] = (1.0, 2.0, 4.0)
+    webhook_timeout_seconds: float = 5.0
