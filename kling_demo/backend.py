@@ -11,6 +11,7 @@ from .sandbox import SandboxConfig, SandboxHandle, start_sandbox
 log = logging.getLogger(__name__)
 
 SANDBOX_TOKEN = "sandbox-local"  # the embedded sandbox accepts any bearer token
+EMBEDDED_SANDBOX_BALANCE = 1e12
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ def open_backend(settings: Settings) -> Backend:
     """The real API when a key is configured; otherwise start the sandbox on a free loopback port."""
     if settings.api_key:
         return Backend(base_url=settings.base_url, api_key=settings.api_key)
-    handle = start_sandbox(SandboxConfig(inference_seconds=settings.sandbox_inference_seconds))
+    # The offline demo never runs dry: a balance no run of the app can spend.
+    handle = start_sandbox(SandboxConfig(inference_seconds=settings.sandbox_inference_seconds,
+                                         balance=EMBEDDED_SANDBOX_BALANCE))
     log.info("WAVESPEED_API_KEY is not set, so the local sandbox at %s is used (no AI, no cost)", handle.base_url)
     return Backend(base_url=handle.base_url, api_key=SANDBOX_TOKEN, sandbox=handle)
