@@ -17,7 +17,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.processes import Served, start_app_process, start_sandbox_process  # noqa: E402  (the one harness)
+
 TARGETS = {
     "wall16": 1.1,  # 16 simultaneous jobs ≤ 1.1× the wall time of one
     "median_latency": 0.5,  # completion → video at the client, seconds
@@ -45,88 +46,30 @@ PROMPT = "a slow dolly-in over a paper boat"
 # --- processes ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def get_json(url: str, timeout: float = 10.0):
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.loads(response.read())
 
 
-def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60.0, every: float = 0.02) -> float:
-    """Poll `url` until it answers 200; return time.monotonic() at that moment."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode} before answering {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return time.monotonic()
-        except (urllib.error.URLError, ConnectionError, socket.timeout):
-            pass
-        time.sleep(every)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
-
-
 def start_sandbox(inference_seconds: float, log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kling_demo.sandbox", "--host", "127.0.0.1", "--port", str(port),
-         "--inference-seconds", str(inference_seconds), "--log-level", "WARNING"],
-        cwd=ROOT, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_for_http(url + "/sandbox/stats", process)
-    return process, url
-
-
-@dataclass
-class AppProcess:
-    process: subprocess.Popen
-    url: str
-    cold_start: float
+    served = start_sandbox_process("--inference-seconds", str(inference_seconds), "--log-level", "WARNING",
+                                   log_path=log_path)
+    return served.process, served.url
 
 
 def start_app(sandbox_url: str, work: Path, name: str, concurrency: int | None,
-              extra_env: dict[str, str] | None = None, script: Path = ROOT / "app.py") -> AppProcess:
-    """`python app.py` in its own process; cold start = Popen → first 200 on `/`."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WAVESPEED_", "KLING_DEMO_", "GRADIO_"))}
-    env.update({
-        "WAVESPEED_API_KEY": "bench",
-        "WAVESPEED_BASE_URL": sandbox_url,
-        "KLING_DEMO_DATA_DIR": str(work / f"{name}-data"),
-        "GRADIO_SERVER_NAME": "127.0.0.1",
-        "GRADIO_SERVER_PORT": str(port),
-        "GRADIO_TEMP_DIR": str(work / f"{name}-gradio-tmp"),
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "PYTHONUNBUFFERED": "1",
-    })
+              extra_env: dict[str, str] | None = None, script: Path = ROOT / "app.py") -> Served:
+    """`python app.py` in its own process; `cold_start` = Popen → first answer on `/`."""
+    env = {"WAVESPEED_API_KEY": "bench", "WAVESPEED_BASE_URL": sandbox_url,
+           "GRADIO_TEMP_DIR": str(work / f"{name}-gradio-tmp")}
     if concurrency is not None:
         env["KLING_DEMO_CONCURRENCY"] = str(concurrency)
     env.update(extra_env or {})
-    cwd = work / f"{name}-cwd"  # no stray .env file is read
-    cwd.mkdir()
-    started = time.monotonic()
-    process = subprocess.Popen([sys.executable, str(script)], cwd=cwd, env=env,
-                               stdout=(work / f"{name}.log").open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    ready = wait_for_http(url, process, timeout=120)
-    return AppProcess(process, url, ready - started)
+    return start_app_process(work / f"{name}-data", env=env, log_path=work / f"{name}.log", app_script=script)
 
 
 def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    Served(process, "").stop(signal.SIGINT)
 
 
 # --- memory ------------------------------------------------------------------------------------
@@ -252,7 +195,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def run_level(app: AppProcess, sandbox_url: str, image: Path, jobs: int, client_mode: str, label: str,
+def run_level(app: Served, sandbox_url: str, image: Path, jobs: int, client_mode: str, label: str,
               duration: int = 5, timeout: float = 600) -> LevelResult:
     """Submit `jobs` jobs at once; receipt = when each job's future completes (video downloaded)."""
     from gradio_client import Client, handle_file
@@ -369,7 +312,7 @@ def measure_presubmit(sandbox_url: str, big: Path, work: Path, repeat: int) -> P
     )
 
 
-def measure_via_app(app: AppProcess, sandbox_url: str, big: Path) -> float:
+def measure_via_app(app: Served, sandbox_url: str, big: Path) -> float:
     """Client submit → task created at the sandbox, for the big image through the whole app."""
     from gradio_client import Client, handle_file
 

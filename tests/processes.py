@@ -1,8 +1,9 @@
-"""Start the sandbox and the app as real processes on free loopback ports, for tests that kill them."""
+"""The one process harness for tests and bench/: the sandbox and the app as real processes on free loopback ports."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+# Settings a developer's shell may carry: never let them reach a process under test.
+FOREIGN_SETTINGS = ("WAVESPEED_", "KLING_DEMO_", "GRADIO_")
 
 
 def free_port() -> int:
@@ -21,19 +24,27 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any WaveSpeed, app or Gradio setting, with the checkout importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN_SETTINGS)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
 def wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 60.0,
-                       log_path: Path | None = None) -> None:
-    """Return once `url` answers; a process that exits or never answers fails with its log's tail."""
+                       log_path: Path | None = None) -> float:
+    """Return time.monotonic() once `url` answers; a process that exits or never answers fails with its log's tail."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"process exited with {process.returncode} before serving {url}\n{_tail(log_path)}")
         try:
-            if requests.get(url, timeout=1).status_code < 500:
-                return
-        except requests.ConnectionError:
+            if requests.get(url, timeout=2).status_code < 500:
+                return time.monotonic()
+        except requests.RequestException:
             pass
-        time.sleep(0.1)
+        time.sleep(0.02)
     raise TimeoutError(f"{url} did not answer within {timeout} s\n{_tail(log_path)}")
 
 
@@ -46,12 +57,15 @@ def _tail(log_path: Path | None, lines: int = 40) -> str:
 
 @dataclass
 class Served:
+    """A started server process: its URL and, for the app, how long it took to answer (cold start)."""
+
     process: subprocess.Popen
     url: str
+    cold_start: float = 0.0
 
-    def stop(self) -> None:
+    def stop(self, stop_signal: int = signal.SIGTERM) -> None:
         if self.process.poll() is None:
-            self.process.terminate()
+            self.process.send_signal(stop_signal)
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -59,13 +73,22 @@ class Served:
                 self.process.wait()
 
 
+def _output(log_path: Path | None):
+    return log_path.open("ab") if log_path else subprocess.DEVNULL
+
+
 def start_sandbox_process(*flags: str, log_path: Path | None = None) -> Served:
+    """`python -m kling_demo.sandbox` with `flags` on a free port."""
     port = free_port()
-    out = log_path.open("ab") if log_path else subprocess.DEVNULL
     process = subprocess.Popen([sys.executable, "-m", "kling_demo.sandbox", "--host", "127.0.0.1", "--port",
-                                str(port), *flags], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                                str(port), *flags], cwd=ROOT, env=clean_env(), stdout=_output(log_path),
+                               stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    wait_until_serving(url + "/sandbox/stats", process, log_path=log_path)
+    try:
+        wait_until_serving(url + "/sandbox/stats", process, log_path=log_path)
+    except (RuntimeError, TimeoutError):
+        Served(process, url).stop()
+        raise
     return Served(process, url)
 
 
@@ -75,18 +98,16 @@ def start_app_process(data_dir: Path, *, env: dict[str, str] | None = None, log_
     port = free_port()
     workdir = data_dir.parent / f"cwd-{port}"
     workdir.mkdir(parents=True, exist_ok=True)
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("WAVESPEED_", "KLING_DEMO_", "GRADIO_"))}
-    environment.update({"GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-                        "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
-                        "KLING_DEMO_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)})
+    environment = clean_env(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
+                            GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1", KLING_DEMO_DATA_DIR=str(data_dir))
     environment.update(env or {})
-    out = log_path.open("ab") if log_path else subprocess.DEVNULL
+    started = time.monotonic()
     process = subprocess.Popen([sys.executable, str(app_script or ROOT / "app.py")], cwd=workdir, env=environment,
-                               stdout=out, stderr=subprocess.STDOUT)
+                               stdout=_output(log_path), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
-        wait_until_serving(url, process, timeout=90, log_path=log_path)
+        ready = wait_until_serving(url, process, timeout=90, log_path=log_path)
     except (RuntimeError, TimeoutError):
         Served(process, url).stop()
         raise
-    return Served(process, url)
+    return Served(process, url, cold_start=ready - started)

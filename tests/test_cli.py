@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pytest
 from kling_demo.client import WaveSpeedClient
 from kling_demo.media import probe_video
 from kling_demo.models import DEFAULT_MODEL
+from tests.processes import clean_env
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CANARY_KEY = "canary-key-7f3a9c1e-must-never-be-printed"
@@ -22,9 +22,7 @@ RUN_TIMEOUT = 60
 
 def cli_env(tmp_path: Path, *, api_key: str | None, base_url: str | None = None, **extra: str) -> dict[str, str]:
     """The process environment minus any real settings, plus ours (data dir inside tmp_path)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WAVESPEED_", "KLING_DEMO_"))}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
-    env["KLING_DEMO_DATA_DIR"] = str(tmp_path / "data")
+    env = clean_env(KLING_DEMO_DATA_DIR=str(tmp_path / "data"))
     if api_key is not None:
         env["WAVESPEED_API_KEY"] = api_key
     if base_url is not None:

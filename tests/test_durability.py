@@ -6,7 +6,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import time
 
 import pytest
 import requests
@@ -17,6 +16,7 @@ from kling_demo.media import probe_video
 from tests.conftest import fill
 from tests.processes import start_app_process, start_sandbox_process
 from tests.test_journal import write_raw_row
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -29,16 +29,6 @@ def external_sandbox(tmp_path):
 def live_env(sandbox_url: str) -> dict[str, str]:
     # A key makes the app treat the sandbox process as the real API, which outlives the app.
     return {"WAVESPEED_API_KEY": "test-key", "WAVESPEED_BASE_URL": sandbox_url}
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def submit_job(url: str, image, prompt: str):

@@ -22,6 +22,7 @@ from kling_demo.models import DEFAULT_MODEL
 from kling_demo.polling import RETRY_CAP, retry_delay
 from kling_demo.recovery import Recovery
 from tests.processes import start_app_process, start_sandbox_process
+from tests.waiting import wait_for
 
 OUTAGE_SECONDS = 20.0
 
@@ -105,16 +106,6 @@ def _cut(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 @pytest.fixture

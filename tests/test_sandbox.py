@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ import wavespeed
 
 from kling_demo.media import probe_video
 from kling_demo.models import KLING_V2_I2V_MASTER
+from tests.processes import ROOT, clean_env, free_port
 
 MODEL = KLING_V2_I2V_MASTER.model_id
 AUTH = {"Authorization": "Bearer test-key"}
@@ -417,21 +416,13 @@ def test_sdk_rides_out_poll_faults(make_sandbox, make_image) -> None:
 # --- CLI -------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_cli_serves_and_stops_cleanly(stop_signal: int) -> None:
     port = free_port()
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     process = subprocess.Popen(
         [sys.executable, "-m", "kling_demo.sandbox", "--port", str(port), "--inference-seconds", "0.5", "--seed", "1"],
-        env=env,
-        cwd=root,
+        env=clean_env(),
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

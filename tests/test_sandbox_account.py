@@ -20,6 +20,7 @@ import wavespeed
 
 from tests.processes import start_sandbox_process
 from tests.test_sandbox import MODEL, TIMEOUT, data_uri, good_body, result, submit, wait_until_final  # noqa: F401
+from tests.waiting import wait_for
 
 KEY_A = {"Authorization": "Bearer key-a"}
 KEY_B = {"Authorization": "Bearer key-b"}
@@ -401,13 +402,6 @@ def submit_with_webhook(sandbox, body: dict[str, Any], url: str) -> requests.Res
                          headers=AUTH_OF_SUBMIT, timeout=TIMEOUT)
 
 
-def wait_until(condition, limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
 def test_a_completed_task_is_pushed_to_its_webhook_signed(make_sandbox, make_receiver, good_body) -> None:
     sandbox, receiver = make_sandbox(inference_seconds=0.2), make_receiver()
     task_id = submit_with_webhook(sandbox, good_body, receiver.url).json()["data"]["id"]
@@ -419,7 +413,7 @@ def test_a_completed_task_is_pushed_to_its_webhook_signed(make_sandbox, make_rec
     assert pushed["id"] == task_id and pushed["status"] == "completed" and len(pushed["outputs"]) == 1
     assert pushed == result(sandbox, task_id)  # the same prediction object the result endpoint serves
     assert requests.get(pushed["outputs"][0], timeout=TIMEOUT).content[4:8] == b"ftyp"
-    wait_until(lambda: sandbox.stats()["webhooks_delivered"] == 1)
+    wait_for(lambda: sandbox.stats()["webhooks_delivered"] == 1)
     assert sandbox.stats()["webhooks_failed"] == 0
 
 
@@ -444,7 +438,7 @@ def test_a_failed_delivery_is_retried_with_the_same_id_and_a_fresh_signature(mak
     assert len({attempt.body for attempt in attempts}) == 1
     for attempt in attempts:
         assert_signed(attempt)
-    wait_until(lambda: sandbox.stats()["webhooks_delivered"] == 1)
+    wait_for(lambda: sandbox.stats()["webhooks_delivered"] == 1)
     stats = sandbox.stats()
     assert (stats["webhook_attempts"], stats["webhooks_failed"]) == (3, 0)
 
@@ -457,7 +451,7 @@ def test_a_delivery_that_never_gets_through_is_counted_as_failed(make_sandbox, m
         dead_url = f"http://127.0.0.1:{probe.getsockname()[1]}/hook"
     submit_with_webhook(sandbox, good_body, refusing.url)
     submit_with_webhook(sandbox, good_body, dead_url)
-    wait_until(lambda: sandbox.stats()["webhooks_failed"] == 2)
+    wait_for(lambda: sandbox.stats()["webhooks_failed"] == 2)
     assert len(refusing.received) == 3
     stats = sandbox.stats()
     assert (stats["webhooks_delivered"], stats["webhook_attempts"]) == (0, 6)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -13,6 +12,7 @@ from kling_demo.errors import KeyRequired, NotYours, RateLimited
 from kling_demo.jobs import JobRequest, Stage
 from kling_demo.models import DEFAULT_MODEL, KeySource, TaskStatus
 from kling_demo.service import Service, Visitor
+from tests.waiting import wait_for
 
 ALICE, BOB = Visitor("browser:alice"), Visitor("browser:bob")
 
@@ -36,16 +36,6 @@ def make_service(tmp_path):
 def run_to_end(job) -> list:
     with job:
         return list(job)
-
-
-def wait_for(predicate, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail("timed out")
 
 
 def submitted_elsewhere(sandbox, image) -> str:

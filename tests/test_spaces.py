@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.processes import free_port, start_app_process
+from tests.processes import clean_env, free_port, start_app_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,10 +75,9 @@ def import_app(tmp_path: Path, env: dict[str, str]) -> tuple[dict, Path, Path]:
     cwd, home, data, scratch = tmp_path / "cwd", tmp_path / "home", tmp_path / "data", tmp_path / "tmp"
     for folder in (cwd, home, scratch):
         folder.mkdir()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("WAVESPEED_", "KLING_DEMO_", "GRADIO_"))}
-    environment.update({"PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(home),
-                        "KLING_DEMO_DATA_DIR": str(data), "GRADIO_SERVER_PORT": str(free_port()),
-                        "TMPDIR": str(scratch), "GRADIO_TEMP_DIR": str(scratch / "gradio"), **env})
+    environment = clean_env(PYTHONDONTWRITEBYTECODE="1", HOME=str(home), KLING_DEMO_DATA_DIR=str(data),
+                            GRADIO_SERVER_PORT=str(free_port()), TMPDIR=str(scratch),
+                            GRADIO_TEMP_DIR=str(scratch / "gradio"), **env)
     done = subprocess.run([sys.executable, "-c", IMPORT_PROBE], cwd=cwd, env=environment, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-3000:]

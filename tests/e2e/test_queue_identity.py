@@ -6,7 +6,6 @@ renders; gradio_client jobs fill the queue until the next one is refused, then C
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,17 +15,10 @@ from gradio_client import Client, handle_file
 from gradio_client.utils import Status
 
 from tests.processes import start_app_process
+from tests.waiting import wait_for
 
 OWNER_STORAGE_KEY = "kling_demo_owner"
 UNDER_WAY = (Status.PROCESSING, Status.ITERATING, Status.PROGRESS)
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.1)
 
 
 def test_a_page_opened_while_the_queue_is_full_still_gets_its_owner_id(browser: Any, make_image: Callable[..., Path],
@@ -44,7 +36,7 @@ def test_a_page_opened_while_the_queue_is_full_still_gets_its_owner_id(browser: 
             job = api.submit(image, f"a lighthouse {len(jobs)}", "", 0.5, 5, None, api_name="/generate")
             jobs.append(job)
             expected = UNDER_WAY if len(jobs) == 1 else (Status.IN_QUEUE,)
-            wait_for(lambda: job.done() or job.status().code in expected, f"job {len(jobs)} is {expected}")
+            wait_for(lambda: job.done() or job.status().code in expected, 60, f"job {len(jobs)} is {expected}")
             if job.done():
                 break
         with pytest.raises(Exception, match="(?i)queue is full"):
