@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 from gradio.utils import get_upload_folder
 from gradio_client import Client, handle_file
+from gradio_client.utils import Status
 
 from kling_demo.backend import Backend
 from kling_demo.config import Settings
 from kling_demo.media import probe_video
 from kling_demo.ui import build_app, launch_options
 from tests.processes import free_port
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -109,10 +110,9 @@ def test_a_full_queue_says_the_app_is_busy_instead_of_waiting_forever(make_sandb
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         image = handle_file(str(make_image()))
         running = client.submit(image, "first", "", 0.5, 5, None, api_name="/generate")
-        while not running.outputs():  # the first job is running: the queue now has room for one more
-            time.sleep(0.1)
+        wait_for(running.outputs, 60, "the first job to run")  # the queue now has room for one more
         waiting = client.submit(image, "second", "", 0.5, 5, None, api_name="/generate")
-        time.sleep(0.5)
+        wait_for(lambda: waiting.status().code is Status.IN_QUEUE, 30, "the second job to wait in the queue")
         with pytest.raises(Exception, match="(?i)queue is full"):
             client.predict(image, "third", "", 0.5, 5, None, api_name="/generate")
         assert "Done" in running.result(timeout=60)[0] and "Done" in waiting.result(timeout=60)[0]

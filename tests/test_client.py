@@ -11,16 +11,14 @@ from kling_demo.models import KLING_V2_I2V_MASTER as SPEC
 
 
 class RecordingSleep:
-    """Real sleeps, remembered, so a test can tell that Retry-After was honoured."""
+    """Records the client's waits instead of sleeping them, so a test can tell Retry-After was honoured
+    without spending the seconds (the sandbox's seeded faults do not depend on time)."""
 
     def __init__(self) -> None:
         self.delays: list[float] = []
 
     def __call__(self, seconds: float) -> None:
-        import time
-
         self.delays.append(seconds)
-        time.sleep(seconds)
 
 
 def run_to_completion(client: WaveSpeedClient, image_url: str, duration: int = 5):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kling_demo.visitors import OWNER_STORAGE_KEY
 
 try:
     from playwright.sync_api import expect
@@ -178,7 +179,9 @@ def test_a_generation_is_in_the_history_after_a_reload_and_only_there(page, pict
         other = stranger.new_page()
         other.goto(app_url)
         expect(other.locator("#history")).to_be_visible()
-        other.wait_for_timeout(2_000)  # the history loads with the page
+        # The load event gives the tab its owner id and its history in one answer: once the id is stored,
+        # the history shown is this visitor's.
+        other.wait_for_function("key => localStorage.getItem(key)", arg=OWNER_STORAGE_KEY, timeout=30_000)
         assert prompt not in other.locator("#history").inner_text()
     finally:
         stranger.close()
