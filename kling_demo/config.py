@@ -56,7 +56,6 @@ class Settings:
     base_url: str = DEFAULT_BASE_URL
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
-    poll_interval: float = 1.0
     deadline_seconds: float = 30 * 60.0
     data_dir: Path = field(default_factory=lambda: default_data_dir(os.environ))
     max_download_bytes: int = 500 * 1024 * 1024
@@ -93,7 +92,6 @@ class Settings:
             base_url=(merged.get("WAVESPEED_BASE_URL", "").strip() or DEFAULT_BASE_URL).rstrip("/"),
             connect_timeout=_float(merged, "KLING_DEMO_CONNECT_TIMEOUT", cls.connect_timeout),
             read_timeout=_float(merged, "KLING_DEMO_READ_TIMEOUT", cls.read_timeout),
-            poll_interval=max(1.0, _float(merged, "KLING_DEMO_POLL_INTERVAL", cls.poll_interval)),
             deadline_seconds=_float(merged, "KLING_DEMO_DEADLINE_SECONDS", cls.deadline_seconds),
             data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(merged),
             max_download_bytes=_int(merged, "KLING_DEMO_MAX_DOWNLOAD_MB", 500) * 1024 * 1024,

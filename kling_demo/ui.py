@@ -391,6 +391,14 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
     demo.service = service  # type: ignore[attr-defined]  # tests reach the journal and the sandbox through it
     demo.backend = service.backend  # type: ignore[attr-defined]
+    stock_close = demo.close
+
+    def close(*args: Any, **kwargs: Any) -> None:
+        """Closing the page also stops background recovery and an embedded sandbox."""
+        stock_close(*args, **kwargs)
+        service.close()
+
+    demo.close = close  # type: ignore[method-assign]  # per instance, like frame_input (no subclass, no .pyi)
     return demo
 
 
