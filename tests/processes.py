@@ -70,9 +70,9 @@ def start_sandbox_process(*flags: str, log_path: Path | None = None) -> Served:
 
 
 def start_app_process(data_dir: Path, *, env: dict[str, str] | None = None, log_path: Path | None = None,
-                      app_script: Path | None = None) -> Served:
-    """`python app.py` from an empty working directory (so no stray .env is read), on a free port."""
-    port = free_port()
+                      app_script: Path | None = None, port: int | None = None) -> Served:
+    """`python app.py` from an empty working directory (so no stray .env is read), on `port` or a free one."""
+    port = port or free_port()
     workdir = data_dir.parent / f"cwd-{port}"
     workdir.mkdir(parents=True, exist_ok=True)
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("WAVESPEED_", "KLING_DEMO_", "GRADIO_"))}
