@@ -276,3 +276,22 @@ def test_forged_stale_and_replayed_webhooks_get_401_and_change_nothing(pushed, m
     record = Journal(data / "journal.sqlite3").get(running["owner"], task_id)
     assert record.status == "completed" and Path(record.video_path).exists()
     assert stats(sandbox)["webhooks_delivered"] == 1
+
+
+LAUNCHED_BARE = "import app\napp.demo.launch()\n"  # as a Space that imports `demo` and launches it itself
+
+
+def test_the_webhook_route_exists_when_demo_is_launched_without_our_options(tmp_path):
+    script = tmp_path / "space_launch.py"
+    script.write_text(LAUNCHED_BARE)
+    port = free_port()
+    app = start_app_process(tmp_path / "data", port=port, app_script=script, log_path=tmp_path / "app.log", env={
+        "KLING_DEMO_PUBLIC_URL": f"http://127.0.0.1:{port}", "WAVESPEED_WEBHOOK_SECRET": SECRET})
+    try:
+        unsigned = post_webhook(app, {}, json.dumps(PREDICTION).encode())
+        headers, body = signed({**PREDICTION, "id": "not-a-task-here"}, timestamp=time.time())
+        genuine = post_webhook(app, headers, body)
+    finally:
+        app.stop()
+    assert unsigned.status_code == 401 and "webhook-signature" in unsigned.json()["error"]
+    assert genuine.status_code == 200 and genuine.json() == {"received": "not-a-task-here"}
