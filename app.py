@@ -8,7 +8,7 @@ from kling_demo.ui import build_app, launch_options
 limit_malloc_arenas()
 map_large_allocations()
 settings = Settings.from_env()
-configure_logging(secrets=(settings.api_key or "",))
+configure_logging(secrets=(settings.api_key or "", settings.webhook_secret or ""))
 demo = build_app(settings)
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ def open_backend(settings: Settings) -> Backend:
     if settings.api_key:
         return Backend(base_url=settings.base_url, api_key=settings.api_key)
     # The offline demo never runs dry: a balance no run of the app can spend.
+    # It signs webhooks with WAVESPEED_WEBHOOK_SECRET when one is set, so KLING_DEMO_PUBLIC_URL works offline too.
+    secret = {"webhook_secret": settings.webhook_secret} if settings.webhook_secret else {}
     handle = start_sandbox(SandboxConfig(inference_seconds=settings.sandbox_inference_seconds,
-                                         balance=EMBEDDED_SANDBOX_BALANCE))
+                                         balance=EMBEDDED_SANDBOX_BALANCE, **secret))
     log.info("WAVESPEED_API_KEY is not set, so the local sandbox at %s is used (no AI, no cost)", handle.base_url)
     return Backend(base_url=handle.base_url, api_key=SANDBOX_TOKEN, sandbox=handle)

@@ -222,12 +222,15 @@ class WaveSpeedClient:
         self._with_retries(f"upload of {path.name}", put)
         return str(download_url)
 
-    def submit(self, spec: ModelSpec, payload: dict[str, Any]) -> Prediction:
-        """Create a task. Never resubmits after an answer that may have been lost."""
+    def submit(self, spec: ModelSpec, payload: dict[str, Any], *, webhook: str | None = None) -> Prediction:
+        """Create a task. Never resubmits after an answer that may have been lost.
+
+        `webhook`: a public URL WaveSpeed POSTs the final prediction to (sent as the `?webhook=` query parameter)."""
         url = self.base_url + spec.submit_path
+        params = {"webhook": webhook} if webhook else None
         for attempt in range(1, self.max_attempts + 1):
             try:
-                response = self.session.post(url, json=payload, timeout=self.timeout)
+                response = self.session.post(url, json=payload, params=params, timeout=self.timeout)
             except TRANSPORT_ERRORS as exc:
                 if _never_sent(exc) and attempt < self.max_attempts:
                     self._pause(attempt, None, "submit: could not connect")

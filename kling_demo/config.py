@@ -7,12 +7,15 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
 from .storage import DEFAULT_MIN_FREE_MB
 
 DEFAULT_BASE_URL = "https://api.wavespeed.ai"
+WEBHOOK_PATH = "/webhooks/wavespeed"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def default_data_dir(env: Mapping[str, str]) -> Path:
@@ -35,6 +38,22 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
 
 def _optional_float(env: Mapping[str, str], name: str) -> float | None:
     return _float(env, name, 0.0) if env.get(name, "").strip() else None
+
+
+def public_url(env: Mapping[str, str]) -> str | None:
+    """Where the world reaches this app: KLING_DEMO_PUBLIC_URL, else `https://<SPACE_HOST>` on a Space.
+
+    Plain http is allowed only on loopback (tests, a local sandbox): WaveSpeed delivers to public https."""
+    raw = env.get("KLING_DEMO_PUBLIC_URL", "").strip() or (
+        f"https://{env['SPACE_HOST'].strip()}" if env.get("SPACE_HOST", "").strip() else "")
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    loopback_http = parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS
+    if not parts.hostname or not (parts.scheme == "https" or loopback_http) or parts.query or parts.fragment:
+        raise ValueError(f"KLING_DEMO_PUBLIC_URL must be the app's public https:// address, such as "
+                         f"https://you-kling.hf.space (http:// only on 127.0.0.1 or localhost); got {raw!r}")
+    return raw.rstrip("/")
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -69,6 +88,15 @@ class Settings:
     require_user_key: bool = False
     max_jobs_per_visitor: int = 2  # while the server's key pays
     mcp_server: bool = False
+    public_url: str | None = None  # where WaveSpeed can reach this app (webhooks); None: polling only
+    webhook_secret: str | None = field(default=None, repr=False)  # WaveSpeed's `whsec_…`, verifies webhooks
+
+    @property
+    def webhook_url(self) -> str | None:
+        """The `?webhook=` address for submissions, when both the public URL and the secret are known."""
+        if self.public_url and self.webhook_secret:
+            return self.public_url + WEBHOOK_PATH
+        return None
 
     @property
     def videos_dir(self) -> Path:
@@ -105,6 +133,8 @@ class Settings:
             require_user_key=_bool(merged, "KLING_DEMO_REQUIRE_USER_KEY"),
             max_jobs_per_visitor=max(1, _int(merged, "KLING_DEMO_MAX_JOBS_PER_VISITOR", cls.max_jobs_per_visitor)),
             mcp_server=_bool(merged, "KLING_DEMO_MCP"),
+            public_url=public_url(merged),
+            webhook_secret=merged.get("WAVESPEED_WEBHOOK_SECRET", "").strip() or None,
         )
 
     def owner_secret(self) -> str:

@@ -83,3 +83,7 @@ class AlreadyFollowing(KlingDemoError):
 
 class NotYours(KlingDemoError):
     """The task is not in this visitor's history and no key of theirs was given to fetch it."""
+
+
+class WebhookRejected(KlingDemoError):
+    """A webhook that is not WaveSpeed's, is too old, or was seen before: refused, and nothing changes."""

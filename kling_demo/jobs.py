@@ -34,6 +34,7 @@ from .errors import (
 )
 from .journal import OUTCOME_UNKNOWN, Journal, is_intent_id, positive_int
 from .models import DEFAULT_MODEL, ModelSpec
+from .notices import SAFETY_NET_SECONDS, Notice, Notices
 from .polling import InferenceHistory, next_poll_delay, retry_delay
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class JobUpdate:
     inference_ms: int | None = None
     nsfw: bool | None = None
     changes: tuple[str, ...] = ()
+    # Set while a webhook may end the wait early: an async caller awaits `wake.wait_async(wait_seconds)`.
+    wake: Notice | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_final(self) -> bool:
@@ -117,6 +120,10 @@ class JobContext:
     followers: Followers = field(default_factory=Followers)
     stop: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], float] = time.monotonic
+    # With webhooks on (and the server's key paying, whose account secret signs them): where WaveSpeed
+    # reports the end of the task, and the registry that hands its notice to this job.
+    webhook_url: str | None = None
+    notices: Notices | None = None
 
 
 def format_seconds(seconds: float) -> str:
@@ -172,7 +179,7 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
                 if end:
                     payload["end_image"] = ctx.client.upload(end.path, end.mime_type)
                 _check_stop(ctx, task_id)
-                prediction = ctx.client.submit(spec, payload)
+                prediction = ctx.client.submit(spec, payload, webhook=ctx.webhook_url)
             except SubmissionOutcomeUnknown as error:
                 intent.outcome_unknown(error.message)
                 raise
@@ -329,18 +336,23 @@ def _fill_duration(ctx: JobContext, task_id: str, duration: int | None) -> None:
 def _follow(prediction: Prediction, duration: int | None, ctx: JobContext, started: float) -> Iterator[JobUpdate]:
     """Poll a claimed task until it ends, then download its video, keeping the journal up to date."""
     task_id = prediction.task_id
+    notice = ctx.notices.watch(task_id) if ctx.notices is not None else None
     try:
-        yield from _poll_and_download(prediction, duration, ctx, started)
+        yield from _poll_and_download(prediction, duration, ctx, started, notice)
     except TaskFailed as failure:
         if ctx.journal is not None:
             ctx.journal.fail(ctx.owner, task_id, failure.message)
         raise
     finally:
+        if ctx.notices is not None:
+            ctx.notices.forget(task_id)
         ctx.followers.release(task_id)
 
 
 def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobContext,
-                       started: float) -> Iterator[JobUpdate]:
+                       started: float, notice: Notice | None = None) -> Iterator[JobUpdate]:
+    """Wait for the task to end, then download. With a `notice` (webhooks on) it is polled once soon after
+    submission, then only every SAFETY_NET_SECONDS: the webhook ends the wait, in a thread or on the loop."""
     task_id, spec, journal = prediction.task_id, ctx.spec, ctx.journal
 
     def update(stage: Stage, message: str, **extra: object) -> JobUpdate:
@@ -353,10 +365,13 @@ def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
     wait = next_poll_delay(0.0, expected)
     next_poll_at = ctx.clock() + wait
     yield update(Stage.SUBMITTED, f"Submitted as task {task_id}. Waiting for WaveSpeed to start…{hint}",
-                 wait_seconds=wait)
+                 wait_seconds=wait, wake=notice)
 
     while not prediction.is_final:
-        _sleep_until(ctx, next_poll_at, task_id)
+        _sleep_until(ctx, next_poll_at, task_id, notice)
+        if notice is not None and notice.prediction is not None:
+            prediction = notice.prediction  # pushed and signed: no poll needed
+            break
         running = ctx.clock() - submitted_at
         if running > ctx.deadline_seconds:
             raise TaskTimedOut(
@@ -371,12 +386,12 @@ def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
         if journal is not None and prediction.status != previous_status:
             journal.set_status(ctx.owner, task_id, prediction.status)
         running = ctx.clock() - submitted_at
-        wait = next_poll_delay(running, expected)
+        wait = next_poll_delay(running, expected) if notice is None else SAFETY_NET_SECONDS
         next_poll_at = ctx.clock() + wait
         state = "Your task is waiting in WaveSpeed's queue" if prediction.status == "created" else \
             "WaveSpeed is rendering your video"
         yield update(Stage.PROCESSING, f"{state}… {format_seconds(running)} so far.{hint}",
-                     wait_seconds=wait)
+                     wait_seconds=wait, wake=notice)
 
     if prediction.status != "completed" or not prediction.outputs:
         reason = prediction.error or f"the task ended with status {prediction.status!r} and no video"
@@ -459,9 +474,13 @@ def _stopped_message(task_id: str | None) -> str:
     return "Stopped before anything was submitted; nothing was billed."
 
 
-def _sleep_until(ctx: JobContext, due: float, task_id: str | None) -> None:
-    """Sleep until `due` on ctx.clock, waking at once if the visitor presses Stop."""
+def _sleep_until(ctx: JobContext, due: float, task_id: str | None, notice: Notice | None = None) -> None:
+    """Sleep until `due` on ctx.clock, waking at once if the visitor presses Stop (or, given a notice, when
+    the task's webhook arrives)."""
     remaining = due - ctx.clock()
-    if remaining > 0 and ctx.stop.wait(remaining):
+    if notice is not None:
+        if remaining > 0:
+            notice.wait(remaining, ctx.stop)
+    elif remaining > 0 and ctx.stop.wait(remaining):
         raise JobStopped(_stopped_message(task_id), task_id=task_id)
     _check_stop(ctx, task_id)

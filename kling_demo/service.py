@@ -11,19 +11,21 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from . import jobs, storage
 from .backend import Backend, open_backend
-from .client import WaveSpeedClient
+from .client import Prediction, WaveSpeedClient
 from .config import Settings
 from .errors import KeyRequired, NotYours
 from .jobs import Followers, JobContext, JobRequest, JobUpdate, Stage
 from .journal import Journal, TaskRecord
 from .models import DEFAULT_MODEL, KeySource, ModelSpec
+from .notices import Notices
 from .polling import InferenceHistory
 from .recovery import Recovery
 from .visitors import JobSlots
+from .webhooks import Receiver
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,10 @@ class Service:
             self.history.record(spec.model_id, duration, seconds)
         self.followers = Followers()
         self.slots = JobSlots()
+        # Webhooks, when the app knows its public URL and the secret: a verified one wakes the task's follower.
+        self.notices = Notices()
+        self.webhooks = Receiver(settings.webhook_secret, self._pushed) \
+            if settings.webhook_url and settings.webhook_secret else None
         self.recovery = Recovery(self.journal, self.context, api_base=self.backend.base_url,
                                  sandbox=self.backend.is_sandbox)
         self.background = background
@@ -132,11 +138,15 @@ class Service:
         client = WaveSpeedClient(self.backend.base_url, api_key or self.backend.api_key,
                                  connect_timeout=self.settings.connect_timeout,
                                  read_timeout=self.settings.read_timeout)
+        # A visitor's own key belongs to an account whose webhook secret we do not know: those tasks are polled.
+        pushed = self.webhooks is not None and not api_key
         return JobContext(client=client, videos_dir=self.videos_dir, deadline_seconds=self.settings.deadline_seconds,
                           max_download_bytes=self.settings.max_download_bytes, spec=self.spec, history=self.history,
                           journal=self.journal, owner=owner,
                           key_source=KeySource.VISITOR if api_key else KeySource.SERVER,
-                          min_free_bytes=self.settings.min_free_bytes, followers=self.followers)
+                          min_free_bytes=self.settings.min_free_bytes, followers=self.followers,
+                          webhook_url=self.settings.webhook_url if pushed else None,
+                          notices=self.notices if pushed else None)
 
     # -- what front ends ask for ---------------------------------------------------------------------------
 
@@ -200,6 +210,19 @@ class Service:
     def _hand_over(self, visitor: Visitor) -> None:
         if self.background:
             self.recovery.resume_running(visitor.owner, visitor.api_key)
+
+    def _pushed(self, data: dict[str, Any]) -> None:
+        """A verified webhook: wake the job that follows its task, or, if none here does, follow it now."""
+        prediction = Prediction.from_envelope({"data": data})
+        if not prediction.is_final:
+            return
+        log.info("webhook: task %s ended (%s)", prediction.task_id, prediction.status)
+        if self.notices.deliver(prediction) or not self.background:
+            return
+        for record in self.journal.running():
+            if (record.task_id, record.key_source, record.api_base) == (prediction.task_id, KeySource.SERVER,
+                                                                   self.backend.base_url):
+                self.recovery.adopt(record)  # its follower finds the notice waiting
 
     def _already_done(self, record: TaskRecord) -> Job:
         done = JobUpdate(Stage.DONE, f"Task {record.task_id} is already in your history.", 0.0,

@@ -16,7 +16,7 @@ import anyio
 import gradio as gr
 from PIL import Image
 
-from . import media
+from . import media, webhooks
 from .backend import Backend
 from .config import Settings
 from .errors import InputRejected, KlingDemoError
@@ -389,6 +389,8 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                        queue=False, **private)
 
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
+    if service.webhooks is not None:
+        serve_beside(demo, webhooks.route(service.webhooks))
     demo.service = service  # type: ignore[attr-defined]  # tests reach the journal and the sandbox through it
     demo.backend = service.backend  # type: ignore[attr-defined]
     stock_close = demo.close
@@ -402,8 +404,27 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     return demo
 
 
+def serve_beside(demo: gr.Blocks, *routes: Any) -> None:
+    """Serve extra FastAPI routes beside the page, however `demo` is launched.
+
+    Gradio 6.31 builds its FastAPI app inside `launch()`, and a Space may call `demo.launch()` itself without
+    our options, so the instance's `launch` is wrapped to pass the routes in `app_kwargs` (FastAPI's `routes`,
+    registered ahead of Gradio's own). Wrapped per instance, like `frame_input`."""
+    stock_launch = demo.launch
+
+    def launch(*args: Any, **kwargs: Any) -> Any:
+        app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
+        app_kwargs["routes"] = [*routes, *(app_kwargs.get("routes") or [])]
+        return stock_launch(*args, app_kwargs=app_kwargs, **kwargs)
+
+    demo.launch = launch  # type: ignore[method-assign]
+
+
 async def stream(job: Job) -> AsyncIterator[Outputs]:
-    """Run a job off the event loop, waiting between polls without holding a thread; a failure becomes gr.Error."""
+    """Run a job off the event loop, waiting between polls without holding a thread; a failure becomes gr.Error.
+
+    With webhooks on, an update carries a `wake` handle: the wait is `await wake.wait_async(...)` on this loop,
+    which a webhook (on another thread) ends at once through `loop.call_soon_threadsafe`; still no thread held."""
     fixes: tuple[str, ...] = ()
     try:
         while True:
@@ -413,7 +434,11 @@ async def stream(job: Job) -> AsyncIterator[Outputs]:
             fixes = update.changes or fixes
             next_poll = time.monotonic() + update.wait_seconds  # before Gradio spends time sending
             yield status_markdown(update, fixes), update.task_id or "", str(update.video_path or "") or None
-            await asyncio.sleep(max(0.0, next_poll - time.monotonic()))
+            pause = max(0.0, next_poll - time.monotonic())
+            if update.wake is not None:
+                await update.wake.wait_async(pause)
+            else:
+                await asyncio.sleep(pause)
     except KlingDemoError as error:
         raise gr.Error(without_paths(str(error)), duration=None) from error
     finally:

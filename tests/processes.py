@@ -93,9 +93,9 @@ def start_sandbox_process(*flags: str, log_path: Path | None = None) -> Served:
 
 
 def start_app_process(data_dir: Path, *, env: dict[str, str] | None = None, log_path: Path | None = None,
-                      app_script: Path | None = None) -> Served:
-    """`python app.py` from an empty working directory (so no stray .env is read), on a free port."""
-    port = free_port()
+                      app_script: Path | None = None, port: int | None = None) -> Served:
+    """`python app.py` from an empty working directory (so no stray .env is read), on `port` or a free one."""
+    port = port or free_port()
     workdir = data_dir.parent / f"cwd-{port}"
     workdir.mkdir(parents=True, exist_ok=True)
     environment = clean_env(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),

@@ -1,0 +1,112 @@
+"""Completion notices: a webhook's word that a task ended, handed to the job that follows it, at once.
+
+A webhook arrives on a web server thread; the job that follows the task waits either in a worker thread
+(the CLI, background recovery: `Notice.wait`) or, between page updates, as a coroutine on the event loop
+(`Notice.wait_async`, so a waiting page holds no thread). Setting a notice wakes both kinds: the thread
+through a `threading.Event`, each coroutine through its own `asyncio.Event` set with
+`loop.call_soon_threadsafe`. Polling goes on at a slow pace as a safety net for a webhook that never comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import OrderedDict
+
+from .client import Prediction
+
+SAFETY_NET_SECONDS = 30.0  # with webhooks on, a task is still polled this often in case its webhook is lost
+STOP_CHECK_SECONDS = 0.25  # how soon a thread waiting on a notice sees Stop
+MAX_UNCLAIMED = 256  # notices for tasks nobody here follows yet, kept for a follower that starts later
+
+
+class Notice:
+    """One task's final state, pushed by a webhook: set once, awaited by a thread or a coroutine."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._arrived = threading.Event()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self.prediction: Prediction | None = None
+
+    @property
+    def is_set(self) -> bool:
+        return self._arrived.is_set()
+
+    def set(self, prediction: Prediction) -> None:
+        """Record the final prediction and wake every waiter (callable from any thread); the first one wins."""
+        with self._lock:
+            if self._arrived.is_set():
+                return
+            self.prediction = prediction
+            self._arrived.set()
+            waiters, self._waiters = self._waiters, []
+        for loop, event in waiters:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # that page's event loop has closed: nobody is left to wake
+                pass
+
+    def wait(self, timeout: float, stop: threading.Event | None = None) -> bool:
+        """Block up to `timeout` seconds for the notice; True once it is set. Returns early when `stop` is set."""
+        remaining = timeout
+        while remaining > 0:
+            step = min(remaining, STOP_CHECK_SECONDS) if stop is not None else remaining
+            if self._arrived.wait(step):
+                return True
+            if stop is not None and stop.is_set():
+                return False
+            remaining -= step
+        return self._arrived.is_set()
+
+    async def wait_async(self, timeout: float) -> bool:
+        """Wait on the running event loop, holding no thread, up to `timeout` seconds; True once it is set."""
+        event = asyncio.Event()
+        entry = (asyncio.get_running_loop(), event)
+        with self._lock:
+            if self._arrived.is_set():
+                return True
+            self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(event.wait(), max(0.0, timeout))
+            return True
+        except asyncio.TimeoutError:
+            return self._arrived.is_set()
+        finally:
+            with self._lock:
+                if entry in self._waiters:
+                    self._waiters.remove(entry)
+
+
+class Notices:
+    """Task id → `Notice`, for the tasks this process follows (and a few it does not follow yet)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: dict[str, Notice] = {}
+        self._unclaimed: OrderedDict[str, Notice] = OrderedDict()
+
+    def watch(self, task_id: str) -> Notice:
+        """The notice a follower of `task_id` waits on; already set if the webhook came first."""
+        with self._lock:
+            notice = self._watched.get(task_id) or self._unclaimed.pop(task_id, None) or Notice()
+            self._watched[task_id] = notice
+            return notice
+
+    def forget(self, task_id: str) -> None:
+        """The follower is done with the task."""
+        with self._lock:
+            self._watched.pop(task_id, None)
+
+    def deliver(self, prediction: Prediction) -> bool:
+        """Hand a final prediction to its follower; False when nobody here follows the task (kept for a while)."""
+        with self._lock:
+            notice = self._watched.get(prediction.task_id)
+            watched = notice is not None
+            if notice is None:
+                notice = self._unclaimed.pop(prediction.task_id, None) or Notice()
+                self._unclaimed[prediction.task_id] = notice
+                while len(self._unclaimed) > MAX_UNCLAIMED:
+                    self._unclaimed.popitem(last=False)
+        notice.set(prediction)
+        return watched
