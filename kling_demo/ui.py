@@ -396,8 +396,13 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     stock_close = demo.close
 
     def close(*args: Any, **kwargs: Any) -> None:
-        """Closing the page also stops background recovery and an embedded sandbox."""
+        """Closing the page waits for the server to finish (Gradio waits 5 s at most, then its shutdown still
+        deletes the app's uploads), then stops background recovery and an embedded sandbox."""
+        server = getattr(demo, "server", None)
         stock_close(*args, **kwargs)
+        thread = getattr(server, "thread", None)
+        if thread is not None:
+            thread.join(timeout=60)
         service.close()
 
     demo.close = close  # type: ignore[method-assign]  # per instance, like frame_input (no subclass, no .pyi)
