@@ -70,6 +70,7 @@ class Settings:
     require_user_key: bool = False
     max_jobs_per_visitor: int = 2  # while the server's key pays
     mcp_server: bool = False
+    trusted_proxy: bool = False  # the first X-Forwarded-For hop is the caller (true on a Space)
 
     @property
     def videos_dir(self) -> Path:
@@ -107,6 +108,7 @@ class Settings:
             require_user_key=_bool(merged, "KLING_DEMO_REQUIRE_USER_KEY"),
             max_jobs_per_visitor=max(1, _int(merged, "KLING_DEMO_MAX_JOBS_PER_VISITOR", cls.max_jobs_per_visitor)),
             mcp_server=_bool(merged, "KLING_DEMO_MCP"),
+            trusted_proxy=_bool(merged, "KLING_DEMO_TRUSTED_PROXY", default=bool(merged.get("SPACE_ID", "").strip())),
         )
 
     def owner_secret(self) -> str:
