@@ -88,6 +88,7 @@ class Settings:
     require_user_key: bool = False
     max_jobs_per_visitor: int = 2  # while the server's key pays
     mcp_server: bool = False
+    trusted_proxy: bool = False  # the first X-Forwarded-For hop is the caller (true on a Space)
     public_url: str | None = None  # where WaveSpeed can reach this app (webhooks); None: polling only
     webhook_secret: str | None = field(default=None, repr=False)  # WaveSpeed's `whsec_…`, verifies webhooks
 
@@ -135,6 +136,7 @@ class Settings:
             mcp_server=_bool(merged, "KLING_DEMO_MCP"),
             public_url=public_url(merged),
             webhook_secret=merged.get("WAVESPEED_WEBHOOK_SECRET", "").strip() or None,
+            trusted_proxy=_bool(merged, "KLING_DEMO_TRUSTED_PROXY", default=bool(merged.get("SPACE_ID", "").strip())),
         )
 
     def owner_secret(self) -> str:

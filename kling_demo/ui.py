@@ -23,7 +23,8 @@ from .errors import InputRejected, KlingDemoError
 from .jobs import JobRequest, JobUpdate, Stage, format_seconds
 from .models import DEFAULT_MODEL
 from .service import Job, Service, Visitor
-from .visitors import OWNER_STORAGE_KEY, new_owner_id, resolve_owner, visitor_key
+from .visitors import (OWNER_STORAGE_KEY, OWNER_STORAGE_OBFUSCATION, client_ip, new_owner_id, resolve_owner,
+                       sign_owner, verified_owner, visitor_key)
 
 if TYPE_CHECKING:
     from .journal import TaskRecord
@@ -185,16 +186,26 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     placeholder = str(pending_picture(output_dir))
     os.environ.setdefault("GRADIO_RUN_HISTORY", "false")  # also when launched without launch_options()
 
+    secret = settings.owner_secret()  # signs owner ids and hashes keys; never sent to a browser
+
     def visitor(owner_id: str | None, typed_key: str | None, request: gr.Request | None,
                 from_page: bool = False) -> Visitor:
-        """Who pays for and owns a job; the page itself must have its owner id (see on_load)."""
+        """Who pays for and owns a job; the page itself must have its signed owner id (see on_load)."""
         headers = request.headers if request is not None else None
-        return Visitor(resolve_owner(owner_id, _session(request), from_page=bool(from_page)),
-                       visitor_key(typed_key, headers))
+        api_key = visitor_key(typed_key, headers)
+        return Visitor(resolve_owner(owner_id, secret=secret, api_key=api_key, ip=_ip(request),
+                                     from_page=bool(from_page)), api_key)
 
     def owner_of(owner_id: str | None, request: gr.Request | None) -> Visitor:
-        """Whose history a housekeeping event shows: no key is read."""
-        return Visitor(resolve_owner(owner_id, _session(request)))
+        """Whose history a housekeeping event shows; a caller's key only names them, it pays for nothing here."""
+        api_key = visitor_key(None, request.headers if request is not None else None)
+        return Visitor(resolve_owner(owner_id, secret=secret, api_key=api_key, ip=_ip(request)))
+
+    def _ip(request: gr.Request | None) -> str:
+        if request is None:
+            return "unknown"
+        peer = request.client.host if request.client is not None else None
+        return client_ip(request.headers, peer, trusted_proxy=settings.trusted_proxy)
 
     def validate(image: str | None, prompt: str | None, negative_prompt: str | None, guidance_scale: float,
                  duration: int, end_image: str | None, owner_id: str | None = None,
@@ -263,10 +274,15 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
 
     @plain_errors()
     def on_load(stored_owner: str | None, request: gr.Request) -> tuple[Any, ...]:
-        """Give the browser its owner id (kept in its localStorage) and show its history."""
-        owner_id = stored_owner or new_owner_id()
-        records = service.arrive(owner_of(owner_id, request))  # unfinished tasks are fetched now
-        return owner_id, owner_id, history_items(records, placeholder), [r.task_id for r in records]
+        """Give the browser its signed owner id (kept in its localStorage) and show its history.
+
+        A stored id this server did not sign (forged, or from before ids were signed) is replaced by a new one."""
+        owner_id = verified_owner(stored_owner, secret)
+        if owner_id is None and stored_owner:
+            log.info("a browser's stored owner id was not signed by this server; it gets a new one")
+        token = sign_owner(owner_id or new_owner_id(), secret)
+        records = service.arrive(owner_of(token, request))  # unfinished tasks are fetched now
+        return token, token, history_items(records, placeholder), [r.task_id for r in records]
 
     @plain_errors()
     def select_history(task_ids: list[str], owner_id: str | None, request: gr.Request,
@@ -295,7 +311,8 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                 "task will still finish into your history.")
 
     with gr.Blocks(title="Kling 2.0 image-to-video", delete_cache=UPLOAD_CACHE_CLEANUP) as demo:
-        owner_store = gr.BrowserState("", storage_key=OWNER_STORAGE_KEY, secret=settings.owner_secret())
+        # Gradio sends a BrowserState's `secret` to every visitor: a public constant, the value is signed.
+        owner_store = gr.BrowserState("", storage_key=OWNER_STORAGE_KEY, secret=OWNER_STORAGE_OBFUSCATION)
         owner_id = gr.State("")
         typed_key = gr.State("")
         from_page = gr.State(False)  # set by the page's own first step of Generate and Resume
@@ -379,7 +396,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                 show_history, inputs=owner_id, outputs=[gallery, history_ids], queue=False, **private)
         stop_btn.click(stopped, inputs=task_id, outputs=status, cancels=[job_event, resume_event], queue=False,
                        **private).then(idle, outputs=[generate_btn, stop_btn], queue=False, **private)
-        # Per-session for API clients: no use as an MCP tool.
+        # API clients see the history of their key's hash, else of their IP: no use as an MCP tool.
         refresh_btn.click(show_history, inputs=owner_id, outputs=[gallery, history_ids], api_name="history",
                           queue=False, api_visibility="undocumented")
         history_ticker.tick(refresh_changed, inputs=[owner_id, history_seen],
@@ -391,6 +408,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
     if service.webhooks is not None:
         serve_beside(demo, webhooks.route(service.webhooks))
+    hold_queue_limit(demo)
     demo.service = service  # type: ignore[attr-defined]  # tests reach the journal and the sandbox through it
     demo.backend = service.backend  # type: ignore[attr-defined]
     stock_close = demo.close
@@ -425,6 +443,22 @@ def serve_beside(demo: gr.Blocks, *routes: Any) -> None:
     demo.launch = launch  # type: ignore[method-assign]
 
 
+def hold_queue_limit(demo: gr.Blocks) -> None:
+    """Make the queue's size check and its add one step, so a burst cannot overfill `max_size`.
+
+    Gradio 6.31's `Queue.push` checks the size, then awaits the validator, then adds the event: requests
+    arriving together all pass the check. One join at a time closes that gap (validators here are quick)."""
+    queue = demo._queue
+    push = queue.push
+    lock = asyncio.Lock()
+
+    async def push_in_turn(*args: Any, **kwargs: Any) -> Any:
+        async with lock:
+            return await push(*args, **kwargs)
+
+    queue.push = push_in_turn  # type: ignore[method-assign]
+
+
 async def stream(job: Job) -> AsyncIterator[Outputs]:
     """Run a job off the event loop, waiting between polls without holding a thread; a failure becomes gr.Error.
 
@@ -448,10 +482,6 @@ async def stream(job: Job) -> AsyncIterator[Outputs]:
         raise gr.Error(without_paths(str(error)), duration=None) from error
     finally:
         job.close()
-
-
-def _session(request: gr.Request | None) -> str | None:
-    return request.session_hash if request is not None else None
 
 
 def _refuse_if(message: str | None) -> None:

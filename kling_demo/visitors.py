@@ -1,7 +1,14 @@
-"""Who is asking: each browser's owner id, the key a visitor brings, and per-visitor job caps."""
+"""Who is asking: each browser's owner id, the key a visitor brings, and per-visitor job caps.
+
+A browser keeps a *signed* owner id (`owner_id.HMAC`): the server secret never leaves the server, so a
+visitor cannot forge another's id. Callers without one (scripts, MCP agents) are known by their key's keyed
+hash, else by their IP.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import threading
 import uuid
 from collections import Counter
@@ -11,6 +18,8 @@ from typing import Iterator, Mapping
 from .errors import InputRejected, RateLimited
 
 OWNER_STORAGE_KEY = "kling_demo_owner"
+# BrowserState sends its `secret` to every visitor in /config, so it only obfuscates: the value is signed instead.
+OWNER_STORAGE_OBFUSCATION = "kling-demo-owner-v2"
 KEY_HEADER = "x-wavespeed-key"  # how API clients bring their own key
 NO_OWNER_ID = ("This page has not finished loading, so it has no visitor id to keep your history under. Reload "
                "the page and try again; nothing was submitted.")
@@ -20,19 +29,62 @@ KEY_WITH_ODD_CHARACTER = ("The WaveSpeed key contains a space or a character out
                           "and punctuation; paste only the key.")
 
 
+FORGED_OWNER = ("This page's visitor id was not issued by this app, so it cannot be used. Reload the page to get "
+                "a new one; nothing was submitted.")
+
+
 def new_owner_id() -> str:
     return uuid.uuid4().hex
 
 
-def resolve_owner(browser_owner: str | None, session_hash: str | None, *, from_page: bool = False) -> str:
-    """The browser's persistent owner id; API clients without one own their session.
+def _mac(secret: str, purpose: str, value: str) -> str:
+    return hmac.new(secret.encode(), f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
 
-    The page itself is refused without one: its paid work would land under a throw-away session owner."""
-    if browser_owner:
-        return f"browser:{browser_owner}"
+
+def sign_owner(owner_id: str, secret: str) -> str:
+    """The token a browser keeps: its owner id and the server's signature of it."""
+    return f"{owner_id}.{_mac(secret, 'owner', owner_id)}"
+
+
+def verified_owner(token: str | None, secret: str) -> str | None:
+    """The owner id in a token this server signed, else None (unsigned, forged or malformed)."""
+    owner_id, dot, signature = (token or "").partition(".")
+    if not (owner_id and dot) or not hmac.compare_digest(signature, _mac(secret, "owner", owner_id)):
+        return None
+    return owner_id
+
+
+def key_owner(api_key: str, secret: str) -> str:
+    """An API caller's owner when it brings a key: a keyed hash of the key (the key itself is never kept)."""
+    return f"key:{_mac(secret, 'key', api_key)[:32]}"
+
+
+def client_ip(headers: Mapping[str, str] | None, peer: str | None, *, trusted_proxy: bool) -> str:
+    """The caller's IP: behind a trusted proxy (a Space) the first X-Forwarded-For hop, else the socket peer."""
+    if trusted_proxy and headers is not None:
+        first_hop = (headers.get("x-forwarded-for") or "").split(",")[0].strip()
+        if first_hop:
+            return first_hop
+    return peer or "unknown"
+
+
+def resolve_owner(token: str | None, *, secret: str, api_key: str | None = None, ip: str = "unknown",
+                  from_page: bool = False) -> str:
+    """Whose history a request reads and writes: the browser's signed owner id; callers without one (API, MCP)
+    are their key's hash, else their IP.
+
+    A token that does not verify is refused, and so is the page without one: its paid work would otherwise
+    land under an owner the page never sees."""
+    if token:
+        owner_id = verified_owner(token, secret)
+        if owner_id is None:
+            raise InputRejected(FORGED_OWNER)
+        return f"browser:{owner_id}"
     if from_page:
         raise InputRejected(NO_OWNER_ID)
-    return f"session:{session_hash or 'anonymous'}"
+    if api_key:
+        return key_owner(api_key, secret)
+    return f"ip:{ip}"
 
 
 def visitor_key(typed_key: str | None, headers: Mapping[str, str] | None) -> str | None:

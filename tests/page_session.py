@@ -16,8 +16,9 @@ import requests
 
 
 class PageSession:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
         self.url = url
+        self.headers = headers or {}  # e.g. X-Forwarded-For, to stand for another visitor behind a proxy
         self.session_hash = uuid.uuid4().hex
         self.config = requests.get(url + "config", timeout=10).json()
 
@@ -42,12 +43,14 @@ class PageSession:
 
     def run(self, step: dict[str, Any], *data: Any) -> dict[str, Any]:
         """Run a step outside the queue; returns Gradio's answer (`data`, or `error`)."""
-        answer = requests.post(self.url + "gradio_api/run/predict", timeout=30, json=self._body(step, data))
+        answer = requests.post(self.url + "gradio_api/run/predict", timeout=30, json=self._body(step, data),
+                               headers=self.headers)
         return answer.json()
 
     def join(self, step: dict[str, Any], *data: Any, timeout: float = 120) -> dict[str, Any]:
         """Run a queued step to its end; returns its `process_completed` message (`success`, `output`)."""
-        joined = requests.post(self.url + "gradio_api/queue/join", timeout=30, json=self._body(step, data))
+        joined = requests.post(self.url + "gradio_api/queue/join", timeout=30, json=self._body(step, data),
+                               headers=self.headers)
         joined.raise_for_status()
         event_id = joined.json()["event_id"]
         with requests.get(self.url + "gradio_api/queue/data", params={"session_hash": self.session_hash},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -138,7 +139,7 @@ def test_a_page_without_its_owner_id_is_refused_and_gets_one_from_the_load_event
 
     load = next(d for d in page.config["dependencies"] if any(trigger == "load" for _, trigger in d["targets"]))
     owner_store, *_ = page.run(load, None)["data"]  # as the page calls it: outside the queue
-    assert len(owner_store) == 32, "the browser is given its owner id to keep"
+    assert re.fullmatch(r"[0-9a-f]{32}\.[0-9a-f]{64}", owner_store), "the browser keeps its signed owner id"
     done = page.join(page.then(busy), *inputs)
     assert done["success"] and "Done" in done["output"]["data"][0]
     gallery, _ = page.run(page.event("refresh-history", "click"))["data"]

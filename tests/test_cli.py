@@ -138,7 +138,7 @@ def test_the_deadline_exits_5_with_the_resume_command(make_sandbox, make_image, 
 
 
 def test_resume_fetches_the_video_of_a_task_submitted_elsewhere(sandbox, make_image, tmp_path):
-    with WaveSpeedClient(sandbox.base_url, "k") as client:
+    with WaveSpeedClient(sandbox.base_url, CANARY_KEY) as client:
         image_url = client.upload(make_image(), "image/png")
         prediction = client.submit(DEFAULT_MODEL, {"image": image_url, "prompt": "waves", "duration": 5,
                                                    "guidance_scale": 0.5})

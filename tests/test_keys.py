@@ -186,15 +186,19 @@ def test_a_space_that_requires_your_own_key_refuses_a_request_without_one(proces
 
 
 def test_one_visitor_runs_at_most_the_cap_on_the_servers_key(processes, make_image):
-    sandbox, app, _ = processes(("--inference-seconds", "8"), {"KLING_DEMO_MAX_JOBS_PER_VISITOR": "1"})
-    visitor, other, own_key = client(app), client(app), client(app, canary())
+    sandbox, app, _ = processes(("--inference-seconds", "8"), {"KLING_DEMO_MAX_JOBS_PER_VISITOR": "1",
+                                                                "KLING_DEMO_TRUSTED_PROXY": "true"})
+    # Without a page, a visitor is their IP (the first X-Forwarded-For hop behind the Space's proxy).
+    visitor = Client(app.url, verbose=False, headers={"X-Forwarded-For": "198.51.100.1"})
+    other = Client(app.url, verbose=False, headers={"X-Forwarded-For": "198.51.100.2"})
+    own_key = client(app, canary())
 
     first, second = submit(visitor, make_image(), "first"), submit(visitor, make_image(), "second")
     refused, (running,) = wait_for_refusal([first, second])
     # Only one of them is refused, and at once; the refusal names the cap and the way around it.
     assert "(1)" in refused[0] and "at once" in refused[0] and "your own WaveSpeed key" in refused[0], refused[0]
 
-    # While the first still runs, another session and a visitor with their own key are not held back.
+    # While the first still runs, another visitor and a visitor with their own key are not held back.
     others = [submit(other, make_image(), "another visitor"),
               submit(own_key, make_image(), "own key 1"), submit(own_key, make_image(), "own key 2")]
     assert all("Done" in job.result(timeout=90)[0] for job in [running, *others])

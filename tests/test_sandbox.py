@@ -33,16 +33,18 @@ def submit(sandbox, body: dict[str, Any], headers: dict[str, str] = AUTH) -> req
     return requests.post(f"{sandbox.base_url}/api/v3/{MODEL}", json=body, headers=headers, timeout=TIMEOUT)
 
 
-def result(sandbox, task_id: str) -> dict[str, Any]:
-    answer = requests.get(f"{sandbox.base_url}/api/v3/predictions/{task_id}/result", headers=AUTH, timeout=TIMEOUT)
+def result(sandbox, task_id: str, headers: dict[str, str] = AUTH) -> dict[str, Any]:
+    """The task as its submitter's key sees it (another key's task is not found)."""
+    answer = requests.get(f"{sandbox.base_url}/api/v3/predictions/{task_id}/result", headers=headers,
+                          timeout=TIMEOUT)
     assert answer.status_code == 200, answer.text
     return answer.json()["data"]
 
 
-def wait_until_final(sandbox, task_id: str, limit: float = 30.0) -> dict[str, Any]:
+def wait_until_final(sandbox, task_id: str, limit: float = 30.0, headers: dict[str, str] = AUTH) -> dict[str, Any]:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        data = result(sandbox, task_id)
+        data = result(sandbox, task_id, headers)
         if data["status"] in FINAL_STATUSES:
             return data
         time.sleep(0.1)
@@ -176,7 +178,7 @@ def test_sync_mode_holds_until_done(make_sandbox, good_body) -> None:
 
 def test_sync_mode_that_runs_out_answers_5004_and_the_sdk_sees_processing(make_sandbox, make_image) -> None:
     sandbox = make_sandbox(inference_seconds=5, sync_wait_seconds=0.3)
-    client = wavespeed.Client(api_key="k", base_url=sandbox.base_url)
+    client = wavespeed.Client(api_key="test-key", base_url=sandbox.base_url)
     outcome = client.run_no_throw(MODEL, {"image": data_uri(make_image()), "prompt": "x"}, enable_sync_mode=True)
     assert outcome["status"] == "processing" and outcome["task_id"] != "unknown"
     assert result(sandbox, outcome["task_id"])["status"] in ("created", "processing")

@@ -91,7 +91,7 @@ def test_completed_tasks_draw_down_only_their_own_keys_balance(make_sandbox, goo
     five = submit(sandbox, good_body, headers=KEY_A).json()["data"]["id"]
     ten = submit(sandbox, {**good_body, "duration": 10}, headers=KEY_A).json()["data"]["id"]
     for task_id in (five, ten):
-        assert wait_until_final(sandbox, task_id)["status"] == "completed"
+        assert wait_until_final(sandbox, task_id, headers=KEY_A)["status"] == "completed"
     assert balance(sandbox) == pytest.approx(10.0 - 1.40 - 2.80)
     assert balance(sandbox, KEY_B) == 10.0
 
@@ -138,7 +138,7 @@ def test_listing_shows_only_the_keys_own_tasks_newest_first_with_their_inputs(ma
     mine = [submit(sandbox, {**good_body, "prompt": f"take {n}", "duration": 5 + 5 * (n % 2)}, headers=KEY_A).json()["data"]["id"]
             for n in range(3)]
     theirs = submit(sandbox, good_body, headers=KEY_B).json()["data"]["id"]
-    wait_until_final(sandbox, mine[-1])
+    wait_until_final(sandbox, mine[-1], headers=KEY_A)
     answer = listing(sandbox, {"page": 1, "page_size": 10})
     assert answer.status_code == 200 and answer.json()["code"] == 200
     page = answer.json()["data"]
@@ -227,7 +227,7 @@ def test_a_task_beyond_the_keys_slots_waits_in_created(make_sandbox, good_body) 
     second = submit(sandbox, good_body, headers=KEY_A).json()["data"]
     other_key = submit(sandbox, good_body, headers=KEY_B).json()["data"]["id"]
     assert second["status"] == "created"
-    assert result(sandbox, second["id"])["status"] == "created"
+    assert result(sandbox, second["id"], KEY_A)["status"] == "created"
     by_id = {row["id"]: row for row in rows(sandbox)}
     assert by_id[second["id"]]["started_at_epoch"] is None  # waiting for a slot: its clock has not started
     assert by_id[first]["started_at_epoch"] == by_id[first]["created_at_epoch"]
@@ -238,7 +238,7 @@ def test_a_task_beyond_the_keys_slots_waits_in_created(make_sandbox, good_body) 
 def test_queued_tasks_take_freed_slots_in_order_and_never_exceed_the_limit(make_sandbox, good_body) -> None:
     sandbox = make_sandbox(inference_seconds=0.3, max_concurrent_tasks=2)
     ids = [submit(sandbox, good_body, headers=KEY_A).json()["data"]["id"] for _ in range(6)]
-    assert [wait_until_final(sandbox, task_id)["status"] for task_id in ids] == ["completed"] * 6
+    assert [wait_until_final(sandbox, task_id, headers=KEY_A)["status"] for task_id in ids] == ["completed"] * 6
     table = rows(sandbox)
     assert [row["id"] for row in table] == ids
     intervals = [(row["started_at_epoch"], row["completed_at_epoch"]) for row in table]

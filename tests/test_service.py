@@ -39,7 +39,8 @@ def run_to_end(job) -> list:
 
 
 def submitted_elsewhere(sandbox, image) -> str:
-    with WaveSpeedClient(sandbox.base_url, "someone's key") as client:
+    """A task submitted with Bob's own key from outside this app."""
+    with WaveSpeedClient(sandbox.base_url, "bob's key") as client:
         return client.submit(DEFAULT_MODEL, {"image": client.upload(image, "image/png"), "prompt": "elsewhere",
                                              "duration": 5}).task_id
 

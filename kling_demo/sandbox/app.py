@@ -229,11 +229,12 @@ async def uploaded_file(token: str, filename: str, request: Request) -> Response
     return FileResponse(upload.path, media_type=upload.content_type)
 
 
-async def output_file(task_id: str, request: Request) -> Response:
+async def output_file(token: str, task_id: str, request: Request) -> Response:
+    """A finished video; its URL's random token stands in for the signed CDN URLs of the real API."""
     state = _state(request)
     if kind := state.faults.draw():
         return fault_response(kind)
-    rendered = state.output(task_id)
+    rendered = state.output(task_id, token)
     if rendered is None:
         raise ApiError(404, f"output not found for task {task_id}")
     return FileResponse(rendered.path, media_type="video/mp4", filename=f"{task_id}.mp4", content_disposition_type="inline")
@@ -244,8 +245,8 @@ async def output_file(task_id: str, request: Request) -> Response:
 
 async def prediction(task_id: str, request: Request) -> Response:
     """A task's current state; every call counts as a result poll, even of an unknown id."""
-    state = _authorized(request)
-    task = state.poll(task_id)
+    state, owner = _account(request)
+    task = state.poll(task_id, owner)  # another key's task is "not found", as an unknown one
     if kind := state.faults.draw():
         return fault_response(kind)
     if task is None:
@@ -301,7 +302,7 @@ ROUTES: list[tuple[str, Any, list[str]]] = [
     ("/files/uploads/{token}/{filename}", upload_put, ["PUT"]),
     ("/api/v3/media/upload/binary", upload_binary, ["POST"]),
     ("/files/uploads/{token}/{filename}", uploaded_file, ["GET"]),
-    ("/files/outputs/{task_id}.mp4", output_file, ["GET"]),
+    ("/files/outputs/{token}/{task_id}.mp4", output_file, ["GET"]),
     ("/api/v3/predictions/{task_id}/result", prediction, ["GET"]),
     ("/api/v3/predictions/{task_id}", prediction, ["GET"]),
     ("/api/v3/{model_id:path}", submit, ["POST"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import shutil
 import tempfile
@@ -102,13 +103,16 @@ class SandboxState:
             raise
         self.rate.record(owner, now)
 
-    def poll(self, task_id: str) -> Task | None:
-        """Count one result poll (of any id) and return the task, if it exists."""
+    def poll(self, task_id: str, owner: str) -> Task | None:
+        """Count one result poll (of any id) and return the task, if it exists and `owner` submitted it.
+
+        Assumption: the real API answers another account's task id as it answers an unknown one (404)."""
         with self.lock:
             self.result_polls += 1
             task = self.tasks.get(task_id)
-            if task is not None:
-                task.result_polls += 1
+            if task is None or not hmac.compare_digest(task.owner.encode(), owner.encode()):
+                return None
+            task.result_polls += 1
         return task
 
     def advance(self) -> None:
@@ -153,13 +157,15 @@ class SandboxState:
             self._advance(now)
             return task.to_data(base_url, now)
 
-    def output(self, task_id: str) -> RenderedVideo | None:
-        """The video of a completed task, else None."""
+    def output(self, task_id: str, output_token: str) -> RenderedVideo | None:
+        """The video of a completed task whose output URL carries `output_token`, else None."""
         with self.lock:
             now = time.time()
             self._advance(now)
             task = self.tasks.get(task_id)
-            return task.output(now) if task is not None else None
+            if task is None or not hmac.compare_digest(task.output_token.encode(), output_token.encode()):
+                return None
+            return task.output(now)
 
     def balance(self, owner: str) -> float:
         """`owner`'s balance after every task that has ended so far."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -122,6 +123,8 @@ class Task:
     origin: str = ""  # the base URL the submitter used: the webhook's URLs point there
     result_polls: int = 0
     settled: bool = False  # final, and its price charged or released
+    # In the output URL: knowing a task id is not enough to fetch its video.
+    output_token: str = field(default_factory=lambda: secrets.token_urlsafe(16), repr=False)
 
     def state(self, now: float) -> tuple[str, float | None, str]:
         """(status, completed_at_epoch, error) at time `now`."""
@@ -147,7 +150,7 @@ class Task:
         return {
             "id": self.task_id,
             "model": self.model_id,
-            "outputs": [f"{base_url}/files/outputs/{self.task_id}.mp4"] if done else [],
+            "outputs": [f"{base_url}/files/outputs/{self.output_token}/{self.task_id}.mp4"] if done else [],
             "urls": {"get": f"{base_url}/api/v3/predictions/{self.task_id}/result"},
             "has_nsfw_contents": [False] if done else [],
             "status": status,
