@@ -83,3 +83,11 @@ class AlreadyFollowing(KlingDemoError):
 
 class NotYours(KlingDemoError):
     """The task is not in this visitor's history and no key of theirs was given to fetch it."""
+
+
+class BudgetExceeded(KlingDemoError):
+    """A spending limit on the server's key is reached; nothing was submitted. `frees_at` is a Unix time."""
+
+    def __init__(self, message: str, *, frees_at: float | None = None, task_id: str | None = None) -> None:
+        super().__init__(message, task_id=task_id)
+        self.frees_at = frees_at

@@ -18,6 +18,7 @@ from PIL import Image
 
 from . import media
 from .backend import Backend
+from .identity import oauth_enabled, spender_id
 from .config import Settings
 from .errors import InputRejected, KlingDemoError
 from .jobs import JobRequest, JobUpdate, Stage, format_seconds
@@ -185,12 +186,22 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     placeholder = str(pending_picture(output_dir))
     os.environ.setdefault("GRADIO_RUN_HISTORY", "false")  # also when launched without launch_options()
 
+    server_secret = settings.owner_secret()
+
+    def spender(request: gr.Request | None, profile: gr.OAuthProfile | None, api_key: str | None) -> str:
+        """Whom the budgets count: the HF user, the client's IP, or the hash of their own key (identity.py)."""
+        peer = request.client.host if request is not None and request.client is not None else None
+        return spender_id(headers=request.headers if request is not None else None, peer=peer,
+                          trust_forwarded=settings.trusted_proxy, api_key=api_key, secret=server_secret,
+                          hf_username=profile.username if profile is not None else None)
+
     def visitor(owner_id: str | None, typed_key: str | None, request: gr.Request | None,
-                from_page: bool = False) -> Visitor:
+                from_page: bool = False, profile: gr.OAuthProfile | None = None) -> Visitor:
         """Who pays for and owns a job; the page itself must have its owner id (see on_load)."""
         headers = request.headers if request is not None else None
-        return Visitor(resolve_owner(owner_id, _session(request), from_page=bool(from_page)),
-                       visitor_key(typed_key, headers))
+        api_key = visitor_key(typed_key, headers)
+        return Visitor(resolve_owner(owner_id, _session(request), from_page=bool(from_page)), api_key,
+                       spender=spender(request, profile, api_key))
 
     def owner_of(owner_id: str | None, request: gr.Request | None) -> Visitor:
         """Whose history a housekeeping event shows: no key is read."""
@@ -216,8 +227,8 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     async def generate(image: str | None, prompt: str, negative_prompt: str | None = None,
                        guidance_scale: float = SPEC.guidance_default, duration: int = SPEC.default_duration,
                        end_image: str | None = None, owner_id: str | None = None, typed_key: str | None = None,
-                       from_page: bool = False,
-                       request: gr.Request = None) -> AsyncIterator[Outputs]:  # type: ignore[assignment]
+                       from_page: bool = False, request: gr.Request = None,  # type: ignore[assignment]
+                       profile: gr.OAuthProfile | None = None) -> AsyncIterator[Outputs]:
         """Turn one still image into a 5 or 10 second video with Kling 2.0 Master (WaveSpeedAI).
 
         Args:
@@ -234,7 +245,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
             job_request = JobRequest(image=image, prompt=prompt, negative_prompt=negative_prompt,
                                      guidance_scale=guidance_scale, duration=duration, end_image=end_image)
             async for outputs in stream(service.generate(job_request, visitor(owner_id, typed_key, request,
-                                                                              from_page))):
+                                                                              from_page, profile))):
                 yield outputs
 
     async def resume(task_id: str, owner_id: str | None = None, typed_key: str | None = None,
@@ -245,6 +256,16 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
             task_id = media.check_task_id(task_id)
             async for outputs in stream(service.resume(task_id, visitor(owner_id, typed_key, request, from_page))):
                 yield outputs
+
+    @plain_errors()
+    def show_budget(typed: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> Any:
+        """The visitor's spend on the server's key near Generate; hidden in sandbox mode and with their own key."""
+        try:
+            api_key = visitor_key(typed, request.headers)
+        except KlingDemoError:
+            api_key = None
+        line = "" if api_key else service.budget_line(Visitor("", spender=spender(request, profile, None)))
+        return gr.update(value=line, visible=bool(line))
 
     @plain_errors()
     def show_history(owner_id: str | None, request: gr.Request) -> tuple[list[tuple[str, str]], list[str]]:
@@ -324,6 +345,9 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                 with gr.Row():
                     generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
+                budget = gr.Markdown("", elem_id="budget", visible=False)
+                if oauth_enabled():  # a Space with `hf_oauth: true`; the button cannot start anywhere else
+                    gr.LoginButton("Sign in with Hugging Face for your own budget", elem_id="login")
                 with gr.Accordion("Your WaveSpeed key", open=settings.require_user_key, elem_id="key-section"):
                     key_box = gr.Textbox(label="WaveSpeed API key", type="password", elem_id="user-key",
                                          placeholder="optional" if not settings.require_user_key else "required",
@@ -387,6 +411,10 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                             **private)
         gallery.select(select_history, inputs=[history_ids, owner_id], outputs=[history_video, history_detail],
                        queue=False, **private)
+        # Added last, so the events above keep their numbers.
+        demo.load(show_budget, inputs=typed_key, outputs=budget, queue=False, **private)
+        job_event.then(show_budget, inputs=typed_key, outputs=budget, queue=False, show_progress="hidden", **private)
+        key_box.change(show_budget, inputs=key_box, outputs=budget, queue=False, show_progress="hidden", **private)
 
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
     demo.service = service  # type: ignore[attr-defined]  # tests reach the journal and the sandbox through it

@@ -13,6 +13,8 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+NO_BUDGETS = {"KLING_DEMO_VISITOR_BUDGET_USD": "off", "KLING_DEMO_DAILY_BUDGET_USD": "off",
+              "KLING_DEMO_SUBMITS_PER_MINUTE": "off"}
 
 
 def free_port() -> int:
@@ -79,6 +81,7 @@ def start_app_process(data_dir: Path, *, env: dict[str, str] | None = None, log_
     environment.update({"GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
                         "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
                         "KLING_DEMO_DATA_DIR": str(data_dir), "PYTHONPATH": str(ROOT)})
+    environment.update(NO_BUDGETS)  # tests of other things run many jobs from one address; test_budgets sets them
     environment.update(env or {})
     out = log_path.open("ab") if log_path else subprocess.DEVNULL
     process = subprocess.Popen([sys.executable, str(app_script or ROOT / "app.py")], cwd=workdir, env=environment,
