@@ -48,6 +48,14 @@ TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.excepti
 
 
 @dataclass(frozen=True)
+class Quote:
+    """What one run costs, as WaveSpeed's `/model/price` answers it."""
+
+    price: float
+    currency: str = "USD"
+
+
+@dataclass(frozen=True)
 class Prediction:
     """One task as the API reports it."""
 
@@ -252,6 +260,21 @@ class WaveSpeedClient:
             self._raise_for_status(response, "submission")
             return Prediction.from_envelope(self._decode(response))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def price(self, spec: ModelSpec, inputs: dict[str, Any], *, attempts: int = 3) -> Quote:
+        """The price of one run with these inputs (a free quote: it creates nothing, so it is retried).
+
+        The larger of `price` and `discounted_price` is taken, so a budget never counts less than is billed.
+        Few attempts by default: a visitor is waiting, and without a price nothing is submitted."""
+        body = self._json("POST", "/api/v3/model/price", json={"model_id": spec.model_id, "inputs": inputs},
+                          attempts=attempts)
+        data = body.get("data") if isinstance(body.get("data"), dict) else {}
+        amounts = [data.get(name) for name in ("price", "discounted_price")]
+        numbers = [float(a) for a in amounts if isinstance(a, (int, float)) and not isinstance(a, bool)]
+        if not numbers or any(not 0 <= n < float("inf") for n in numbers):
+            raise ServiceUnavailable(f"WaveSpeed answered the price quote without a price: "
+                                     f"{self._redact(str(data))[:200]}")
+        return Quote(price=max(numbers), currency=str(data.get("currency") or "USD").upper())
 
     def result(self, task_id: str, *, attempts: int | None = None) -> Prediction:
         """The task's current state, retried on transient failures up to `attempts` times (default max_attempts).

@@ -60,11 +60,42 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(_float(env, name, default))
 
 
+NO_LIMIT_WORDS = ("off", "none", "unlimited", "no")
+# Spending limits on a server key that is not the sandbox, when the owner sets none (see the README).
+DEFAULT_VISITOR_BUDGET_USD = 5.00
+DEFAULT_DAILY_BUDGET_USD = 50.00
+DEFAULT_SUBMITS_PER_MINUTE = 3
+
+
+def _limit(env: Mapping[str, str], name: str, default: float | None) -> float | None:
+    """A spending limit: unset → `default`; "off" → no limit (None); a number ≥ 0 is the limit (0: nothing)."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in NO_LIMIT_WORDS:
+        return None
+    value = _float(env, name, 0.0)
+    if value < 0:
+        raise ValueError(f"{name} must be 0 or more, or 'off', got {raw!r}")
+    return value
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
         return default
     return raw in ("1", "true", "yes", "on")
+
+
+def _budgets(env: Mapping[str, str], *, server_key: bool) -> dict[str, float | int | None]:
+    """The three spending limits; their defaults apply only when a real key pays (not the sandbox)."""
+    per_minute = _limit(env, "KLING_DEMO_SUBMITS_PER_MINUTE", DEFAULT_SUBMITS_PER_MINUTE if server_key else None)
+    return {
+        "visitor_budget_usd": _limit(env, "KLING_DEMO_VISITOR_BUDGET_USD",
+                                     DEFAULT_VISITOR_BUDGET_USD if server_key else None),
+        "daily_budget_usd": _limit(env, "KLING_DEMO_DAILY_BUDGET_USD", DEFAULT_DAILY_BUDGET_USD if server_key else None),
+        "submits_per_minute": None if per_minute is None else int(per_minute),
+    }
 
 
 @dataclass(frozen=True)
@@ -88,6 +119,11 @@ class Settings:
     require_user_key: bool = False
     max_jobs_per_visitor: int = 2  # while the server's key pays
     mcp_server: bool = False
+    # Limits on what the server's key spends (None: no limit). Set from the environment, these default to
+    # DEFAULT_* when a WAVESPEED_API_KEY is set and to no limit in sandbox mode (nothing is billed there).
+    visitor_budget_usd: float | None = None  # per visitor per rolling 24 h
+    daily_budget_usd: float | None = None  # the whole app per rolling 24 h
+    submits_per_minute: int | None = None  # per visitor
     trusted_proxy: bool = False  # the first X-Forwarded-For hop is the caller (true on a Space)
     public_url: str | None = None  # where WaveSpeed can reach this app (webhooks); None: polling only
     webhook_secret: str | None = field(default=None, repr=False)  # WaveSpeed's `whsec_…`, verifies webhooks
@@ -137,6 +173,7 @@ class Settings:
             public_url=public_url(merged),
             webhook_secret=merged.get("WAVESPEED_WEBHOOK_SECRET", "").strip() or None,
             trusted_proxy=_bool(merged, "KLING_DEMO_TRUSTED_PROXY", default=bool(merged.get("SPACE_ID", "").strip())),
+            **_budgets(merged, server_key=bool(merged.get("WAVESPEED_API_KEY", "").strip())),
         )
 
     def owner_secret(self) -> str:

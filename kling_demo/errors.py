@@ -87,3 +87,11 @@ class NotYours(KlingDemoError):
 
 class WebhookRejected(KlingDemoError):
     """A webhook that is not WaveSpeed's, is too old, or was seen before: refused, and nothing changes."""
+
+
+class BudgetExceeded(KlingDemoError):
+    """A spending limit on the server's key is reached; nothing was submitted. `frees_at` is a Unix time."""
+
+    def __init__(self, message: str, *, frees_at: float | None = None, task_id: str | None = None) -> None:
+        super().__init__(message, task_id=task_id)
+        self.frees_at = frees_at

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Generator, Iterator, TypeVar
 
 from . import media, storage
+from .budgets import Reservation, SpendGuard
 from .client import Prediction, WaveSpeedClient
 from .errors import (
     AlreadyFollowing,
@@ -124,6 +125,8 @@ class JobContext:
     # reports the end of the task, and the registry that hands its notice to this job.
     webhook_url: str | None = None
     notices: Notices | None = None
+    # On the server's key: quotes the price and reserves it against the budgets, or raises BudgetExceeded.
+    spend_guard: SpendGuard | None = None
 
 
 def format_seconds(seconds: float) -> str:
@@ -163,19 +166,18 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
                       "duration": duration, "end_image": end is not None}
             intent = _Intent.write(ctx, params, first)
 
+            reservation: Reservation | None = None
             try:
+                inputs: dict[str, object] = {"prompt": prompt, "guidance_scale": guidance, "duration": duration}
+                if negative:
+                    inputs["negative_prompt"] = negative
+                if ctx.spend_guard is not None:  # before anything is uploaded: the price depends on the duration
+                    reservation = ctx.spend_guard(inputs)
                 size_mb = (first.size_bytes + (end.size_bytes if end else 0)) / 1e6
                 fixed = (" Fixed: " + "; ".join(changes) + ".") if changes else ""
                 yield update(Stage.UPLOADING, f"Uploading {'both frames' if end else 'the first frame'} "
                                               f"({size_mb:.1f} MB)…{fixed}", changes=changes)
-                payload: dict[str, object] = {
-                    "image": ctx.client.upload(first.path, first.mime_type),
-                    "prompt": prompt,
-                    "guidance_scale": guidance,
-                    "duration": duration,
-                }
-                if negative:
-                    payload["negative_prompt"] = negative
+                payload: dict[str, object] = {"image": ctx.client.upload(first.path, first.mime_type), **inputs}
                 if end:
                     payload["end_image"] = ctx.client.upload(end.path, end.mime_type)
                 _check_stop(ctx, task_id)
@@ -185,8 +187,12 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
                 raise
             except BaseException:
                 intent.withdraw()  # refused, unreachable, or stopped: nothing was created
+                if reservation is not None:
+                    reservation.release()
                 raise
             task_id = prediction.task_id
+            if reservation is not None:
+                reservation.attach(task_id)
             ctx.followers.claim(task_id)  # before the journal row has the task id, so recovery never races us
             intent.attach(prediction)
         yield from _follow(prediction, duration, ctx, started)

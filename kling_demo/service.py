@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 from . import jobs, storage
 from .backend import Backend, open_backend
+from .budgets import Budgets, Ledger, Limits
 from .client import Prediction, WaveSpeedClient
 from .config import Settings
 from .errors import KeyRequired, NotYours
@@ -38,6 +39,8 @@ class Visitor:
     api_key: str | None = field(default=None, repr=False)
     # The operator at the command line owns the server's key, so may fetch any task of that key by id.
     operator: bool = False
+    # Whom the server key's budgets count this visitor as (identity.spender_id); the owner id if not given.
+    spender: str = ""
 
     @property
     def key_source(self) -> KeySource:
@@ -121,6 +124,8 @@ class Service:
         self.notices = Notices()
         self.webhooks = Receiver(settings.webhook_secret, self._pushed) \
             if settings.webhook_url and settings.webhook_secret else None
+        self.budgets = Budgets(Ledger(self.journal.path), Limits(settings.visitor_budget_usd, settings.daily_budget_usd,
+                                                                 settings.submits_per_minute), spec)
         self.recovery = Recovery(self.journal, self.context, api_base=self.backend.base_url,
                                  sandbox=self.backend.is_sandbox)
         self.background = background
@@ -133,14 +138,18 @@ class Service:
     def is_sandbox(self) -> bool:
         return self.backend.is_sandbox
 
-    def context(self, owner: str, api_key: str | None = None) -> JobContext:
-        """Everything one job needs, paying with `api_key` (a visitor's own) or else the server's key."""
+    def context(self, owner: str, api_key: str | None = None, spender: str | None = None) -> JobContext:
+        """Everything one job needs, paying with `api_key` (a visitor's own) or else the server's key.
+
+        A job that may submit on the server's key names its `spender`: its submit passes the budgets."""
         client = WaveSpeedClient(self.backend.base_url, api_key or self.backend.api_key,
                                  connect_timeout=self.settings.connect_timeout,
                                  read_timeout=self.settings.read_timeout)
         # A visitor's own key belongs to an account whose webhook secret we do not know: those tasks are polled.
         pushed = self.webhooks is not None and not api_key
+        guard = self.budgets.guard(spender, client) if spender is not None and not api_key else None
         return JobContext(client=client, videos_dir=self.videos_dir, deadline_seconds=self.settings.deadline_seconds,
+                          spend_guard=guard,
                           max_download_bytes=self.settings.max_download_bytes, spec=self.spec, history=self.history,
                           journal=self.journal, owner=owner,
                           key_source=KeySource.VISITOR if api_key else KeySource.SERVER,
@@ -169,7 +178,7 @@ class Service:
         on_close = contextlib.ExitStack()
         on_close.enter_context(self.slots.hold(visitor.owner, None if visitor.api_key
                                                else self.settings.max_jobs_per_visitor))
-        ctx = self.context(visitor.owner, visitor.api_key)
+        ctx = self.context(visitor.owner, visitor.api_key, None if visitor.operator else self.spender(visitor))
         return Job(jobs.generate(request, ctx), ctx, on_close, lambda: self._hand_over(visitor))
 
     def resume(self, task_id: str, visitor: Visitor, *, duration: int | None = None) -> Job:
@@ -190,6 +199,16 @@ class Service:
         payer = Visitor(visitor.owner, use_key)
         return Job(jobs.resume(task_id, ctx, duration=record.duration if record and record.duration else duration), ctx,
                    contextlib.ExitStack(), lambda: self._hand_over(payer))
+
+    def budget_line(self, visitor: Visitor) -> str:
+        """How much of the server key's budget the visitor used, for the page; "" when none applies to them."""
+        if visitor.api_key or visitor.operator:
+            return ""
+        return self.budgets.line(self.spender(visitor))
+
+    @staticmethod
+    def spender(visitor: Visitor) -> str:
+        return visitor.spender or visitor.owner
 
     def moved(self, visitor: Visitor, task_id: str, video_path: Path) -> None:
         """The visitor moved a finished video (the CLI's --out): the history points at its new place."""

@@ -20,11 +20,12 @@ from . import media, webhooks
 from .backend import Backend
 from .config import Settings
 from .errors import InputRejected, KlingDemoError
+from .identity import client_address, oauth_enabled, spender_id
 from .jobs import JobRequest, JobUpdate, Stage, format_seconds
 from .models import DEFAULT_MODEL
 from .service import Job, Service, Visitor
-from .visitors import (OWNER_STORAGE_KEY, OWNER_STORAGE_OBFUSCATION, client_ip, new_owner_id, resolve_owner,
-                       sign_owner, verified_owner, visitor_key)
+from .visitors import (OWNER_STORAGE_KEY, OWNER_STORAGE_OBFUSCATION, new_owner_id, resolve_owner, sign_owner,
+                       verified_owner, visitor_key)
 
 if TYPE_CHECKING:
     from .journal import TaskRecord
@@ -189,12 +190,14 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     secret = settings.owner_secret()  # signs owner ids and hashes keys; never sent to a browser
 
     def visitor(owner_id: str | None, typed_key: str | None, request: gr.Request | None,
-                from_page: bool = False) -> Visitor:
-        """Who pays for and owns a job; the page itself must have its signed owner id (see on_load)."""
+                from_page: bool = False, profile: gr.OAuthProfile | None = None) -> Visitor:
+        """Who owns a job (the page must have its signed owner id, see on_load) and whom its spend counts
+        against: the HF user, the client's IP, or the hash of their own key (identity.py)."""
         headers = request.headers if request is not None else None
         api_key = visitor_key(typed_key, headers)
-        return Visitor(resolve_owner(owner_id, secret=secret, api_key=api_key, ip=_ip(request),
-                                     from_page=bool(from_page)), api_key)
+        owner = resolve_owner(owner_id, secret=secret, api_key=api_key, ip=_ip(request), from_page=bool(from_page))
+        return Visitor(owner, api_key, spender=spender_id(ip=_ip(request), api_key=api_key, secret=secret,
+                                                          hf_username=profile.username if profile else None))
 
     def owner_of(owner_id: str | None, request: gr.Request | None) -> Visitor:
         """Whose history a housekeeping event shows; a caller's key only names them, it pays for nothing here."""
@@ -202,10 +205,9 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         return Visitor(resolve_owner(owner_id, secret=secret, api_key=api_key, ip=_ip(request)))
 
     def _ip(request: gr.Request | None) -> str:
-        if request is None:
-            return "unknown"
-        peer = request.client.host if request.client is not None else None
-        return client_ip(request.headers, peer, trusted_proxy=settings.trusted_proxy)
+        peer = request.client.host if request is not None and request.client is not None else None
+        return client_address(request.headers if request is not None else None, peer,
+                              trust_forwarded=settings.trusted_proxy)
 
     def validate(image: str | None, prompt: str | None, negative_prompt: str | None, guidance_scale: float,
                  duration: int, end_image: str | None, owner_id: str | None = None,
@@ -227,8 +229,8 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     async def generate(image: str | None, prompt: str, negative_prompt: str | None = None,
                        guidance_scale: float = SPEC.guidance_default, duration: int = SPEC.default_duration,
                        end_image: str | None = None, owner_id: str | None = None, typed_key: str | None = None,
-                       from_page: bool = False,
-                       request: gr.Request = None) -> AsyncIterator[Outputs]:  # type: ignore[assignment]
+                       from_page: bool = False, request: gr.Request = None,  # type: ignore[assignment]
+                       profile: gr.OAuthProfile | None = None) -> AsyncIterator[Outputs]:
         """Turn one still image into a 5 or 10 second video with Kling 2.0 Master (WaveSpeedAI).
 
         Args:
@@ -245,7 +247,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
             job_request = JobRequest(image=image, prompt=prompt, negative_prompt=negative_prompt,
                                      guidance_scale=guidance_scale, duration=duration, end_image=end_image)
             async for outputs in stream(service.generate(job_request, visitor(owner_id, typed_key, request,
-                                                                              from_page))):
+                                                                              from_page, profile))):
                 yield outputs
 
     async def resume(task_id: str, owner_id: str | None = None, typed_key: str | None = None,
@@ -256,6 +258,17 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
             task_id = media.check_task_id(task_id)
             async for outputs in stream(service.resume(task_id, visitor(owner_id, typed_key, request, from_page))):
                 yield outputs
+
+    @plain_errors()
+    def show_budget(typed: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> Any:
+        """The visitor's spend on the server's key near Generate; hidden in sandbox mode and with their own key."""
+        try:
+            api_key = visitor_key(typed, request.headers)
+        except KlingDemoError:
+            api_key = None
+        line = "" if api_key else service.budget_line(Visitor("", spender=spender_id(
+            ip=_ip(request), hf_username=profile.username if profile else None)))
+        return gr.update(value=line, visible=bool(line))
 
     @plain_errors()
     def show_history(owner_id: str | None, request: gr.Request) -> tuple[list[tuple[str, str]], list[str]]:
@@ -341,6 +354,9 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                 with gr.Row():
                     generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
+                budget = gr.Markdown("", elem_id="budget", visible=False)
+                if oauth_enabled():  # a Space with `hf_oauth: true`; the button cannot start anywhere else
+                    gr.LoginButton("Sign in with Hugging Face for your own budget", elem_id="login")
                 with gr.Accordion("Your WaveSpeed key", open=settings.require_user_key, elem_id="key-section"):
                     key_box = gr.Textbox(label="WaveSpeed API key", type="password", elem_id="user-key",
                                          placeholder="optional" if not settings.require_user_key else "required",
@@ -404,6 +420,10 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                             **private)
         gallery.select(select_history, inputs=[history_ids, owner_id], outputs=[history_video, history_detail],
                        queue=False, **private)
+        # Added last, so the events above keep their numbers.
+        demo.load(show_budget, inputs=typed_key, outputs=budget, queue=False, **private)
+        job_event.then(show_budget, inputs=typed_key, outputs=budget, queue=False, show_progress="hidden", **private)
+        key_box.change(show_budget, inputs=key_box, outputs=budget, queue=False, show_progress="hidden", **private)
 
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
     if service.webhooks is not None:

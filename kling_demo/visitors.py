@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Iterator, Mapping
 
 from .errors import InputRejected, RateLimited
+from .identity import key_id
 
 OWNER_STORAGE_KEY = "kling_demo_owner"
 # BrowserState sends its `secret` to every visitor in /config, so it only obfuscates: the value is signed instead.
@@ -54,20 +55,6 @@ def verified_owner(token: str | None, secret: str) -> str | None:
     return owner_id
 
 
-def key_owner(api_key: str, secret: str) -> str:
-    """An API caller's owner when it brings a key: a keyed hash of the key (the key itself is never kept)."""
-    return f"key:{_mac(secret, 'key', api_key)[:32]}"
-
-
-def client_ip(headers: Mapping[str, str] | None, peer: str | None, *, trusted_proxy: bool) -> str:
-    """The caller's IP: behind a trusted proxy (a Space) the first X-Forwarded-For hop, else the socket peer."""
-    if trusted_proxy and headers is not None:
-        first_hop = (headers.get("x-forwarded-for") or "").split(",")[0].strip()
-        if first_hop:
-            return first_hop
-    return peer or "unknown"
-
-
 def resolve_owner(token: str | None, *, secret: str, api_key: str | None = None, ip: str = "unknown",
                   from_page: bool = False) -> str:
     """Whose history a request reads and writes: the browser's signed owner id; callers without one (API, MCP)
@@ -83,7 +70,7 @@ def resolve_owner(token: str | None, *, secret: str, api_key: str | None = None,
     if from_page:
         raise InputRejected(NO_OWNER_ID)
     if api_key:
-        return key_owner(api_key, secret)
+        return key_id(secret, api_key)
     return f"ip:{ip}"
 
 

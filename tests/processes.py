@@ -16,6 +16,9 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 # Settings a developer's shell may carry: never let them reach a process under test.
 FOREIGN_SETTINGS = ("WAVESPEED_", "KLING_DEMO_", "GRADIO_")
+# Spending limits off: tests of other things run many jobs from one address; the budget tests set them.
+NO_BUDGETS = {"KLING_DEMO_VISITOR_BUDGET_USD": "off", "KLING_DEMO_DAILY_BUDGET_USD": "off",
+              "KLING_DEMO_SUBMITS_PER_MINUTE": "off"}
 
 
 def free_port() -> int:
@@ -100,6 +103,7 @@ def start_app_process(data_dir: Path, *, env: dict[str, str] | None = None, log_
     workdir.mkdir(parents=True, exist_ok=True)
     environment = clean_env(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
                             GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1", KLING_DEMO_DATA_DIR=str(data_dir))
+    environment.update(NO_BUDGETS)
     environment.update(env or {})
     started = time.monotonic()
     process = subprocess.Popen([sys.executable, str(app_script or ROOT / "app.py")], cwd=workdir, env=environment,

@@ -17,7 +17,8 @@ import requests
 from gradio_client import Client, handle_file
 
 from kling_demo.errors import InputRejected
-from kling_demo.visitors import (OWNER_STORAGE_OBFUSCATION, client_ip, key_owner, resolve_owner,
+from kling_demo.identity import client_address, key_id
+from kling_demo.visitors import (OWNER_STORAGE_OBFUSCATION, resolve_owner,
                                  sign_owner, verified_owner)
 from tests.page_session import PageSession, error_of
 from tests.processes import Served, start_app_process, start_sandbox_process
@@ -43,8 +44,8 @@ def test_an_owner_token_verifies_only_as_signed_by_this_secret():
 def test_callers_without_a_page_are_their_keys_hash_else_their_ip():
     assert resolve_owner(sign_owner("c" * 32, SECRET), secret=SECRET, api_key="k", ip="1.2.3.4") == "browser:" + "c" * 32
     by_key = resolve_owner("", secret=SECRET, api_key="ws-key-1", ip="1.2.3.4")
-    assert by_key == key_owner("ws-key-1", SECRET) != key_owner("ws-key-2", SECRET)
-    assert "ws-key-1" not in by_key and by_key != key_owner("ws-key-1", "another secret")
+    assert by_key == key_id(SECRET, "ws-key-1") != key_id(SECRET, "ws-key-2")
+    assert "ws-key-1" not in by_key and by_key != key_id("another secret", "ws-key-1")
     assert resolve_owner(None, secret=SECRET, ip="1.2.3.4") == "ip:1.2.3.4"
     with pytest.raises(InputRejected, match="not issued by this app"):
         resolve_owner("c" * 32, secret=SECRET, api_key="k")
@@ -54,9 +55,9 @@ def test_callers_without_a_page_are_their_keys_hash_else_their_ip():
 
 def test_the_forwarded_ip_counts_only_behind_a_trusted_proxy():
     headers = {"x-forwarded-for": "203.0.113.7, 10.0.0.1"}
-    assert client_ip(headers, "10.0.0.2", trusted_proxy=True) == "203.0.113.7"
-    assert client_ip(headers, "10.0.0.2", trusted_proxy=False) == "10.0.0.2"
-    assert client_ip({}, "10.0.0.2", trusted_proxy=True) == "10.0.0.2"
+    assert client_address(headers, "10.0.0.2", trust_forwarded=True) == "203.0.113.7"
+    assert client_address(headers, "10.0.0.2", trust_forwarded=False) == "10.0.0.2"
+    assert client_address({}, "10.0.0.2", trust_forwarded=True) == "10.0.0.2"
 
 
 # --- the running app ------------------------------------------------------------------------------------------

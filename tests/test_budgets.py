@@ -1,0 +1,280 @@
+"""Budgets in money, in-process: the ledger's rolling window and releases, who the spender is, the price quote,
+and the guard a server-key job passes right before it uploads (against a real sandbox on loopback)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import pytest
+
+from kling_demo.backend import Backend
+from kling_demo.budgets import PRICE_UNKNOWN, Budgets, Ledger, Limits
+from kling_demo.client import WaveSpeedClient
+from kling_demo.config import Settings
+from kling_demo.errors import BudgetExceeded, JobStopped, ServiceUnavailable
+from kling_demo.identity import client_address, key_id, oauth_enabled, spender_id
+from kling_demo.jobs import JobRequest, Stage
+from kling_demo.journal import Journal
+from kling_demo.models import DEFAULT_MODEL
+from kling_demo.service import Service, Visitor
+
+DAY = 24 * 3600
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    clock = Clock()
+    journal = Journal(tmp_path / "journal.sqlite3")  # the ledger lives in the journal's file
+    made = Ledger(journal.path, clock=clock)
+    made.clock_ = clock  # type: ignore[attr-defined]
+    return made
+
+
+# --- the ledger -------------------------------------------------------------------------------------------------
+
+def test_a_visitor_spends_up_to_the_budget_and_is_told_when_it_frees_up(ledger):
+    limits, clock = Limits(visitor_usd=3.00), ledger.clock_
+    ledger.reserve("ip:1.2.3.4", 1.40, limits)
+    clock.now += 3600
+    ledger.reserve("ip:1.2.3.4", 1.40, limits)
+    clock.now += 60
+    with pytest.raises(BudgetExceeded) as refused:
+        ledger.reserve("ip:1.2.3.4", 1.40, limits, what="this 5 s video")
+    message = str(refused.value)
+    assert "You have used $2.80 of your daily budget on this Space's key ($3.00 per 24 hours)" in message
+    assert "this 5 s video costs $1.40" in message and "own WaveSpeed key lifts this limit" in message
+    assert "Nothing was submitted." in message
+    # The first spend leaves the window first: that is when one more video fits again.
+    assert refused.value.frees_at == pytest.approx(1_000_000.0 + DAY)
+    assert "(in 22 h 59 min)" in message, message
+    ledger.reserve("ip:5.6.7.8", 1.40, limits)  # another visitor has their own budget
+
+    clock.now = 1_000_000.0 + DAY + 1  # rolling: the first spend no longer counts
+    ledger.reserve("ip:1.2.3.4", 1.40, limits)
+    assert ledger.usage("ip:1.2.3.4").spender_usd == pytest.approx(2.80)
+
+
+def test_a_released_reservation_no_longer_counts(ledger):
+    limits = Limits(visitor_usd=1.50, app_usd=10.0)
+    reservation = ledger.reserve("ip:1.2.3.4", 1.40, limits)
+    with pytest.raises(BudgetExceeded):
+        ledger.reserve("ip:1.2.3.4", 1.40, limits)
+    reservation.release()
+    reservation.release()  # twice is harmless
+    ledger.reserve("ip:1.2.3.4", 1.40, limits)
+    assert ledger.usage("ip:1.2.3.4") .spender_usd == pytest.approx(1.40)
+    assert ledger.usage("anyone").app_usd == pytest.approx(1.40)
+
+
+def test_the_app_wide_budget_stops_everyone(ledger):
+    limits = Limits(visitor_usd=5.0, app_usd=4.0)
+    for n in range(2):
+        ledger.reserve(f"ip:10.0.0.{n}", 1.40, limits)
+    with pytest.raises(BudgetExceeded) as refused:
+        ledger.reserve("ip:10.0.0.9", 1.40, limits)
+    assert "This Space has used $2.80 of this Space's daily budget on its key ($4.00 per 24 hours)" in str(
+        refused.value)
+
+
+def test_a_video_dearer_than_the_whole_budget_says_so(ledger):
+    with pytest.raises(BudgetExceeded) as refused:
+        ledger.reserve("ip:1.2.3.4", 2.80, Limits(visitor_usd=2.00), what="this 10 s video")
+    assert "This 10 s video costs $2.80, more than your daily budget" in str(refused.value)
+    assert "shorter video" in str(refused.value) and refused.value.frees_at is None
+
+
+def test_submits_per_minute_counts_per_spender(ledger):
+    limits, clock = Limits(submits_per_minute=2), ledger.clock_
+    ledger.reserve("ip:1.2.3.4", 0.0, limits)
+    clock.now += 10
+    ledger.reserve("ip:1.2.3.4", 0.0, limits)
+    clock.now += 5
+    with pytest.raises(BudgetExceeded) as refused:
+        ledger.reserve("ip:1.2.3.4", 0.0, limits)
+    assert "(2 a minute)" in str(refused.value) and "Try again in 45 s" in str(refused.value)
+    ledger.reserve("ip:9.9.9.9", 0.0, limits)
+    clock.now += 46
+    ledger.reserve("ip:1.2.3.4", 0.0, limits)
+
+
+def test_zero_means_nothing_may_be_spent(ledger):
+    with pytest.raises(BudgetExceeded):
+        ledger.reserve("ip:1.2.3.4", 1.40, Limits(app_usd=0.0))
+    with pytest.raises(BudgetExceeded, match="off"):
+        ledger.reserve("ip:1.2.3.4", 1.40, Limits(submits_per_minute=0))
+
+
+def test_reservations_at_once_never_overshoot_the_budget(ledger):
+    limits, granted, refused = Limits(visitor_usd=3.00), [], []
+
+    def spend() -> None:
+        try:
+            granted.append(Ledger(ledger.path, clock=ledger.clock_).reserve("ip:1.2.3.4", 1.40, limits))
+        except BudgetExceeded:
+            refused.append(1)
+
+    threads = [threading.Thread(target=spend) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(granted) == 2 and len(refused) == 10
+
+
+def test_an_old_journal_gains_the_ledger_and_keeps_its_tasks(tmp_path):
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    journal.record_submission(owner="o", task_id="t1", model="m", api_base="b", key_source="server",
+                              params={"prompt": "p"})
+    with sqlite3.connect(path) as db:
+        assert "spend" not in {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    Ledger(path).reserve("ip:1.2.3.4", 1.0, Limits(visitor_usd=5.0))
+    assert Journal(path).get("o", "t1") is not None
+    assert Ledger(path).usage("ip:1.2.3.4").spender_usd == 1.0
+
+
+# --- who is spending ----------------------------------------------------------------------------------------------
+
+def test_the_spender_is_the_key_hash_then_the_hf_user_then_the_ip():
+    headers = {"x-forwarded-for": "203.0.113.7, 10.0.0.1"}
+    ip = client_address(headers, "10.0.0.2", trust_forwarded=True)
+    assert spender_id(ip=ip) == "ip:203.0.113.7"
+    assert spender_id(ip=client_address(headers, "10.0.0.2", trust_forwarded=False)) == "ip:10.0.0.2"
+    assert spender_id(ip=ip, hf_username="ada") == "hf:ada"
+    by_key = spender_id(ip=ip, hf_username="ada", api_key="ws-secret", secret="server-secret")
+    assert by_key == key_id("server-secret", "ws-secret") and by_key.startswith("key:")
+    assert len(by_key) == len("key:") + 32 and "ws-secret" not in by_key
+    assert key_id("another-secret", "ws-secret") != by_key
+
+
+def test_addresses_are_normalized_and_garbage_falls_back_to_the_peer():
+    assert client_address({"x-forwarded-for": "not an ip"}, "10.0.0.2", trust_forwarded=True) == "10.0.0.2"
+    assert client_address({"x-forwarded-for": "198.51.100.1:4242"}, None, trust_forwarded=True) == "198.51.100.1"
+    # One IPv6 /64 is one visitor: rotating addresses inside it buys no new budget.
+    first = client_address({"x-forwarded-for": "2001:db8:1:2::1"}, None, trust_forwarded=True)
+    assert first == client_address({"x-forwarded-for": "[2001:db8:1:2:ffff::9]:443"}, None, trust_forwarded=True)
+    assert first == "2001:db8:1:2::/64"
+    assert client_address(None, "::ffff:192.0.2.5", trust_forwarded=False) == "192.0.2.5"
+    assert client_address(None, None, trust_forwarded=False) == "unknown"
+
+
+def test_the_login_button_appears_only_on_a_space_with_oauth():
+    oauth = {"OAUTH_CLIENT_ID": "c", "OAUTH_CLIENT_SECRET": "s", "OAUTH_SCOPES": "openid profile",
+             "OPENID_PROVIDER_URL": "https://huggingface.co"}
+    assert oauth_enabled({"SPACE_ID": "me/app", **oauth})
+    assert not oauth_enabled(oauth) and not oauth_enabled({"SPACE_ID": "me/app"})
+    assert not oauth_enabled({"SPACE_ID": "me/app", **oauth, "OAUTH_SCOPES": ""})
+
+
+def test_budget_defaults_apply_on_a_real_key_only():
+    sandbox = Settings.from_env({}, None)
+    assert (sandbox.visitor_budget_usd, sandbox.daily_budget_usd, sandbox.submits_per_minute) == (None, None, None)
+    paid = Settings.from_env({"WAVESPEED_API_KEY": "k"}, None)
+    assert (paid.visitor_budget_usd, paid.daily_budget_usd, paid.submits_per_minute) == (5.0, 50.0, 3)
+    tuned = Settings.from_env({"WAVESPEED_API_KEY": "k", "KLING_DEMO_VISITOR_BUDGET_USD": "off",
+                               "KLING_DEMO_DAILY_BUDGET_USD": "0", "KLING_DEMO_SUBMITS_PER_MINUTE": "10"}, None)
+    assert (tuned.visitor_budget_usd, tuned.daily_budget_usd, tuned.submits_per_minute) == (None, 0.0, 10)
+    explicit_in_sandbox = Settings.from_env({"KLING_DEMO_VISITOR_BUDGET_USD": "2.5"}, None)
+    assert explicit_in_sandbox.visitor_budget_usd == 2.5
+    with pytest.raises(ValueError, match="KLING_DEMO_DAILY_BUDGET_USD"):
+        Settings.from_env({"KLING_DEMO_DAILY_BUDGET_USD": "-1"}, None)
+    assert Settings.from_env({"SPACE_ID": "me/app"}, None).trusted_proxy
+    assert not Settings.from_env({}, None).trusted_proxy
+
+
+# --- the quote and the guard, against a real sandbox ------------------------------------------------------------------
+
+def test_the_price_quote_comes_from_the_api(make_sandbox):
+    sandbox = make_sandbox(price_per_second=0.28)
+    with WaveSpeedClient(sandbox.base_url, "k") as client:
+        assert client.price(DEFAULT_MODEL, {"duration": 5}).price == pytest.approx(1.40)
+        assert client.price(DEFAULT_MODEL, {"duration": 10, "prompt": "x"}).price == pytest.approx(2.80)
+        assert client.price(DEFAULT_MODEL, {"duration": 5}).currency == "USD"
+    assert sandbox.stats()["submissions"] == 0, "a quote creates nothing"
+
+
+@pytest.fixture
+def make_service(tmp_path):
+    made: list[Service] = []
+
+    def factory(base_url: str, **settings_fields) -> Service:
+        service = Service(Settings(data_dir=tmp_path / "data", **settings_fields),
+                          Backend(base_url=base_url, api_key="server-key"), background=False)
+        made.append(service)
+        return service
+
+    yield factory
+    for service in made:
+        service.close()
+
+
+def run(job) -> list:
+    with job:
+        return list(job)
+
+
+def test_a_refused_job_uploads_and_submits_nothing(make_sandbox, make_service, make_image):
+    sandbox = make_sandbox()
+    service = make_service(sandbox.base_url, visitor_budget_usd=1.50)
+    visitor = Visitor("browser:a", spender="ip:1.2.3.4")
+    assert run(service.generate(JobRequest(image=make_image(), prompt="one"), visitor))[-1].stage is Stage.DONE
+    assert service.budget_line(visitor) == "Last 24 h on this Space's key: $1.40 of $1.50 used · your own key lifts this"
+    with pytest.raises(BudgetExceeded, match="daily budget"):
+        run(service.generate(JobRequest(image=make_image(), prompt="two"), Visitor("browser:b", spender="ip:1.2.3.4")))
+    assert sandbox.stats()["uploads"] == 1 and sandbox.stats()["submissions"] == 1
+    assert [r.prompt for r in service.tasks(Visitor("browser:b"))] == [], "no entry is left for a refused job"
+    # One's own key is neither refused nor charged; the operator at the command line is not budgeted.
+    own = Visitor("browser:a", "own-key", spender="ip:1.2.3.4")
+    assert run(service.generate(JobRequest(image=make_image(), prompt="own"), own))[-1].stage is Stage.DONE
+    operator = Visitor("cli", operator=True)
+    assert run(service.generate(JobRequest(image=make_image(), prompt="cli"), operator))[-1].stage is Stage.DONE
+    assert service.budgets.ledger.usage("ip:1.2.3.4").app_usd == pytest.approx(1.40)
+    assert service.budget_line(own) == "" and service.budget_line(operator) == ""
+
+
+def test_a_job_stopped_before_its_submit_is_released(make_sandbox, make_service, make_image):
+    sandbox = make_sandbox()
+    service = make_service(sandbox.base_url, visitor_budget_usd=5.0)
+    with service.generate(JobRequest(image=make_image(), prompt="x"), Visitor("browser:a", spender="ip:1.2.3.4")) as job:
+        with pytest.raises(JobStopped, match="nothing was billed"):
+            for update in job:
+                if update.stage is Stage.UPLOADING:  # reserved by now; Stop lands before the submit POST
+                    assert service.budgets.ledger.usage("ip:1.2.3.4").spender_usd == pytest.approx(1.40)
+                    job.stop()
+    assert sandbox.stats()["submissions"] == 0
+    assert service.budgets.ledger.usage("ip:1.2.3.4").spender_usd == 0.0
+
+
+def test_a_submission_refused_by_the_api_is_released(make_sandbox, make_service, make_image):
+    sandbox = make_sandbox()
+    service = make_service(sandbox.base_url, visitor_budget_usd=5.0)
+    # Over the API's own prompt cap (2000) but not ours: WaveSpeed answers 400, which creates nothing.
+    with pytest.raises(Exception, match="refused the input"):
+        run(service.generate(JobRequest(image=make_image(), prompt="x" * 2100), Visitor("browser:a", spender="ip:1.2.3.4")))
+    assert sandbox.stats()["uploads"] == 1 and sandbox.stats()["submissions"] == 0
+    assert service.budgets.ledger.usage("ip:1.2.3.4").spender_usd == 0.0
+
+
+def test_no_price_no_submission(make_sandbox, make_service, make_image):
+    sandbox = make_sandbox()
+    service = make_service(sandbox.base_url, visitor_budget_usd=5.0)
+    sandbox.stop()  # the quote cannot be had: the job is refused, not guessed
+    with pytest.raises(ServiceUnavailable) as refused:
+        run(service.generate(JobRequest(image=make_image(), prompt="x"), Visitor("browser:a", spender="ip:1.2.3.4")))
+    assert str(refused.value) == PRICE_UNKNOWN
+    assert service.budgets.ledger.usage("ip:1.2.3.4").spender_usd == 0.0
+
+
+def test_no_limits_no_guard(tmp_path):
+    budgets = Budgets(Ledger(tmp_path / "j.sqlite3"), Limits(), DEFAULT_MODEL)
+    assert budgets.guard("ip:1.2.3.4", WaveSpeedClient("http://127.0.0.1:9", "k")) is None
+    assert budgets.line("ip:1.2.3.4") == ""
