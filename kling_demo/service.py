@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import jobs, storage
+from .api_slots import ApiSlots, key_id
 from .backend import Backend, open_backend
 from .client import WaveSpeedClient
 from .config import Settings
@@ -115,8 +116,10 @@ class Service:
             self.history.record(spec.model_id, duration, seconds)
         self.followers = Followers()
         self.slots = JobSlots()
+        # Tasks at WaveSpeed per key, the server's and each visitor's own: jobs beyond the account's level wait here.
+        self.api_slots = ApiSlots(settings.api_concurrency)
         self.recovery = Recovery(self.journal, self.context, api_base=self.backend.base_url,
-                                 sandbox=self.backend.is_sandbox)
+                                 sandbox=self.backend.is_sandbox, release_slot=self.api_slots.finish)
         self.background = background
         if background:
             recovered = self.recovery.resume_running()
@@ -136,7 +139,8 @@ class Service:
                           max_download_bytes=self.settings.max_download_bytes, spec=self.spec, history=self.history,
                           journal=self.journal, owner=owner,
                           key_source=KeySource.VISITOR if api_key else KeySource.SERVER,
-                          min_free_bytes=self.settings.min_free_bytes, followers=self.followers)
+                          min_free_bytes=self.settings.min_free_bytes, followers=self.followers,
+                          slots=self.api_slots, slot_key=key_id(api_key or self.backend.api_key))
 
     # -- what front ends ask for ---------------------------------------------------------------------------
 
