@@ -29,7 +29,9 @@ from .errors import (
     ApiInputRefused,
     AuthenticationFailed,
     DownloadFailed,
+    InsufficientBalance,
     KlingDemoError,
+    NothingSubmitted,
     RateLimited,
     ServiceUnavailable,
     SubmissionOutcomeUnknown,
@@ -230,27 +232,33 @@ class WaveSpeedClient:
         self._with_retries(f"upload of {path.name}", put)
         return str(download_url)
 
-    def submit(self, spec: ModelSpec, payload: dict[str, Any], *, webhook: str | None = None) -> Prediction:
+    def submit(self, spec: ModelSpec, payload: dict[str, Any], *, attempts: int | None = None,
+               webhook: str | None = None) -> Prediction:
         """Create a task. Never resubmits after an answer that may have been lost.
 
-        `webhook`: a public URL WaveSpeed POSTs the final prediction to (sent as the `?webhook=` query parameter)."""
+        Only a 429 (`RateLimited`) or a connection that never opened (`NothingSubmitted`) is certain to have
+        created nothing; those are retried here up to `attempts` times (default max_attempts). A job asks for
+        one attempt and waits out the retry itself, so no worker thread sleeps in here. `webhook`: a public URL
+        WaveSpeed POSTs the final prediction to (sent as the `?webhook=` query parameter)."""
         url = self.base_url + spec.submit_path
         params = {"webhook": webhook} if webhook else None
-        for attempt in range(1, self.max_attempts + 1):
+        attempts = max(1, attempts or self.max_attempts)
+        for attempt in range(1, attempts + 1):
             try:
                 response = self.session.post(url, json=payload, params=params, timeout=self.timeout)
             except TRANSPORT_ERRORS as exc:
-                if _never_sent(exc) and attempt < self.max_attempts:
-                    self._pause(attempt, None, "submit: could not connect")
+                if _never_sent(exc) and attempt < attempts:
+                    self._pause(attempt, None, "submit: could not connect", attempts)
                     continue
                 if _never_sent(exc):
-                    raise ServiceUnavailable(f"Could not reach {self.base_url}; nothing was submitted.") from exc
+                    raise NothingSubmitted(f"Could not reach {self.base_url}; nothing was submitted.",
+                                           reason=_transport_reason(exc)) from exc
                 raise SubmissionOutcomeUnknown(
                     "The submission's answer was lost (" + type(exc).__name__ + "). The task may exist and be "
                     "billed, so it was not resubmitted: check your WaveSpeed dashboard before trying again."
                 ) from exc
-            if response.status_code == 429 and attempt < self.max_attempts:
-                self._pause(attempt, retry_after_seconds(response), "submit: rate limited")
+            if response.status_code == 429 and attempt < attempts:
+                self._pause(attempt, retry_after_seconds(response), "submit: rate limited", attempts)
                 continue
             if response.status_code >= 500:
                 raise SubmissionOutcomeUnknown(
@@ -391,6 +399,9 @@ class WaveSpeedClient:
             raise AuthenticationFailed(
                 f"WaveSpeed rejected the API key (HTTP {status}). Check WAVESPEED_API_KEY or the key you entered.",
                 task_id=task_id)
+        if status == 402:
+            raise InsufficientBalance("WaveSpeed says this key's balance is too low for this video. Top up at "
+                                      "wavespeed.ai, or use another key.", task_id=task_id)
         if status == 429:
             raise RateLimited(f"WaveSpeed is rate limiting requests (HTTP 429) during the {what}. Wait a minute "
                               "and try again.", retry_after=retry_after_seconds(response), task_id=task_id)

@@ -111,6 +111,7 @@ class Settings:
     max_download_bytes: int = 500 * 1024 * 1024
     min_free_mb: float = float(DEFAULT_MIN_FREE_MB)  # below this free space in the data dir, new jobs are refused
     concurrency: int = 32
+    api_concurrency: int = 3  # tasks one WaveSpeed key runs at once (its account level; Bronze is 3)
     max_queue: int = 64
     sandbox_inference_seconds: float = 6.0
     secret: str | None = field(default=None, repr=False)  # signs each browser's owner id
@@ -163,6 +164,7 @@ class Settings:
             min_free_mb=max(0.0, _float(merged, "KLING_DEMO_MIN_FREE_MB", cls.min_free_mb)),
             concurrency=max(1, _int(merged, "KLING_DEMO_CONCURRENCY", cls.concurrency)),
             max_queue=max(1, _int(merged, "KLING_DEMO_MAX_QUEUE", cls.max_queue)),
+            api_concurrency=max(1, _int(merged, "KLING_DEMO_API_CONCURRENCY", cls.api_concurrency)),
             sandbox_inference_seconds=_float(merged, "KLING_DEMO_SANDBOX_SECONDS", cls.sandbox_inference_seconds),
             secret=merged.get("KLING_DEMO_SECRET", "").strip() or None,
             retention_days=_optional_float(merged, "KLING_DEMO_RETENTION_DAYS"),

@@ -37,6 +37,10 @@ class RateLimited(KlingDemoError):
         self.retry_after = retry_after
 
 
+class InsufficientBalance(KlingDemoError):
+    """The key's balance cannot pay for this video (HTTP 402); nothing was created or billed."""
+
+
 class ApiInputRefused(KlingDemoError):
     """The API refused the input (HTTP 400); its message names the field."""
 
@@ -53,12 +57,20 @@ class ServiceUnavailable(KlingDemoError):
         self.retry_after = retry_after
 
 
+class NothingSubmitted(ServiceUnavailable):
+    """The submit's connection never opened, so no task exists and it may be sent again."""
+
+
 class SubmissionOutcomeUnknown(KlingDemoError):
     """The submit answer was lost: the task may exist and be billed, so it was not resubmitted."""
 
 
 class TaskFailed(KlingDemoError):
-    """The task ended without a video; carries the API's error text."""
+    """The task ended without a video; carries the API's error text and its final status."""
+
+    def __init__(self, message: str, *, task_id: str | None = None, status: str = "failed") -> None:
+        super().__init__(message, task_id=task_id)
+        self.status = status
 
 
 class TaskTimedOut(KlingDemoError):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Generator, Iterator, TypeVar
 
 from . import media, storage
+from .api_slots import ApiSlots, Ticket
 from .budgets import Reservation, SpendGuard
 from .client import Prediction, WaveSpeedClient
 from .errors import (
@@ -27,6 +28,8 @@ from .errors import (
     InputRejected,
     JobStopped,
     KlingDemoError,
+    NothingSubmitted,
+    RateLimited,
     ServiceUnavailable,
     StorageUnavailable,
     SubmissionOutcomeUnknown,
@@ -34,18 +37,21 @@ from .errors import (
     TaskTimedOut,
 )
 from .journal import OUTCOME_UNKNOWN, Journal, is_intent_id, positive_int
-from .models import DEFAULT_MODEL, ModelSpec
+from .models import DEFAULT_MODEL, ModelSpec, TaskStatus
 from .notices import SAFETY_NET_SECONDS, Notice, Notices
 from .polling import InferenceHistory, next_poll_delay, retry_delay
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+SLOT_CHECK_SECONDS = 1.0  # how often a job waiting for a free WaveSpeed slot looks again
 
 
 class Stage(str, enum.Enum):
     PREPARING = "preparing"
+    WAITING = "waiting"  # in the app, before anything is sent: for a free slot of the key, or after a 429
     UPLOADING = "uploading"
     SUBMITTED = "submitted"
+    QUEUED = "queued"  # at WaveSpeed, status `created`: waiting for a slot of the account
     PROCESSING = "processing"
     DOWNLOADING = "downloading"
     DONE = "done"
@@ -119,6 +125,8 @@ class JobContext:
     key_source: str = "server"  # whose key pays: "server" or "visitor" (the key itself is never kept)
     min_free_bytes: int = storage.DEFAULT_MIN_FREE_BYTES  # refuse a job when the data dir has less room
     followers: Followers = field(default_factory=Followers)
+    slots: ApiSlots = field(default_factory=lambda: ApiSlots(0))  # tasks at WaveSpeed per key (0: no cap)
+    slot_key: str = ""  # `api_slots.slot_key` of the key that pays
     stop: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], float] = time.monotonic
     # With webhooks on (and the server's key paying, whose account secret signs them): where WaveSpeed
@@ -138,6 +146,7 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
     """Run one job, yielding its progress; raises a `KlingDemoError` after a final FAILED update."""
     started = ctx.clock()
     task_id: str | None = None
+    ticket: Ticket | None = None
 
     def update(stage: Stage, message: str, **extra: object) -> JobUpdate:
         return JobUpdate(stage, message, ctx.clock() - started, task_id=task_id, **extra)  # type: ignore[arg-type]
@@ -160,6 +169,8 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
                 end = media.prepare_image(request.end_image, spec.end_frame, role="end frame", work_dir=Path(work))
             changes = first.changes + (end.changes if end else ())
             _check_stop(ctx, task_id)
+            ticket = ctx.slots.ticket(ctx.slot_key)
+            yield from _wait_for_slot(ticket, ctx, started)
             # Nothing is uploaded or paid for that the app could not record.
             storage.check_room(ctx.videos_dir, ctx.min_free_bytes)
             params = {"prompt": prompt, "negative_prompt": negative, "guidance_scale": guidance,
@@ -181,7 +192,7 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
                 if end:
                     payload["end_image"] = ctx.client.upload(end.path, end.mime_type)
                 _check_stop(ctx, task_id)
-                prediction = ctx.client.submit(spec, payload, webhook=ctx.webhook_url)
+                prediction = yield from _submit(payload, ctx, started)
             except SubmissionOutcomeUnknown as error:
                 intent.outcome_unknown(error.message)
                 raise
@@ -193,6 +204,7 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
             task_id = prediction.task_id
             if reservation is not None:
                 reservation.attach(task_id)
+            ticket.bind(task_id)  # the slot is the task's now, until it ends (whoever follows it)
             ctx.followers.claim(task_id)  # before the journal row has the task id, so recovery never races us
             intent.attach(prediction)
         yield from _follow(prediction, duration, ctx, started)
@@ -201,6 +213,50 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
             error.task_id = task_id
         yield update(Stage.FAILED, str(error))
         raise
+    finally:
+        if ticket is not None:
+            ticket.release()  # nothing was submitted: the slot goes to the next job (a no-op once bound)
+
+
+def _wait_for_slot(ticket: Ticket, ctx: JobContext, started: float) -> Iterator[JobUpdate]:
+    """Wait in the app, first come first served, until the key has a free slot at WaveSpeed.
+
+    No thread sleeps here for an async caller: each update carries `wait_seconds`, and Stop ends the wait."""
+    give_up_at = started + ctx.deadline_seconds
+    while place := ticket.try_acquire():
+        now = ctx.clock()
+        if now >= give_up_at:
+            raise RateLimited(f"Every WaveSpeed slot of this key stayed busy for {format_seconds(now - started)}. "
+                              "Nothing was uploaded or billed; try again later.")
+        ahead = place - 1
+        line = "you are next" if ahead == 0 else f"{ahead} job{'s' if ahead != 1 else ''} ahead of you"
+        yield JobUpdate(Stage.WAITING, f"Waiting for a free WaveSpeed slot: {line}. This key runs {ticket.limit} "
+                                       "tasks at once; nothing has been uploaded or billed yet.",
+                        now - started, wait_seconds=SLOT_CHECK_SECONDS)
+        _sleep_until(ctx, now + SLOT_CHECK_SECONDS, None)
+
+
+def _submit(payload: dict[str, object], ctx: JobContext, started: float) -> Generator[JobUpdate, None, Prediction]:
+    """Submit once; after a 429 or a connection that never opened (both certainly created nothing), wait as
+    told and submit again. Any other failure is final: a lost answer may have created a billed task."""
+    give_up_at, failures = started + ctx.deadline_seconds, 0
+    while True:
+        try:
+            return ctx.client.submit(ctx.spec, payload, attempts=1, webhook=ctx.webhook_url)
+        except (RateLimited, NothingSubmitted) as error:
+            failures += 1
+            now = ctx.clock()
+            wait = retry_delay(failures, error.retry_after)
+            if now + wait >= give_up_at:
+                raise
+            if isinstance(error, RateLimited):
+                why = "WaveSpeed is rate limiting this key (429)"
+            else:
+                why = f"WaveSpeed could not be reached ({error.reason or 'no connection'})"
+            log.info("submit: %s; trying again in %.1f s (try %d)", why, wait, failures + 1)
+            yield JobUpdate(Stage.WAITING, f"{why}; trying again in {max(1, round(wait))} s. Nothing was "
+                                           "submitted yet.", now - started, wait_seconds=wait)
+            _sleep_until(ctx, now + wait, None)
 
 
 def resume(task_id: str, ctx: JobContext, *, duration: int | None = None) -> Iterator[JobUpdate]:
@@ -217,6 +273,8 @@ def resume(task_id: str, ctx: JobContext, *, duration: int | None = None) -> Ite
                                     "resume. Check your WaveSpeed dashboard for the task.", task_id=task_id)
             prediction = yield from _patiently(lambda: ctx.client.result(task_id, attempts=1), ctx, task_id,
                                                Stage.SUBMITTED, started, started + ctx.deadline_seconds)
+            if not prediction.is_final:
+                ctx.slots.adopt(ctx.slot_key, task_id)  # it runs at WaveSpeed: it counts until it ends
             known = duration or _declared_duration(prediction, ctx.spec)
             # A task fetched by id joins the visitor's history; an existing row stays as it is.
             _remember(ctx, prediction, {"prompt": "", "duration": known, "resumed": True})
@@ -347,7 +405,7 @@ def _follow(prediction: Prediction, duration: int | None, ctx: JobContext, start
         yield from _poll_and_download(prediction, duration, ctx, started, notice)
     except TaskFailed as failure:
         if ctx.journal is not None:
-            ctx.journal.fail(ctx.owner, task_id, failure.message)
+            ctx.journal.fail(ctx.owner, task_id, failure.message, status=failure.status)
         raise
     finally:
         if ctx.notices is not None:
@@ -394,14 +452,16 @@ def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
         running = ctx.clock() - submitted_at
         wait = next_poll_delay(running, expected) if notice is None else SAFETY_NET_SECONDS
         next_poll_at = ctx.clock() + wait
-        state = "Your task is waiting in WaveSpeed's queue" if prediction.status == "created" else \
-            "WaveSpeed is rendering your video"
-        yield update(Stage.PROCESSING, f"{state}… {format_seconds(running)} so far.{hint}",
-                     wait_seconds=wait, wake=notice)
+        if TaskStatus.parse(prediction.status) is TaskStatus.CREATED:
+            stage, state = Stage.QUEUED, _queued_words(ctx)
+        else:
+            stage, state = Stage.PROCESSING, "WaveSpeed is rendering your video"
+        yield update(stage, f"{state}… {format_seconds(running)} so far.{hint}", wait_seconds=wait,
+                     wake=notice)
 
-    if prediction.status != "completed" or not prediction.outputs:
-        reason = prediction.error or f"the task ended with status {prediction.status!r} and no video"
-        raise TaskFailed(f"The generation failed: {reason}", task_id=task_id)
+    ctx.slots.finish(task_id)  # final at WaveSpeed: the key's slot is free for the next job
+    if prediction.status != TaskStatus.COMPLETED or not prediction.outputs:
+        raise _ended_without_video(prediction)
     if prediction.inference_ms and duration:
         ctx.history.record(spec.model_id, duration, prediction.inference_ms / 1000.0)
     yield update(Stage.DOWNLOADING, "Finished. Downloading the video…", inference_ms=prediction.inference_ms)
@@ -413,6 +473,32 @@ def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
         journal.complete(ctx.owner, task_id, video_path=str(video_path), inference_ms=prediction.inference_ms)
     yield update(Stage.DONE, _done_message(prediction, ctx.clock() - started), video_path=video_path,
                  inference_ms=prediction.inference_ms, nsfw=_nsfw(prediction))
+
+
+def _queued_words(ctx: JobContext) -> str:
+    if ctx.slots.limit:
+        return f"Queued at WaveSpeed (the account runs {ctx.slots.limit} tasks at once)"
+    return "Queued at WaveSpeed, waiting for a free slot of the account"
+
+
+def _ended_without_video(prediction: Prediction) -> TaskFailed:
+    """The error for a task that ended at WaveSpeed with anything but a video, saying how it ended."""
+    status = TaskStatus.parse(prediction.status)
+    detail = f" ({prediction.error})" if prediction.error else ""
+    if status is TaskStatus.CANCELLED:
+        message = f"WaveSpeed cancelled the task{detail}, so there is no video. Try again."
+    elif status is TaskStatus.TIMEOUT:
+        message = f"WaveSpeed timed the task out{detail} before it finished, so there is no video. Try again later."
+    elif status is TaskStatus.DELETED:
+        message = "WaveSpeed deleted the task (it keeps tasks for 7 days), so its video can no longer be fetched."
+    elif status is TaskStatus.COMPLETED:
+        status = TaskStatus.FAILED
+        message = "WaveSpeed says the task completed but sent no video. Try again."
+    else:
+        status = TaskStatus.FAILED
+        message = f"The generation failed: {prediction.error}" if prediction.error else \
+            "The generation failed, and WaveSpeed gave no reason."
+    return TaskFailed(message, task_id=prediction.task_id, status=status.value)
 
 
 def _patiently(call: Callable[[], T], ctx: JobContext, task_id: str, stage: Stage, started: float,

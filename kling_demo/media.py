@@ -210,11 +210,10 @@ def check_prompt(prompt: object, spec: ModelSpec, *, field: str = "prompt", requ
     text = prompt.strip()
     if required and not text:
         raise InputRejected(f"The {name} is empty — describe what should happen in the video.")
-    if len(text) > spec.prompt_max_chars:
-        raise InputRejected(
-            f"The {name} is {len(text)} characters long; the limit is {spec.prompt_max_chars} characters — "
-            "shorten it."
-        )
+    cap = spec.max_chars(field)
+    if len(text) > cap:
+        raise InputRejected(f"The {name} is {len(text)} characters long; the limit is {cap} characters — "
+                            "shorten it.")
     return text
 
 

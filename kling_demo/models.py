@@ -77,9 +77,14 @@ class ModelSpec:
     guidance_min: float = 0.0
     guidance_max: float = 1.0
     guidance_default: float = 0.5
-    # WaveSpeed documents no prompt cap; Kling's own API caps prompt and
-    # negative_prompt at 2500 characters, so we apply that before paying.
-    prompt_max_chars: int = 2500
+    # The model's own schema on WaveSpeed caps `prompt` at 2,000 characters and `negative_prompt` at 2,500;
+    # the API refuses longer ones after the upload, so they are checked before anything is sent.
+    prompt_max_chars: int = 2000
+    negative_prompt_max_chars: int = 2500
+
+    def max_chars(self, field: str) -> int:
+        """The length cap of a text field (`prompt` or `negative_prompt`)."""
+        return self.negative_prompt_max_chars if field == "negative_prompt" else self.prompt_max_chars
 
     @property
     def submit_path(self) -> str:

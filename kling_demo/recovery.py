@@ -34,8 +34,11 @@ class Recovery:
     """Background followers for journal tasks, bounded to a few threads."""
 
     def __init__(self, journal: Journal, make_context: Callable[[str, str | None], JobContext], *, api_base: str,
-                 sandbox: bool, max_workers: int = 4, max_age_seconds: float = MAX_AGE_SECONDS) -> None:
+                 sandbox: bool, max_workers: int = 4, max_age_seconds: float = MAX_AGE_SECONDS,
+                 release_slot: Callable[[str], None] = lambda task_id: None) -> None:
+        """`release_slot(task_id)` frees the key's WaveSpeed slot of a task this gives up on (see api_slots)."""
         self.journal = journal
+        self.release_slot = release_slot
         self.make_context = make_context  # (owner, visitor key or None) → a JobContext
         self.api_base = api_base
         self.sandbox = sandbox
@@ -89,6 +92,7 @@ class Recovery:
                     log.warning("gave up recovering task %s after %d attempt(s) (%s), as %s. It stays in the journal "
                                 "and is tried again at the next start or when its owner returns.",
                                 task_id, attempt, _why(error), limit)
+                    self.release_slot(task_id)  # nobody follows it now, so nobody would see it end
                     return
                 delay = retry_delay(attempt, getattr(error, "retry_after", None))
                 log.info("recovering task %s: attempt %d failed (%s); next try in %.0f s", task_id, attempt,
@@ -97,6 +101,7 @@ class Recovery:
                     return
         except Exception:  # a bug or a broken data dir: say so rather than die silently in the pool
             log.exception("gave up recovering task %s after an unexpected error", task_id)
+            self.release_slot(task_id)
         finally:
             with self._lock:
                 self._active.discard(task_id)

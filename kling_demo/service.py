@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import jobs, storage
+from .api_slots import ApiSlots, slot_key
 from .backend import Backend, open_backend
 from .budgets import Budgets, Ledger, Limits
 from .client import Prediction, WaveSpeedClient
@@ -126,8 +127,10 @@ class Service:
             if settings.webhook_url and settings.webhook_secret else None
         self.budgets = Budgets(Ledger(self.journal.path), Limits(settings.visitor_budget_usd, settings.daily_budget_usd,
                                                                  settings.submits_per_minute), spec)
+        # Tasks at WaveSpeed per key, the server's and each visitor's own: jobs beyond the account's level wait here.
+        self.api_slots = ApiSlots(settings.api_concurrency)
         self.recovery = Recovery(self.journal, self.context, api_base=self.backend.base_url,
-                                 sandbox=self.backend.is_sandbox)
+                                 sandbox=self.backend.is_sandbox, release_slot=self.api_slots.finish)
         self.background = background
         if background:
             recovered = self.recovery.resume_running()
@@ -155,7 +158,8 @@ class Service:
                           key_source=KeySource.VISITOR if api_key else KeySource.SERVER,
                           min_free_bytes=self.settings.min_free_bytes, followers=self.followers,
                           webhook_url=self.settings.webhook_url if pushed else None,
-                          notices=self.notices if pushed else None)
+                          notices=self.notices if pushed else None,
+                          slots=self.api_slots, slot_key=slot_key(api_key or self.backend.api_key))
 
     # -- what front ends ask for ---------------------------------------------------------------------------
 

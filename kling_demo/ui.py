@@ -35,15 +35,23 @@ log = logging.getLogger(__name__)
 SPEC = DEFAULT_MODEL
 STAGE_LABELS = {
     Stage.PREPARING: "Checking",
+    Stage.WAITING: "Waiting",
     Stage.UPLOADING: "Uploading",
     Stage.SUBMITTED: "Submitted",
+    Stage.QUEUED: "Queued at WaveSpeed",
     Stage.PROCESSING: "Rendering",
     Stage.DOWNLOADING: "Downloading",
     Stage.DONE: "Done",
     Stage.FAILED: "Failed",
 }
 STATUS_WORDS = {"completed": "Done", "failed": "Failed", "lost": "Lost", "created": "Queued", "processing": "Rendering",
-                "submitting": "Submitting", "unknown": "Outcome unknown"}
+                "submitting": "Submitting", "unknown": "Outcome unknown", "cancelled": "Cancelled by WaveSpeed",
+                "timeout": "Timed out at WaveSpeed", "deleted": "Deleted at WaveSpeed"}
+# A character counter under a text box, run in the browser only (no server round trip per keystroke); it
+# appears from 80 % of the field's cap, the model's own limit.
+COUNTER_JS = ("(text) => {{ const n = (text || '').length; return n < {cap} * 0.8 ? '' : "
+              "n.toLocaleString('en') + ' / {cap_text} characters' + (n >= {cap} ? ' (the most this field takes)' "
+              ": ''); }}")
 # Gradio sizes a gallery's grid to its item count, so one entry fills the width; keep a steady grid.
 PAGE_CSS = "#history .grid-container { --grid-cols: 5 !important; } " \
            "@media (max-width: 640px) { #history .grid-container { --grid-cols: 2 !important; } }"
@@ -125,6 +133,11 @@ def backend_banner(backend: Backend, settings: Settings) -> str:
            if settings.require_user_key else
            "Generations are billed to this Space's key, or to your own if you enter one below.")
     return f"**Live: WaveSpeedAI** (`{backend.base_url}`), model `{SPEC.model_id}`. {who}"
+
+
+def counter_js(cap: int) -> str:
+    """The browser-side counter for a text box capped at `cap` characters."""
+    return COUNTER_JS.format(cap=cap, cap_text=f"{cap:,}")
 
 
 def status_markdown(update: JobUpdate, fixes: tuple[str, ...] = ()) -> str:
@@ -338,9 +351,10 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         with gr.Row(equal_height=False):
             with gr.Column(scale=1):
                 image = frame_input(label="First frame", height=240, elem_id="first-frame")
-                prompt = gr.Textbox(label="Prompt", lines=2, max_length=SPEC.prompt_max_chars,
+                prompt = gr.Textbox(label="Prompt", lines=2, max_length=SPEC.max_chars("prompt"),
                                     placeholder="A slow dolly-in as the wind moves through her hair…",
                                     elem_id="prompt")
+                prompt_count = gr.Markdown("", elem_id="prompt-count", container=False)
                 with gr.Row():
                     guidance = gr.Slider(SPEC.guidance_min, SPEC.guidance_max, value=SPEC.guidance_default,
                                          step=0.05, label="Guidance scale",
@@ -348,8 +362,10 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                     duration = duration_input(choices=list(SPEC.durations), value=SPEC.default_duration, label="Duration (s)",
                                              elem_id="duration")
                 with gr.Accordion("Advanced", open=False, elem_id="advanced"):
-                    negative = gr.Textbox(label="Negative prompt", lines=2, max_length=SPEC.prompt_max_chars,
+                    negative = gr.Textbox(label="Negative prompt", lines=2,
+                                          max_length=SPEC.max_chars("negative_prompt"),
                                           placeholder="blurry, distorted hands", elem_id="negative-prompt")
+                    negative_count = gr.Markdown("", elem_id="negative-prompt-count", container=False)
                     end_image = frame_input(label="End frame (optional)", height=200, elem_id="end-frame")
                 with gr.Row():
                     generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -391,6 +407,8 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
 
         private: dict[str, Any] = {"api_visibility": "private"}
         key_box.change(lambda key: key, inputs=key_box, outputs=typed_key, queue=False, **private)
+        for box, count, field in ((prompt, prompt_count, "prompt"), (negative, negative_count, "negative_prompt")):
+            box.change(None, inputs=box, outputs=count, js=counter_js(SPEC.max_chars(field)), queue=False, **private)
         # Housekeeping never waits in the queue (served by POST /gradio_api/run/predict), so a queue full of
         # jobs cannot refuse a tab its owner id, and the page can refuse to generate without one.
         demo.load(on_load, inputs=owner_store, outputs=[owner_store, owner_id, gallery, history_ids], queue=False,

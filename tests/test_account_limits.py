@@ -1,0 +1,176 @@
+"""The real WaveSpeed's limits, in-process against a real sandbox: slots per key, 429, 402, every final
+status, and the schema's prompt caps. (The 8-job run through the app process is in test_account_app.py.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from kling_demo.api_slots import ApiSlots, slot_key
+from kling_demo.backend import Backend
+from kling_demo.client import WaveSpeedClient
+from kling_demo.config import Settings
+from kling_demo.errors import InputRejected, InsufficientBalance, JobStopped, KlingDemoError, TaskFailed
+from kling_demo.jobs import JobRequest, Stage
+from kling_demo.models import DEFAULT_MODEL, TaskStatus
+from kling_demo.service import Service, Visitor
+from kling_demo.ui import STATUS_WORDS, history_items
+
+SERVER_KEY = "server-key"
+ALICE = Visitor("browser:alice")
+
+
+@pytest.fixture
+def make_service(tmp_path):
+    """Factory: a Service on a sandbox it treats as the real API, paying with SERVER_KEY."""
+    made: list[Service] = []
+
+    def factory(sandbox, **settings_fields) -> Service:
+        service = Service(Settings(data_dir=tmp_path / "data", **settings_fields),
+                          Backend(base_url=sandbox.base_url, api_key=SERVER_KEY))
+        made.append(service)
+        return service
+
+    yield factory
+    for service in made:
+        service.close()
+
+
+def run(job) -> tuple[list, KlingDemoError | None]:
+    """Every update of a job to its end, and the error it ended with (if any)."""
+    updates = []
+    with job:
+        try:
+            for update in job:
+                updates.append(update)
+        except KlingDemoError as error:
+            return updates, error
+    return updates, None
+
+
+# --- the slot table ---------------------------------------------------------------------------------
+
+
+def test_slots_are_first_come_and_a_submitted_task_keeps_its_slot_until_it_ends() -> None:
+    slots = ApiSlots(2)
+    first, second, third, fourth = (slots.ticket("key") for _ in range(4))
+    assert [ticket.try_acquire() for ticket in (first, second, third, fourth)] == [0, 0, 1, 2]
+    assert slots.ticket("other key").try_acquire() == 0, "each key has its own slots"
+
+    first.bind("task-1")
+    first.release()  # the page went away after the submit: the task still runs, so it keeps the slot
+    second.release()  # refused before submitting: its slot goes to the next job
+    assert (third.try_acquire(), fourth.try_acquire()) == (0, 1)
+    slots.finish("task-1")
+    assert fourth.try_acquire() == 0
+    assert slots.running("key") == 2
+
+
+def test_a_job_that_leaves_the_queue_lets_the_ones_behind_it_move_up() -> None:
+    slots = ApiSlots(1)
+    holder, leaving, behind = (slots.ticket("key") for _ in range(3))
+    assert [ticket.try_acquire() for ticket in (holder, leaving, behind)] == [0, 1, 2]
+    leaving.release()
+    assert behind.try_acquire() == 1
+    slots.adopt("key", "recovered-task")  # a task found running after a restart counts too
+    holder.release()
+    assert behind.try_acquire() == 1
+    slots.finish("recovered-task")
+    assert behind.try_acquire() == 0
+
+
+def test_the_slot_table_never_holds_a_key() -> None:
+    assert SERVER_KEY not in slot_key(SERVER_KEY) and slot_key("a") != slot_key("b")
+
+
+# --- jobs against the sandbox ------------------------------------------------------------------------
+
+
+def test_a_job_beyond_the_keys_slots_waits_in_the_app_and_stop_ends_the_wait(make_sandbox, make_service,
+                                                                              make_image) -> None:
+    sandbox = make_sandbox()
+    service = make_service(sandbox, api_concurrency=1)
+    busy = service.api_slots.ticket(slot_key(SERVER_KEY))
+    assert busy.try_acquire() == 0  # another job holds the key's only slot
+    job = service.generate(JobRequest(image=make_image(), prompt="a lighthouse"), ALICE)
+    with job:
+        updates = [next(job), next(job)]
+        assert updates[-1].stage is Stage.WAITING
+        assert "Waiting for a free WaveSpeed slot: you are next" in updates[-1].message
+        assert updates[-1].wait_seconds > 0, "the wait is the caller's, so no worker thread sleeps through it"
+        job.stop()
+        with pytest.raises(JobStopped, match="nothing was billed"):
+            list(job)
+    assert sandbox.stats()["uploads"] == 0 and sandbox.stats()["submissions"] == 0
+    busy.release()
+    assert service.api_slots.ticket(slot_key(SERVER_KEY)).try_acquire() == 0, "the stopped job left the queue"
+
+
+def test_a_task_waiting_for_a_slot_at_wavespeed_is_told_apart_from_one_rendering(make_sandbox, make_service,
+                                                                                  make_image) -> None:
+    sandbox = make_sandbox(max_concurrent_tasks=1, inference_seconds=2.0)
+    service = make_service(sandbox, api_concurrency=5)  # the app thinks the account is bigger than it is
+    with WaveSpeedClient(sandbox.base_url, SERVER_KEY) as client:  # the account's one slot is taken
+        client.submit(DEFAULT_MODEL, {"image": client.upload(make_image(), "image/png"), "prompt": "elsewhere"})
+    updates, error = run(service.generate(JobRequest(image=make_image(), prompt="a kite"), ALICE))
+    assert error is None and updates[-1].stage is Stage.DONE
+    queued = [update for update in updates if update.stage is Stage.QUEUED]
+    assert queued and "Queued at WaveSpeed (the account runs 5 tasks at once)" in queued[0].message
+    assert any(update.stage is Stage.PROCESSING and "rendering" in update.message for update in updates)
+
+
+def test_cancelled_and_timed_out_tasks_end_clearly_and_land_in_history_as_such(make_sandbox, make_service,
+                                                                               make_image) -> None:
+    # Seed 0 ends the first task "timeout" and the second "cancelled".
+    service = make_service(make_sandbox(status_fault_rate=1.0, seed=0))
+    endings = {}
+    for prompt in ("first", "second"):
+        updates, error = run(service.generate(JobRequest(image=make_image(), prompt=prompt), ALICE))
+        assert isinstance(error, TaskFailed) and updates[-1].stage is Stage.FAILED
+        record = service.task(ALICE, error.task_id)
+        endings[record.status] = (str(error), record)
+    assert set(endings) == {TaskStatus.TIMEOUT, TaskStatus.CANCELLED}
+    assert "WaveSpeed timed the task out" in endings["timeout"][0]
+    assert "WaveSpeed cancelled the task" in endings["cancelled"][0]
+    captions = [caption for _, caption in history_items(service.tasks(ALICE), "pending.png")]
+    assert any(caption.startswith(STATUS_WORDS["timeout"]) for caption in captions)
+    assert any(caption.startswith(STATUS_WORDS["cancelled"]) for caption in captions)
+    assert service.api_slots.running(slot_key(SERVER_KEY)) == 0, "a task that ended gave its slot back"
+
+
+def test_a_429_on_submit_is_waited_out_in_the_job_and_submitted_once(make_sandbox, make_service, make_image) -> None:
+    sandbox = make_sandbox(videos_per_minute=1)
+    service = make_service(sandbox)
+    first, error = run(service.generate(JobRequest(image=make_image(), prompt="first"), ALICE))
+    assert error is None
+    updates, error = run(service.generate(JobRequest(image=make_image(), prompt="second"), ALICE))
+    assert error is None and updates[-1].stage is Stage.DONE
+    waits = [update for update in updates if update.stage is Stage.WAITING]
+    assert waits and "WaveSpeed is rate limiting this key (429); trying again in" in waits[0].message
+    assert "Nothing was submitted yet." in waits[0].message and waits[0].wait_seconds >= 1
+    stats = sandbox.stats()
+    assert stats["rate_limited"] >= 1
+    assert stats["submissions"] == 2, "the refused submission was sent again once, never twice"
+    assert [record.status for record in service.tasks(ALICE)] == ["completed", "completed"]
+
+
+def test_a_balance_too_low_is_a_plain_refusal_with_nothing_billed(make_sandbox, make_service, make_image) -> None:
+    sandbox = make_sandbox(balance=1.0)  # a 5 s video costs 1.40
+    service = make_service(sandbox)
+    updates, error = run(service.generate(JobRequest(image=make_image(), prompt="a kite"), ALICE))
+    assert isinstance(error, InsufficientBalance)
+    assert str(error) == ("WaveSpeed says this key's balance is too low for this video. Top up at wavespeed.ai, "
+                          "or use another key.")
+    assert sandbox.stats()["submissions"] == 0 and sandbox.stats()["insufficient_balance"] == 1
+    assert service.tasks(ALICE) == [], "nothing was created, so nothing waits in the history"
+    assert service.api_slots.running(slot_key(SERVER_KEY)) == 0
+
+
+def test_a_prompt_over_the_schemas_cap_is_refused_before_upload(make_sandbox, make_service, make_image) -> None:
+    sandbox = make_sandbox()
+    service = make_service(sandbox)
+    updates, error = run(service.generate(JobRequest(image=make_image(), prompt="x" * 2100), ALICE))
+    assert isinstance(error, InputRejected) and "2100 characters long; the limit is 2000" in str(error)
+    long_negative, error = run(service.generate(JobRequest(image=make_image(), prompt="a kite",
+                                                           negative_prompt="y" * 2600), ALICE))
+    assert isinstance(error, InputRejected) and "negative prompt" in str(error) and "2500" in str(error)
+    assert sandbox.stats()["uploads"] == 0 and sandbox.stats()["submissions"] == 0
