@@ -235,7 +235,7 @@ def run_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
         final = _place(video, args.out, last.task_id, out)
         if last.task_id and final != video.resolve():
             service.moved(visitor, last.task_id, final)
-        print(final, flush=True)
+        _emit(str(final))
         return EXIT_OK
     except KeyboardInterrupt:
         if job is not None:
@@ -282,8 +282,14 @@ def run_history(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     for record in records:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.created_at))
         prompt = " ".join(record.prompt.split()) or "(fetched by task id)"
-        print("\t".join((record.task_id, record.status, when, prompt, record.video_path or "")), flush=True)
+        _emit("\t".join((record.task_id, record.status, when, prompt, record.video_path or "")))
     return EXIT_OK
+
+
+def _emit(line: str) -> None:
+    """One line of the command's result on stdout (progress and errors go to stderr)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _check_local_files(args: argparse.Namespace) -> None:

@@ -37,13 +37,12 @@ from .errors import (
     SubmissionOutcomeUnknown,
 )
 from .logs import mask_secrets
-from .models import ModelSpec
+from .models import ModelSpec, TaskStatus
 from .storage import is_disk_full, partial_file
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-FINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "timeout", "deleted"})
 CHUNK_BYTES = 1024 * 1024
 # Connection-level failures: the answer (or part of it) never arrived.
 TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
@@ -62,7 +61,7 @@ class Prediction:
     """One task as the API reports it."""
 
     task_id: str
-    status: str
+    status: TaskStatus
     model: str = ""
     outputs: tuple[str, ...] = ()
     has_nsfw_contents: tuple[bool, ...] = ()
@@ -73,7 +72,7 @@ class Prediction:
 
     @property
     def is_final(self) -> bool:
-        return self.status in FINAL_STATUSES
+        return self.status.is_final
 
     @classmethod
     def from_envelope(cls, envelope: dict[str, Any]) -> "Prediction":
@@ -83,7 +82,7 @@ class Prediction:
         inference = (data.get("timings") or {}).get("inference")
         return cls(
             task_id=str(data["id"]),
-            status=str(data.get("status") or "created"),
+            status=TaskStatus.parse(data.get("status")),
             model=str(data.get("model") or ""),
             outputs=tuple(data.get("outputs") or ()),
             has_nsfw_contents=tuple(bool(x) for x in data.get("has_nsfw_contents") or ()),

@@ -36,8 +36,9 @@ from .errors import (
     TaskFailed,
     TaskTimedOut,
 )
+from .inputs import check_duration, check_guidance, check_prompt, check_task_id
 from .journal import OUTCOME_UNKNOWN, Journal, is_intent_id, positive_int
-from .models import DEFAULT_MODEL, ModelSpec, TaskStatus
+from .models import DEFAULT_MODEL, KeySource, ModelSpec, TaskStatus
 from .notices import SAFETY_NET_SECONDS, Notice, Notices
 from .polling import InferenceHistory, next_poll_delay, retry_delay
 
@@ -122,7 +123,7 @@ class JobContext:
     history: InferenceHistory = field(default_factory=InferenceHistory)
     journal: Journal | None = None
     owner: str = ""
-    key_source: str = "server"  # whose key pays: "server" or "visitor" (the key itself is never kept)
+    key_source: KeySource = KeySource.SERVER  # whose key pays (the key itself is never kept)
     min_free_bytes: int = storage.DEFAULT_MIN_FREE_BYTES  # refuse a job when the data dir has less room
     followers: Followers = field(default_factory=Followers)
     slots: ApiSlots = field(default_factory=lambda: ApiSlots(0))  # tasks at WaveSpeed per key (0: no cap)
@@ -155,10 +156,10 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
         yield update(Stage.PREPARING, "Checking your inputs…")
         with tempfile.TemporaryDirectory(prefix="kling-prep-") as work:
             spec = ctx.spec
-            prompt = media.check_prompt(request.prompt, spec)
-            negative = media.check_prompt(request.negative_prompt, spec, field="negative_prompt", required=False)
-            guidance = media.check_guidance(request.guidance_scale, spec)
-            duration = media.check_duration(request.duration, spec)
+            prompt = check_prompt(request.prompt, spec)
+            negative = check_prompt(request.negative_prompt, spec, field="negative_prompt", required=False)
+            guidance = check_guidance(request.guidance_scale, spec)
+            duration = check_duration(request.duration, spec)
             # Both frames pass every check that decodes no pixels before either is decoded.
             media.check_before_decoding(request.image, spec.first_frame, role="first frame")
             if request.end_image:
@@ -261,7 +262,7 @@ def _submit(payload: dict[str, object], ctx: JobContext, started: float) -> Gene
 
 def resume(task_id: str, ctx: JobContext, *, duration: int | None = None) -> Iterator[JobUpdate]:
     """Follow a task submitted earlier (here or elsewhere) to its video; same updates as `generate`."""
-    task_id = media.check_task_id(task_id)  # refused before it goes into an API path
+    task_id = check_task_id(task_id)  # refused before it goes into an API path
     started = ctx.clock()
     try:
         if not ctx.followers.claim(task_id):

@@ -20,6 +20,9 @@ class TaskStatus(str, enum.Enum):
     DELETED = "deleted"  # the SDK treats it as final too
     LOST = "lost"  # ours: the server that ran it is gone (a restarted embedded sandbox)
 
+    def __str__(self) -> str:  # its wire text in messages and logs, as the API writes it
+        return self.value
+
     @classmethod
     def parse(cls, raw: object) -> "TaskStatus":
         """The status from the wire; anything unknown counts as still running, so it is polled again."""
@@ -38,6 +41,9 @@ class KeySource(str, enum.Enum):
 
     SERVER = "server"
     VISITOR = "visitor"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from . import jobs
 from .errors import AlreadyFollowing, KlingDemoError, ServiceUnavailable, TaskFailed, TaskTimedOut
 from .jobs import JobContext, format_seconds
 from .journal import Journal, TaskRecord
+from .models import KeySource
 from .polling import retry_delay
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class Recovery:
         Without `api_key`, tasks paid with the server's key; with a visitor's key, that owner's own-key tasks."""
         adopted = 0
         for record in self.journal.running(owner=owner):
-            if record.key_source != ("visitor" if api_key else "server"):
+            if record.key_source != (KeySource.VISITOR if api_key else KeySource.SERVER):
                 continue
             if record.api_base != self.api_base:
                 if self.sandbox:

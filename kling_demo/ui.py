@@ -21,6 +21,7 @@ from .backend import Backend
 from .config import Settings
 from .errors import InputRejected, KlingDemoError
 from .identity import client_address, oauth_enabled, spender_id
+from .inputs import check_duration, check_guidance, check_prompt, check_task_id
 from .jobs import JobRequest, JobUpdate, Stage, format_seconds
 from .models import DEFAULT_MODEL
 from .service import Job, Service, Visitor
@@ -228,10 +229,10 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         """Instant checks in the page, before anything is uploaded or paid for."""
         return [
             _verdict(lambda: _refuse_if(media.quick_check_image(image, SPEC.first_frame, role="first frame"))),
-            _verdict(lambda: media.check_prompt(prompt, SPEC)),
-            _verdict(lambda: media.check_prompt(negative_prompt, SPEC, field="negative_prompt", required=False)),
-            _verdict(lambda: media.check_guidance(guidance_scale, SPEC)),
-            _verdict(lambda: media.check_duration(duration, SPEC)),
+            _verdict(lambda: check_prompt(prompt, SPEC)),
+            _verdict(lambda: check_prompt(negative_prompt, SPEC, field="negative_prompt", required=False)),
+            _verdict(lambda: check_guidance(guidance_scale, SPEC)),
+            _verdict(lambda: check_duration(duration, SPEC)),
             _verdict(lambda: _refuse_if(media.quick_check_image(end_image, SPEC.end_frame, role="end frame",
                                                                  required=False))),
             gr.validate(True, ""),
@@ -268,7 +269,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                      request: gr.Request = None) -> AsyncIterator[Outputs]:  # type: ignore[assignment]
         """Fetch a task by its id into your history: one of yours, or, with your own key, one submitted elsewhere."""
         with plain_errors():
-            task_id = media.check_task_id(task_id)
+            task_id = check_task_id(task_id)
             async for outputs in stream(service.resume(task_id, visitor(owner_id, typed_key, request, from_page))):
                 yield outputs
 

@@ -91,10 +91,12 @@ def _all(journal: Journal):
 
 
 def test_two_visitors_never_see_or_resume_each_others_tasks(tmp_path, external_sandbox, make_image):
-    app = start_app_process(tmp_path / "data", env=live_env(external_sandbox.url), log_path=tmp_path / "app.log")
+    # API callers are told apart by their address (behind a trusted proxy, the first forwarded hop).
+    app = start_app_process(tmp_path / "data", env={**live_env(external_sandbox.url), "KLING_DEMO_TRUSTED_PROXY": "true"},
+                            log_path=tmp_path / "app.log")
     try:
-        alice = Client(app.url, verbose=False)
-        bob = Client(app.url, verbose=False)
+        alice = Client(app.url, verbose=False, headers={"X-Forwarded-For": "203.0.113.10"})
+        bob = Client(app.url, verbose=False, headers={"X-Forwarded-For": "198.51.100.20"})
         _, task_id, video = alice.predict(handle_file(str(make_image())), "alice's secret garden", "", 0.5, 5, None,
                                           api_name="/generate")
         alice_history = alice.predict(api_name="/history")

@@ -22,7 +22,8 @@ from kling_demo.visitors import (OWNER_STORAGE_OBFUSCATION, resolve_owner,
                                  sign_owner, verified_owner)
 from tests.page_session import PageSession, error_of
 from tests.processes import Served, start_app_process, start_sandbox_process
-from tests.test_mcp import call_tool, needs_mcp, run_async
+from tests.test_mcp import call_tool, needs_mcp
+from tests.waiting import run_async
 
 SECRET = f"canary-secret-{uuid.uuid4().hex}"
 TASK_ID = re.compile(r"\b[0-9a-f]{32}\b")

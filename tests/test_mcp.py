@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
 import importlib.util
 import uuid
 
@@ -15,6 +14,7 @@ import pytest
 import requests
 
 from tests.processes import Served, start_app_process, start_sandbox_process
+from tests.waiting import run_async
 
 needs_mcp = pytest.mark.skipif(importlib.util.find_spec("mcp") is None,
                                reason='the `mcp` package is not installed: pip install "gradio[mcp]==<pinned gradio>"')
@@ -77,12 +77,6 @@ def test_the_generate_tool_is_described_by_its_docstring_and_callable_with_your_
     assert without_key.isError and "rejected the API key" in without_key.content[0].text
     assert all(visitor_key not in part.text for part in [*with_key.content, *without_key.content]
                if hasattr(part, "text"))
-
-
-def run_async(coroutine):
-    """asyncio.run on its own thread: Playwright's session-wide sync API keeps a loop running on this one."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
 
 
 async def call_tool(app: Served, name: str, arguments: dict, headers: dict[str, str]):

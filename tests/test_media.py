@@ -17,12 +17,10 @@ import pytest
 from PIL import Image
 
 from kling_demo.errors import InputRejected
+from kling_demo.inputs import check_duration, check_guidance, check_prompt
 from kling_demo.media import (
     PreparedImage,
     check_before_decoding,
-    check_duration,
-    check_guidance,
-    check_prompt,
     prepare_image,
     quick_check_image,
 )

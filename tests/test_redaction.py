@@ -18,7 +18,7 @@ import requests
 from kling_demo.client import WaveSpeedClient
 from kling_demo.errors import ApiInputRefused, InputRejected, KlingDemoError
 from kling_demo.logs import RedactSecrets
-from kling_demo.media import check_task_id
+from kling_demo.inputs import check_task_id
 from kling_demo.models import KLING_V2_I2V_MASTER as SPEC
 from kling_demo.ui import plain_errors
 from kling_demo.visitors import KEY_WITH_CONTROL_CHARACTER, visitor_key

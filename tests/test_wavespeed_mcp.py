@@ -20,6 +20,7 @@ import requests
 from kling_demo.media import probe_video
 from kling_demo.models import DEFAULT_MODEL
 from tests.processes import start_sandbox_process
+from tests.waiting import run_async
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("wavespeed_mcp") is None or importlib.util.find_spec("mcp") is None,
@@ -55,7 +56,7 @@ def call_generate_video(sandbox_url: str, cwd, **arguments) -> dict:
             (content,) = result.content
             return json.loads(content.text)
 
-    return asyncio.run(asyncio.wait_for(run(), 120))
+    return run_async(asyncio.wait_for(run(), 120))
 
 
 def test_an_image_to_video_call_with_kling_succeeds(sandbox, tmp_path, make_image):

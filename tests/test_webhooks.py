@@ -28,6 +28,7 @@ from kling_demo.notices import Notices
 from kling_demo.sandbox.webhooks import signature as sandbox_signature
 from kling_demo.webhooks import Receiver, verify
 from tests.processes import free_port, start_app_process, start_sandbox_process
+from tests.waiting import run_async
 
 SECRET = "whsec_" + "k3y" * 8
 NOW = 1_760_000_000.0
@@ -150,7 +151,7 @@ def test_a_notice_wakes_a_coroutine_waiting_on_another_thread():
         threading.Timer(0.05, notices.deliver, args=(prediction,)).start()
         return await notice.wait_async(60.0)  # returns at the notice, long before the timeout
 
-    assert asyncio.run(asyncio.wait_for(wait(), 30.0)) is True
+    assert run_async(asyncio.wait_for(wait(), 30.0)) is True
     assert notice.prediction == prediction
 
 
