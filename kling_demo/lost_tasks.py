@@ -56,7 +56,7 @@ def find_submitted(client: WaveSpeedClient, spec: ModelSpec, sent: dict[str, Any
 
 def same_request(echoed: dict[str, Any], sent: dict[str, Any]) -> bool:
     """True when the task's echoed inputs show the prompt and duration and agree on every field both sides have
-    (a listing may leave out an inline image; an empty negative prompt is sent as "" to match one left out)."""
+    (a listing may leave out an inline image). Pass an empty negative prompt as "", so a task with one differs."""
     if any(name not in echoed for name in REQUIRED_FIELDS):
         return False
     return all(_same(echoed[name], sent[name]) for name in COMPARED_FIELDS if name in sent and name in echoed)
