@@ -15,6 +15,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from pathlib import Path
@@ -74,6 +75,23 @@ class Prediction:
     def is_final(self) -> bool:
         return self.status.is_final
 
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """The request fields the API echoes (`inputs` in a listing, `input` in a result), or {}."""
+        for key in ("inputs", "input"):
+            if isinstance(self.raw.get(key), dict):
+                return self.raw[key]
+        return {}
+
+    @property
+    def created_epoch(self) -> float | None:
+        """`created_at` as Unix seconds, or None when it is missing or not an ISO 8601 time with a zone."""
+        try:
+            moment = datetime.fromisoformat(self.created_at.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return moment.timestamp() if moment.tzinfo is not None else None
+
     @classmethod
     def from_envelope(cls, envelope: dict[str, Any]) -> "Prediction":
         data = envelope.get("data") or {}
@@ -91,6 +109,20 @@ class Prediction:
             created_at=str(data.get("created_at") or ""),
             raw=data,
         )
+
+
+@dataclass(frozen=True)
+class PredictionPage:
+    """One page of a key's recent tasks (`POST /api/v3/predictions`), newest first."""
+
+    page: int
+    items: tuple[Prediction, ...]
+    total: int | None = None
+
+
+def _iso(epoch: float) -> str:
+    """Unix seconds as the ISO 8601 UTC time WaveSpeed's clients send (2025-01-31T12:00:00.000Z)."""
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def retry_after_seconds(response: requests.Response) -> float | None:
@@ -282,6 +314,23 @@ class WaveSpeedClient:
             raise ServiceUnavailable(f"WaveSpeed answered the price quote without a price: "
                                      f"{self._redact(str(data))[:200]}")
         return Quote(price=max(numbers), currency=str(data.get("currency") or "USD").upper())
+
+    def predictions(self, page: int = 1, page_size: int = 20, *, model: str | None = None, status: str | None = None,
+                    created_after: float | None = None, created_before: float | None = None,
+                    attempts: int = 3) -> PredictionPage:
+        """One page of this key's recent tasks, web and API runs alike (24 h unless a window in Unix seconds is
+        given; 7 days at most). A read, so it is retried; items without a task id are skipped."""
+        body: dict[str, Any] = {"page": page, "page_size": page_size}
+        body.update({name: value for name, value in (("model", model), ("status", status)) if value})
+        body.update({name: _iso(moment) for name, moment in (("created_after", created_after),
+                                                              ("created_before", created_before)) if moment is not None})
+        answer = self._json("POST", "/api/v3/predictions", json=body, attempts=attempts)
+        data = answer.get("data") if isinstance(answer.get("data"), dict) else {}
+        raw_items = data.get("items") if isinstance(data.get("items"), list) else []
+        items = tuple(Prediction.from_envelope({"data": item}) for item in raw_items
+                      if isinstance(item, dict) and item.get("id"))
+        total = data.get("total")
+        return PredictionPage(page=page, items=items, total=total if isinstance(total, int) else None)
 
     def result(self, task_id: str, *, attempts: int | None = None) -> Prediction:
         """The task's current state, retried on transient failures up to `attempts` times (default max_attempts).

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterator, TypeVar
 
-from . import media, storage
+from . import lost_tasks, media, storage
 from .api_slots import ApiSlots, Ticket
 from .budgets import Reservation, SpendGuard
 from .client import Prediction, WaveSpeedClient
@@ -45,6 +45,7 @@ from .polling import InferenceHistory, next_poll_delay, retry_delay
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SLOT_CHECK_SECONDS = 1.0  # how often a job waiting for a free WaveSpeed slot looks again
+LOST_LOOKUP_DELAYS = (1.0, 2.0, 4.0)  # after a lost submit answer, the listing is read again after these waits
 
 
 class Stage(str, enum.Enum):
@@ -179,6 +180,7 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
             intent = _Intent.write(ctx, params, first)
 
             reservation: Reservation | None = None
+            answer_lost: SubmissionOutcomeUnknown | None = None  # set once a task may exist: never withdrawn
             try:
                 inputs: dict[str, object] = {"prompt": prompt, "guidance_scale": guidance, "duration": duration}
                 if negative:
@@ -193,11 +195,17 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
                 if end:
                     payload["end_image"] = ctx.client.upload(end.path, end.mime_type)
                 _check_stop(ctx, task_id)
-                prediction = yield from _submit(payload, ctx, started)
-            except SubmissionOutcomeUnknown as error:
-                intent.outcome_unknown(error.message)
-                raise
-            except BaseException:
+                sent_at = time.time()
+                try:
+                    prediction = yield from _submit(payload, ctx, started)
+                except SubmissionOutcomeUnknown as error:
+                    answer_lost = error
+                    prediction = yield from _find_lost({"negative_prompt": "", **payload}, ctx, started, sent_at)
+            except BaseException as error:
+                if answer_lost is not None:  # not found, or the search was cut short: the row says so
+                    intent.outcome_unknown(error.message if isinstance(error, SubmissionOutcomeUnknown)
+                                           else answer_lost.message)
+                    raise
                 intent.withdraw()  # refused, unreachable, or stopped: nothing was created
                 if reservation is not None:
                     reservation.release()
@@ -258,6 +266,51 @@ def _submit(payload: dict[str, object], ctx: JobContext, started: float) -> Gene
             yield JobUpdate(Stage.WAITING, f"{why}; trying again in {max(1, round(wait))} s. Nothing was "
                                            "submitted yet.", now - started, wait_seconds=wait)
             _sleep_until(ctx, now + wait, None)
+
+
+def _find_lost(sent: dict[str, object], ctx: JobContext, started: float,
+               sent_at: float) -> Generator[JobUpdate, None, Prediction]:
+    """The submit answer was lost: find the task among the key's recent tasks and return it, looking again after
+    short waits (the listing may lag the submission). Raises SubmissionOutcomeUnknown when none, or several, fit."""
+    yield JobUpdate(Stage.SUBMITTED, "WaveSpeed's answer to the submission was lost. Looking for the task among "
+                                     "this key's recent tasks; nothing is submitted again.", ctx.clock() - started)
+    matches = 0
+    try:
+        for delay in (0.0, *LOST_LOOKUP_DELAYS):
+            if delay:
+                now = ctx.clock()
+                yield JobUpdate(Stage.SUBMITTED, f"The task is not listed yet; looking again in {delay:.0f} s. "
+                                                 "Nothing is submitted again.", now - started, wait_seconds=delay)
+                _sleep_until(ctx, now + delay, None)
+            try:
+                lookup = lost_tasks.find_submitted(ctx.client, ctx.spec, sent, since=sent_at, until=time.time(),
+                                                   known=_known_task(ctx))
+            except KlingDemoError as error:  # the listing failing is one more reason to look again
+                log.info("lost submit answer: the task listing failed (%s)", error)
+                continue
+            if lookup.prediction is not None:
+                log.info("lost submit answer: found task %s among the key's recent tasks", lookup.prediction.task_id)
+                return lookup.prediction
+            matches = lookup.matches
+            if matches > 1:
+                break  # waiting will not make two candidates one
+    except JobStopped as stopped:
+        raise SubmissionOutcomeUnknown("Stopped while looking for the task whose submission answer was lost. It "
+                                       "may exist and be billed, so it was not resubmitted: check your WaveSpeed "
+                                       "dashboard before trying again.") from stopped
+    if matches > 1:
+        why = f"{matches} recent tasks of this key match it, so none was picked"
+    else:
+        why = "no matching task was found among this key's recent tasks"
+    raise SubmissionOutcomeUnknown(f"WaveSpeed's answer to the submission was lost, and {why}. The task may still "
+                                   "exist and be billed, so it was not resubmitted: check your WaveSpeed dashboard "
+                                   "before trying again.")
+
+
+def _known_task(ctx: JobContext) -> Callable[[str], bool]:
+    """Whether a task id is in the journal already (any owner's): such a task is someone's, not the lost one."""
+    journal = ctx.journal
+    return (lambda task_id: journal.has_task(task_id)) if journal is not None else (lambda task_id: False)
 
 
 def resume(task_id: str, ctx: JobContext, *, duration: int | None = None) -> Iterator[JobUpdate]:

@@ -220,7 +220,7 @@ class Journal:
     def attach_task(self, owner: str, intent_id: str, task_id: str, status: str) -> None:
         """Give an intent row the task id the API answered with (it becomes an ordinary running task)."""
         with self._connect() as db:
-            db.execute("UPDATE tasks SET task_id = ?, status = ?, error = '', updated_at = ?"
+            db.execute("UPDATE tasks SET task_id = ?, status = ?, error = '', updated_at = ?, finished_at = NULL"
                        " WHERE owner = ? AND task_id = ?", (task_id, status, time.time(), owner, intent_id))
 
     def withdraw_intent(self, owner: str, intent_id: str) -> None:
@@ -286,6 +286,14 @@ class Journal:
         """The owner's task, or None: another owner's task is indistinguishable from a missing one."""
         rows = self._rows("SELECT * FROM tasks WHERE task_id = ? AND owner = ?", (task_id, owner))
         return next(iter(_records(rows)), None)
+
+    def has_task(self, task_id: str) -> bool:
+        """Whether any owner's history holds this task id (a listed task that is someone's already)."""
+        return bool(self._rows("SELECT 1 FROM tasks WHERE task_id = ? LIMIT 1", (task_id,)))
+
+    def unknown_outcomes(self) -> list[TaskRecord]:
+        """Submissions whose answer was lost (outcome unknown), oldest first."""
+        return _records(self._rows("SELECT * FROM tasks WHERE status = ? ORDER BY created_at", (OUTCOME_UNKNOWN,)))
 
     def for_owner(self, owner: str, limit: int = 50) -> list[TaskRecord]:
         """The owner's tasks, newest first."""

@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from . import jobs
+from . import jobs, lost_tasks
 from .errors import AlreadyFollowing, KlingDemoError, ServiceUnavailable, TaskFailed, TaskTimedOut
 from .jobs import JobContext, format_seconds
 from .journal import Journal, TaskRecord
@@ -67,6 +67,40 @@ class Recovery:
             self.adopt(record, api_key)
             adopted += 1
         return adopted
+
+    def find_lost(self) -> int:
+        """Look in the background for the tasks of submissions whose answer was lost (paid with the server's key,
+        at this API, within the listing's 7 days); a task found gets its row and is followed. Returns how many."""
+        horizon = time.time() - lost_tasks.MAX_WINDOW_SECONDS + lost_tasks.CLOCK_MARGIN_SECONDS
+        records = [record for record in self.journal.unknown_outcomes()
+                   if record.key_source == KeySource.SERVER and record.api_base == self.api_base
+                   and record.created_at > horizon]
+        for record in records:
+            self._pool.submit(self._find_lost, record)
+        return len(records)
+
+    def _find_lost(self, record: TaskRecord) -> None:
+        """Find one lost submission's task by its model, time and inputs; adopt it if exactly one fits."""
+        ctx = self.make_context(record.owner, None)
+        sent = {name: record.params[name] for name in ("prompt", "negative_prompt", "guidance_scale", "duration")
+                if name in record.params}
+        try:
+            lookup = lost_tasks.find_submitted(ctx.client, ctx.spec, sent, since=record.created_at,
+                                               until=record.updated_at, known=self.journal.has_task)
+            found = lookup.prediction
+            if found is None:
+                log.info("no task found for lost submission %s (%d matched)", record.task_id, lookup.matches)
+                return
+            self.journal.attach_task(record.owner, record.task_id, found.task_id, found.status)
+            log.info("found task %s of a submission whose answer was lost; following it", found.task_id)
+        except Exception:  # the listing or the journal failing leaves the row as it was
+            log.exception("could not look for the task of a lost submission")
+            return
+        finally:
+            ctx.client.close()
+        adopted = self.journal.get(record.owner, found.task_id)
+        if adopted is not None:
+            self.adopt(adopted)
 
     def adopt(self, record: TaskRecord, api_key: str | None = None) -> None:
         """Follow one task in the background; a task already adopted, or followed by a live job, is skipped.

@@ -30,6 +30,7 @@ from .visitors import JobSlots
 from .webhooks import Receiver
 
 log = logging.getLogger(__name__)
+RECENT_TASKS = 20  # tasks shown under "Your WaveSpeed tasks"
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,8 @@ class Service:
             recovered = self.recovery.resume_running()
             if recovered:
                 log.info("resuming %d task(s) left running by the previous run", recovered)
+            if self.recovery.find_lost():  # submissions whose answer was lost: their task may be listed now
+                log.info("looking for the tasks of submissions whose answer was lost")
 
     @property
     def is_sandbox(self) -> bool:
@@ -203,6 +206,28 @@ class Service:
         payer = Visitor(visitor.owner, use_key)
         return Job(jobs.resume(task_id, ctx, duration=record.duration if record and record.duration else duration), ctx,
                    contextlib.ExitStack(), lambda: self._hand_over(payer))
+
+    # -- the visitor's own key's tasks at WaveSpeed ("Your WaveSpeed tasks") --------------------------------
+
+    def recent_tasks(self, visitor: Visitor, limit: int = RECENT_TASKS) -> list[Prediction]:
+        """The recent tasks of this model on the visitor's own key (web and API runs, last 24 h), newest first.
+
+        Only with their own key: the server key's tasks are every visitor's."""
+        self._require_own_key(visitor, "list its tasks")
+        with WaveSpeedClient(self.backend.base_url, visitor.api_key or "", connect_timeout=self.settings.connect_timeout,
+                             read_timeout=self.settings.read_timeout) as client:
+            return list(client.predictions(1, limit, model=self.spec.model_id).items)
+
+    def adopt(self, task_id: str, visitor: Visitor) -> Job:
+        """Bring one of the visitor's own key's tasks into their history (a resume by id, own key required)."""
+        self._require_own_key(visitor, "bring its tasks into your history")
+        return self.resume(task_id, visitor)
+
+    @staticmethod
+    def _require_own_key(visitor: Visitor, what: str) -> None:
+        if not visitor.api_key:
+            raise KeyRequired(f"Enter your own WaveSpeed key under “Your WaveSpeed key” to {what}; the tasks of "
+                              "this Space's key are not shown.")
 
     def budget_line(self, visitor: Visitor) -> str:
         """How much of the server key's budget the visitor used, for the page; "" when none applies to them."""

@@ -29,6 +29,7 @@ from .visitors import (OWNER_STORAGE_KEY, OWNER_STORAGE_OBFUSCATION, new_owner_i
                        verified_owner, visitor_key)
 
 if TYPE_CHECKING:
+    from .client import Prediction
     from .journal import TaskRecord
 
 log = logging.getLogger(__name__)
@@ -444,6 +445,47 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         job_event.then(show_budget, inputs=typed_key, outputs=budget, queue=False, show_progress="hidden", **private)
         key_box.change(show_budget, inputs=key_box, outputs=budget, queue=False, show_progress="hidden", **private)
 
+        # -- "Your WaveSpeed tasks": with one's own key, its recent tasks, each brought into the history by a pick
+        # and a click (a resume by id without typing it). Laid out and wired last, so the events above keep their
+        # numbers; the service refuses both steps without the visitor's own key, whoever calls them.
+        with gr.Accordion("Your WaveSpeed tasks", open=False, visible=False, elem_id="wavespeed-tasks") as tasks_box:
+            tasks_note = gr.Markdown("The recent tasks of your own key, made here, on wavespeed.ai or through its "
+                                     "API (last 24 hours). Pick one to bring it and its video into your history.",
+                                     elem_id="wavespeed-tasks-note")
+            load_tasks_btn = gr.Button("Load my tasks", size="sm", elem_id="load-wavespeed-tasks")
+            task_list = gr.Radio([], label="Your recent tasks", elem_id="wavespeed-task-list")
+            adopt_btn = gr.Button("Bring into my history", size="sm", elem_id="adopt-task")
+
+        @plain_errors()
+        def load_tasks(owner_id: str | None, typed_key: str | None, request: gr.Request) -> tuple[Any, str]:
+            """The visitor's own key's recent tasks of this model, as picks."""
+            tasks = service.recent_tasks(visitor(owner_id, typed_key, request))
+            note = (f"{len(tasks)} recent task{'s' if len(tasks) != 1 else ''} of your key; pick one, then press "
+                    "**Bring into my history**." if tasks else "Your key has no tasks of this model in the last 24 hours.")
+            return gr.update(choices=recent_task_choices(tasks), value=None), note
+
+        async def adopt_task(picked: str | None, owner_id: str | None = None, typed_key: str | None = None,
+                             from_page: bool = False,
+                             request: gr.Request = None) -> AsyncIterator[Outputs]:  # type: ignore[assignment]
+            """Follow the picked task of the visitor's own key into their history."""
+            with plain_errors():
+                who = visitor(owner_id, typed_key, request, from_page)
+                if who.api_key and not picked:
+                    raise InputRejected("Pick one of your tasks first (press “Load my tasks” to list them).")
+                async for outputs in stream(service.adopt(picked or "", who)):
+                    yield outputs
+
+        key_box.change(lambda key: gr.update(visible=bool((key or "").strip())), inputs=key_box, outputs=tasks_box,
+                       queue=False, show_progress="hidden", **private)
+        load_tasks_btn.click(load_tasks, inputs=[owner_id, typed_key], outputs=[task_list, tasks_note], **private)
+        adopt_event = adopt_btn.click(lambda: (*busy(), True), outputs=[generate_btn, stop_btn, from_page],
+                                      queue=False, **private).then(
+            adopt_task, inputs=[task_list, owner_id, typed_key, from_page], outputs=[status, task_id, video],
+            concurrency_limit=settings.concurrency, **private)
+        adopt_event.then(idle, outputs=[generate_btn, stop_btn], queue=False, **private).then(
+            show_history, inputs=owner_id, outputs=[gallery, history_ids], queue=False, **private)
+        stop_btn.click(None, cancels=[adopt_event], queue=False, **private)
+
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
     if service.webhooks is not None:
         serve_beside(demo, webhooks.route(service.webhooks))
@@ -535,3 +577,16 @@ def _verdict(check: Callable[[], object]) -> dict[str, Any]:
     except KlingDemoError as error:
         return gr.validate(False, str(error))
     return gr.validate(True, "")
+
+
+def recent_task_choices(tasks: list[Prediction]) -> list[tuple[str, str]]:
+    """(label, task id) picks for "Your WaveSpeed tasks": status, when, the prompt if the API echoes it, the id."""
+    choices = []
+    for task in tasks:
+        epoch = task.created_epoch
+        when = time.strftime("%d %b %H:%M", time.localtime(epoch)) if epoch is not None else "time unknown"
+        prompt = str(task.inputs.get("prompt") or "").strip()
+        about = f" · “{prompt[:50]}{'…' if len(prompt) > 50 else ''}”" if prompt else ""
+        status = STATUS_WORDS.get(task.status.value, task.status.value)
+        choices.append((f"{status} · {when}{about} · task {task.task_id}", task.task_id))
+    return choices

@@ -172,16 +172,27 @@ def test_a_full_data_dir_refuses_before_anything_is_uploaded(sandbox, make_image
     assert journal.for_owner("a") == []
 
 
-def test_a_lost_submit_answer_stays_in_the_history_as_outcome_unknown(make_sandbox, make_image, job_context,
-                                                                      tmp_path):
-    sandbox = make_sandbox(lost_answer_rate=1.0, seed=1)
+def test_a_lost_submit_answer_stays_in_the_history_as_outcome_unknown_when_its_task_is_not_listed(
+        make_sandbox, make_image, job_context, tmp_path):
+    sandbox = make_sandbox(lost_answer_rate=1.0, seed=1, listing_lag_seconds=600)
     journal = Journal(tmp_path / "journal.sqlite3")
     updates = run(JobRequest(image=make_image(), prompt="a storm"), job_context(sandbox, journal=journal, owner="a"))
     assert isinstance(updates[-1], SubmissionOutcomeUnknown)
     (row,) = journal.for_owner("a")
     assert row.status == "unknown" and row.is_intent and row.prompt == "a storm"
-    assert "may exist and be billed" in row.error
+    assert "may still exist and be billed" in row.error
     assert journal.running() == [], "recovery never polls an id the API never gave"
+    assert sandbox.stats()["submissions"] == 1
+
+
+def test_a_lost_submit_answer_gets_the_listed_tasks_id_and_its_video(make_sandbox, make_image, job_context,
+                                                                     tmp_path):
+    sandbox = make_sandbox(lost_answer_rate=1.0, seed=1)
+    journal = Journal(tmp_path / "journal.sqlite3")
+    updates = run(JobRequest(image=make_image(), prompt="a storm"), job_context(sandbox, journal=journal, owner="a"))
+    assert updates[-1].stage is Stage.DONE, updates[-1]
+    (row,) = journal.for_owner("a")
+    assert not row.is_intent and row.task_id == updates[-1].task_id and row.status == "completed"
     assert sandbox.stats()["submissions"] == 1
 
 

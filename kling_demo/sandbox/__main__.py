@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fault-rate", type=_share, default=0.0,
                         help="share of polls, uploads, file GETs and account calls that fail")
     parser.add_argument("--lost-answer-rate", type=_share, default=0.0, help="share of submissions whose answer is lost")
+    parser.add_argument("--listing-lag", type=float, default=0.0, metavar="SECONDS",
+                        help="a new task shows in the predictions listing only after this long (default 0)")
     parser.add_argument("--task-failure-rate", type=_share, default=0.0, help="share of tasks that end 'failed'")
     parser.add_argument("--api-key", default=None, help="accept only this bearer token (default: any non-empty one)")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible faults and failures")
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         inference_seconds=args.inference_seconds,
         fault_rate=args.fault_rate,
         lost_answer_rate=args.lost_answer_rate,
+        listing_lag_seconds=args.listing_lag,
         task_failure_rate=args.task_failure_rate,
         api_key=args.api_key,
         seed=args.seed,

@@ -13,6 +13,7 @@ class SandboxConfig:
     inference_seconds: float = 6.0
     fault_rate: float = 0.0
     lost_answer_rate: float = 0.0
+    listing_lag_seconds: float = 0.0  # a new task shows in POST /api/v3/predictions only after this long
     task_failure_rate: float = 0.0
     api_key: str | None = None  # None: any non-empty bearer token passes; set: only this one
     seed: int | None = None

@@ -177,7 +177,8 @@ class SandboxState:
         now = time.time()
         with self.lock:
             self._advance(now)
-            mine = [task for task in self.tasks.values() if task.owner == owner]
+            listed_before = now - self.config.listing_lag_seconds  # the listing may lag a new task
+            mine = [task for task in self.tasks.values() if task.owner == owner and task.created_epoch <= listed_before]
             matching = [task for task in mine if query.matches(task, task.state(now)[0])]
             matching.sort(key=lambda task: task.created_epoch, reverse=True)
             start = (query.page - 1) * query.page_size
