@@ -144,10 +144,12 @@ class Service:
     def is_sandbox(self) -> bool:
         return self.backend.is_sandbox
 
-    def context(self, owner: str, api_key: str | None = None, spender: str | None = None) -> JobContext:
+    def context(self, owner: str, api_key: str | None = None, spender: str | None = None, *,
+                operator: bool = False) -> JobContext:
         """Everything one job needs, paying with `api_key` (a visitor's own) or else the server's key.
 
-        A job that may submit on the server's key names its `spender`: its submit passes the budgets."""
+        A job that may submit on the server's key names its `spender`: its submit passes the budgets. The
+        `operator` (the command line) owns the server's key, so is told its balance as a visitor is theirs."""
         client = WaveSpeedClient(self.backend.base_url, api_key or self.backend.api_key,
                                  connect_timeout=self.settings.connect_timeout,
                                  read_timeout=self.settings.read_timeout)
@@ -157,7 +159,7 @@ class Service:
         # The sandbox bills nothing: its jobs keep no price and never check a balance.
         priced = None if self.is_sandbox else price_guard(
             self.quotes, client, api_key or self.backend.api_key, self.spec,
-            whose="Your" if api_key else "This Space's", show_balance=self.settings.show_balance)
+            whose="Your" if api_key or operator else "This Space's", show_balance=self.settings.show_balance)
         return JobContext(client=client, videos_dir=self.videos_dir, deadline_seconds=self.settings.deadline_seconds,
                           spend_guard=guard, price_guard=priced,
                           max_download_bytes=self.settings.max_download_bytes, spec=self.spec, history=self.history,
@@ -189,7 +191,8 @@ class Service:
         on_close = contextlib.ExitStack()
         on_close.enter_context(self.slots.hold(visitor.owner, None if visitor.api_key
                                                else self.settings.max_jobs_per_visitor))
-        ctx = self.context(visitor.owner, visitor.api_key, None if visitor.operator else self.spender(visitor))
+        ctx = self.context(visitor.owner, visitor.api_key, None if visitor.operator else self.spender(visitor),
+                           operator=visitor.operator)
         return Job(jobs.generate(request, ctx), ctx, on_close, lambda: self._hand_over(visitor))
 
     def resume(self, task_id: str, visitor: Visitor, *, duration: int | None = None) -> Job:
