@@ -182,14 +182,16 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
             inputs: dict[str, object] = {"prompt": prompt, "guidance_scale": guidance, "duration": duration}
             if negative:
                 inputs["negative_prompt"] = negative
-            # Before anything is recorded or uploaded: the price to keep, and no job the balance cannot pay.
-            quote = ctx.price_guard(inputs) if ctx.price_guard is not None else None
-            intent = _Intent.write(ctx, params, first, quote)
+            intent = _Intent.write(ctx, params, first)
 
             reservation: Reservation | None = None
             try:
                 if ctx.spend_guard is not None:  # before anything is uploaded: the price depends on the duration
                     reservation = ctx.spend_guard(inputs)
+                # After the budgets (a refused budget asks nothing more): the price to keep with the task, and
+                # no upload or submission the paying key's balance cannot cover.
+                quote = ctx.price_guard(inputs) if ctx.price_guard is not None else None
+                intent.priced(quote)
                 size_mb = (first.size_bytes + (end.size_bytes if end else 0)) / 1e6
                 fixed = (" Fixed: " + "; ".join(changes) + ".") if changes else ""
                 priced = f" Price: {money(quote.price, quote.currency)}." if quote else ""
@@ -322,8 +324,7 @@ class _Intent:
         self.ctx, self.intent_id = ctx, intent_id
 
     @classmethod
-    def write(cls, ctx: JobContext, params: dict[str, Any], first: media.PreparedImage,
-              quote: Quote | None = None) -> "_Intent":
+    def write(cls, ctx: JobContext, params: dict[str, Any], first: media.PreparedImage) -> "_Intent":
         """Record the submission to come; raises `StorageUnavailable` if the journal cannot take it."""
         if ctx.journal is None:
             return cls(ctx, None)
@@ -332,9 +333,7 @@ class _Intent:
             preview = media.save_preview(first, ctx.videos_dir)
             intent_id = ctx.journal.record_intent(owner=ctx.owner, model=ctx.spec.model_id,
                                                   api_base=ctx.client.base_url, key_source=ctx.key_source,
-                                                  params=params, first_frame=str(preview),
-                                                  price=quote.price if quote else None,
-                                                  currency=quote.currency if quote else None)
+                                                  params=params, first_frame=str(preview))
         except (OSError, sqlite3.Error) as error:
             log.warning("journal: cannot record a new submission (%s: %s); refusing it before anything is paid for",
                         type(error).__name__, error)
@@ -353,6 +352,15 @@ class _Intent:
             log.error("journal: task %s was submitted but could not be recorded (%s: %s); it is followed without "
                       "the journal", prediction.task_id, type(error).__name__, error)
             self.ctx.journal = None  # this job only: its later journal writes would fail the same way
+
+    def priced(self, quote: Quote | None) -> None:
+        """Keep WaveSpeed's quote with the entry; without it the task only lacks its cost in the history."""
+        if quote is None or self.ctx.journal is None or self.intent_id is None:
+            return
+        try:
+            self.ctx.journal.set_price(self.ctx.owner, self.intent_id, quote.price, quote.currency)
+        except (OSError, sqlite3.Error) as error:
+            log.warning("journal: could not keep the price of a submission (%s)", type(error).__name__)
 
     def outcome_unknown(self, reason: str) -> None:
         """The answer was lost: the entry stays in the history, saying a task may exist and be billed."""

@@ -207,27 +207,29 @@ class Journal:
             db.close()
 
     def record_submission(self, *, owner: str, task_id: str, model: str, api_base: str, key_source: str,
-                          params: dict[str, Any], first_frame: str | None = None, status: str = "created",
-                          price: float | None = None, currency: str | None = None) -> None:
-        """Remember a task the moment the API has accepted it (with its quoted price, when one was had)."""
+                          params: dict[str, Any], first_frame: str | None = None, status: str = "created") -> None:
+        """Remember a task the moment the API has accepted it."""
         now = time.time()
         with self._connect() as db:
             db.execute(
                 "INSERT OR IGNORE INTO tasks (task_id, owner, model, api_base, key_source, params, first_frame,"
-                " status, created_at, updated_at, price, currency) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (task_id, owner, model, api_base, key_source, json.dumps(params), first_frame, status, now, now,
-                 price, currency),
+                " status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (task_id, owner, model, api_base, key_source, json.dumps(params), first_frame, status, now, now),
             )
 
     def record_intent(self, *, owner: str, model: str, api_base: str, key_source: str, params: dict[str, Any],
-                      first_frame: str | None = None, price: float | None = None,
-                      currency: str | None = None) -> str:
+                      first_frame: str | None = None) -> str:
         """Remember a submission before it is sent; returns the intent id that `attach_task` replaces."""
         intent_id = INTENT_PREFIX + uuid.uuid4().hex
         self.record_submission(owner=owner, task_id=intent_id, model=model, api_base=api_base,
-                               key_source=key_source, params=params, first_frame=first_frame, status=SUBMITTING,
-                               price=price, currency=currency)
+                               key_source=key_source, params=params, first_frame=first_frame, status=SUBMITTING)
         return intent_id
+
+    def set_price(self, owner: str, task_id: str, price: float, currency: str) -> None:
+        """Keep WaveSpeed's quote for a task (asked right before its submission)."""
+        with self._connect() as db:
+            db.execute("UPDATE tasks SET price = ?, currency = ? WHERE owner = ? AND task_id = ?",
+                       (price, currency, owner, task_id))
 
     def attach_task(self, owner: str, intent_id: str, task_id: str, status: str) -> None:
         """Give an intent row the task id the API answered with (it becomes an ordinary running task)."""

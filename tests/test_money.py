@@ -164,7 +164,8 @@ def test_an_older_journal_gains_the_price_columns_and_keeps_its_tasks(tmp_path):
     (old,) = journal.for_owner("o")
     assert old.prompt == "old" and old.price is None
     journal.record_submission(owner="o", task_id="t2", model="m", api_base="b", key_source="server",
-                              params={}, status="completed", price=1.4, currency="USD")
+                              params={}, status="completed")
+    journal.set_price("o", "t2", 1.4, "USD")
     assert journal.get("o", "t2").price == pytest.approx(1.4)
     assert journal.spend("o") == {"USD": (pytest.approx(1.4), 1)}
     assert Journal(path).get("o", "t1") is not None, "opening it again migrates nothing twice"
