@@ -112,19 +112,20 @@ def price_guard(cache: QuoteCache, client: WaveSpeedClient, api_key: str, spec: 
                         "submission itself if the balance is short", type(error).__name__)
             return quote
         if balance.currency == quote.currency and balance.amount + 0.005 < quote.price:
-            raise InsufficientBalance(_short(quote, balance.amount, whose, show_balance))
+            shorter = inputs.get("duration", spec.default_duration) != min(spec.durations)
+            raise InsufficientBalance(_short(quote, balance.amount, whose, show_balance, shorter))
         return quote
 
     return check
 
 
-def _short(quote: Quote, balance: float, whose: str, show_balance: bool) -> str:
+def _short(quote: Quote, balance: float, whose: str, show_balance: bool, shorter: bool) -> str:
     """The refusal: both amounts (the Space's balance only where its owner shows it), and what to do."""
     price = money(quote.price, quote.currency)
+    shorter_too = " choose a shorter video," if shorter else ""
     if whose == "Your":
         return (f"Your WaveSpeed balance is {money(balance, quote.currency)}, less than this video's price of "
-                f"{price}. Top up at wavespeed.ai, choose a shorter video, or use another key. Nothing was "
-                "submitted.")
+                f"{price}. Top up at wavespeed.ai,{shorter_too} or use another key. Nothing was submitted.")
     held = f" ({money(balance, quote.currency)})" if show_balance else ""
     return (f"This Space's WaveSpeed balance{held} is less than this video's price of {price}. Enter your own "
-            "WaveSpeed key, choose a shorter video, or try again later. Nothing was submitted.")
+            f"WaveSpeed key,{shorter_too} or try again later. Nothing was submitted.")
