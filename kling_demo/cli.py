@@ -4,6 +4,8 @@
                                         [--guidance 0.5] [--duration 5|10] [--out video.mp4]
     python -m kling_demo generate --resume TASK_ID [--out video.mp4]
     python -m kling_demo history [--limit N]
+    python -m kling_demo price [--duration 5|10]
+    python -m kling_demo balance
 
 Progress goes to stderr, one line per step; stdout receives only the path of the finished
 video, so `video=$(python -m kling_demo generate photo.jpg --prompt "waves")` works.
@@ -33,10 +35,11 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 from . import __version__
 from .backend import SANDBOX_TOKEN, Backend, open_backend
+from .client import WaveSpeedClient
 from .config import Settings
 from .errors import (
     ApiInputRefused,
@@ -52,6 +55,7 @@ from .jobs import JobRequest, JobUpdate, Stage
 from .journal import Journal
 from .logs import configure_logging
 from .models import DEFAULT_MODEL
+from .prices import FREE_IN_SANDBOX, money
 from .service import Job, Service, Visitor
 
 log = logging.getLogger(__name__)
@@ -155,6 +159,22 @@ def build_parser() -> argparse.ArgumentParser:
                     "id, status, when, prompt and video path, one per line, tab-separated.")
     history.add_argument("--limit", type=int, default=20, metavar="N", help="at most N tasks (default 20)")
     history.set_defaults(handler=run_history, command_parser=history)
+
+    price = commands.add_parser(
+        "price", help="what one video costs: WaveSpeed's quote (the sandbox: free)",
+        description="Print what one video of this length costs, as WaveSpeed quotes it for your key (stdout: "
+                    "the amount, e.g. $1.40). Without WAVESPEED_API_KEY the local sandbox bills nothing: stdout "
+                    "says 'free (sandbox)', and stderr gives the sandbox's stand-in table price.")
+    price.add_argument("--duration", "-d", type=int, choices=spec.durations, default=spec.default_duration,
+                       help=f"video length in seconds (default {spec.default_duration})")
+    balance = commands.add_parser(
+        "balance", help="the WaveSpeed balance of your key",
+        description="Print the balance of WAVESPEED_API_KEY's account (stdout: the amount, e.g. $12.40). A key "
+                    "WaveSpeed rejects exits with 3. Without a key the local sandbox bills nothing.")
+    for command, handler in ((price, run_price), (balance, run_balance)):
+        command.add_argument("--base-url", metavar="URL", help="WaveSpeed-compatible server to ask instead of "
+                                                               "WAVESPEED_BASE_URL")
+        command.set_defaults(handler=handler, command_parser=command)
     return parser
 
 
@@ -284,6 +304,66 @@ def run_history(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         prompt = " ".join(record.prompt.split()) or "(fetched by task id)"
         _emit("\t".join((record.task_id, record.status, when, prompt, record.video_path or "")))
     return EXIT_OK
+
+
+# --- money ------------------------------------------------------------------------------------
+
+
+def run_price(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """`price`: WaveSpeed's quote for one video of --duration seconds; "free (sandbox)" without a key."""
+
+    def ask(client: WaveSpeedClient, backend: Backend, out: Progress) -> None:
+        quote = client.price(DEFAULT_MODEL, {"duration": args.duration})
+        amount = money(quote.price, quote.currency)
+        if backend.is_sandbox:  # never pretend a charge; the table price is there for trying the flow
+            out.say(f"Sandbox mode: nothing is billed. The sandbox's stand-in table quotes {amount} for a "
+                    f"{args.duration} s video; set WAVESPEED_API_KEY for WaveSpeed's real price.")
+            _emit(FREE_IN_SANDBOX.lower())
+            return
+        out.say(f"WaveSpeed's quote for one {args.duration} s video of {DEFAULT_MODEL.model_id}:")
+        _emit(amount)
+
+    return _ask_account(args, ask)
+
+
+def run_balance(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """`balance`: the account balance of WAVESPEED_API_KEY."""
+
+    def ask(client: WaveSpeedClient, backend: Backend, out: Progress) -> None:
+        if backend.is_sandbox:
+            out.say("Sandbox mode: nothing is billed, so there is no balance to spend.")
+            _emit("unlimited (sandbox)")
+            return
+        held = client.balance()
+        _emit(money(held.amount, held.currency))
+
+    return _ask_account(args, ask)
+
+
+def _ask_account(args: argparse.Namespace,
+                 ask: Callable[[WaveSpeedClient, Backend, "Progress"], None]) -> int:
+    """Open the backend as `generate` does, run one account question, and turn its errors into exit codes."""
+    configure_logging("WARNING")
+    try:
+        settings = Settings.from_env()
+    except ValueError as error:
+        return _fail(None, f"error: bad setting: {error}", EXIT_USAGE)
+    out = Progress(sys.stderr, secret=settings.api_key)
+    try:
+        backend = _open(settings, args.base_url, out)
+    except (OSError, RuntimeError) as error:
+        out.say(f"error: could not start the local sandbox: {error}")
+        return EXIT_OTHER
+    try:
+        with WaveSpeedClient(backend.base_url, backend.api_key, connect_timeout=settings.connect_timeout,
+                             read_timeout=settings.read_timeout, max_attempts=3) as client:
+            ask(client, backend, out)
+        return EXIT_OK
+    except KlingDemoError as error:
+        out.say(f"error: {error}")
+        return exit_code_for(error)
+    finally:
+        backend.close()
 
 
 def _emit(line: str) -> None:

@@ -58,6 +58,14 @@ class Quote:
 
 
 @dataclass(frozen=True)
+class Balance:
+    """What a key's account holds, as WaveSpeed's `/balance` answers it."""
+
+    amount: float
+    currency: str = "USD"
+
+
+@dataclass(frozen=True)
 class Prediction:
     """One task as the API reports it."""
 
@@ -331,6 +339,17 @@ class WaveSpeedClient:
                       if isinstance(item, dict) and item.get("id"))
         total = data.get("total")
         return PredictionPage(page=page, items=items, total=total if isinstance(total, int) else None)
+
+    def balance(self, *, attempts: int = 2) -> Balance:
+        """The key's account balance (a bad key fails here with `AuthenticationFailed`, before anything is paid).
+
+        Few attempts: it is asked while a visitor waits, and a missing answer only means it is not shown."""
+        body = self._json("GET", "/api/v3/balance", attempts=attempts)
+        data = body.get("data") if isinstance(body.get("data"), dict) else {}
+        amount = data.get("balance")
+        if not isinstance(amount, (int, float)) or isinstance(amount, bool) or not -1e15 < amount < 1e15:
+            raise ServiceUnavailable(f"WaveSpeed answered the balance without an amount: {self._redact(str(data))[:200]}")
+        return Balance(amount=float(amount), currency=str(data.get("currency") or "USD").upper())
 
     def result(self, task_id: str, *, attempts: int | None = None) -> Prediction:
         """The task's current state, retried on transient failures up to `attempts` times (default max_attempts).

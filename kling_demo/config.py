@@ -128,6 +128,7 @@ class Settings:
     trusted_proxy: bool = False  # the first X-Forwarded-For hop is the caller (true on a Space)
     public_url: str | None = None  # where WaveSpeed can reach this app (webhooks); None: polling only
     webhook_secret: str | None = field(default=None, repr=False)  # WaveSpeed's `whsec_…`, verifies webhooks
+    show_balance: bool = False  # visitors see the server key's WaveSpeed balance (a visitor's own key: always)
 
     @property
     def webhook_url(self) -> str | None:
@@ -172,6 +173,7 @@ class Settings:
             require_user_key=_bool(merged, "KLING_DEMO_REQUIRE_USER_KEY"),
             max_jobs_per_visitor=max(1, _int(merged, "KLING_DEMO_MAX_JOBS_PER_VISITOR", cls.max_jobs_per_visitor)),
             mcp_server=_bool(merged, "KLING_DEMO_MCP"),
+            show_balance=_bool(merged, "KLING_DEMO_SHOW_BALANCE"),
             public_url=public_url(merged),
             webhook_secret=merged.get("WAVESPEED_WEBHOOK_SECRET", "").strip() or None,
             trusted_proxy=_bool(merged, "KLING_DEMO_TRUSTED_PROXY", default=bool(merged.get("SPACE_ID", "").strip())),

@@ -22,7 +22,7 @@ from typing import Any, Callable, Generator, Iterator, TypeVar
 from . import lost_tasks, media, storage
 from .api_slots import ApiSlots, Ticket
 from .budgets import Reservation, SpendGuard
-from .client import Prediction, WaveSpeedClient
+from .client import Prediction, Quote, WaveSpeedClient
 from .errors import (
     AlreadyFollowing,
     InputRejected,
@@ -41,6 +41,7 @@ from .journal import OUTCOME_UNKNOWN, Journal, is_intent_id, positive_int
 from .models import DEFAULT_MODEL, KeySource, ModelSpec, TaskStatus
 from .notices import SAFETY_NET_SECONDS, Notice, Notices
 from .polling import InferenceHistory, next_poll_delay, retry_delay
+from .prices import PriceGuard, money, quoted_cost
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -137,6 +138,8 @@ class JobContext:
     notices: Notices | None = None
     # On the server's key: quotes the price and reserves it against the budgets, or raises BudgetExceeded.
     spend_guard: SpendGuard | None = None
+    # Live mode: quotes the price (kept with the task) and refuses when the paying key's balance is below it.
+    price_guard: PriceGuard | None = None
 
 
 def format_seconds(seconds: float) -> str:
@@ -177,20 +180,25 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
             storage.check_room(ctx.videos_dir, ctx.min_free_bytes)
             params = {"prompt": prompt, "negative_prompt": negative, "guidance_scale": guidance,
                       "duration": duration, "end_image": end is not None}
+            inputs: dict[str, object] = {"prompt": prompt, "guidance_scale": guidance, "duration": duration}
+            if negative:
+                inputs["negative_prompt"] = negative
             intent = _Intent.write(ctx, params, first)
 
             reservation: Reservation | None = None
             answer_lost: SubmissionOutcomeUnknown | None = None  # set once a task may exist: never withdrawn
             try:
-                inputs: dict[str, object] = {"prompt": prompt, "guidance_scale": guidance, "duration": duration}
-                if negative:
-                    inputs["negative_prompt"] = negative
                 if ctx.spend_guard is not None:  # before anything is uploaded: the price depends on the duration
                     reservation = ctx.spend_guard(inputs)
+                # After the budgets (a refused budget asks nothing more): the price to keep with the task, and
+                # no upload or submission the paying key's balance cannot cover.
+                quote = ctx.price_guard(inputs) if ctx.price_guard is not None else None
+                intent.priced(quote)
                 size_mb = (first.size_bytes + (end.size_bytes if end else 0)) / 1e6
                 fixed = (" Fixed: " + "; ".join(changes) + ".") if changes else ""
+                priced = f" Price: {money(quote.price, quote.currency)}." if quote else ""
                 yield update(Stage.UPLOADING, f"Uploading {'both frames' if end else 'the first frame'} "
-                                              f"({size_mb:.1f} MB)…{fixed}", changes=changes)
+                                              f"({size_mb:.1f} MB)…{priced}{fixed}", changes=changes)
                 payload: dict[str, object] = {"image": ctx.client.upload(first.path, first.mime_type), **inputs}
                 if end:
                     payload["end_image"] = ctx.client.upload(end.path, end.mime_type)
@@ -398,6 +406,15 @@ class _Intent:
                       "the journal", prediction.task_id, type(error).__name__, error)
             self.ctx.journal = None  # this job only: its later journal writes would fail the same way
 
+    def priced(self, quote: Quote | None) -> None:
+        """Keep WaveSpeed's quote with the entry; without it the task only lacks its cost in the history."""
+        if quote is None or self.ctx.journal is None or self.intent_id is None:
+            return
+        try:
+            self.ctx.journal.set_price(self.ctx.owner, self.intent_id, quote.price, quote.currency)
+        except (OSError, sqlite3.Error) as error:
+            log.warning("journal: could not keep the price of a submission (%s)", type(error).__name__)
+
     def outcome_unknown(self, reason: str) -> None:
         """The answer was lost: the entry stays in the history, saying a task may exist and be billed."""
         if self.ctx.journal is None or self.intent_id is None:
@@ -525,7 +542,7 @@ def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
         ctx, task_id, Stage.DOWNLOADING, started, deadline_at)
     if journal is not None:
         journal.complete(ctx.owner, task_id, video_path=str(video_path), inference_ms=prediction.inference_ms)
-    yield update(Stage.DONE, _done_message(prediction, ctx.clock() - started), video_path=video_path,
+    yield update(Stage.DONE, _done_message(prediction, ctx.clock() - started, _cost(ctx, task_id)), video_path=video_path,
                  inference_ms=prediction.inference_ms, nsfw=_nsfw(prediction))
 
 
@@ -593,10 +610,18 @@ def _not_lost(ctx: JobContext, task_id: str) -> str:
     return "Nothing needs to be submitted again: resume it later by its task id."
 
 
-def _done_message(prediction: Prediction, total: float) -> str:
+def _cost(ctx: JobContext, task_id: str) -> str:
+    """What the task cost, as the journal keeps it: WaveSpeed's quote at submission; "" when none was had."""
+    record = ctx.journal.get(ctx.owner, task_id) if ctx.journal is not None else None
+    return quoted_cost(record.price, record.currency) if record is not None else ""
+
+
+def _done_message(prediction: Prediction, total: float, cost: str = "") -> str:
     parts = [f"Your video is ready after {format_seconds(total)}"]
     if prediction.inference_ms:
         parts.append(f"inference {prediction.inference_ms / 1000:.1f} s")
+    if cost:
+        parts.append(cost)
     parts.append(f"task {prediction.task_id}")
     message = " · ".join(parts) + "."
     if _nsfw(prediction):

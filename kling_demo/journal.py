@@ -53,6 +53,11 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (owner, created_at DESC);
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status);
 """
+# Columns added after the first release, each nullable, added to an older file when it is opened.
+ADDED_COLUMNS = (
+    ("price", "REAL"),  # WaveSpeed's quote at submission (None: not known, e.g. a task fetched by id, the sandbox)
+    ("currency", "TEXT"),  # the quote's currency, as the API answered it
+)
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,8 @@ class TaskRecord:
     inference_ms: int | None
     video_path: str | None
     error: str
+    price: float | None = None
+    currency: str | None = None
 
     @property
     def is_running(self) -> bool:
@@ -153,6 +160,7 @@ class Journal:
         with self._session() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            _add_columns(db)
             verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
         if verdict != "ok":
             raise _CorruptJournal(f"quick_check: {verdict}")
@@ -216,6 +224,12 @@ class Journal:
         self.record_submission(owner=owner, task_id=intent_id, model=model, api_base=api_base,
                                key_source=key_source, params=params, first_frame=first_frame, status=SUBMITTING)
         return intent_id
+
+    def set_price(self, owner: str, task_id: str, price: float, currency: str) -> None:
+        """Keep WaveSpeed's quote for a task (asked right before its submission)."""
+        with self._connect() as db:
+            db.execute("UPDATE tasks SET price = ?, currency = ? WHERE owner = ? AND task_id = ?",
+                       (price, currency, owner, task_id))
 
     def attach_task(self, owner: str, intent_id: str, task_id: str, status: str) -> None:
         """Give an intent row the task id the API answered with (it becomes an ordinary running task)."""
@@ -300,6 +314,12 @@ class Journal:
         rows = self._rows("SELECT * FROM tasks WHERE owner = ? ORDER BY created_at DESC LIMIT ?", (owner, limit))
         return _records(rows)
 
+    def spend(self, owner: str) -> dict[str, tuple[float, int]]:
+        """What the owner's completed tasks were quoted, per currency: {currency: (total, how many)}."""
+        rows = self._rows("SELECT currency, SUM(price) AS total, COUNT(*) AS tasks FROM tasks WHERE owner = ? AND"
+                          " status = 'completed' AND price IS NOT NULL GROUP BY currency", (owner,))
+        return {str(row["currency"] or "USD"): (float(row["total"]), int(row["tasks"])) for row in rows}
+
     def running(self, *, owner: str | None = None) -> list[TaskRecord]:
         """Tasks not yet finished (all owners, or one), oldest first."""
         query = f"SELECT * FROM tasks WHERE status IN {RUNNING_STATUSES!r}"  # a constant, not input
@@ -356,6 +376,19 @@ class _CorruptJournal(sqlite3.DatabaseError):
     sqlite_errorcode = 11
 
 
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Give a journal written by an older version the columns added since (nullable: old rows stay as they are)."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+    for name, kind in ADDED_COLUMNS:
+        if name in present:
+            continue
+        try:
+            db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind}")  # constants, not input
+        except sqlite3.OperationalError as error:  # another process added it a moment ago
+            if "duplicate column" not in str(error).lower():
+                raise
+
+
 def _has_sqlite_header(path: Path) -> bool:
     """True for a missing or empty file (SQLite starts one) or one that begins like an SQLite database."""
     try:
@@ -376,7 +409,7 @@ def _is_corrupt(error: sqlite3.DatabaseError) -> bool:
 
 
 _TEXT_FIELDS = ("task_id", "owner", "model", "api_base", "key_source", "status", "error")
-_OPTIONAL_TEXT_FIELDS = ("first_frame", "video_path")
+_OPTIONAL_TEXT_FIELDS = ("first_frame", "video_path", "currency")
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(TaskRecord))
 
 
@@ -404,6 +437,8 @@ def _record(row: sqlite3.Row) -> TaskRecord:
     fields["finished_at"] = _number(fields.get("finished_at"))
     milliseconds = _number(fields.get("inference_ms"))
     fields["inference_ms"] = int(milliseconds) if milliseconds and milliseconds > 0 else None
+    price = _number(fields.get("price"))
+    fields["price"] = price if price is not None and price >= 0 else None
     if not fields["task_id"]:
         raise ValueError("a row without a task id")
     return TaskRecord(**fields)

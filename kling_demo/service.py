@@ -17,14 +17,16 @@ from . import jobs, storage
 from .api_slots import ApiSlots, slot_key
 from .backend import Backend, open_backend
 from .budgets import Budgets, Ledger, Limits
-from .client import Prediction, WaveSpeedClient
+from .client import Balance, Prediction, Quote, WaveSpeedClient
 from .config import Settings
-from .errors import KeyRequired, NotYours
+from .errors import AuthenticationFailed, KeyRequired, KlingDemoError, NotYours
+from .inputs import check_duration
 from .jobs import Followers, JobContext, JobRequest, JobUpdate, Stage
 from .journal import Journal, TaskRecord
 from .models import DEFAULT_MODEL, KeySource, ModelSpec
 from .notices import Notices
 from .polling import InferenceHistory
+from .prices import FREE_IN_SANDBOX, PRICE_UNAVAILABLE, QuoteCache, money, price_guard, quoted_cost
 from .recovery import Recovery
 from .visitors import JobSlots
 from .webhooks import Receiver
@@ -130,6 +132,7 @@ class Service:
                                                                  settings.submits_per_minute), spec)
         # Tasks at WaveSpeed per key, the server's and each visitor's own: jobs beyond the account's level wait here.
         self.api_slots = ApiSlots(settings.api_concurrency)
+        self.quotes = QuoteCache()  # WaveSpeed's price quotes, shared by the page's price line and the jobs
         self.recovery = Recovery(self.journal, self.context, api_base=self.backend.base_url,
                                  sandbox=self.backend.is_sandbox, release_slot=self.api_slots.finish)
         self.background = background
@@ -144,18 +147,24 @@ class Service:
     def is_sandbox(self) -> bool:
         return self.backend.is_sandbox
 
-    def context(self, owner: str, api_key: str | None = None, spender: str | None = None) -> JobContext:
+    def context(self, owner: str, api_key: str | None = None, spender: str | None = None, *,
+                operator: bool = False) -> JobContext:
         """Everything one job needs, paying with `api_key` (a visitor's own) or else the server's key.
 
-        A job that may submit on the server's key names its `spender`: its submit passes the budgets."""
+        A job that may submit on the server's key names its `spender`: its submit passes the budgets. The
+        `operator` (the command line) owns the server's key, so is told its balance as a visitor is theirs."""
         client = WaveSpeedClient(self.backend.base_url, api_key or self.backend.api_key,
                                  connect_timeout=self.settings.connect_timeout,
                                  read_timeout=self.settings.read_timeout)
         # A visitor's own key belongs to an account whose webhook secret we do not know: those tasks are polled.
         pushed = self.webhooks is not None and not api_key
         guard = self.budgets.guard(spender, client) if spender is not None and not api_key else None
+        # The sandbox bills nothing: its jobs keep no price and never check a balance.
+        priced = None if self.is_sandbox else price_guard(
+            self.quotes, client, api_key or self.backend.api_key, self.spec,
+            whose="Your" if api_key or operator else "This Space's", show_balance=self.settings.show_balance)
         return JobContext(client=client, videos_dir=self.videos_dir, deadline_seconds=self.settings.deadline_seconds,
-                          spend_guard=guard,
+                          spend_guard=guard, price_guard=priced,
                           max_download_bytes=self.settings.max_download_bytes, spec=self.spec, history=self.history,
                           journal=self.journal, owner=owner,
                           key_source=KeySource.VISITOR if api_key else KeySource.SERVER,
@@ -185,7 +194,8 @@ class Service:
         on_close = contextlib.ExitStack()
         on_close.enter_context(self.slots.hold(visitor.owner, None if visitor.api_key
                                                else self.settings.max_jobs_per_visitor))
-        ctx = self.context(visitor.owner, visitor.api_key, None if visitor.operator else self.spender(visitor))
+        ctx = self.context(visitor.owner, visitor.api_key, None if visitor.operator else self.spender(visitor),
+                           operator=visitor.operator)
         return Job(jobs.generate(request, ctx), ctx, on_close, lambda: self._hand_over(visitor))
 
     def resume(self, task_id: str, visitor: Visitor, *, duration: int | None = None) -> Job:
@@ -234,6 +244,85 @@ class Service:
         if visitor.api_key or visitor.operator:
             return ""
         return self.budgets.line(self.spender(visitor))
+
+    # -- money: what the page and the CLI show ----------------------------------------------------------------
+
+    def quote(self, visitor: Visitor, duration: object) -> Quote:
+        """WaveSpeed's price for a video of `duration` on the key that would pay (cached briefly); raises a
+        `KlingDemoError` when it cannot be had."""
+        duration = check_duration(duration, self.spec)
+        with self._lookup(visitor.api_key) as client:
+            return self.quotes.quote(client, visitor.api_key or self.backend.api_key, self.spec,
+                                     {"duration": duration})
+
+    def balance(self, visitor: Visitor) -> Balance:
+        """The balance of the key that would pay; raises `AuthenticationFailed` for a key WaveSpeed refuses."""
+        with self._lookup(visitor.api_key) as client:
+            return client.balance()
+
+    def price_line(self, visitor: Visitor, duration: object) -> str:
+        """The line beside Generate: the API's quote for what is about to be submitted, never a made-up one."""
+        if self.is_sandbox:
+            return f"{FREE_IN_SANDBOX}: nothing is billed."
+        try:
+            duration = check_duration(duration, self.spec)
+        except KlingDemoError:
+            return ""  # the duration's own check says what to change
+        try:
+            quote = self.quote(visitor, duration)
+        except AuthenticationFailed:
+            return f"{PRICE_UNAVAILABLE}: WaveSpeed rejected the key."
+        except KlingDemoError as error:
+            log.info("price line: no quote (%s)", type(error).__name__)
+            return f"{PRICE_UNAVAILABLE} right now (WaveSpeed did not answer the quote)."
+        payer = "your WaveSpeed key" if visitor.api_key else (
+            "your own WaveSpeed key (enter it below)" if self.settings.require_user_key
+            else "this Space's WaveSpeed key")
+        line = f"Price: {money(quote.price, quote.currency)} for this {duration} s video, billed to {payer}."
+        if not visitor.api_key and self.settings.show_balance and not self.settings.require_user_key:
+            try:
+                held = self.balance(Visitor(visitor.owner))
+                line += f" Its balance: {money(held.amount, held.currency)}."
+            except KlingDemoError as error:
+                log.info("price line: no balance (%s)", type(error).__name__)
+        return line
+
+    def key_status(self, api_key: str | None) -> str:
+        """What the page says as soon as a visitor enters their own key (never the key itself)."""
+        if not api_key:
+            return ""
+        if self.is_sandbox:
+            return "Sandbox mode: nothing is billed, so keys are not checked."
+        try:
+            held = self.balance(Visitor("", api_key))
+        except AuthenticationFailed:
+            fallback = "" if self.settings.require_user_key else ", or clear the box to use this Space's key"
+            return f"WaveSpeed rejected this key. Check it{fallback}."
+        except KlingDemoError as error:
+            log.info("key check: no answer (%s)", type(error).__name__)
+            return "This key could not be checked right now (WaveSpeed did not answer); it is used when you generate."
+        return f"Key accepted · balance {money(held.amount, held.currency)}"
+
+    def spend_line(self, visitor: Visitor) -> str:
+        """The visitor's spend so far: WaveSpeed's quotes of their completed videos."""
+        if self.is_sandbox:
+            return "Sandbox mode: nothing you make here is billed."
+        totals = self.journal.spend(visitor.owner)
+        if not totals:
+            return "Spent so far: nothing yet."
+        parts = [f"{money(total, currency)} on {count} video{'s' if count != 1 else ''}"
+                 for currency, (total, count) in sorted(totals.items())]
+        return "Spent so far: " + "; ".join(parts) + " (WaveSpeed's quotes at submission)."
+
+    def cost(self, record: TaskRecord) -> str:
+        """A task's cost for its history entry: free in the sandbox, else its quote ("" when none was had)."""
+        return "free (sandbox)" if self.is_sandbox else quoted_cost(record.price, record.currency)
+
+    def _lookup(self, api_key: str | None) -> WaveSpeedClient:
+        """A client for a quick look-up while a person waits: short timeouts."""
+        return WaveSpeedClient(self.backend.base_url, api_key or self.backend.api_key,
+                               connect_timeout=min(5.0, self.settings.connect_timeout),
+                               read_timeout=min(10.0, self.settings.read_timeout), max_attempts=2)
 
     @staticmethod
     def spender(visitor: Visitor) -> str:

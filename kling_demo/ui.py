@@ -322,6 +322,8 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
             return None, ""
         detail = "Never received a task id" if record.is_intent else f"Task `{record.task_id}`"
         detail += f" · {STATUS_WORDS.get(record.status, record.status)}"
+        if cost := service.cost(record):
+            detail += f" · {cost}"
         if record.inference_ms:
             detail += f" · inference {record.inference_ms / 1000:.1f} s"
         if record.error:
@@ -330,6 +332,31 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
             detail += " · still rendering; it will appear here when it finishes."
         video = record.video_path if record.video_path and Path(record.video_path).exists() else None
         return video, detail
+
+    # -- money: the price beside Generate, what WaveSpeed says of a visitor's key, their spend so far ----------
+
+    @plain_errors()
+    def show_price(duration: int | None, typed: str | None, request: gr.Request) -> str:
+        """The API's quote for the video about to be submitted, on the key that would pay for it."""
+        try:
+            api_key = visitor_key(typed, request.headers)
+        except KlingDemoError:
+            api_key = None  # the key's own line says what is wrong with it
+        return service.price_line(Visitor("", api_key), duration)
+
+    @plain_errors()
+    def show_key_status(typed: str | None) -> str:
+        """As soon as a key is entered: accepted (with its balance) or rejected; the key itself is never shown."""
+        try:
+            api_key = visitor_key(typed, None)
+        except KlingDemoError as error:
+            return str(error)
+        return service.key_status(api_key)
+
+    @plain_errors()
+    def show_spend(owner_id: str | None, request: gr.Request) -> str:
+        """What the visitor's completed videos cost so far (shown once the page has its owner id)."""
+        return service.spend_line(owner_of(owner_id, request)) if owner_id else ""
 
     def stopped(task_id: str) -> str:
         if task_id:
@@ -372,6 +399,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                 with gr.Row():
                     generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
+                price = gr.Markdown("", elem_id="price")
                 budget = gr.Markdown("", elem_id="budget", visible=False)
                 if oauth_enabled():  # a Space with `hf_oauth: true`; the button cannot start anywhere else
                     gr.LoginButton("Sign in with Hugging Face for your own budget", elem_id="login")
@@ -379,6 +407,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                     key_box = gr.Textbox(label="WaveSpeed API key", type="password", elem_id="user-key",
                                          placeholder="optional" if not settings.require_user_key else "required",
                                          info="Used for your requests only; never stored, logged or shown.")
+                    key_status = gr.Markdown("", elem_id="key-status")
                 gr.Examples([[str(cell) if cell else None for cell in row] for row in EXAMPLES],
                             inputs=[image, prompt, negative, end_image], label="Try an example",
                             elem_id="examples")
@@ -389,6 +418,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                                  elem_id="video")
         with gr.Accordion("Your history", open=True, elem_id="history-section"):
             gr.Markdown("Every generation you submit is kept here, even if you close the tab. Only you can see it.")
+            spend = gr.Markdown("", elem_id="spend")
             gallery = gr.Gallery(label="Your generations", columns=5, height=260, object_fit="contain",
                                  allow_preview=False, elem_id="history", show_label=False)
             with gr.Row():
@@ -444,6 +474,13 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         demo.load(show_budget, inputs=typed_key, outputs=budget, queue=False, **private)
         job_event.then(show_budget, inputs=typed_key, outputs=budget, queue=False, show_progress="hidden", **private)
         key_box.change(show_budget, inputs=key_box, outputs=budget, queue=False, show_progress="hidden", **private)
+        # Money, after the events above so their numbers stay: the price follows the duration and the key.
+        quiet: dict[str, Any] = {"queue": False, "show_progress": "hidden", **private}
+        demo.load(show_price, inputs=[duration, key_box], outputs=price, **quiet)
+        duration.change(show_price, inputs=[duration, key_box], outputs=price, **quiet)
+        key_box.change(show_price, inputs=[duration, key_box], outputs=price, **quiet)
+        key_box.change(show_key_status, inputs=key_box, outputs=key_status, **quiet)
+        gallery.change(show_spend, inputs=owner_id, outputs=spend, **quiet)
 
         # -- "Your WaveSpeed tasks": with one's own key, its recent tasks, each brought into the history by a pick
         # and a click (a resume by id without typing it). Laid out and wired last, so the events above keep their

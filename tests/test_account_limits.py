@@ -154,15 +154,24 @@ def test_a_429_on_submit_is_waited_out_in_the_job_and_submitted_once(make_sandbo
 
 
 def test_a_balance_too_low_is_a_plain_refusal_with_nothing_billed(make_sandbox, make_service, make_image) -> None:
-    sandbox = make_sandbox(balance=1.0)  # a 5 s video costs 1.40
+    """Two jobs that each fit the $2.00 balance pass the app's balance check; the second submit finds the first's
+    $1.40 held, and WaveSpeed's 402 (the backstop behind the check) refuses it, creating nothing."""
+    sandbox = make_sandbox(balance=2.0)  # a 5 s video costs 1.40
     service = make_service(sandbox)
-    updates, error = run(service.generate(JobRequest(image=make_image(), prompt="a kite"), ALICE))
-    assert isinstance(error, InsufficientBalance)
-    assert str(error) == ("WaveSpeed says this key's balance is too low for this video. Top up at wavespeed.ai, "
-                          "or use another key.")
-    assert sandbox.stats()["submissions"] == 0 and sandbox.stats()["insufficient_balance"] == 1
-    assert service.tasks(ALICE) == [], "nothing was created, so nothing waits in the history"
-    assert service.api_slots.running(slot_key(SERVER_KEY)) == 0
+    first = service.generate(JobRequest(image=make_image(), prompt="a kite"), ALICE)
+    second = service.generate(JobRequest(image=make_image(), prompt="a boat"), Visitor("browser:bob"))
+    with first, second:
+        for job in (first, second):  # both past the balance check, neither submitted yet
+            while next(job).stage is not Stage.UPLOADING:
+                pass
+        while next(first).stage is not Stage.SUBMITTED:
+            pass
+        with pytest.raises(InsufficientBalance) as refused:
+            list(second)
+    assert str(refused.value) == ("WaveSpeed says this key's balance is too low for this video. Top up at "
+                                  "wavespeed.ai, or use another key.")
+    assert sandbox.stats()["submissions"] == 1 and sandbox.stats()["insufficient_balance"] == 1
+    assert service.tasks(Visitor("browser:bob")) == [], "nothing was created, so nothing waits in the history"
 
 
 def test_a_prompt_over_the_schemas_cap_is_refused_before_upload(make_sandbox, make_service, make_image) -> None:

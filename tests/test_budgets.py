@@ -255,12 +255,21 @@ def test_a_job_stopped_before_its_submit_is_released(make_sandbox, make_service,
 
 
 def test_a_submission_refused_by_the_api_is_released(make_sandbox, make_service, make_image):
-    sandbox = make_sandbox(balance=1.0)  # below the $1.40 price: WaveSpeed answers 402, which creates nothing
+    sandbox = make_sandbox(balance=2.0)  # room for one $1.40 video: the second submit is answered 402
     service = make_service(sandbox.base_url, visitor_budget_usd=5.0)
-    with pytest.raises(Exception, match="balance is too low"):
-        run(service.generate(JobRequest(image=make_image(), prompt="waves"), Visitor("browser:a", spender="ip:1.2.3.4")))
-    assert sandbox.stats()["uploads"] == 1 and sandbox.stats()["submissions"] == 0
-    assert service.budgets.ledger.usage("ip:1.2.3.4").spender_usd == 0.0
+    visitor = Visitor("browser:a", spender="ip:1.2.3.4")
+    first = service.generate(JobRequest(image=make_image(), prompt="one"), visitor)
+    second = service.generate(JobRequest(image=make_image(), prompt="two"), visitor)
+    with first, second:
+        for job in (first, second):  # both reserved and past the balance check, neither submitted
+            while next(job).stage is not Stage.UPLOADING:
+                pass
+        while next(first).stage is not Stage.SUBMITTED:
+            pass
+        with pytest.raises(Exception, match="balance is too low"):
+            list(second)
+    assert sandbox.stats()["submissions"] == 1
+    assert service.budgets.ledger.usage("ip:1.2.3.4").spender_usd == pytest.approx(1.40), "only the first counts"
 
 
 def test_no_price_no_submission(make_sandbox, make_service, make_image):
