@@ -118,6 +118,12 @@ EXAMPLES = [
     Example("Sunset lake", "sunset-lake.jpg", "The sun sinks behind the mountains as ripples cross the lake"),
     Example("Day to night (end frame)", "sunset-lake.jpg", "Dusk falls over the lake and the stars come out",
             negative="blurry", end_image="night-lake.jpg"),
+    Example("Astronaut", "astronaut.jpg", "She smiles and turns toward the camera as the flag stirs behind her",
+            negative="distorted face, extra fingers"),
+    Example("Cat", "chelsea-cat.jpg", "The cat slowly blinks, its whiskers twitching as it looks around"),
+    Example("Coffee (camera move)", "coffee.jpg", "A slow dolly-in over the cup as steam curls up from the coffee"),
+    Example("Rocket launch (10 s)", "rocket.jpg", "The rocket lifts off in a burst of smoke and flame as the "
+            "camera tilts up to follow it", duration=10),
 ]
 Outputs = tuple[str, str, "str | None"]
 
@@ -255,7 +261,7 @@ def progress_words(view: ProgressView) -> str:
                      f"{format_seconds(view.estimate.seconds)}); it is still being followed")
     elif view.remaining is not None and view.estimate is not None:
         where = ("from this app's recent renders" if view.estimate.source is EstimateSource.HISTORY
-                 else "a typical time for this model")
+                 else "a first guess until this app has timed a render of its own")
         parts.append(f"about {format_seconds(view.remaining)} to go ({where})")
     elif view.estimate is None:
         parts.append("no estimate yet: this app has not timed a render of this length")
@@ -578,11 +584,11 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         if settings.require_user_key:  # needed before anything else
             key_box = key_section()
         examples = gr.Gallery([(str(ASSETS / e.image), e.title) for e in EXAMPLES], label="Try an example",
-                              columns=len(EXAMPLES), rows=1, height=150, object_fit="cover", allow_preview=False,
+                              columns=len(EXAMPLES), rows=1, height=130, object_fit="cover", allow_preview=False,
                               interactive=False, elem_id="examples", buttons=[])
         with gr.Row(equal_height=False, elem_id="main-row"):
             with gr.Column(scale=1, elem_id="inputs-column"):
-                image = frame_input(label="First frame", height=240, elem_id="first-frame")
+                image = frame_input(label="First frame", height=220, elem_id="first-frame")
                 first_check = gr.Markdown("", elem_id="first-frame-check", container=False)
                 prompt = gr.Textbox(label="Prompt", lines=2, max_length=SPEC.max_chars("prompt"),
                                     placeholder="A slow dolly-in as the wind moves through her hair…",

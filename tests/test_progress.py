@@ -31,7 +31,7 @@ def test_the_bar_moves_through_the_render_and_says_what_is_left() -> None:
     half = tracker.view(update(Stage.PROCESSING, 52.0, task_id="t"))
     assert start.fraction < half.fraction < 1.0
     assert half.remaining == 50.0 and not half.late
-    assert "50s to go" in progress_words(half) and "typical time" in progress_words(half)
+    assert "50s to go" in progress_words(half) and "first guess" in progress_words(half)
     steps = {step: (passed, current) for step, passed, current in half.steps}
     assert steps[Step.CHECK] == (True, False) and steps[Step.UPLOAD] == (True, False)
     assert steps[Step.RENDER] == (False, True) and steps[Step.DOWNLOAD] == (False, False)
