@@ -86,6 +86,7 @@ class JobUpdate:
     inference_ms: int | None = None
     nsfw: bool | None = None
     changes: tuple[str, ...] = ()
+    place: int | None = None  # while waiting in the app for a slot: 1 is next
     # Set while a webhook may end the wait early: an async caller awaits `wake.wait_async(wait_seconds)`.
     wake: Notice | None = field(default=None, compare=False, repr=False)
 
@@ -249,7 +250,7 @@ def _wait_for_slot(ticket: Ticket, ctx: JobContext, started: float) -> Iterator[
         line = "you are next" if ahead == 0 else f"{ahead} job{'s' if ahead != 1 else ''} ahead of you"
         yield JobUpdate(Stage.WAITING, f"Waiting for a free WaveSpeed slot: {line}. This key runs {ticket.limit} "
                                        "tasks at once; nothing has been uploaded or billed yet.",
-                        now - started, wait_seconds=SLOT_CHECK_SECONDS)
+                        now - started, wait_seconds=SLOT_CHECK_SECONDS, place=place)
         _sleep_until(ctx, now + SLOT_CHECK_SECONDS, None)
 
 

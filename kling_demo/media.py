@@ -519,7 +519,8 @@ def _save(picture: Image.Image, image_format: str, icc_profile: bytes | None) ->
 
 
 def _megabytes(size_bytes: int) -> str:
-    return f"{size_bytes / MB:.1f} MB" if size_bytes % MB else f"{size_bytes // MB} MB"
+    """A size in the binary unit it is computed in (MiB, 1,048,576 bytes), labelled so."""
+    return f"{size_bytes / MB:.1f} MiB" if size_bytes % MB else f"{size_bytes // MB} MiB"
 
 
 def _new_file(work_dir: Path | None, role: str, image_format: str) -> Path:

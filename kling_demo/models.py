@@ -87,6 +87,13 @@ class ModelSpec:
     # the API refuses longer ones after the upload, so they are checked before anything is sent.
     prompt_max_chars: int = 2000
     negative_prompt_max_chars: int = 2500
+    # Seconds a render usually takes at WaveSpeed, per duration: the progress bar's estimate before this
+    # app has timed a render of its own (then the median of its recent renders is used instead).
+    typical_render_seconds: tuple[tuple[int, float], ...] = ()
+
+    def typical_seconds(self, duration: int) -> float | None:
+        """The documented or guessed typical render time for a video of `duration` seconds, if known."""
+        return dict(self.typical_render_seconds).get(duration)
 
     def max_chars(self, field: str) -> int:
         """The length cap of a text field (`prompt` or `negative_prompt`)."""
@@ -102,6 +109,10 @@ KLING_V2_I2V_MASTER = ModelSpec(
     title="Kling 2.0 Master · image-to-video",
     first_frame=ImageLimits(min_aspect=1 / 2.5, max_aspect=2.5),
     end_frame=ImageLimits(),
+    # A guess, to be replaced by this app's own timings: WaveSpeed publishes no render times for this model;
+    # third-party runs of other Kling versions took 80–150 s for a 5 s clip, and 2.0 Master is slower
+    # (see shared/wavespeed-api.md, "Output files"). Longer clips take about twice as long.
+    typical_render_seconds=((5, 150.0), (10, 300.0)),
 )
 
 DEFAULT_MODEL = KLING_V2_I2V_MASTER

@@ -192,7 +192,8 @@ class Service:
         """Start a job for the visitor (not yet run: iterate the returned `Job`)."""
         self._require_key(visitor)
         on_close = contextlib.ExitStack()
-        on_close.enter_context(self.slots.hold(visitor.owner, None if visitor.api_key
+        # The cap guards the server's key; the free sandbox and a visitor's own key have none.
+        on_close.enter_context(self.slots.hold(visitor.owner, None if visitor.api_key or self.is_sandbox
                                                else self.settings.max_jobs_per_visitor))
         ctx = self.context(visitor.owner, visitor.api_key, None if visitor.operator else self.spender(visitor),
                            operator=visitor.operator)

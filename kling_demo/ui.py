@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import enum
+import html
 import logging
 import os
 import re
@@ -10,13 +12,14 @@ import secrets
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
 import anyio
 import gradio as gr
 from PIL import Image
 
-from . import media, webhooks
+from . import media, webhooks, wording
 from .backend import Backend
 from .config import Settings
 from .errors import InputRejected, KlingDemoError
@@ -24,6 +27,7 @@ from .identity import client_address, oauth_enabled, spender_id
 from .inputs import check_duration, check_guidance, check_prompt, check_task_id
 from .jobs import JobRequest, JobUpdate, Stage, format_seconds
 from .models import DEFAULT_MODEL
+from .progress import Estimate, EstimateSource, ProgressView, Tracker, estimate
 from .service import Job, Service, Visitor
 from .visitors import (OWNER_STORAGE_KEY, OWNER_STORAGE_OBFUSCATION, new_owner_id, resolve_owner, sign_owner,
                        verified_owner, visitor_key)
@@ -56,15 +60,82 @@ COUNTER_JS = ("(text) => {{ const n = (text || '').length; return n < {cap} * 0.
               ": ''); }}")
 # Gradio sizes a gallery's grid to its item count, so one entry fills the width; keep a steady grid.
 PAGE_CSS = "#history .grid-container { --grid-cols: 5 !important; } " \
-           "@media (max-width: 640px) { #history .grid-container { --grid-cols: 2 !important; } }"
+           "@media (max-width: 640px) { #history .grid-container { --grid-cols: 2 !important; } }" + """
+.kd-steps { display: flex; flex-wrap: wrap; gap: 4px 14px; list-style: none; padding: 0; margin: 0 0 6px;
+            font-size: 0.9em; }
+.kd-steps li.todo { opacity: 0.45; }
+.kd-steps li.current { font-weight: 600; }
+.kd-steps li.current::before { content: "● "; color: var(--color-accent); }
+.kd-bar { height: 10px; border-radius: 5px; overflow: hidden; background: var(--neutral-200); }
+.dark .kd-bar { background: var(--neutral-700); }
+.kd-fill { height: 100%; background: var(--color-accent); transition: width 0.9s linear; }
+.kd-progress.late .kd-fill { background: #d97706; }
+.kd-progress.failed .kd-fill { background: var(--error-icon-color, #dc2626); }
+.kd-times { margin: 6px 0 0; font-size: 0.9em; }
+#examples .grid-container { --grid-cols: 6 !important; }
+@media (max-width: 640px) {
+  #examples .grid-container { --grid-cols: 3 !important; }
+  #examples { height: auto !important; }
+}
+"""
+# Run in the browser after a job: a finished video in a background tab changes the title and, if the visitor
+# allowed it, shows a notification. Permission is asked once, when Generate is first pressed.
+ASK_TO_NOTIFY_JS = ("() => { if ('Notification' in window && Notification.permission === 'default') "
+                    "{ Notification.requestPermission(); } }")
+NOTIFY_JS = """(status) => {
+    if (!document.hidden || !status || !status.startsWith('**Done**')) return;
+    const title = document.title;
+    document.title = '✅ Your video is ready · ' + title;
+    const back = () => { if (!document.hidden) { document.title = title;
+                                                  document.removeEventListener('visibilitychange', back); } };
+    document.addEventListener('visibilitychange', back);
+    if ('Notification' in window && Notification.permission === 'granted') {
+        new Notification('Your video is ready', {body: 'Kling 2.0 image-to-video: come back to the tab to watch it.'});
+    }
+}"""
 IDLE_STATUS = "Ready. Add a first frame and a prompt (or pick an example), then press **Generate**."
 ASSETS = Path(__file__).parent / "assets"
-EXAMPLES = [  # image, prompt, negative prompt, end frame
-    [ASSETS / "sunset-lake.jpg", "The sun sinks behind the mountains as ripples cross the lake", "", None],
-    [ASSETS / "sunset-lake.jpg", "Dusk falls over the lake and the stars come out", "blurry",
-     ASSETS / "night-lake.jpg"],
+
+
+@dataclass(frozen=True)
+class Example:
+    """One ready-made start: a first frame and the settings it fills (assets/LICENSES.md says where each is from)."""
+
+    title: str
+    image: str
+    prompt: str
+    negative: str = ""
+    end_image: str | None = None
+    duration: int = 5
+
+    @property
+    def extras(self) -> list[str]:
+        """What it sets beyond the first frame and the prompt, in the words of the page's labels."""
+        return [name for name, value in (("an end frame", self.end_image), ("a negative prompt", self.negative))
+                if value]
+
+
+EXAMPLES = [
+    Example("Sunset lake", "sunset-lake.jpg", "The sun sinks behind the mountains as ripples cross the lake"),
+    Example("Day to night (end frame)", "sunset-lake.jpg", "Dusk falls over the lake and the stars come out",
+            negative="blurry", end_image="night-lake.jpg"),
+    Example("Astronaut", "astronaut.jpg", "She smiles and turns toward the camera as the flag stirs behind her",
+            negative="distorted face, extra fingers"),
+    Example("Cat", "chelsea-cat.jpg", "The cat slowly blinks, its whiskers twitching as it looks around"),
+    Example("Coffee (camera move)", "coffee.jpg", "A slow dolly-in over the cup as steam curls up from the coffee"),
+    Example("Rocket launch (10 s)", "rocket.jpg", "The rocket lifts off in a burst of smoke and flame as the "
+            "camera tilts up to follow it", duration=10),
 ]
 Outputs = tuple[str, str, "str | None"]
+
+
+class JobPhase(str, enum.Enum):
+    """Where the page's job is, so Stop can say what it did."""
+
+    IDLE = "idle"
+    STARTED = "started"  # nothing submitted yet
+    SUBMITTED = "submitted"  # a task id exists and the task runs at WaveSpeed
+    ENDED = "ended"
 UNEXPECTED = ("Something went wrong on the server (reference {reference}); nothing more was submitted. If a task id "
               "is shown, your task is still followed.")
 # An absolute path, not part of a URL: `/data/kling_demo/videos/x.mp4` → `x.mp4`.
@@ -116,25 +187,86 @@ def frame_input(**options: Any) -> gr.Image:
 def duration_input(**options: Any) -> gr.Radio:
     """A radio of whole seconds that tells API and MCP clients so.
 
-    Stock gr.Radio describes every choice as a string, so an MCP client's `duration: 5` fails
-    schema validation. (Overridden per instance, like frame_input, to avoid a generated .pyi.)"""
+    Stock gr.Radio describes every choice as a string, so an MCP client's `duration: 5` fails schema
+    validation, and an `enum` makes the API page write `Literal['5', '10']` (gradio_client quotes every enum
+    value), so the choices are integer constants. (Overridden per instance, like frame_input, to avoid a .pyi.)"""
     component = gr.Radio(**options)
-    stock_api_info = component.api_info
-    component.api_info = lambda: {**stock_api_info(), "type": "integer"}  # type: ignore[method-assign]
+    choices = [value for _, value in component.choices]
+    component.api_info = lambda: {  # type: ignore[method-assign]
+        "type": "integer", "title": "Duration", "oneOf": [{"const": value} for value in choices]}
     return component
+
+
+def describe_for_api(fn: Callable[..., Any], parameters: dict[str, gr.components.Component]) -> None:
+    """Give each API parameter the description from `fn`'s docstring `Args:` section.
+
+    Gradio 6.31 reads those descriptions for MCP tools only; its API page shows the component's
+    `api_info()["additional_description"]`, so the docstring's text is put there (per instance)."""
+    from gradio.utils import get_function_description
+
+    _, described, _ = get_function_description(fn)
+    for name, component in parameters.items():
+        text = described.get(name, "")
+        if not text:
+            continue
+        stock_api_info = component.api_info
+
+        def api_info(stock: Callable[[], dict[str, Any]] = stock_api_info, text: str = text) -> dict[str, Any]:
+            info = dict(stock())
+            info["additional_description"] = text
+            return info
+
+        component.api_info = api_info  # type: ignore[method-assign]
 
 
 def backend_banner(backend: Backend, settings: Settings) -> str:
     if backend.is_sandbox:
         return (
-            "**Sandbox mode — no AI.** No `WAVESPEED_API_KEY` is set, so videos are synthesized locally "
-            "(a slow camera move over your image, marked *SANDBOX*) and nothing is billed. To generate with "
-            "Kling 2.0 for real, put `WAVESPEED_API_KEY=…` in the environment or a `.env` file and restart."
+            "**Sandbox mode — no AI.** No `WAVESPEED_API_KEY` is set, so videos are made locally (a slow "
+            "camera move over your image, marked *SANDBOX*) and cost nothing. To generate with Kling 2.0 for "
+            "real, put `WAVESPEED_API_KEY=…` in the environment or a `.env` file and restart."
         )
-    who = ("Bring your own WaveSpeed key below: this Space does not pay for generations."
+    who = ("Bring your own WaveSpeed key below: this app does not pay for generations."
            if settings.require_user_key else
-           "Generations are billed to this Space's key, or to your own if you enter one below.")
+           "Generations are paid with the app's key, or with your own if you enter one below.")
     return f"**Live: WaveSpeedAI** (`{backend.base_url}`), model `{SPEC.model_id}`. {who}"
+
+
+def progress_html(view: ProgressView | None) -> str:
+    """The progress display: ticked steps, a bar, and elapsed / expected remaining in plain words."""
+    if view is None:
+        return ""
+    steps = "".join(
+        f'<li class="{"current" if current else "passed" if passed else "todo"}">'
+        f'{"✓ " if passed else ""}{html.escape(step.value)}</li>' for step, passed, current in view.steps)
+    percent = round(view.fraction * 100)
+    state = "failed" if view.stage is Stage.FAILED else "late" if view.late else "done" if view.ended else "running"
+    return (f'<div class="kd-progress {state}"><ol class="kd-steps">{steps}</ol>'
+            f'<div class="kd-bar" role="progressbar" aria-valuemin="0" aria-valuemax="100" aria-valuenow="{percent}">'
+            f'<div class="kd-fill" style="width: {percent}%"></div></div>'
+            f'<p class="kd-times">{html.escape(progress_words(view))}</p></div>')
+
+
+def progress_words(view: ProgressView) -> str:
+    """Elapsed, expected remaining, place in line, and "longer than usual" when it is."""
+    parts = [f"{format_seconds(view.elapsed)} elapsed"]
+    if view.place is not None:
+        parts.append("you are next in this app's line" if view.place <= 1 else
+                     f"number {view.place} in this app's line")
+    if view.stage is Stage.DONE:
+        return f"Done in {format_seconds(view.elapsed)}."
+    if view.stage is Stage.FAILED:
+        return f"Ended without a video after {format_seconds(view.elapsed)}."
+    if view.late and view.estimate is not None:
+        parts.append(f"running longer than usual (renders like this usually take about "
+                     f"{format_seconds(view.estimate.seconds)}); it is still being followed")
+    elif view.remaining is not None and view.estimate is not None:
+        where = ("from this app's recent renders" if view.estimate.source is EstimateSource.HISTORY
+                 else "a first guess until this app has timed a render of its own")
+        parts.append(f"about {format_seconds(view.remaining)} to go ({where})")
+    elif view.estimate is None:
+        parts.append("no estimate yet: this app has not timed a render of this length")
+    return " · ".join(parts) + "."
 
 
 def counter_js(cap: int) -> str:
@@ -203,6 +335,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     os.environ.setdefault("GRADIO_RUN_HISTORY", "false")  # also when launched without launch_options()
 
     secret = settings.owner_secret()  # signs owner ids and hashes keys; never sent to a browser
+    words: Callable[[str], str] = wording.for_sandbox if service.is_sandbox else str
 
     def visitor(owner_id: str | None, typed_key: str | None, request: gr.Request | None,
                 from_page: bool = False, profile: gr.OAuthProfile | None = None) -> Visitor:
@@ -249,29 +382,36 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         """Turn one still image into a 5 or 10 second video with Kling 2.0 Master (WaveSpeedAI).
 
         Args:
-            image: first frame of the video: a JPEG or PNG at least 300×300 px, aspect ratio between 1:2.5 and 2.5:1.
-            prompt: what should happen in the video.
-            negative_prompt: what the video should avoid (optional).
-            guidance_scale: how closely to follow the prompt, 0 to 1 (default 0.5).
-            duration: length of the video in seconds: 5 or 10.
-            end_image: optional last frame of the video (JPEG or PNG, at least 300×300 px).
+            image: The first frame of the video: a JPEG or PNG at least 300×300 px, aspect ratio between 1:2.5 and 2.5:1.
+            prompt: What should happen in the video.
+            negative_prompt: What the video should avoid (optional).
+            guidance_scale: How closely to follow the prompt, 0 to 1 (default 0.5). Kling has no seed.
+            duration: The length of the video in whole seconds, the integer 5 or 10 (default 5).
+            end_image: An optional last frame of the video (JPEG or PNG, at least 300×300 px).
         Returns:
-            status text, task id, and the path of the finished MP4.
+            The status text, the task id, and the finished MP4.
         """
         with plain_errors():
             job_request = JobRequest(image=image, prompt=prompt, negative_prompt=negative_prompt,
                                      guidance_scale=guidance_scale, duration=duration, end_image=end_image)
             async for outputs in stream(service.generate(job_request, visitor(owner_id, typed_key, request,
-                                                                              from_page, profile))):
+                                                                              from_page, profile)), words):
                 yield outputs
 
     async def resume(task_id: str, owner_id: str | None = None, typed_key: str | None = None,
                      from_page: bool = False,
                      request: gr.Request = None) -> AsyncIterator[Outputs]:  # type: ignore[assignment]
-        """Fetch a task by its id into your history: one of yours, or, with your own key, one submitted elsewhere."""
+        """Fetch a task by its id into your history: one of yours, or, with your own key, one submitted elsewhere.
+
+        Args:
+            task_id: The WaveSpeed task id, as shown by /generate or in your history.
+        Returns:
+            The status text, the task id, and the finished MP4.
+        """
         with plain_errors():
             task_id = check_task_id(task_id)
-            async for outputs in stream(service.resume(task_id, visitor(owner_id, typed_key, request, from_page))):
+            async for outputs in stream(service.resume(task_id, visitor(owner_id, typed_key, request, from_page)),
+                                        words):
                 yield outputs
 
     @plain_errors()
@@ -358,12 +498,103 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         """What the visitor's completed videos cost so far (shown once the page has its owner id)."""
         return service.spend_line(owner_of(owner_id, request)) if owner_id else ""
 
-    def stopped(task_id: str) -> str:
+    # -- the page's own view of a job: status, task id, video, progress, phase; errors end in the status --------
+
+    def expected_render(duration: object) -> Estimate | None:
+        """The estimate a first run starts from (the sandbox's setting, or the model's typical time), refined by
+        the median of this app's own recent renders of the same length."""
+        if duration not in SPEC.durations:
+            return None
+        seconds = int(duration)  # type: ignore[call-overload]
+        typical = settings.sandbox_inference_seconds if service.is_sandbox else SPEC.typical_seconds(seconds)
+        return estimate(typical, service.history.expected(SPEC.model_id, seconds))
+
+    async def on_page(start: Callable[[], Job], duration: object) -> AsyncIterator[tuple[Any, ...]]:
+        """Drive a job for the page. Nothing is raised: Gradio 6.31 runs no `.then()` step after a handler
+        raises (its frontend dispatches only `.failure()` steps then) and its error badges cover the outputs,
+        the task id included; so a failure is the last status, and the task id stays copyable."""
+        tracker, task, fixes, last = Tracker(expected_render(duration)), "", (), None
+        try:
+            with plain_errors():
+                async for update in job_updates(start()):
+                    task, fixes, last = update.task_id or task, update.changes or fixes, update
+                    phase = JobPhase.ENDED if update.is_final else JobPhase.SUBMITTED if task else JobPhase.STARTED
+                    yield (words(status_markdown(update, fixes)), task, str(update.video_path or "") or None,
+                           progress_html(tracker.view(update)), phase)
+        except gr.Error as error:
+            message = words(str(error.message))
+            label = "Failed" if task else "Not started"
+            ended = JobUpdate(Stage.FAILED, message, last.elapsed if last else 0.0, task_id=task or None)
+            yield (f"**{label}** — {message}", task, None, progress_html(tracker.view(ended)) if last else "",
+                   JobPhase.ENDED)
+
+    async def generate_on_page(image: str | None, prompt: str, negative_prompt: str | None,
+                               guidance_scale: float, duration: int, end_image: str | None, owner_id: str | None,
+                               typed_key: str | None, from_page: bool, request: gr.Request,
+                               profile: gr.OAuthProfile | None = None) -> AsyncIterator[tuple[Any, ...]]:
+        job_request = JobRequest(image=image, prompt=prompt, negative_prompt=negative_prompt,
+                                 guidance_scale=guidance_scale, duration=duration, end_image=end_image)
+        async for outputs in on_page(lambda: service.generate(job_request, visitor(owner_id, typed_key, request,
+                                                                                   from_page, profile)), duration):
+            yield outputs
+
+    async def resume_on_page(task_id: str, owner_id: str | None, typed_key: str | None, from_page: bool,
+                             request: gr.Request) -> AsyncIterator[tuple[Any, ...]]:
+        def start() -> Job:
+            return service.resume(check_task_id(task_id), visitor(owner_id, typed_key, request, from_page))
+
+        async for outputs in on_page(start, None):
+            yield outputs
+
+    def stopped(task_id: str, phase: str) -> tuple[Any, Any]:
+        """Stop's message, true for where the job was: not yet submitted, submitted and running, or already over."""
+        if phase in (JobPhase.ENDED, JobPhase.IDLE):
+            gr.Info("The job had already ended, so there was nothing to stop.")
+            return gr.skip(), gr.skip()
         if task_id:
-            return (f"**Stopped** — stopped waiting for task `{task_id}`. It was already submitted, so it may "
-                    "still finish and be billed; if it does, it will appear in your history.")
-        return ("**Stopped** — nothing had been submitted yet. If the submission was already on its way, the "
-                "task will still finish into your history.")
+            text = (f"**Stopped** — stopped waiting for task `{task_id}`. It was already submitted and is still "
+                    "running at WaveSpeed, so it may still finish and be billed; if it does, it will appear in your "
+                    "history.")
+        else:
+            text = ("**Stopped** — nothing had been submitted yet, so nothing was billed. If the submission was "
+                    "already on its way, the task will still finish into your history.")
+        return words(text), ""
+
+    # -- examples: everything an example fills is shown, and an own first frame drops what it set ---------------
+
+    def choose_example(selection: gr.SelectData) -> tuple[Any, ...]:
+        example = EXAMPLES[selection.index]
+        note = f"Example loaded: **{example.title}**."
+        if example.extras:
+            note += (f" It also sets {' and '.join(example.extras)}, shown under **Advanced** (opened); a first "
+                     "frame of your own clears them.")
+        return (str(ASSETS / example.image), example.prompt, example.negative,
+                str(ASSETS / example.end_image) if example.end_image else None, example.duration,
+                gr.update(open=bool(example.extras)), bool(example.extras), note)
+
+    def own_first_frame(path: str | None, from_example: bool) -> tuple[Any, ...]:
+        """A first frame of the visitor's own: checked at once, and an example's end frame and negative
+        prompt are cleared so the video does not end on the example's picture."""
+        problem = media.quick_check_image(path, SPEC.first_frame, role="first frame") if path else None
+        note = f"⚠️ {problem}" if problem else ""
+        if from_example:
+            cleared = "Your own first frame: the example's end frame and negative prompt were cleared."
+            return ("\n\n".join(filter(None, (note, cleared))), "", None, False)
+        return note, gr.skip(), gr.skip(), False
+
+    def own_end_frame(path: str | None) -> str:
+        problem = media.quick_check_image(path, SPEC.end_frame, role="end frame", required=False) if path else None
+        return f"⚠️ {problem}" if problem else ""
+
+    def key_section() -> tuple[gr.Textbox, gr.Markdown]:
+        """The visitor's own key; in sandbox mode the box says plainly that a key typed here pays for nothing."""
+        info = ("Sandbox mode: a key typed here is not used for WaveSpeed and pays for nothing; videos are still "
+                "made locally without AI. To generate with Kling for real, start the app with WAVESPEED_API_KEY."
+                if service.is_sandbox else "Used for your requests only; never stored, logged or shown.")
+        with gr.Accordion("Your WaveSpeed key", open=settings.require_user_key, elem_id="key-section"):
+            box = gr.Textbox(label="WaveSpeed API key", type="password", elem_id="user-key",
+                             placeholder="optional" if not settings.require_user_key else "required", info=info)
+            return box, gr.Markdown("", elem_id="key-status")
 
     with gr.Blocks(title="Kling 2.0 image-to-video", delete_cache=UPLOAD_CACHE_CLEANUP) as demo:
         # Gradio sends a BrowserState's `secret` to every visitor: a public constant, the value is signed.
@@ -371,51 +602,56 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         owner_id = gr.State("")
         typed_key = gr.State("")
         from_page = gr.State(False)  # set by the page's own first step of Generate and Resume
+        job_phase = gr.State(JobPhase.IDLE)
+        from_example = gr.State(False)  # the form holds an example's end frame or negative prompt
         history_ids = gr.State([])
         history_seen = gr.State("")
         history_ticker = gr.Timer(5.0)
 
         gr.Markdown(f"## {SPEC.title} — one still image in, a 5 or 10 second video out")
         gr.Markdown(backend_banner(service.backend, settings), elem_id="backend-banner")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1):
-                image = frame_input(label="First frame", height=240, elem_id="first-frame")
+        if settings.require_user_key:  # needed before anything else
+            key_box, key_status = key_section()
+        examples = gr.Gallery([(str(ASSETS / e.image), e.title) for e in EXAMPLES], label="Try an example",
+                              columns=len(EXAMPLES), rows=1, height=130, object_fit="cover", allow_preview=False,
+                              interactive=False, elem_id="examples", buttons=[])
+        with gr.Row(equal_height=False, elem_id="main-row"):
+            with gr.Column(scale=1, elem_id="inputs-column"):
+                image = frame_input(label="First frame", height=220, elem_id="first-frame")
+                first_check = gr.Markdown("", elem_id="first-frame-check", container=False)
                 prompt = gr.Textbox(label="Prompt", lines=2, max_length=SPEC.max_chars("prompt"),
                                     placeholder="A slow dolly-in as the wind moves through her hair…",
                                     elem_id="prompt")
                 prompt_count = gr.Markdown("", elem_id="prompt-count", container=False)
                 with gr.Row():
                     guidance = gr.Slider(SPEC.guidance_min, SPEC.guidance_max, value=SPEC.guidance_default,
-                                         step=0.05, label="Guidance scale",
-                                         info="Higher follows the prompt more closely.")
+                                         step=0.05, label="Guidance scale", min_width=200,
+                                         info="Higher follows the prompt more closely. (Kling has no seed: "
+                                              "each run differs.)")
                     duration = duration_input(choices=list(SPEC.durations), value=SPEC.default_duration, label="Duration (s)",
-                                             elem_id="duration")
-                with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+                                             elem_id="duration", min_width=120)
+                with gr.Accordion("Advanced", open=False, elem_id="advanced") as advanced:
                     negative = gr.Textbox(label="Negative prompt", lines=2,
                                           max_length=SPEC.max_chars("negative_prompt"),
                                           placeholder="blurry, distorted hands", elem_id="negative-prompt")
                     negative_count = gr.Markdown("", elem_id="negative-prompt-count", container=False)
                     end_image = frame_input(label="End frame (optional)", height=200, elem_id="end-frame")
-                with gr.Row():
+                    end_check = gr.Markdown("", elem_id="end-frame-check", container=False)
+                with gr.Row(elem_id="buttons"):
                     generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
                 price = gr.Markdown("", elem_id="price")
                 budget = gr.Markdown("", elem_id="budget", visible=False)
                 if oauth_enabled():  # a Space with `hf_oauth: true`; the button cannot start anywhere else
                     gr.LoginButton("Sign in with Hugging Face for your own budget", elem_id="login")
-                with gr.Accordion("Your WaveSpeed key", open=settings.require_user_key, elem_id="key-section"):
-                    key_box = gr.Textbox(label="WaveSpeed API key", type="password", elem_id="user-key",
-                                         placeholder="optional" if not settings.require_user_key else "required",
-                                         info="Used for your requests only; never stored, logged or shown.")
-                    key_status = gr.Markdown("", elem_id="key-status")
-                gr.Examples([[str(cell) if cell else None for cell in row] for row in EXAMPLES],
-                            inputs=[image, prompt, negative, end_image], label="Try an example",
-                            elem_id="examples")
-            with gr.Column(scale=1):
+            with gr.Column(scale=1, elem_id="result-column"):
                 status = gr.Markdown(IDLE_STATUS, elem_id="status", container=True)
+                progress = gr.HTML("", elem_id="progress")
                 task_id = gr.Textbox(label="Task id", interactive=False, buttons=["copy"], elem_id="task-id")
                 video = gr.Video(label="Video", interactive=False, autoplay=True, buttons=["download"],
                                  elem_id="video")
+                if not settings.require_user_key:
+                    key_box, key_status = key_section()
         with gr.Accordion("Your history", open=True, elem_id="history-section"):
             gr.Markdown("Every generation you submit is kept here, even if you close the tab. Only you can see it.")
             spend = gr.Markdown("", elem_id="spend")
@@ -430,12 +666,20 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                     resume_id = gr.Textbox(label="Resume by task id", placeholder="task id from this app or "
                                            "elsewhere (with your own key)", elem_id="resume-id")
                     resume_btn = gr.Button("Resume", size="sm", elem_id="resume")
+        # What API and MCP clients call: the same work with named outputs, on a trigger the page never shows.
+        with gr.Column(visible=False):
+            api_status = gr.Markdown(label="status")
+            api_task_id = gr.Textbox(label="task_id")
+            api_video = gr.Video(label="video")
+            api_trigger = gr.Button("API only", elem_id="api-only")
 
         def idle() -> tuple[Any, Any]:
             return gr.update(interactive=True), gr.update(interactive=False)
 
-        def busy() -> tuple[Any, Any]:
-            return gr.update(interactive=False), gr.update(interactive=True)
+        def busy() -> tuple[Any, ...]:
+            """Buttons for a running job, and a clean slate: no old task id, video or progress."""
+            return (gr.update(interactive=False), gr.update(interactive=True), True, JobPhase.STARTED, "", None,
+                    "")
 
         private: dict[str, Any] = {"api_visibility": "private"}
         key_box.change(lambda key: key, inputs=key_box, outputs=typed_key, queue=False, **private)
@@ -447,21 +691,25 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                   **private)
 
         inputs = [image, prompt, negative, guidance, duration, end_image, owner_id, typed_key, from_page]
+        page_outputs = [status, task_id, video, progress, job_phase]
+        busy_outputs = [generate_btn, stop_btn, from_page, job_phase, task_id, video, progress]
         # Buttons flip only once the inputs pass: Gradio runs no `.then()` after a validator refuses.
         job_event = generate_btn.click(
-            lambda *_: (*busy(), True), inputs=inputs, outputs=[generate_btn, stop_btn, from_page],
-            validator=validate, **private).then(
-            generate, inputs=inputs, outputs=[status, task_id, video], api_name="generate", validator=validate,
-            concurrency_limit=settings.concurrency)
-        resume_event = resume_btn.click(lambda: (*busy(), True), outputs=[generate_btn, stop_btn, from_page],
-                                        queue=False, **private).then(
-            resume, inputs=[resume_id, owner_id, typed_key, from_page], outputs=[status, task_id, video],
-            api_name="resume", concurrency_limit=settings.concurrency)
+            lambda *_: busy(), inputs=inputs, outputs=busy_outputs, validator=validate, **private).then(
+            generate_on_page, inputs=inputs, outputs=page_outputs, validator=validate, concurrency_id="jobs",
+            concurrency_limit=settings.concurrency, show_progress="hidden", **private)
+        resume_event = resume_btn.click(busy, outputs=busy_outputs, queue=False, **private).then(
+            resume_on_page, inputs=[resume_id, owner_id, typed_key, from_page], outputs=page_outputs,
+            concurrency_id="jobs", concurrency_limit=settings.concurrency, show_progress="hidden", **private)
         for event in (job_event, resume_event):
+            # `.failure()` too: in 6.31 a step that raised (a full queue, a server error) runs no `.then()` step.
+            event.failure(idle, outputs=[generate_btn, stop_btn], queue=False, **private)
             event.then(idle, outputs=[generate_btn, stop_btn], queue=False, **private).then(
                 show_history, inputs=owner_id, outputs=[gallery, history_ids], queue=False, **private)
-        stop_btn.click(stopped, inputs=task_id, outputs=status, cancels=[job_event, resume_event], queue=False,
-                       **private).then(idle, outputs=[generate_btn, stop_btn], queue=False, **private)
+        stop_btn.click(stopped, inputs=[task_id, job_phase], outputs=[status, progress],
+                       cancels=[job_event, resume_event], queue=False, **private).then(
+            idle, outputs=[generate_btn, stop_btn], queue=False, **private).then(
+            lambda: JobPhase.IDLE, outputs=job_phase, queue=False, **private)
         # API clients see the history of their key's hash, else of their IP: no use as an MCP tool.
         refresh_btn.click(show_history, inputs=owner_id, outputs=[gallery, history_ids], api_name="history",
                           queue=False, api_visibility="undocumented")
@@ -501,27 +749,53 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                     "**Bring into my history**." if tasks else "Your key has no tasks of this model in the last 24 hours.")
             return gr.update(choices=recent_task_choices(tasks), value=None), note
 
-        async def adopt_task(picked: str | None, owner_id: str | None = None, typed_key: str | None = None,
-                             from_page: bool = False,
-                             request: gr.Request = None) -> AsyncIterator[Outputs]:  # type: ignore[assignment]
-            """Follow the picked task of the visitor's own key into their history."""
-            with plain_errors():
+        async def adopt_on_page(picked: str | None, owner_id: str | None, typed_key: str | None, from_page: bool,
+                                request: gr.Request) -> AsyncIterator[tuple[Any, ...]]:
+            """Follow the picked task of the visitor's own key into their history, shown like a resume."""
+            def start() -> Job:
                 who = visitor(owner_id, typed_key, request, from_page)
                 if who.api_key and not picked:
                     raise InputRejected("Pick one of your tasks first (press “Load my tasks” to list them).")
-                async for outputs in stream(service.adopt(picked or "", who)):
-                    yield outputs
+                return service.adopt(picked or "", who)
+
+            async for outputs in on_page(start, None):
+                yield outputs
 
         key_box.change(lambda key: gr.update(visible=bool((key or "").strip())), inputs=key_box, outputs=tasks_box,
                        queue=False, show_progress="hidden", **private)
         load_tasks_btn.click(load_tasks, inputs=[owner_id, typed_key], outputs=[task_list, tasks_note], **private)
-        adopt_event = adopt_btn.click(lambda: (*busy(), True), outputs=[generate_btn, stop_btn, from_page],
-                                      queue=False, **private).then(
-            adopt_task, inputs=[task_list, owner_id, typed_key, from_page], outputs=[status, task_id, video],
-            concurrency_limit=settings.concurrency, **private)
+        adopt_event = adopt_btn.click(busy, outputs=busy_outputs, queue=False, **private).then(
+            adopt_on_page, inputs=[task_list, owner_id, typed_key, from_page], outputs=page_outputs,
+            concurrency_id="jobs", concurrency_limit=settings.concurrency, show_progress="hidden", **private)
+        adopt_event.failure(idle, outputs=[generate_btn, stop_btn], queue=False, **private)
         adopt_event.then(idle, outputs=[generate_btn, stop_btn], queue=False, **private).then(
             show_history, inputs=owner_id, outputs=[gallery, history_ids], queue=False, **private)
         stop_btn.click(None, cancels=[adopt_event], queue=False, **private)
+
+        # -- examples and instant image checks ------------------------------------------------------------------
+        examples.select(choose_example, outputs=[image, prompt, negative, end_image, duration, advanced,
+                                                 from_example, status], queue=False, **private)
+        image.upload(own_first_frame, inputs=[image, from_example],
+                     outputs=[first_check, negative, end_image, from_example], queue=False, **private)
+        image.clear(lambda: "", outputs=first_check, queue=False, **private)
+        end_image.upload(own_end_frame, inputs=end_image, outputs=end_check, queue=False, **private)
+        end_image.clear(lambda: "", outputs=end_check, queue=False, **private)
+
+        # -- a finished video in a background tab: the title says so, and a notification if allowed ------------
+        generate_btn.click(None, js=ASK_TO_NOTIFY_JS, queue=False, **private)
+        for event in (job_event, resume_event):
+            event.then(None, inputs=status, js=NOTIFY_JS, queue=False, **private)
+
+        # -- the API: /generate and /resume stream (status, task_id, video) -------------------------------------
+        describe_for_api(generate, {"image": image, "prompt": prompt, "negative_prompt": negative,
+                                    "guidance_scale": guidance, "duration": duration, "end_image": end_image})
+        describe_for_api(resume, {"task_id": resume_id})
+        api_trigger.click(generate, inputs=inputs, outputs=[api_status, api_task_id, api_video],
+                          api_name="generate", validator=validate, concurrency_id="jobs",
+                          concurrency_limit=settings.concurrency)
+        api_trigger.click(resume, inputs=[resume_id, owner_id, typed_key, from_page],
+                          outputs=[api_status, api_task_id, api_video], api_name="resume", concurrency_id="jobs",
+                          concurrency_limit=settings.concurrency)
 
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
     if service.webhooks is not None:
@@ -577,20 +851,26 @@ def hold_queue_limit(demo: gr.Blocks) -> None:
     queue.push = push_in_turn  # type: ignore[method-assign]
 
 
-async def stream(job: Job) -> AsyncIterator[Outputs]:
+async def stream(job: Job, words: Callable[[str], str] = str) -> AsyncIterator[Outputs]:
+    """A job's updates as (status, task id, video) for API clients; a failure becomes gr.Error."""
+    fixes: tuple[str, ...] = ()
+    async for update in job_updates(job):
+        fixes = update.changes or fixes
+        yield words(status_markdown(update, fixes)), update.task_id or "", str(update.video_path or "") or None
+
+
+async def job_updates(job: Job) -> AsyncIterator[JobUpdate]:
     """Run a job off the event loop, waiting between polls without holding a thread; a failure becomes gr.Error.
 
     With webhooks on, an update carries a `wake` handle: the wait is `await wake.wait_async(...)` on this loop,
     which a webhook (on another thread) ends at once through `loop.call_soon_threadsafe`; still no thread held."""
-    fixes: tuple[str, ...] = ()
     try:
         while True:
             update = await anyio.to_thread.run_sync(job.next_update)
             if update is None:
                 return
-            fixes = update.changes or fixes
             next_poll = time.monotonic() + update.wait_seconds  # before Gradio spends time sending
-            yield status_markdown(update, fixes), update.task_id or "", str(update.video_path or "") or None
+            yield update
             pause = max(0.0, next_poll - time.monotonic())
             if update.wake is not None:
                 await update.wake.wait_async(pause)

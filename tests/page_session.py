@@ -69,5 +69,10 @@ class PageSession:
 
 
 def error_of(message: dict[str, Any]) -> str:
-    """The error a step ended with, "" when it succeeded."""
-    return "" if message.get("success") else str((message.get("output") or {}).get("error"))
+    """The error a step ended with, "" when it succeeded. The page's own job steps raise nothing: they end
+    with the error as their last status ("**Failed** — …" or "**Not started** — …")."""
+    if not message.get("success"):
+        return str((message.get("output") or {}).get("error"))
+    data = (message.get("output") or {}).get("data") or []
+    status = data[0] if data and isinstance(data[0], str) else ""
+    return status if status.startswith(("**Failed**", "**Not started**")) else ""

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import requests
 from gradio.utils import get_upload_folder
 from gradio_client import Client, handle_file
 from gradio_client.utils import Status
@@ -53,6 +54,21 @@ def test_the_api_names_its_parameters_as_documented(app_url):
     info = Client(url, verbose=False).view_api(return_format="dict", print_info=False)
     parameters = [p["parameter_name"] for p in info["named_endpoints"]["/generate"]["parameters"]]
     assert parameters == ["image", "prompt", "negative_prompt", "guidance_scale", "duration", "end_image"]
+
+
+def test_the_api_page_documents_an_integer_duration_named_outputs_and_the_docstring(app_url, make_image, tmp_path):
+    url, _ = app_url
+    endpoint = requests.get(url + "gradio_api/info", timeout=10).json()["named_endpoints"]["/generate"]
+    duration = next(p for p in endpoint["parameters"] if p["parameter_name"] == "duration")
+    assert duration["python_type"]["type"] == "int" and duration["parameter_default"] == 5
+    assert [choice["const"] for choice in duration["type"]["oneOf"]] == [5, 10]
+    assert "5 or 10" in duration["python_type"]["description"]
+    assert [r["label"] for r in endpoint["returns"]] == ["status", "task_id", "video"]
+    # What the API page's snippet says works as written, by keyword.
+    client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
+    status, task_id, video = client.predict(image=handle_file(str(make_image())), prompt="a kite", duration=5,
+                                            api_name="/generate")
+    assert "Done" in status and task_id and Path(video).is_file()
 
 
 @pytest.mark.parametrize("kind, expected", [("tiny", "300"), ("random bytes", "not an image"), ("empty", "empty")])

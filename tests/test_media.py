@@ -365,8 +365,8 @@ def test_17_mb_noise_png_is_reencoded_under_10_mb(tmp_path: Path) -> None:
     prepared = prepare_image(source, FIRST, work_dir=tmp_path / "out")
     assert_uploadable(prepared, FIRST)
     assert prepared.format == "JPEG"
-    megabytes = f"{source.stat().st_size / MB:.1f} MB"
-    assert f"re-encoded {megabytes} PNG as JPEG (quality 92) to fit the 10 MB limit" in prepared.changes
+    megabytes = f"{source.stat().st_size / MB:.1f} MiB"
+    assert f"re-encoded {megabytes} PNG as JPEG (quality 92) to fit the 10 MiB limit" in prepared.changes
     assert abs(prepared.width / prepared.height - 2600 / 2300) < 0.01
 
 

@@ -108,6 +108,18 @@ def test_slots_cap_one_visitor_on_the_servers_key_and_free_up(make_sandbox, make
     service.generate(JobRequest(image=make_image(), prompt="again"), ALICE).close()
 
 
+def test_the_free_sandbox_caps_no_visitor(make_sandbox, tmp_path, make_image):
+    sandbox = make_sandbox(inference_seconds=3)
+    service = Service(Settings(data_dir=tmp_path / "sandboxed", max_jobs_per_visitor=1),
+                      Backend(base_url=sandbox.base_url, api_key="sandbox-local", sandbox=sandbox))
+    try:
+        jobs = [service.generate(JobRequest(image=make_image(), prompt=f"job {n}"), ALICE) for n in range(3)]
+        for job in jobs:
+            job.close()
+    finally:
+        service.recovery.close()  # the sandbox itself is the fixture's to stop
+
+
 def test_closing_a_job_after_submission_hands_the_task_to_recovery(make_sandbox, make_service, make_image):
     sandbox = make_sandbox(inference_seconds=2)
     service = make_service(sandbox)

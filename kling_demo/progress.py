@@ -1,0 +1,125 @@
+"""How far along a job is and how long it should still take, from its updates: pure data, no page code.
+
+The estimate starts from the model's documented typical render time (`ModelSpec.typical_render_seconds`, or
+the sandbox's configured render time) and is replaced by the median of this app's own recent renders once
+there is one (`polling.InferenceHistory`). A render past its expectation is said to run longer than usual,
+and the bar stops short of the end until the video is really there.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .jobs import JobUpdate, Stage
+
+# Where each stage sits on the bar: a render is most of the wait, so it gets most of the bar.
+RENDER_START = 0.08
+RENDER_END = 0.92
+STAGE_FLOOR = {
+    Stage.PREPARING: 0.0, Stage.WAITING: 0.02, Stage.UPLOADING: 0.04, Stage.SUBMITTED: RENDER_START,
+    Stage.QUEUED: RENDER_START, Stage.PROCESSING: RENDER_START, Stage.DOWNLOADING: RENDER_END,
+    Stage.DONE: 1.0, Stage.FAILED: 0.0,
+}
+LATE_FACTOR = 1.25  # a render this much past its expectation (plus LATE_GRACE) runs longer than usual
+LATE_GRACE = 10.0
+
+
+class Step(str, enum.Enum):
+    """The steps a visitor sees in order; each stays on screen, ticked, once it is passed."""
+
+    CHECK = "Check"
+    WAIT = "Wait for a slot"
+    UPLOAD = "Upload"
+    RENDER = "Render"
+    DOWNLOAD = "Download"
+
+
+STEP_OF = {
+    Stage.PREPARING: Step.CHECK, Stage.WAITING: Step.WAIT, Stage.UPLOADING: Step.UPLOAD,
+    Stage.SUBMITTED: Step.RENDER, Stage.QUEUED: Step.RENDER, Stage.PROCESSING: Step.RENDER,
+    Stage.DOWNLOADING: Step.DOWNLOAD,
+}
+
+
+class EstimateSource(str, enum.Enum):
+    TYPICAL = "typical"  # the model's documented typical time (or the sandbox's setting)
+    HISTORY = "history"  # the median of this app's recent renders of the same model and duration
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float
+    source: EstimateSource
+
+
+def estimate(typical: float | None, recent: float | None) -> Estimate | None:
+    """This app's recent median when it has one, else the typical time, else nothing."""
+    if recent:
+        return Estimate(recent, EstimateSource.HISTORY)
+    if typical:
+        return Estimate(typical, EstimateSource.TYPICAL)
+    return None
+
+
+@dataclass(frozen=True)
+class ProgressView:
+    """What the progress display shows at one moment."""
+
+    fraction: float  # 0..1 of the bar
+    stage: Stage
+    elapsed: float  # since the job started
+    rendering_for: float | None  # since submission, once submitted
+    remaining: float | None  # expected seconds left, None when unknown or already late
+    late: bool  # running longer than usual
+    place: int | None  # place in this app's line while waiting for a slot (1: next)
+    steps: tuple[tuple[Step, bool, bool], ...]  # (step, passed, current)
+    estimate: Estimate | None
+
+    @property
+    def ended(self) -> bool:
+        return self.stage in (Stage.DONE, Stage.FAILED)
+
+
+class Tracker:
+    """Follows one job's updates and turns each into a `ProgressView`."""
+
+    def __init__(self, expected: Estimate | None) -> None:
+        self.expected = expected
+        self.submitted_at: float | None = None
+        self.seen: list[Step] = []
+
+    def view(self, update: JobUpdate) -> ProgressView:
+        stage = update.stage
+        if stage in (Stage.SUBMITTED, Stage.QUEUED, Stage.PROCESSING) and self.submitted_at is None:
+            self.submitted_at = update.elapsed
+        step = STEP_OF.get(stage)
+        if step is not None and step not in self.seen:
+            self.seen.append(step)
+        rendering_for = update.elapsed - self.submitted_at if self.submitted_at is not None else None
+        fraction, remaining, late = self._where(stage, rendering_for)
+        current = step if stage not in (Stage.DONE, Stage.FAILED) else None
+        done = stage is Stage.DONE  # every step is behind a finished video, also one fetched already done
+        steps = tuple((s, done or (s in self.seen and s is not current), s is current) for s in self._shown_steps())
+        return ProgressView(fraction, stage, update.elapsed, rendering_for, remaining, late,
+                            update.place if stage is Stage.WAITING else None, steps, self.expected)
+
+    def _shown_steps(self) -> list[Step]:
+        """Every step, but waiting for a slot only when this job waited."""
+        return [s for s in Step if s is not Step.WAIT or Step.WAIT in self.seen]
+
+    def _where(self, stage: Stage, rendering_for: float | None) -> tuple[float, float | None, bool]:
+        """The bar's fraction, the seconds still expected, and whether the render runs late."""
+        floor = STAGE_FLOOR[stage]
+        if stage is Stage.DONE:
+            return 1.0, 0.0, False
+        if stage not in (Stage.SUBMITTED, Stage.QUEUED, Stage.PROCESSING) or rendering_for is None:
+            remaining = self.expected.seconds if self.expected and stage in (
+                Stage.PREPARING, Stage.WAITING, Stage.UPLOADING) else None
+            return floor, remaining, False
+        if self.expected is None:
+            return floor, None, False
+        share = min(rendering_for / self.expected.seconds, 0.97) if self.expected.seconds > 0 else 0.97
+        late = rendering_for > self.expected.seconds * LATE_FACTOR + LATE_GRACE
+        remaining = None if late else max(0.0, self.expected.seconds - rendering_for)
+        return RENDER_START + (RENDER_END - RENDER_START) * share, remaining, late

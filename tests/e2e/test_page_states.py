@@ -1,0 +1,150 @@
+"""The page after every ending, examples that hide nothing, the progress display, checks on drop, the phone.
+
+Real Chromium against `python app.py` on the sandbox (conftest.py); a failing WaveSpeed is a sandbox process
+started with `--task-failure-rate 1.0`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # the `browser` fixture skips (or fails under CI) with the reason
+    expect = None
+
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 800}
+VIDEO_TIMEOUT = 60_000
+# Keeps every distinct text the progress display shows, in order.
+RECORD_PROGRESS = """() => {
+    const box = document.querySelector('#progress');
+    window.progressTexts = [];
+    const record = () => {
+        const text = box.innerText.trim();
+        const bar = box.querySelector('.kd-bar');
+        if (text && text !== window.progressTexts[window.progressTexts.length - 1]) {
+            window.progressTexts.push(text);
+            window.sawBar = window.sawBar || (bar !== null && bar.getBoundingClientRect().width > 0);
+        }
+    };
+    new MutationObserver(record).observe(box, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def expect_idle_buttons(page: Any) -> None:
+    expect(page.locator("#generate")).to_be_enabled()
+    expect(page.locator("#stop")).to_be_disabled()
+
+
+def fill_in(page: Any, first_frame: Path, prompt: str) -> None:
+    page.set_input_files("#first-frame input[type=file]", str(first_frame))
+    expect(page.locator("#first-frame img")).to_be_visible()
+    page.fill("#prompt textarea", prompt)
+
+
+@pytest.fixture(scope="module")
+def failing_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app live on a WaveSpeed (a sandbox process) whose every task ends `failed`."""
+    from tests.processes import start_app_process, start_sandbox_process
+
+    folder = tmp_path_factory.mktemp("failing")
+    sandbox = start_sandbox_process("--inference-seconds", "1", "--task-failure-rate", "1.0")
+    app = start_app_process(folder / "data", log_path=folder / "app.log",
+                            env={"WAVESPEED_API_KEY": "server-key", "WAVESPEED_BASE_URL": sandbox.url})
+    try:
+        yield app.url
+    finally:
+        app.stop()
+        sandbox.stop()
+
+
+def test_a_failed_task_leaves_the_page_idle_with_its_task_id_readable(browser, failing_app, pictures):
+    context = browser.new_context(viewport=DESKTOP)
+    context.set_default_timeout(15_000)
+    try:
+        page = context.new_page()
+        page.goto(failing_app)
+        fill_in(page, pictures["first_frame"], "A task that will fail")
+        page.click("#generate")
+        status = page.locator("#status")
+        expect(status).to_contain_text("Failed", timeout=VIDEO_TIMEOUT)
+        expect_idle_buttons(page)
+        task_id = page.locator("#task-id textarea").input_value()
+        assert re.fullmatch(r"[0-9a-f]{16,}", task_id), task_id
+        # No error badge covers the task id box: its copy button is there to press.
+        expect(page.locator("#task-id .error")).to_have_count(0)
+        expect(page.locator("#task-id button[aria-label*='opy'], #task-id button[title*='opy']").first).to_be_visible()
+        expect(page.locator("#progress")).to_contain_text("Ended without a video")
+        # Pressing Generate again runs a new job from the same form.
+        page.click("#generate")
+        expect(page.locator("#stop")).to_be_enabled()
+        expect(status).to_contain_text("Failed", timeout=VIDEO_TIMEOUT)
+        expect_idle_buttons(page)
+    finally:
+        context.close()
+
+
+def test_a_refused_request_leaves_the_page_idle_and_says_why(page):
+    page.fill("#resume-id textarea", "0" * 32)
+    page.click("#resume")
+    status = page.locator("#status")
+    expect(status).to_contain_text("Not started")
+    expect(status).to_contain_text("not in your history")
+    expect_idle_buttons(page)
+    expect(page.locator(".toast-body.error")).to_have_count(0)
+
+
+def test_example_2_shows_its_end_frame_and_an_own_upload_clears_it(page, pictures):
+    expect(page.locator("#end-frame")).to_be_hidden()
+    page.locator("#examples .thumbnail-item").nth(1).click()
+    expect(page.locator("#prompt textarea")).to_have_value("Dusk falls over the lake and the stars come out")
+    expect(page.locator("#status")).to_contain_text("also sets an end frame and a negative prompt")
+    expect(page.locator("#end-frame img")).to_be_visible()  # Advanced opened by itself
+    expect(page.locator("#negative-prompt textarea")).to_have_value("blurry")
+
+    page.set_input_files("#first-frame input[type=file]", str(pictures["first_frame"]))
+    expect(page.locator("#first-frame-check")).to_contain_text("end frame and negative prompt were cleared")
+    expect(page.locator("#negative-prompt textarea")).to_have_value("")
+    expect(page.locator("#end-frame img")).to_have_count(0)
+
+
+def test_a_dropped_text_file_is_refused_at_once_with_a_sentence(page, tmp_path):
+    fake = tmp_path / "notes.png"
+    fake.write_text("these are my notes, not a picture\n" * 20)
+    page.set_input_files("#first-frame input[type=file]", str(fake))
+    check = page.locator("#first-frame-check")
+    expect(check).to_contain_text("is not an image that can be read")
+    assert re.search(r"\bThe first frame\b", check.inner_text()), check.inner_text()
+
+
+def test_a_first_render_shows_a_bar_an_estimate_and_the_steps(page, pictures):
+    fill_in(page, pictures["first_frame"], "Ripples spread across the lake")
+    page.evaluate(RECORD_PROGRESS)
+    # A finished video in a background tab changes the title.
+    page.evaluate("() => Object.defineProperty(document, 'hidden', {configurable: true, get: () => true})")
+    page.click("#generate")
+    expect(page.locator("#video video")).to_be_attached(timeout=VIDEO_TIMEOUT)
+    expect(page.locator("#progress")).to_contain_text("Done in")
+    texts = page.evaluate("window.progressTexts")
+    assert page.evaluate("window.sawBar"), texts
+    assert any(re.search(r"about \d+s to go", text) for text in texts), texts
+    assert any("✓ Check" in text for text in texts), texts
+    page.wait_for_function("() => document.title.includes('Your video is ready')")
+
+
+def test_on_a_phone_the_status_sits_right_below_generate(open_page):
+    page = open_page(PHONE)
+    generate = page.locator("#generate").bounding_box()
+    status = page.locator("#status").bounding_box()
+    assert generate is not None and status is not None
+    below = status["y"] - (generate["y"] + generate["height"])
+    assert 0 <= below < 160, f"the status is {below:.0f} px below Generate"
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"the page scrolls sideways ({width} px)"
+    examples = page.locator("#examples").bounding_box()
+    assert examples is not None and examples["x"] + examples["width"] <= PHONE["width"] + 1
