@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -52,7 +53,11 @@ class Visitor:
 
 
 class Job:
-    """One job's updates. Closing it before its final update hands its task to background recovery."""
+    """One job's updates. Closing it before its final update hands its task to background recovery.
+
+    A job may be stepped in a worker thread while the event loop closes it (Stop, a closed tab): the close
+    then waits for that step to return and is finished by the thread that ran it, since a generator cannot
+    be closed while it runs."""
 
     def __init__(self, updates: Iterator[JobUpdate], ctx: JobContext, on_close: contextlib.ExitStack,
                  hand_over: "callable[[], None]") -> None:  # type: ignore[valid-type]
@@ -60,6 +65,9 @@ class Job:
         self._ctx = ctx
         self._on_close = on_close
         self._hand_over = hand_over
+        self._lock = threading.Lock()
+        self._stepping = False
+        self._close_asked = False
         self._closed = False
         self.last: JobUpdate | None = None
 
@@ -67,8 +75,19 @@ class Job:
         return self
 
     def __next__(self) -> JobUpdate:
-        self.last = next(self._updates)
-        return self.last
+        with self._lock:
+            if self._close_asked:
+                raise StopIteration
+            self._stepping = True
+        try:
+            self.last = next(self._updates)
+            return self.last
+        finally:
+            with self._lock:
+                self._stepping = False
+                finish = self._close_asked
+            if finish:
+                self._finish()
 
     def next_update(self) -> JobUpdate | None:
         """The next update, or None after the last one (for callers that run it in a worker thread)."""
@@ -79,10 +98,19 @@ class Job:
         self._ctx.stop.set()
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._ctx.stop.set()
+        """Stop the job and release what it holds, now or, if a step is running, as soon as it returns."""
+        self._ctx.stop.set()  # a running step sees it at its next check
+        with self._lock:
+            self._close_asked = True
+            if self._stepping:
+                return
+        self._finish()
+
+    def _finish(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         try:
             self._updates.close()
         finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 
 import pytest
 
@@ -9,9 +11,9 @@ from kling_demo.backend import Backend
 from kling_demo.client import WaveSpeedClient
 from kling_demo.config import Settings
 from kling_demo.errors import KeyRequired, NotYours, RateLimited
-from kling_demo.jobs import JobRequest, Stage
+from kling_demo.jobs import JobRequest, JobUpdate, Stage
 from kling_demo.models import DEFAULT_MODEL, KeySource, TaskStatus
-from kling_demo.service import Service, Visitor
+from kling_demo.service import Job, Service, Visitor
 from tests.waiting import wait_for
 
 ALICE, BOB = Visitor("browser:alice"), Visitor("browser:bob")
@@ -136,3 +138,28 @@ def test_task_status_from_the_wire():
     assert TaskStatus.parse(None) is TaskStatus.CREATED and not TaskStatus.CREATED.is_final
     assert TaskStatus.parse("warming-up") is TaskStatus.PROCESSING  # unknown: keep polling
     assert TaskStatus.COMPLETED == "completed"  # stored and compared as its wire text
+
+
+def test_a_job_closed_while_a_step_runs_in_a_worker_closes_once_the_step_returns(make_service, sandbox):
+    """Stop or a closed tab lands while a worker thread runs a step: no "generator already executing", and the
+    job is handed over once the step returns (this raced before, and the visitor saw an internal error)."""
+    service = make_service(sandbox)
+    entered, release, handed, results = threading.Event(), threading.Event(), [], []
+
+    def steps():
+        entered.set()
+        release.wait(30)
+        yield JobUpdate(Stage.PREPARING, "checked", 0.0)
+        yield JobUpdate(Stage.UPLOADING, "never reached", 0.0)
+
+    ctx = service.context(ALICE.owner)
+    job = Job(steps(), ctx, contextlib.ExitStack(), lambda: handed.append(True))
+    worker = threading.Thread(target=lambda: results.append(job.next_update()))
+    worker.start()
+    assert entered.wait(30)
+    job.close()  # from the event loop's thread, while the worker is inside the generator
+    assert ctx.stop.is_set() and handed == []
+    release.set()
+    worker.join(30)
+    assert results[0].message == "checked" and handed == [True]
+    assert job.next_update() is None
