@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterator, TypeVar
 
-from . import media, storage
+from . import media, storage, videos
 from .api_slots import ApiSlots, Ticket
 from .budgets import Reservation, SpendGuard
 from .client import Prediction, WaveSpeedClient
@@ -470,6 +470,7 @@ def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
     video_path = yield from _patiently(
         lambda: ctx.client.download(output_url, ctx.videos_dir, max_bytes=ctx.max_download_bytes, attempts=1),
         ctx, task_id, Stage.DOWNLOADING, started, deadline_at)
+    video_path = videos.label(video_path, task_id, spec.model_id, journal.get(ctx.owner, task_id) if journal else None)
     if journal is not None:
         journal.complete(ctx.owner, task_id, video_path=str(video_path), inference_ms=prediction.inference_ms)
     yield update(Stage.DONE, _done_message(prediction, ctx.clock() - started), video_path=video_path,

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from . import videos
+
 log = logging.getLogger(__name__)
 
 RUNNING_STATUSES = ("created", "processing")
@@ -330,7 +332,7 @@ class Journal:
                     if not (too_old or too_big):
                         kept_bytes += size
                         continue
-                    video.unlink(missing_ok=True)
+                    videos.remove_files([video])  # with its last frame, and its folder
                     db.execute("UPDATE tasks SET video_path = NULL, error = 'video removed by retention policy'"
                                " WHERE owner = ? AND task_id = ?", (row["owner"], row["task_id"]))
                     removed, freed = removed + 1, freed + size
