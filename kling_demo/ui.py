@@ -16,10 +16,11 @@ import anyio
 import gradio as gr
 from PIL import Image
 
-from . import media, webhooks
+from . import history_view, media, webhooks
 from .backend import Backend
 from .config import Settings
 from .errors import InputRejected, KlingDemoError
+from .history_view import STATUS_WORDS  # noqa: F401  (tests read the words from here)
 from .identity import client_address, oauth_enabled, spender_id
 from .inputs import check_duration, check_guidance, check_prompt, check_task_id
 from .jobs import JobRequest, JobUpdate, Stage, format_seconds
@@ -45,9 +46,6 @@ STAGE_LABELS = {
     Stage.DONE: "Done",
     Stage.FAILED: "Failed",
 }
-STATUS_WORDS = {"completed": "Done", "failed": "Failed", "lost": "Lost", "created": "Queued", "processing": "Rendering",
-                "submitting": "Submitting", "unknown": "Outcome unknown", "cancelled": "Cancelled by WaveSpeed",
-                "timeout": "Timed out at WaveSpeed", "deleted": "Deleted at WaveSpeed"}
 # A character counter under a text box, run in the browser only (no server round trip per keystroke); it
 # appears from 80 % of the field's cap, the model's own limit.
 COUNTER_JS = ("(text) => {{ const n = (text || '').length; return n < {cap} * 0.8 ? '' : "
@@ -172,16 +170,8 @@ def launch_options(settings: Settings) -> dict[str, Any]:
 
 
 def history_items(records: list[TaskRecord], placeholder: str) -> list[tuple[str, str]]:
-    """Gallery entries captioned with status, prompt, when and how long: the first frame, or for a
-    task fetched by id the video itself (or a placeholder while it renders)."""
-    items = []
-    for record in records:
-        when = time.strftime("%d %b %H:%M", time.localtime(record.created_at))
-        took = f" · {format_seconds(record.inference_ms / 1000)}" if record.inference_ms else ""
-        prompt = record.prompt or "(fetched by task id)"
-        caption = f"{STATUS_WORDS.get(record.status, record.status)} · {prompt[:60]} · {when}{took}"
-        items.append((record.first_frame or record.video_path or placeholder, caption))
-    return items
+    """Gallery entries: a tile per task whose state shows at a glance (history_view.items)."""
+    return history_view.items(records, Path(placeholder))
 
 
 def pending_picture(folder: Path) -> Path:
@@ -319,16 +309,8 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         record = service.task(owner_of(owner_id, request), task_ids[selection.index])
         if record is None:
             return None, ""
-        detail = "Never received a task id" if record.is_intent else f"Task `{record.task_id}`"
-        detail += f" · {STATUS_WORDS.get(record.status, record.status)}"
-        if record.inference_ms:
-            detail += f" · inference {record.inference_ms / 1000:.1f} s"
-        if record.error:
-            detail += f" · {record.error}"
-        if record.is_running:
-            detail += " · still rendering; it will appear here when it finishes."
         video = record.video_path if record.video_path and Path(record.video_path).exists() else None
-        return video, detail
+        return video, history_view.detail(record)
 
     def stopped(task_id: str) -> str:
         if task_id:
