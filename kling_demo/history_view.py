@@ -33,7 +33,8 @@ class TileState(str, enum.Enum):
     UNKNOWN = "unknown"  # the submit answer never arrived: a task may exist (and be billed)
 
 
-SYMBOLS = {TileState.DONE: "✅", TileState.RENDERING: "⏳", TileState.FAILED: "❌", TileState.UNKNOWN: "❓"}
+# Text symbols most fonts have (DejaVu, Segoe UI Symbol, Apple Symbols): emoji are tofu without an emoji font.
+SYMBOLS = {TileState.DONE: "✓", TileState.RENDERING: "⟳", TileState.FAILED: "✕", TileState.UNKNOWN: "⚠"}
 BAND_COLOURS = {TileState.RENDERING: (37, 99, 235), TileState.FAILED: (200, 30, 30),
                 TileState.UNKNOWN: (217, 119, 6)}
 STATUS_WORDS = {"completed": "Done", "failed": "Failed", "lost": "Lost", "created": "Queued",
@@ -58,7 +59,7 @@ def status_words(record: TaskRecord) -> str:
 
 
 def caption(record: TaskRecord) -> str:
-    """`✅ Done · <prompt> · 27 Nov 14:03 · 41s`: state first, so it reads at a glance."""
+    """`✓ Done · <prompt> · 27 Nov 14:03 · 41s`: state first, so it reads at a glance."""
     when = time.strftime("%d %b %H:%M", time.localtime(record.created_at))
     took = f" · {format_seconds(record.inference_ms / 1000)}" if record.inference_ms else ""
     prompt = record.prompt or "(fetched by task id)"

@@ -48,9 +48,9 @@ def test_each_state_has_its_own_symbol_and_tile(journal, tmp_path):
         "done1": TileState.DONE, "run1": TileState.RENDERING, "fail1": TileState.FAILED,
         "lost1": TileState.FAILED, intent: TileState.UNKNOWN}
     tiles = dict(zip(by_id, history_view.items(list(by_id.values()), tmp_path / "pending.png")))
-    assert tiles["done1"] == (str(frames["done1"]), tiles["done1"][1]) and tiles["done1"][1].startswith("✅ Done")
-    assert tiles["run1"][1].startswith("⏳ Rendering") and tiles["fail1"][1].startswith("❌ Failed")
-    assert tiles["lost1"][1].startswith("❌ Lost") and tiles[intent][1].startswith("❓ Outcome unknown")
+    assert tiles["done1"] == (str(frames["done1"]), tiles["done1"][1]) and tiles["done1"][1].startswith("✓ Done")
+    assert tiles["run1"][1].startswith("⟳ Rendering") and tiles["fail1"][1].startswith("✕ Failed")
+    assert tiles["lost1"][1].startswith("✕ Lost") and tiles[intent][1].startswith("⚠ Outcome unknown")
     # A failed and a running tile are copies of the first frame with their own look; the original is untouched.
     failed, running = tiles["fail1"][0], tiles["run1"][0]
     assert failed != str(frames["fail1"]) and Path(failed).exists()
@@ -78,7 +78,7 @@ def test_the_detail_shows_every_setting_and_the_prompt_literally(journal, tmp_pa
     add(journal, tmp_path, "t1", "created")
     journal.complete("a", "t1", video_path=str(tmp_path / "v.mp4"), inference_ms=41_200)
     text = history_view.detail(journal.get("a", "t1"))
-    assert "✅ Done" in text and "rendered in 41.2 s" in text
+    assert "✓ Done" in text and "rendered in 41.2 s" in text
     assert r"A fox runs \*fast\*" in text  # shown as typed, not as emphasis
     assert "**Negative prompt:** blur" in text and "**Guidance:** 0\\.65" in text
     assert "**Duration:** 10 s" in text and "**End frame:** yes" in text and "`t1`" in text
@@ -88,4 +88,4 @@ def test_the_detail_of_a_failed_task_says_why(journal, tmp_path):
     add(journal, tmp_path, "t2", "created", end_image=False)
     journal.fail("a", "t2", "The generation failed: <b>nope</b>")
     text = history_view.detail(journal.get("a", "t2"))
-    assert "❌ Failed" in text and "**End frame:** no" in text and r"\<b\>nope\</b\>" in text
+    assert "✕ Failed" in text and "**End frame:** no" in text and r"\<b\>nope\</b\>" in text
