@@ -176,7 +176,7 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
             storage.check_room(ctx.videos_dir, ctx.min_free_bytes)
             params = {"prompt": prompt, "negative_prompt": negative, "guidance_scale": guidance,
                       "duration": duration, "end_image": end is not None}
-            intent = _Intent.write(ctx, params, first)
+            intent = _Intent.write(ctx, params, first, end)
 
             reservation: Reservation | None = None
             try:
@@ -316,13 +316,15 @@ class _Intent:
         self.ctx, self.intent_id = ctx, intent_id
 
     @classmethod
-    def write(cls, ctx: JobContext, params: dict[str, Any], first: media.PreparedImage) -> "_Intent":
+    def write(cls, ctx: JobContext, params: dict[str, Any], first: media.PreparedImage,
+              end: media.PreparedImage | None = None) -> "_Intent":
         """Record the submission to come; raises `StorageUnavailable` if the journal cannot take it."""
         if ctx.journal is None:
             return cls(ctx, None)
         preview: Path | None = None
         try:
             preview = media.save_preview(first, ctx.videos_dir)
+            videos.keep_frames(preview, first, end)  # for "reuse these settings"
             intent_id = ctx.journal.record_intent(owner=ctx.owner, model=ctx.spec.model_id,
                                                   api_base=ctx.client.base_url, key_source=ctx.key_source,
                                                   params=params, first_frame=str(preview))
@@ -330,7 +332,7 @@ class _Intent:
             log.warning("journal: cannot record a new submission (%s: %s); refusing it before anything is paid for",
                         type(error).__name__, error)
             if preview is not None:
-                preview.unlink(missing_ok=True)
+                videos.remove_files([preview])
             raise StorageUnavailable(storage.NO_ROOM_MESSAGE) from error
         return cls(ctx, intent_id)
 
@@ -364,7 +366,7 @@ class _Intent:
             log.warning("journal: could not remove an unsent submission (%s)", type(error).__name__)
             return
         if record is not None and record.first_frame:
-            Path(record.first_frame).unlink(missing_ok=True)
+            videos.remove_files([Path(record.first_frame)])  # with the frames kept beside it
 
 
 def _declared_duration(prediction: Prediction, spec: ModelSpec) -> int | None:

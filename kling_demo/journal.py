@@ -284,6 +284,14 @@ class Journal:
             db.execute("UPDATE tasks SET status = ?, error = ?, updated_at = ?, finished_at = ?"
                        " WHERE owner = ? AND task_id = ?", (status, error, now, now, owner, task_id))
 
+    def forget(self, owner: str, task_id: str) -> bool:
+        """Delete one of the owner's ended tasks from the journal; False if none (or it is still running)."""
+        unfinished = (*RUNNING_STATUSES, SUBMITTING)
+        with self._connect() as db:
+            cursor = db.execute(f"DELETE FROM tasks WHERE owner = ? AND task_id = ? AND status NOT IN {unfinished!r}",
+                                (owner, task_id))  # the statuses are constants, not input
+        return cursor.rowcount > 0
+
     def get(self, owner: str, task_id: str) -> TaskRecord | None:
         """The owner's task, or None: another owner's task is indistinguishable from a missing one."""
         rows = self._rows("SELECT * FROM tasks WHERE task_id = ? AND owner = ?", (task_id, owner))

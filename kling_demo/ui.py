@@ -25,7 +25,7 @@ from .identity import client_address, oauth_enabled, spender_id
 from .inputs import check_duration, check_guidance, check_prompt, check_task_id
 from .jobs import JobRequest, JobUpdate, Stage, format_seconds
 from .models import DEFAULT_MODEL
-from .service import Job, Service, Visitor
+from .service import FormFill, Job, Service, Visitor
 from .visitors import (OWNER_STORAGE_KEY, OWNER_STORAGE_OBFUSCATION, new_owner_id, resolve_owner, sign_owner,
                        verified_owner, visitor_key)
 
@@ -61,6 +61,11 @@ EXAMPLES = [  # image, prompt, negative prompt, end frame
     [ASSETS / "sunset-lake.jpg", "Dusk falls over the lake and the stars come out", "blurry",
      ASSETS / "night-lake.jpg"],
 ]
+DELETE_QUESTION = ("**Delete this task from your history?** Its entry, video and frames on this server are deleted, "
+                   "with no undo. At WaveSpeed nothing changes: the task and its video stay until WaveSpeed's "
+                   "retention ends, and its charge stands.")
+DELETE_QUESTION_SANDBOX = ("**Delete this task from your history?** Its entry, video and frames are deleted, with no "
+                           "undo. (Sandbox mode: nothing was billed.)")
 Outputs = tuple[str, str, "str | None"]
 UNEXPECTED = ("Something went wrong on the server (reference {reference}); nothing more was submitted. If a task id "
               "is shown, your task is still followed.")
@@ -303,14 +308,49 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
 
     @plain_errors()
     def select_history(task_ids: list[str], owner_id: str | None, request: gr.Request,
-                       selection: gr.SelectData) -> tuple[str | None, str]:
-        if selection.index is None or selection.index >= len(task_ids):
-            return None, ""
-        record = service.task(owner_of(owner_id, request), task_ids[selection.index])
+                       selection: gr.SelectData) -> tuple[Any, ...]:
+        """Show the chosen task (only one's own) and enable the buttons that apply to it."""
+        record = None
+        if selection.index is not None and 0 <= selection.index < len(task_ids):
+            record = service.task(owner_of(owner_id, request), task_ids[selection.index])
         if record is None:
-            return None, ""
+            return None, "", "", *history_buttons(None)
         video = record.video_path if record.video_path and Path(record.video_path).exists() else None
-        return video, history_view.detail(record)
+        return video, history_view.detail(record), record.task_id, *history_buttons(record)
+
+    # -- history: reuse a task's settings, continue from its last frame, delete it (service checks ownership) --
+
+    def history_buttons(record: TaskRecord | None) -> tuple[Any, Any, Any, Any]:
+        """Reuse, Continue and Delete enabled where they apply to `record`; the delete question hidden."""
+        has_video = bool(record and record.video_path and Path(record.video_path).exists())
+        known = bool(record and (record.prompt or not record.params.get("resumed")))
+        ended = bool(record and not record.is_running and record.status != "submitting")
+        return (gr.update(interactive=known), gr.update(interactive=has_video), gr.update(interactive=ended),
+                gr.update(visible=False))
+
+    def form_values(fill: FormFill) -> tuple[Any, ...]:
+        """The form's new values (first frame, prompt, negative prompt, guidance, duration, end frame, Advanced)."""
+        gr.Info(fill.note)
+        end = str(fill.end_frame) if fill.end_frame else (None if fill.clear_end_frame else gr.skip())
+        shown = gr.update(open=True) if fill.negative_prompt or fill.end_frame else gr.skip()  # nothing hidden
+        return (str(fill.first_frame) if fill.first_frame else gr.skip(), fill.prompt, fill.negative_prompt,
+                fill.guidance_scale, fill.duration, end, shown)
+
+    @plain_errors()
+    def reuse_settings(selected: str, owner_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        return form_values(service.reuse(owner_of(owner_id, request), selected))
+
+    @plain_errors()
+    def continue_from_last_frame(selected: str, owner_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        return form_values(service.continue_from(owner_of(owner_id, request), selected))
+
+    @plain_errors()
+    def delete_task(selected: str, owner_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """Delete the selected task here (after the visitor confirmed), then show the history without it."""
+        owner = owner_of(owner_id, request)
+        message = service.delete(owner, selected)
+        return (None, f"**Deleted.** {message}", "", *history_buttons(None),
+                *show_history(owner_id, request))
 
     def stopped(task_id: str) -> str:
         if task_id:
@@ -328,6 +368,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         history_ids = gr.State([])
         history_seen = gr.State("")
         history_ticker = gr.Timer(5.0)
+        history_selected = gr.State("")  # the task id shown in the detail; every action checks it is the owner's
 
         gr.Markdown(f"## {SPEC.title} — one still image in, a 5 or 10 second video out")
         gr.Markdown(backend_banner(service.backend, settings), elem_id="backend-banner")
@@ -344,7 +385,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                                          info="Higher follows the prompt more closely.")
                     duration = duration_input(choices=list(SPEC.durations), value=SPEC.default_duration, label="Duration (s)",
                                              elem_id="duration")
-                with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+                with gr.Accordion("Advanced", open=False, elem_id="advanced") as advanced:
                     negative = gr.Textbox(label="Negative prompt", lines=2,
                                           max_length=SPEC.max_chars("negative_prompt"),
                                           placeholder="blurry, distorted hands", elem_id="negative-prompt")
@@ -377,6 +418,19 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                                          elem_id="history-video")
                 with gr.Column():
                     history_detail = gr.Markdown(elem_id="history-detail")
+                    with gr.Row():
+                        reuse_btn = gr.Button("Reuse these settings", size="sm", interactive=False,
+                                              elem_id="reuse-settings")
+                        continue_btn = gr.Button("Continue from the last frame", size="sm", interactive=False,
+                                                 elem_id="continue-from-last-frame")
+                        delete_btn = gr.Button("Delete…", size="sm", variant="stop", interactive=False,
+                                               elem_id="delete-task")
+                    with gr.Column(visible=False, elem_id="delete-confirm") as delete_confirm:
+                        gr.Markdown(DELETE_QUESTION_SANDBOX if service.is_sandbox else DELETE_QUESTION)
+                        with gr.Row():
+                            confirm_delete_btn = gr.Button("Delete for good", size="sm", variant="stop",
+                                                           elem_id="confirm-delete")
+                            cancel_delete_btn = gr.Button("Keep it", size="sm", elem_id="cancel-delete")
                     refresh_btn = gr.Button("Refresh history", size="sm", elem_id="refresh-history")
                     resume_id = gr.Textbox(label="Resume by task id", placeholder="task id from this app or "
                                            "elsewhere (with your own key)", elem_id="resume-id")
@@ -419,12 +473,24 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         history_ticker.tick(refresh_changed, inputs=[owner_id, history_seen],
                             outputs=[gallery, history_ids, history_seen], queue=False, show_progress="hidden",
                             **private)
-        gallery.select(select_history, inputs=[history_ids, owner_id], outputs=[history_video, history_detail],
+        history_buttons_out = [reuse_btn, continue_btn, delete_btn, delete_confirm]
+        gallery.select(select_history, inputs=[history_ids, owner_id],
+                       outputs=[history_video, history_detail, history_selected, *history_buttons_out],
                        queue=False, **private)
         # Added last, so the events above keep their numbers.
         demo.load(show_budget, inputs=typed_key, outputs=budget, queue=False, **private)
         job_event.then(show_budget, inputs=typed_key, outputs=budget, queue=False, show_progress="hidden", **private)
         key_box.change(show_budget, inputs=key_box, outputs=budget, queue=False, show_progress="hidden", **private)
+        # History actions (added after the events above, so their numbers stay): the service checks ownership.
+        form = [image, prompt, negative, guidance, duration, end_image, advanced]
+        reuse_btn.click(reuse_settings, inputs=[history_selected, owner_id], outputs=form, queue=False, **private)
+        continue_btn.click(continue_from_last_frame, inputs=[history_selected, owner_id], outputs=form,
+                           queue=False, **private)
+        delete_btn.click(lambda: gr.update(visible=True), outputs=delete_confirm, queue=False, **private)
+        cancel_delete_btn.click(lambda: gr.update(visible=False), outputs=delete_confirm, queue=False, **private)
+        confirm_delete_btn.click(delete_task, inputs=[history_selected, owner_id],
+                                 outputs=[history_video, history_detail, history_selected, *history_buttons_out,
+                                          gallery, history_ids], queue=False, **private)
 
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
     if service.webhooks is not None:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 import unicodedata
 import uuid
@@ -22,12 +23,14 @@ from . import storage
 
 if TYPE_CHECKING:
     from .journal import TaskRecord
+    from .media import PreparedImage
 
 log = logging.getLogger(__name__)
 
 SLUG_CHARS = 40  # prompt words in a file name, at most
 SHORT_ID_CHARS = 8
 LAST_FRAME_SUFFIX = ".last-frame.png"
+FRAME_ROLES = ("first", "end")  # the frames as uploaded, kept beside the history's preview for "reuse settings"
 # Metadata keys MP4 players and ffprobe show: the prompt as the title; the settings as JSON in the comment.
 TITLE, COMMENT, DESCRIPTION = "title", "comment", "description"
 _OWN_FOLDER = re.compile(r"[0-9a-f]{32}")  # the folder `label` makes for one video
@@ -151,6 +154,25 @@ def last_frame(video: Path) -> Path:
     with storage.partial_file(target) as out:
         picture.to_image().save(out, "PNG")
     return target
+
+
+def keep_frames(preview: Path, first: PreparedImage, end: PreparedImage | None) -> None:
+    """Keep the frames exactly as uploaded beside the task's preview, so its settings can be reused in full."""
+    for role, frame in zip(FRAME_ROLES, (first, end)):
+        if frame is not None:
+            shutil.copyfile(frame.path, preview.with_name(f"{preview.stem}.{role}.{frame.format.lower()}"))
+
+
+def kept_frames(preview: str | Path | None) -> tuple[Path | None, Path | None]:
+    """The first and end frame `keep_frames` kept beside `preview`, each None where none was kept."""
+    if not preview:
+        return None, None
+    preview = Path(preview)
+    found = []
+    for role in FRAME_ROLES:
+        found.append(next((path for path in (preview.with_name(f"{preview.stem}.{role}.{kind}")
+                                             for kind in ("jpeg", "png")) if path.exists()), None))
+    return found[0], found[1]
 
 
 def companions(path: Path) -> list[Path]:
