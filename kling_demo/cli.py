@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from . import __version__
+from . import __version__, videos
 from .backend import SANDBOX_TOKEN, Backend, open_backend
 from .config import Settings
 from .errors import (
@@ -351,6 +351,7 @@ def _place(video: Path, out: str | None, task_id: str | None, progress: "Progres
         progress.say(f"warning: could not move the video to {target} ({error.strerror or error}); "
                      "it stays where it was downloaded.")
         return video.resolve()
+    videos.tidy(video)  # its own folder, now empty
     return target.resolve()
 
 

@@ -192,9 +192,14 @@ def remove_files(paths: Iterable[Path]) -> int:
                 pass
             except OSError as error:
                 log.warning("could not delete %s (%s)", file.name, type(error).__name__)
-        if _OWN_FOLDER.fullmatch(path.parent.name):
-            _remove_empty(path.parent)
+        tidy(path)
     return removed
+
+
+def tidy(video: Path) -> None:
+    """Remove the folder `label` made for `video` once it is empty (the video was moved or deleted)."""
+    if _OWN_FOLDER.fullmatch(video.parent.name):
+        _remove_empty(video.parent)
 
 
 def glob_escape(text: str) -> str:

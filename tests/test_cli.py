@@ -59,6 +59,7 @@ def test_generate_writes_the_video_to_out_and_prints_only_its_path(make_sandbox,
     assert info.duration_seconds == pytest.approx(5)
     assert info.width / info.height == pytest.approx(960 / 540, rel=0.01)
     assert not list((tmp_path / "data" / "videos").rglob("*.mp4"))  # moved, not copied
+    assert [path for path in (tmp_path / "data" / "videos").iterdir() if path.is_dir()] == []  # nor its folder
 
     task_id = _only_task_id(sandbox)
     stages = [line.split()[2] for line in result.stderr.splitlines() if line.startswith("[")]
