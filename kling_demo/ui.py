@@ -20,10 +20,9 @@ from . import history_view, media, webhooks
 from .backend import Backend
 from .config import Settings
 from .errors import InputRejected, KlingDemoError
-from .history_view import STATUS_WORDS  # noqa: F401  (tests read the words from here)
 from .identity import client_address, oauth_enabled, spender_id
 from .inputs import check_duration, check_guidance, check_prompt, check_task_id
-from .jobs import JobRequest, JobUpdate, Stage, format_seconds
+from .jobs import JobRequest, JobUpdate, Stage
 from .models import DEFAULT_MODEL
 from .service import FormFill, Job, Service, Visitor
 from .visitors import (OWNER_STORAGE_KEY, OWNER_STORAGE_OBFUSCATION, new_owner_id, resolve_owner, sign_owner,

@@ -13,7 +13,8 @@ from kling_demo.errors import InputRejected, InsufficientBalance, JobStopped, Kl
 from kling_demo.jobs import JobRequest, Stage
 from kling_demo.models import DEFAULT_MODEL, TaskStatus
 from kling_demo.service import Service, Visitor
-from kling_demo.ui import STATUS_WORDS, history_items
+from kling_demo.history_view import STATUS_WORDS
+from kling_demo.ui import history_items
 
 SERVER_KEY = "server-key"
 ALICE = Visitor("browser:alice")
