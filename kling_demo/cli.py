@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Callable, TextIO
 
-from . import __version__
+from . import __version__, videos
 from .backend import SANDBOX_TOKEN, Backend, open_backend
 from .client import WaveSpeedClient
 from .config import Settings
@@ -431,6 +431,7 @@ def _place(video: Path, out: str | None, task_id: str | None, progress: "Progres
         progress.say(f"warning: could not move the video to {target} ({error.strerror or error}); "
                      "it stays where it was downloaded.")
         return video.resolve()
+    videos.tidy(video)  # its own folder, now empty
     return target.resolve()
 
 

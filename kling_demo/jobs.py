@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterator, TypeVar
 
-from . import lost_tasks, media, storage
+from . import lost_tasks, media, storage, videos
 from .api_slots import ApiSlots, Ticket
 from .budgets import Reservation, SpendGuard
 from .client import Prediction, Quote, WaveSpeedClient
@@ -184,7 +184,7 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
             inputs: dict[str, object] = {"prompt": prompt, "guidance_scale": guidance, "duration": duration}
             if negative:
                 inputs["negative_prompt"] = negative
-            intent = _Intent.write(ctx, params, first)
+            intent = _Intent.write(ctx, params, first, end)
 
             reservation: Reservation | None = None
             answer_lost: SubmissionOutcomeUnknown | None = None  # set once a task may exist: never withdrawn
@@ -378,13 +378,15 @@ class _Intent:
         self.ctx, self.intent_id = ctx, intent_id
 
     @classmethod
-    def write(cls, ctx: JobContext, params: dict[str, Any], first: media.PreparedImage) -> "_Intent":
+    def write(cls, ctx: JobContext, params: dict[str, Any], first: media.PreparedImage,
+              end: media.PreparedImage | None = None) -> "_Intent":
         """Record the submission to come; raises `StorageUnavailable` if the journal cannot take it."""
         if ctx.journal is None:
             return cls(ctx, None)
         preview: Path | None = None
         try:
             preview = media.save_preview(first, ctx.videos_dir)
+            videos.keep_frames(preview, first, end)  # for "reuse these settings"
             intent_id = ctx.journal.record_intent(owner=ctx.owner, model=ctx.spec.model_id,
                                                   api_base=ctx.client.base_url, key_source=ctx.key_source,
                                                   params=params, first_frame=str(preview))
@@ -392,7 +394,7 @@ class _Intent:
             log.warning("journal: cannot record a new submission (%s: %s); refusing it before anything is paid for",
                         type(error).__name__, error)
             if preview is not None:
-                preview.unlink(missing_ok=True)
+                videos.remove_files([preview])
             raise StorageUnavailable(storage.NO_ROOM_MESSAGE) from error
         return cls(ctx, intent_id)
 
@@ -435,7 +437,7 @@ class _Intent:
             log.warning("journal: could not remove an unsent submission (%s)", type(error).__name__)
             return
         if record is not None and record.first_frame:
-            Path(record.first_frame).unlink(missing_ok=True)
+            videos.remove_files([Path(record.first_frame)])  # with the frames kept beside it
 
 
 def _declared_duration(prediction: Prediction, spec: ModelSpec) -> int | None:
@@ -541,6 +543,7 @@ def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
     video_path = yield from _patiently(
         lambda: ctx.client.download(output_url, ctx.videos_dir, max_bytes=ctx.max_download_bytes, attempts=1),
         ctx, task_id, Stage.DOWNLOADING, started, deadline_at)
+    video_path = videos.label(video_path, task_id, spec.model_id, journal.get(ctx.owner, task_id) if journal else None)
     if journal is not None:
         journal.complete(ctx.owner, task_id, video_path=str(video_path), inference_ms=prediction.inference_ms)
     yield update(Stage.DONE, _done_message(prediction, ctx.clock() - started, _cost(ctx, task_id)), video_path=video_path,

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from . import videos
+
 log = logging.getLogger(__name__)
 
 RUNNING_STATUSES = ("created", "processing")
@@ -296,6 +298,14 @@ class Journal:
             db.execute("UPDATE tasks SET status = ?, error = ?, updated_at = ?, finished_at = ?"
                        " WHERE owner = ? AND task_id = ?", (status, error, now, now, owner, task_id))
 
+    def forget(self, owner: str, task_id: str) -> bool:
+        """Delete one of the owner's ended tasks from the journal; False if none (or it is still running)."""
+        unfinished = (*RUNNING_STATUSES, SUBMITTING)
+        with self._connect() as db:
+            cursor = db.execute(f"DELETE FROM tasks WHERE owner = ? AND task_id = ? AND status NOT IN {unfinished!r}",
+                                (owner, task_id))  # the statuses are constants, not input
+        return cursor.rowcount > 0
+
     def get(self, owner: str, task_id: str) -> TaskRecord | None:
         """The owner's task, or None: another owner's task is indistinguishable from a missing one."""
         rows = self._rows("SELECT * FROM tasks WHERE task_id = ? AND owner = ?", (task_id, owner))
@@ -358,7 +368,7 @@ class Journal:
                     if not (too_old or too_big):
                         kept_bytes += size
                         continue
-                    video.unlink(missing_ok=True)
+                    videos.remove_files([video])  # with its last frame, and its folder
                     db.execute("UPDATE tasks SET video_path = NULL, error = 'video removed by retention policy'"
                                " WHERE owner = ? AND task_id = ?", (row["owner"], row["task_id"]))
                     removed, freed = removed + 1, freed + size

@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import jobs, storage
+from . import jobs, storage, videos
 from .api_slots import ApiSlots, slot_key
 from .backend import Backend, open_backend
 from .budgets import Budgets, Ledger, Limits
 from .client import Balance, Prediction, Quote, WaveSpeedClient
 from .config import Settings
-from .errors import AuthenticationFailed, KeyRequired, KlingDemoError, NotYours
-from .inputs import check_duration
+from .errors import AuthenticationFailed, InputRejected, KeyRequired, KlingDemoError, NotYours
 from .jobs import Followers, JobContext, JobRequest, JobUpdate, Stage
+from .inputs import check_duration, check_guidance
 from .journal import Journal, TaskRecord
 from .models import DEFAULT_MODEL, KeySource, ModelSpec
 from .notices import Notices
@@ -50,6 +50,20 @@ class Visitor:
     @property
     def key_source(self) -> KeySource:
         return KeySource.VISITOR if self.api_key else KeySource.SERVER
+
+
+@dataclass(frozen=True)
+class FormFill:
+    """What a history button puts back into the form; a frame is None where it leaves the form's own."""
+
+    first_frame: Path | None
+    prompt: str
+    negative_prompt: str
+    guidance_scale: float
+    duration: int
+    end_frame: Path | None
+    clear_end_frame: bool  # the task had no end frame (or its last frame is the new first): clear the form's
+    note: str  # one sentence for the page: what was filled, and what could not be
 
 
 class Job:
@@ -361,6 +375,59 @@ class Service:
         """The visitor moved a finished video (the CLI's --out): the history points at its new place."""
         self.journal.set_video_path(visitor.owner, task_id, str(video_path))
 
+    # -- the visitor's history: reuse a task's settings, continue from its last frame, delete it -------------
+
+    def reuse(self, visitor: Visitor, task_id: str) -> FormFill:
+        """The settings and frames of one of the visitor's tasks, to fill the form with."""
+        record = self._own(visitor, task_id)
+        if record.params.get("resumed") and not record.prompt:
+            raise InputRejected("This task was fetched by its id: its settings were made elsewhere and are not "
+                                "known here.", task_id=record.task_id)
+        first, end = videos.kept_frames(record.first_frame)
+        had_end = bool(record.params.get("end_image"))
+        missing = [name for name, lost in (("first frame", first is None), ("end frame", had_end and end is None))
+                   if lost]
+        note = "The settings of this task are in the form."
+        if missing:
+            note += f" Its {' and '.join(missing)} {'was' if len(missing) == 1 else 'were'} not kept here: add " \
+                    f"{'it' if len(missing) == 1 else 'them'} again."
+        return self._fill(record, first, end if had_end else None, clear_end_frame=not had_end, note=note)
+
+    def continue_from(self, visitor: Visitor, task_id: str) -> FormFill:
+        """The last frame of one of the visitor's videos as a new first frame, with the task's prompt and settings."""
+        record = self._own(visitor, task_id)
+        video = Path(record.video_path) if record.video_path else None
+        if video is None or not video.exists():
+            raise InputRejected("This task has no video here to continue from (it has not finished, it failed, or "
+                                "its video was removed).", task_id=record.task_id)
+        try:
+            last = videos.last_frame(video)
+        except Exception as error:  # PyAV's errors: a video the app cannot decode
+            log.warning("task %s: could not take the last frame of its video (%s)", record.task_id,
+                        type(error).__name__)
+            raise InputRejected("The last frame of this video could not be read.", task_id=record.task_id) from None
+        return self._fill(record, last, None, clear_end_frame=True,
+                          note="The last frame of this video is the new first frame; the prompt and settings are "
+                               "kept and the end frame is cleared.")
+
+    def delete(self, visitor: Visitor, task_id: str) -> str:
+        """Delete one of the visitor's ended tasks from this app: its journal row, video and frames.
+
+        A running task is refused (it would come back when it finishes). Nothing at WaveSpeed changes."""
+        record = self._own(visitor, task_id)
+        if record.is_running or record.status == "submitting":
+            raise InputRejected("This task is still rendering: delete it once it has finished or failed.",
+                                task_id=record.task_id)
+        if not self.journal.forget(visitor.owner, record.task_id):
+            raise InputRejected("This task could not be deleted now (it may have just started again); try later.",
+                                task_id=record.task_id)
+        videos.remove_files([Path(path) for path in (record.video_path, record.first_frame) if path])
+        log.info("deleted task %s from its owner's history", record.task_id)
+        if self.is_sandbox:
+            return "Deleted from your history here, with its video and frames. This was the sandbox: nothing was billed."
+        return ("Deleted from your history here, with its video and frames. At WaveSpeed the task and its video "
+                "remain until WaveSpeed's retention ends (about 7 days), and its charge stands.")
+
     def close(self) -> None:
         """Stop background recovery and the embedded sandbox, if one was started."""
         self.recovery.close()
@@ -389,6 +456,28 @@ class Service:
             if (record.task_id, record.key_source, record.api_base) == (prediction.task_id, KeySource.SERVER,
                                                                    self.backend.base_url):
                 self.recovery.adopt(record)  # its follower finds the notice waiting
+
+    def _own(self, visitor: Visitor, task_id: object) -> TaskRecord:
+        """One of the visitor's own tasks; anything else (another owner's, a made-up id) is simply not theirs."""
+        record = self.task(visitor, task_id) if isinstance(task_id, str) and task_id else None
+        if record is None:
+            raise NotYours("Select one of your tasks in your history first.")
+        return record
+
+    def _fill(self, record: TaskRecord, first: Path | None, end: Path | None, *, clear_end_frame: bool,
+              note: str) -> FormFill:
+        """The form's values from the task's settings; odd or missing ones fall back to the model's defaults."""
+        params, spec = record.params, self.spec
+        try:
+            guidance = check_guidance(params.get("guidance_scale"), spec)
+        except InputRejected:
+            guidance = spec.guidance_default
+        try:
+            duration = check_duration(params.get("duration"), spec)
+        except InputRejected:
+            duration = spec.default_duration
+        return FormFill(first, record.prompt, str(params.get("negative_prompt") or ""), guidance, duration, end,
+                        clear_end_frame, note)
 
     def _already_done(self, record: TaskRecord) -> Job:
         done = JobUpdate(Stage.DONE, f"Task {record.task_id} is already in your history.", 0.0,

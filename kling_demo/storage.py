@@ -78,7 +78,7 @@ def partial_file(target: Path) -> Iterator[BinaryIO]:
 def remove_orphan_parts(folder: Path) -> int:
     """Delete `.part` files no live download holds (left by a killed process); returns how many."""
     removed = 0
-    for part in folder.glob(f".*{PART_SUFFIX}"):
+    for part in [*folder.glob(f".*{PART_SUFFIX}"), *folder.glob(f"*/.*{PART_SUFFIX}")]:  # videos have folders
         try:
             removed += _remove_if_orphan(part)
         except OSError as error:

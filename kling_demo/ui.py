@@ -19,7 +19,7 @@ import anyio
 import gradio as gr
 from PIL import Image
 
-from . import media, webhooks, wording
+from . import history_view, media, webhooks, wording
 from .backend import Backend
 from .config import Settings
 from .errors import InputRejected, KlingDemoError
@@ -28,7 +28,7 @@ from .inputs import check_duration, check_guidance, check_prompt, check_task_id
 from .jobs import JobRequest, JobUpdate, Stage, format_seconds
 from .models import DEFAULT_MODEL
 from .progress import Estimate, EstimateSource, ProgressView, Tracker, estimate
-from .service import Job, Service, Visitor
+from .service import FormFill, Job, Service, Visitor
 from .visitors import (OWNER_STORAGE_KEY, OWNER_STORAGE_OBFUSCATION, new_owner_id, resolve_owner, sign_owner,
                        verified_owner, visitor_key)
 
@@ -50,9 +50,6 @@ STAGE_LABELS = {
     Stage.DONE: "Done",
     Stage.FAILED: "Failed",
 }
-STATUS_WORDS = {"completed": "Done", "failed": "Failed", "lost": "Lost", "created": "Queued", "processing": "Rendering",
-                "submitting": "Submitting", "unknown": "Outcome unknown", "cancelled": "Cancelled by WaveSpeed",
-                "timeout": "Timed out at WaveSpeed", "deleted": "Deleted at WaveSpeed"}
 # A character counter under a text box, run in the browser only (no server round trip per keystroke); it
 # appears from 80 % of the field's cap, the model's own limit.
 COUNTER_JS = ("(text) => {{ const n = (text || '').length; return n < {cap} * 0.8 ? '' : "
@@ -126,6 +123,11 @@ EXAMPLES = [
     Example("Rocket launch (10 s)", "rocket.jpg", "The rocket lifts off in a burst of smoke and flame as the "
             "camera tilts up to follow it", duration=10),
 ]
+DELETE_QUESTION = ("**Delete this task from your history?** Its entry, video and frames on this server are deleted, "
+                   "with no undo. At WaveSpeed nothing changes: the task and its video stay until WaveSpeed's "
+                   "retention ends, and its charge stands.")
+DELETE_QUESTION_SANDBOX = ("**Delete this task from your history?** Its entry, video and frames are deleted, with no "
+                           "undo. (Sandbox mode: nothing was billed.)")
 Outputs = tuple[str, str, "str | None"]
 
 
@@ -305,16 +307,8 @@ def launch_options(settings: Settings) -> dict[str, Any]:
 
 
 def history_items(records: list[TaskRecord], placeholder: str) -> list[tuple[str, str]]:
-    """Gallery entries captioned with status, prompt, when and how long: the first frame, or for a
-    task fetched by id the video itself (or a placeholder while it renders)."""
-    items = []
-    for record in records:
-        when = time.strftime("%d %b %H:%M", time.localtime(record.created_at))
-        took = f" · {format_seconds(record.inference_ms / 1000)}" if record.inference_ms else ""
-        prompt = record.prompt or "(fetched by task id)"
-        caption = f"{STATUS_WORDS.get(record.status, record.status)} · {prompt[:60]} · {when}{took}"
-        items.append((record.first_frame or record.video_path or placeholder, caption))
-    return items
+    """Gallery entries: a tile per task whose state shows at a glance (history_view.items)."""
+    return history_view.items(records, Path(placeholder))
 
 
 def pending_picture(folder: Path) -> Path:
@@ -454,24 +448,49 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
 
     @plain_errors()
     def select_history(task_ids: list[str], owner_id: str | None, request: gr.Request,
-                       selection: gr.SelectData) -> tuple[str | None, str]:
-        if selection.index is None or selection.index >= len(task_ids):
-            return None, ""
-        record = service.task(owner_of(owner_id, request), task_ids[selection.index])
+                       selection: gr.SelectData) -> tuple[Any, ...]:
+        """Show the chosen task (only one's own) and enable the buttons that apply to it."""
+        record = None
+        if selection.index is not None and 0 <= selection.index < len(task_ids):
+            record = service.task(owner_of(owner_id, request), task_ids[selection.index])
         if record is None:
-            return None, ""
-        detail = "Never received a task id" if record.is_intent else f"Task `{record.task_id}`"
-        detail += f" · {STATUS_WORDS.get(record.status, record.status)}"
-        if cost := service.cost(record):
-            detail += f" · {cost}"
-        if record.inference_ms:
-            detail += f" · inference {record.inference_ms / 1000:.1f} s"
-        if record.error:
-            detail += f" · {record.error}"
-        if record.is_running:
-            detail += " · still rendering; it will appear here when it finishes."
+            return None, "", "", *history_buttons(None)
         video = record.video_path if record.video_path and Path(record.video_path).exists() else None
-        return video, detail
+        return video, history_view.detail(record, service.cost(record)), record.task_id, *history_buttons(record)
+
+    # -- history: reuse a task's settings, continue from its last frame, delete it (service checks ownership) --
+
+    def history_buttons(record: TaskRecord | None) -> tuple[Any, Any, Any, Any]:
+        """Reuse, Continue and Delete enabled where they apply to `record`; the delete question hidden."""
+        has_video = bool(record and record.video_path and Path(record.video_path).exists())
+        known = bool(record and (record.prompt or not record.params.get("resumed")))
+        ended = bool(record and not record.is_running and record.status != "submitting")
+        return (gr.update(interactive=known), gr.update(interactive=has_video), gr.update(interactive=ended),
+                gr.update(visible=False))
+
+    def form_values(fill: FormFill) -> tuple[Any, ...]:
+        """The form's new values (first frame, prompt, negative prompt, guidance, duration, end frame, Advanced)."""
+        gr.Info(fill.note)
+        end = str(fill.end_frame) if fill.end_frame else (None if fill.clear_end_frame else gr.skip())
+        shown = gr.update(open=True) if fill.negative_prompt or fill.end_frame else gr.skip()  # nothing hidden
+        return (str(fill.first_frame) if fill.first_frame else gr.skip(), fill.prompt, fill.negative_prompt,
+                fill.guidance_scale, fill.duration, end, shown)
+
+    @plain_errors()
+    def reuse_settings(selected: str, owner_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        return form_values(service.reuse(owner_of(owner_id, request), selected))
+
+    @plain_errors()
+    def continue_from_last_frame(selected: str, owner_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        return form_values(service.continue_from(owner_of(owner_id, request), selected))
+
+    @plain_errors()
+    def delete_task(selected: str, owner_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """Delete the selected task here (after the visitor confirmed), then show the history without it."""
+        owner = owner_of(owner_id, request)
+        message = service.delete(owner, selected)
+        return (None, f"**Deleted.** {message}", "", *history_buttons(None),
+                *show_history(owner_id, request))
 
     # -- money: the price beside Generate, what WaveSpeed says of a visitor's key, their spend so far ----------
 
@@ -607,6 +626,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         history_ids = gr.State([])
         history_seen = gr.State("")
         history_ticker = gr.Timer(5.0)
+        history_selected = gr.State("")  # the task id shown in the detail; every action checks it is the owner's
 
         gr.Markdown(f"## {SPEC.title} — one still image in, a 5 or 10 second video out")
         gr.Markdown(backend_banner(service.backend, settings), elem_id="backend-banner")
@@ -662,6 +682,19 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                                          elem_id="history-video")
                 with gr.Column():
                     history_detail = gr.Markdown(elem_id="history-detail")
+                    with gr.Row():
+                        reuse_btn = gr.Button("Reuse these settings", size="sm", interactive=False,
+                                              elem_id="reuse-settings")
+                        continue_btn = gr.Button("Continue from the last frame", size="sm", interactive=False,
+                                                 elem_id="continue-from-last-frame")
+                        delete_btn = gr.Button("Delete…", size="sm", variant="stop", interactive=False,
+                                               elem_id="delete-task")
+                    with gr.Column(visible=False, elem_id="delete-confirm") as delete_confirm:
+                        gr.Markdown(DELETE_QUESTION_SANDBOX if service.is_sandbox else DELETE_QUESTION)
+                        with gr.Row():
+                            confirm_delete_btn = gr.Button("Delete for good", size="sm", variant="stop",
+                                                           elem_id="confirm-delete")
+                            cancel_delete_btn = gr.Button("Keep it", size="sm", elem_id="cancel-delete")
                     refresh_btn = gr.Button("Refresh history", size="sm", elem_id="refresh-history")
                     resume_id = gr.Textbox(label="Resume by task id", placeholder="task id from this app or "
                                            "elsewhere (with your own key)", elem_id="resume-id")
@@ -716,7 +749,9 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         history_ticker.tick(refresh_changed, inputs=[owner_id, history_seen],
                             outputs=[gallery, history_ids, history_seen], queue=False, show_progress="hidden",
                             **private)
-        gallery.select(select_history, inputs=[history_ids, owner_id], outputs=[history_video, history_detail],
+        history_buttons_out = [reuse_btn, continue_btn, delete_btn, delete_confirm]
+        gallery.select(select_history, inputs=[history_ids, owner_id],
+                       outputs=[history_video, history_detail, history_selected, *history_buttons_out],
                        queue=False, **private)
         # Added last, so the events above keep their numbers.
         demo.load(show_budget, inputs=typed_key, outputs=budget, queue=False, **private)
@@ -796,6 +831,17 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         api_trigger.click(resume, inputs=[resume_id, owner_id, typed_key, from_page],
                           outputs=[api_status, api_task_id, api_video], api_name="resume", concurrency_id="jobs",
                           concurrency_limit=settings.concurrency)
+
+        # History actions (added after the events above, so their numbers stay): the service checks ownership.
+        form = [image, prompt, negative, guidance, duration, end_image, advanced]
+        reuse_btn.click(reuse_settings, inputs=[history_selected, owner_id], outputs=form, queue=False, **private)
+        continue_btn.click(continue_from_last_frame, inputs=[history_selected, owner_id], outputs=form,
+                           queue=False, **private)
+        delete_btn.click(lambda: gr.update(visible=True), outputs=delete_confirm, queue=False, **private)
+        cancel_delete_btn.click(lambda: gr.update(visible=False), outputs=delete_confirm, queue=False, **private)
+        confirm_delete_btn.click(delete_task, inputs=[history_selected, owner_id],
+                                 outputs=[history_video, history_detail, history_selected, *history_buttons_out,
+                                          gallery, history_ids], queue=False, **private)
 
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
     if service.webhooks is not None:
@@ -904,6 +950,6 @@ def recent_task_choices(tasks: list[Prediction]) -> list[tuple[str, str]]:
         when = time.strftime("%d %b %H:%M", time.localtime(epoch)) if epoch is not None else "time unknown"
         prompt = str(task.inputs.get("prompt") or "").strip()
         about = f" · “{prompt[:50]}{'…' if len(prompt) > 50 else ''}”" if prompt else ""
-        status = STATUS_WORDS.get(task.status.value, task.status.value)
+        status = history_view.STATUS_WORDS.get(task.status.value, task.status.value)
         choices.append((f"{status} · {when}{about} · task {task.task_id}", task.task_id))
     return choices

@@ -45,7 +45,7 @@ def test_generate_streams_statuses_then_the_video(app_url, make_image, tmp_path)
     assert probe_video(video).duration_seconds == pytest.approx(5.0)
     assert sandbox.stats()["submissions"] == 1
     # The page serves the downloaded file in place: Gradio made no copy of it in its cache.
-    (kept,) = (tmp_path / "data" / "videos").glob("*.mp4")
+    (kept,) = (tmp_path / "data" / "videos").rglob("*.mp4")
     assert list(Path(get_upload_folder()).rglob(kept.name)) == []
 
 

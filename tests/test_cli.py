@@ -58,7 +58,8 @@ def test_generate_writes_the_video_to_out_and_prints_only_its_path(make_sandbox,
     info = probe_video(out)
     assert info.duration_seconds == pytest.approx(5)
     assert info.width / info.height == pytest.approx(960 / 540, rel=0.01)
-    assert not list((tmp_path / "data" / "videos").glob("*.mp4"))  # moved, not copied
+    assert not list((tmp_path / "data" / "videos").rglob("*.mp4"))  # moved, not copied
+    assert [path for path in (tmp_path / "data" / "videos").iterdir() if path.is_dir()] == []  # nor its folder
 
     task_id = _only_task_id(sandbox)
     stages = [line.split()[2] for line in result.stderr.splitlines() if line.startswith("[")]
@@ -74,7 +75,8 @@ def test_without_a_key_the_embedded_sandbox_renders_a_ten_second_video(make_imag
                      api_key=None, KLING_DEMO_SANDBOX_SECONDS="1")
 
     video = only_path(result)
-    assert video.parent == (tmp_path / "data" / "videos").resolve()  # default: left in the videos dir
+    assert video.parent.parent == (tmp_path / "data" / "videos").resolve()  # default: left in the videos dir
+    assert video.name.endswith("_a-slow-pan.mp4")  # in its own folder, named for what it is
     assert probe_video(video).duration_seconds == pytest.approx(10)
     assert "sandbox" in result.stderr.lower() and "no ai" in result.stderr.lower()
     assert "done" in result.stderr

@@ -1,0 +1,158 @@
+"""How a visitor's history looks: a tile per task whose state shows at a glance, and the detail of one task.
+
+The gallery shows a task's first frame, so a failed or running task gets a copy of it with a tinted band that
+names its state (made once, kept beside the first frame); its caption starts with the same symbol.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+import time
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from . import storage
+from .jobs import format_seconds
+from .journal import OUTCOME_UNKNOWN, SUBMITTING, TaskRecord
+from .models import TaskStatus
+
+log = logging.getLogger(__name__)
+
+TILE_SIDE = 320
+
+
+class TileState(str, enum.Enum):
+    """What a tile tells at a glance."""
+
+    DONE = "done"
+    RENDERING = "rendering"
+    FAILED = "failed"
+    UNKNOWN = "unknown"  # the submit answer never arrived: a task may exist (and be billed)
+
+
+# Text symbols most fonts have (DejaVu, Segoe UI Symbol, Apple Symbols): emoji are tofu without an emoji font.
+SYMBOLS = {TileState.DONE: "✓", TileState.RENDERING: "⟳", TileState.FAILED: "✕", TileState.UNKNOWN: "⚠"}
+BAND_COLOURS = {TileState.RENDERING: (37, 99, 235), TileState.FAILED: (200, 30, 30),
+                TileState.UNKNOWN: (217, 119, 6)}
+STATUS_WORDS = {"completed": "Done", "failed": "Failed", "lost": "Lost", "created": "Queued",
+                "processing": "Rendering", SUBMITTING: "Submitting", OUTCOME_UNKNOWN: "Outcome unknown",
+                "cancelled": "Cancelled by WaveSpeed", "timeout": "Timed out at WaveSpeed",
+                "deleted": "Deleted at WaveSpeed"}
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+
+
+def tile_state(record: TaskRecord) -> TileState:
+    if record.status == TaskStatus.COMPLETED:
+        return TileState.DONE
+    if record.is_running or record.status == SUBMITTING:
+        return TileState.RENDERING
+    if record.status == OUTCOME_UNKNOWN:
+        return TileState.UNKNOWN
+    return TileState.FAILED
+
+
+def status_words(record: TaskRecord) -> str:
+    return STATUS_WORDS.get(record.status, record.status.capitalize() or "Unknown")
+
+
+def caption(record: TaskRecord) -> str:
+    """`✓ Done · <prompt> · 27 Nov 14:03 · 41s`: state first, so it reads at a glance."""
+    when = time.strftime("%d %b %H:%M", time.localtime(record.created_at))
+    took = f" · {format_seconds(record.inference_ms / 1000)}" if record.inference_ms else ""
+    prompt = record.prompt or "(fetched by task id)"
+    return f"{SYMBOLS[tile_state(record)]} {status_words(record)} · {prompt[:60]} · {when}{took}"
+
+
+def items(records: list[TaskRecord], placeholder: Path) -> list[tuple[str, str]]:
+    """Gallery entries: the first frame (badged unless done), or for a task fetched by id its video (or the
+    placeholder, badged, while it renders or after it failed)."""
+    entries = []
+    for record in records:
+        state = tile_state(record)
+        if record.first_frame and Path(record.first_frame).exists():
+            picture = str(badged(Path(record.first_frame), state, status_words(record)))
+        elif state is TileState.DONE and record.video_path:
+            picture = record.video_path
+        else:
+            picture = str(badged(placeholder, state, status_words(record)))
+        entries.append((picture, caption(record)))
+    return entries
+
+
+def badged(picture: Path, state: TileState, words: str) -> Path:
+    """`picture` for a done task; otherwise a small copy with a band naming the state (cached beside it)."""
+    if state is TileState.DONE:
+        return picture
+    target = picture.with_name(f"{picture.stem}.{state.value}.jpg")
+    if target.exists():
+        return target
+    try:
+        with Image.open(picture) as source:
+            tile = ImageOps.exif_transpose(source).convert("RGB")
+        tile.thumbnail((TILE_SIDE, TILE_SIDE))
+        tile = _draw_band(tile, state, words)
+        with storage.partial_file(target) as out:
+            tile.save(out, "JPEG", quality=85)
+    except OSError as error:  # a tile is a nicety: the plain picture still shows
+        log.info("history: could not make the %s tile of %s (%s)", state.value, picture.name, type(error).__name__)
+        return picture
+    return target
+
+
+def _draw_band(tile: Image.Image, state: TileState, words: str) -> Image.Image:
+    """Fade the picture (grey for ended ones) and lay a coloured band with the state's word along its foot."""
+    base = ImageOps.grayscale(tile).convert("RGB") if state is not TileState.RENDERING else tile
+    faded = Image.blend(base, Image.new("RGB", tile.size, (255, 255, 255)), 0.45)
+    band_height = max(18, tile.height // 5)
+    draw = ImageDraw.Draw(faded)
+    draw.rectangle((0, tile.height - band_height, tile.width, tile.height), fill=BAND_COLOURS[state])
+    font = ImageFont.load_default(size=int(band_height * 0.6))
+    label = {TileState.RENDERING: "Rendering…", TileState.UNKNOWN: "Outcome unknown"}.get(state, words)
+    draw.text((8, tile.height - band_height / 2), label, fill=(255, 255, 255), font=font, anchor="lm")
+    return faded
+
+
+def detail(record: TaskRecord, cost: str = "") -> str:
+    """The selected task in full: state, settings, render time, cost, task id and what went wrong."""
+    params = record.params
+    lines = [f"**{SYMBOLS[tile_state(record)]} {status_words(record)}** · "
+             f"{time.strftime('%d %b %Y %H:%M', time.localtime(record.created_at))}{_times(record)}"]
+    if params.get("resumed") and not record.prompt:
+        lines.append("Fetched by its task id: its settings were made elsewhere and are not known here.")
+    else:
+        lines.append(f"**Prompt:** {escape(record.prompt) or '—'}")
+        lines.append(f"**Negative prompt:** {escape(str(params.get('negative_prompt') or '')) or '—'}")
+    settings = []
+    if params.get("guidance_scale") is not None:
+        settings.append(f"**Guidance:** {escape(str(params['guidance_scale']))}")
+    if record.duration:
+        settings.append(f"**Duration:** {record.duration} s")
+    if "end_image" in params:
+        settings.append(f"**End frame:** {'yes' if params['end_image'] else 'no'}")
+    if settings:
+        lines.append(" · ".join(settings))
+    if cost:
+        lines.append(f"**Cost:** {cost}")
+    lines.append("**Task id:** never received from WaveSpeed" if record.is_intent else f"**Task id:** `{record.task_id}`")
+    if record.error:
+        lines.append(escape(record.error))
+    if record.is_running:
+        lines.append("Still rendering; the video appears here when it finishes.")
+    return "\n\n".join(lines)
+
+
+def escape(text: str) -> str:
+    """Visitor text shown literally in Markdown, on one line."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", " ".join(text.split()))
+
+
+def _times(record: TaskRecord) -> str:
+    parts = []
+    if record.inference_ms:
+        parts.append(f"rendered in {record.inference_ms / 1000:.1f} s at WaveSpeed")
+    if record.finished_at and record.status == TaskStatus.COMPLETED:
+        parts.append(f"ready after {format_seconds(record.finished_at - record.created_at)}")
+    return "".join(f" · {part}" for part in parts)

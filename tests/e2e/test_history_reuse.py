@@ -1,0 +1,79 @@
+"""Building on the history in a real Chromium: reuse a task's settings, continue from its last frame, delete it.
+
+The app runs as `python app.py` on its embedded sandbox (see conftest.py); nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from kling_demo.visitors import OWNER_STORAGE_KEY
+from tests.e2e.test_browser import expect, fill_in, task_id_box, wait_for_playing_video
+
+
+def select_tile(page: Any, prompt: str) -> None:
+    """Click the newest history tile of `prompt` and wait for its detail."""
+    page.locator("#history").get_by_text(prompt).first.click()
+    expect(page.locator("#history-detail")).to_contain_text(prompt)
+
+
+def render(page: Any, pictures: dict, prompt: str, *, negative: str = "", end_frame: bool = False) -> str:
+    fill_in(page, pictures["first_frame"], prompt)
+    if negative or end_frame:
+        page.locator("#advanced").get_by_text("Advanced").click()
+        page.fill("#negative-prompt textarea", negative)
+        if end_frame:
+            page.set_input_files("#end-frame input[type=file]", str(pictures["end_frame"]))
+            expect(page.locator("#end-frame img")).to_be_visible()
+    page.click("#generate")
+    wait_for_playing_video(page)
+    return task_id_box(page).input_value()
+
+
+def test_reuse_and_continue_fill_the_form_and_the_continued_frame_generates(page, pictures):
+    prompt = "Fireflies rise over the reeds"
+    task_id = render(page, pictures, prompt, negative="rain", end_frame=True)
+
+    page.reload()  # an empty form; the history stays
+    select_tile(page, prompt)
+    detail = page.locator("#history-detail")
+    for words in ("Negative prompt:** rain", "End frame:** yes", "Duration:** 5 s", task_id):
+        expect(detail).to_contain_text(words.replace("**", ""))
+
+    page.click("#reuse-settings")
+    expect(page.locator("#prompt textarea")).to_have_value(prompt)
+    expect(page.locator("#negative-prompt textarea")).to_have_value("rain")
+    expect(page.locator("#negative-prompt textarea")).to_be_visible()  # nothing hidden: Advanced opens
+    expect(page.locator("#first-frame img")).to_be_visible()
+    expect(page.locator("#end-frame img")).to_be_visible()
+
+    page.fill("#prompt textarea", "")
+    page.click("#continue-from-last-frame")
+    expect(page.locator("#prompt textarea")).to_have_value(prompt)
+    expect(page.locator("#first-frame img")).to_have_attribute("src", _contains("last-frame"))
+    expect(page.locator("#end-frame img")).to_have_count(0)  # the old end frame is the new start: cleared
+    # The last frame is a first frame like any other: it generates.
+    page.click("#generate")
+    wait_for_playing_video(page)
+    assert task_id_box(page).input_value() not in ("", task_id)
+
+
+def test_delete_removes_the_tile_and_says_what_stays_at_wavespeed(page, pictures):
+    prompt = "A heron lifts off the water"
+    render(page, pictures, prompt)
+    select_tile(page, prompt)
+
+    page.click("#delete-task")
+    expect(page.locator("#delete-confirm")).to_contain_text("no undo")
+    page.click("#confirm-delete")
+    expect(page.locator("#history-detail")).to_contain_text("Deleted")
+    expect(page.locator("#history")).not_to_contain_text(prompt)
+    expect(page.locator("#delete-confirm")).to_be_hidden()
+    page.reload()  # the load event answers with the owner id and the history together
+    page.wait_for_function("key => localStorage.getItem(key)", arg=OWNER_STORAGE_KEY, timeout=30_000)
+    expect(page.locator("#history")).not_to_contain_text(prompt)
+
+
+def _contains(text: str) -> re.Pattern[str]:
+    return re.compile(re.escape(text))
