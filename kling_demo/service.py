@@ -24,6 +24,7 @@ from .jobs import Followers, JobContext, JobRequest, JobUpdate, Stage
 from .journal import Journal, TaskRecord
 from .models import DEFAULT_MODEL, KeySource, ModelSpec
 from .notices import Notices
+from .poller import Poller
 from .polling import InferenceHistory
 from .recovery import Recovery
 from .visitors import JobSlots
@@ -123,6 +124,7 @@ class Service:
         self.slots = JobSlots()
         # Webhooks, when the app knows its public URL and the secret: a verified one wakes the task's follower.
         self.notices = Notices()
+        self.poller = Poller()  # polls every running task on its schedule; jobs subscribe to their task
         self.webhooks = Receiver(settings.webhook_secret, self._pushed) \
             if settings.webhook_url and settings.webhook_secret else None
         self.budgets = Budgets(Ledger(self.journal.path), Limits(settings.visitor_budget_usd, settings.daily_budget_usd,
@@ -159,7 +161,8 @@ class Service:
                           min_free_bytes=self.settings.min_free_bytes, followers=self.followers,
                           webhook_url=self.settings.webhook_url if pushed else None,
                           notices=self.notices if pushed else None,
-                          slots=self.api_slots, slot_key=slot_key(api_key or self.backend.api_key))
+                          slots=self.api_slots, slot_key=slot_key(api_key or self.backend.api_key),
+                          poller=self.poller)
 
     # -- what front ends ask for ---------------------------------------------------------------------------
 
@@ -219,8 +222,9 @@ class Service:
         self.journal.set_video_path(visitor.owner, task_id, str(video_path))
 
     def close(self) -> None:
-        """Stop background recovery and the embedded sandbox, if one was started."""
+        """Stop background recovery, the poller and the embedded sandbox, if one was started."""
         self.recovery.close()
+        self.poller.close()
         self.backend.close()
 
     # -- rules ------------------------------------------------------------------------------------------------
@@ -240,7 +244,10 @@ class Service:
         if not prediction.is_final:
             return
         log.info("webhook: task %s ended (%s)", prediction.task_id, prediction.status)
-        if self.notices.deliver(prediction) or not self.background:
+        if self.poller.deliver(prediction):
+            return
+        self.notices.deliver(prediction)  # kept a while for a follower that starts later
+        if not self.background:
             return
         for record in self.journal.running():
             if (record.task_id, record.key_source, record.api_base) == (prediction.task_id, KeySource.SERVER,

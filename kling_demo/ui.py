@@ -448,6 +448,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     if service.webhooks is not None:
         serve_beside(demo, webhooks.route(service.webhooks))
     hold_queue_limit(demo)
+    run_more_than_forty(demo, settings.concurrency)
     demo.service = service  # type: ignore[attr-defined]  # tests reach the journal and the sandbox through it
     demo.backend = service.backend  # type: ignore[attr-defined]
     stock_close = demo.close
@@ -496,6 +497,24 @@ def hold_queue_limit(demo: gr.Blocks) -> None:
             return await push(*args, **kwargs)
 
     queue.push = push_in_turn  # type: ignore[method-assign]
+
+
+def run_more_than_forty(demo: gr.Blocks, events: int) -> None:
+    """Let Gradio's queue run `events` events at once, not the 40 it allows by default whatever their limits.
+
+    Gradio 6.31's queue has `max_threads` (40) worker slots in all, and an async event holds one for its whole
+    life, so job 41 waited for a whole render before it was even submitted ("waves of 40"). The slots are
+    sized when the queue starts, from `launch(max_threads=…)`, which a Space calling `demo.launch()` leaves at
+    40: the instance's queue start is wrapped instead. Threads stay as they were (`max_threads` also sizes
+    Gradio's thread limiter; only the queue's slot list grows)."""
+    queue = demo._queue
+    start = queue.start
+
+    def start_with_room() -> None:
+        queue.max_thread_count = max(queue.max_thread_count, events)
+        start()
+
+    queue.start = start_with_room  # type: ignore[method-assign]
 
 
 async def stream(job: Job) -> AsyncIterator[Outputs]:
