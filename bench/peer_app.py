@@ -1,7 +1,8 @@
 """The peer for bench/scale.py: a plain Gradio app whose handler calls the official `wavespeed` SDK's `run()`.
 
 This is how typical image-to-video Spaces are written: upload, `run()` (which polls every second in the
-handler's worker thread until the task ends), hand the output URL to a gr.Video (Gradio downloads it).
+handler's worker thread until the task ends), download the video, hand the file to a gr.Video. (Handing
+Gradio the URL does not work here: its SSRF guard refuses the sandbox's loopback address.)
 Served like app.py (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT); WAVESPEED_BASE_URL points the SDK at the
 sandbox; PEER_CONCURRENCY=unlimited lifts Gradio's default of one job at a time per event.
 """
@@ -9,6 +10,9 @@ sandbox; PEER_CONCURRENCY=unlimited lifts Gradio's default of one job at a time 
 from __future__ import annotations
 
 import os
+import tempfile
+
+import requests
 
 import gradio as gr
 import wavespeed
@@ -20,13 +24,16 @@ wavespeed_config.api.base_url = os.environ.get("WAVESPEED_BASE_URL", wavespeed_c
 
 def generate(image: str, prompt: str, negative_prompt: str = "", guidance_scale: float = 0.5,
              duration: int = 5) -> tuple[str, str]:
-    """Upload the frame, run the model to its end, return (task id, video URL)."""
+    """Upload the frame, run the model to its end, download the video; return (task id, video file)."""
     payload = {"image": wavespeed.upload(image), "prompt": prompt, "guidance_scale": guidance_scale,
                "duration": int(duration)}
     if negative_prompt:
         payload["negative_prompt"] = negative_prompt
-    video = wavespeed.run(MODEL, payload)["outputs"][0]
-    return video.rsplit("/", 1)[-1].removesuffix(".mp4"), video
+    url = wavespeed.run(MODEL, payload)["outputs"][0]
+    with requests.get(url, timeout=60) as answer, tempfile.NamedTemporaryFile(suffix=".mp4", delete=False) as video:
+        answer.raise_for_status()
+        video.write(answer.content)
+    return url.rsplit("/", 1)[-1].removesuffix(".mp4"), video.name
 
 
 unlimited = os.environ.get("PEER_CONCURRENCY") == "unlimited"

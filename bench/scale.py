@@ -231,7 +231,7 @@ def main() -> int:
     parser.add_argument("--inference-seconds", type=float, default=30.0, help="sandbox render time per task")
     parser.add_argument("--duration", type=int, default=5, help="video length asked for")
     parser.add_argument("--apps", default="ours,peer,peer-unlimited", help="which apps to run, side by side")
-    parser.add_argument("--peer-max", type=int, default=64,
+    parser.add_argument("--peer-max", type=int, default=1,
                         help="largest level for the peer at Gradio's default concurrency (it runs jobs one by one)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="per job, seconds")
     parser.add_argument("--image-size", default="1280x720", help="job image, WxH")
