@@ -251,6 +251,7 @@ def main() -> int:
     processes: list[Served] = []
     try:
         sandbox = start_sandbox_process("--inference-seconds", str(args.inference_seconds), "--log-level", "WARNING",
+                                        "--balance", "1000000",  # the default balance runs out near 700 jobs
                                         log_path=work / "sandbox.log")
         processes.append(sandbox)
         served = start_apps(names, sandbox.url, work, max(args.levels),
