@@ -8,7 +8,9 @@ raises `SubmissionOutcomeUnknown` instead of paying twice.
 
 from __future__ import annotations
 
+import copy
 import errno
+import hashlib
 import logging
 import random
 import socket
@@ -241,6 +243,18 @@ class WaveSpeedClient:
 
     def close(self) -> None:
         self.session.close()
+
+    @property
+    def account(self) -> tuple[str, str]:
+        """(base URL, a one-way name of the key): which clients may share connections, never the key itself."""
+        return self.base_url, hashlib.sha256(self._api_key.encode()).hexdigest()[:16]
+
+    def clone(self) -> "WaveSpeedClient":
+        """The same account and timeouts on connections of its own (the poller's, shared by the key's tasks)."""
+        twin = copy.copy(self)
+        twin.session = requests.Session()
+        twin.session.headers.update(self.session.headers)
+        return twin
 
     def __enter__(self) -> "WaveSpeedClient":
         return self

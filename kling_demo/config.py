@@ -110,9 +110,9 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: default_data_dir(os.environ))
     max_download_bytes: int = 500 * 1024 * 1024
     min_free_mb: float = float(DEFAULT_MIN_FREE_MB)  # below this free space in the data dir, new jobs are refused
-    concurrency: int = 32
+    concurrency: int = 1024  # a waiting job is a coroutine and a poll schedule entry, not a thread
     api_concurrency: int = 3  # tasks one WaveSpeed key runs at once (its account level; Bronze is 3)
-    max_queue: int = 64
+    max_queue: int = 1024
     sandbox_inference_seconds: float = 6.0
     secret: str | None = field(default=None, repr=False)  # signs each browser's owner id
     retention_days: float | None = None

@@ -1,9 +1,10 @@
 """One generation job, start to finish: prepare → upload → submit → poll → download.
 
 `generate()` is the one place that knows the order of steps. It yields a `JobUpdate` at
-every step and never sleeps longer than it must: each update says when the next poll is
-due (`wait_seconds`), so an async caller can wait without holding a thread, while a plain
-`for` loop still works because the generator sleeps off whatever is left.
+every step and never sleeps longer than it must: each update says how long to wait
+(`wait_seconds`) and, once submitted, what ends the wait early (`wake`, its subscription to
+the service's one poller, which polls every task), so an async caller waits without holding
+a thread, while a plain `for` loop still works because the generator sleeps off what is left.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ from .errors import (
 from .inputs import check_duration, check_guidance, check_prompt, check_task_id
 from .journal import OUTCOME_UNKNOWN, Journal, is_intent_id, positive_int
 from .models import DEFAULT_MODEL, KeySource, ModelSpec, TaskStatus
-from .notices import SAFETY_NET_SECONDS, Notice, Notices
-from .polling import InferenceHistory, next_poll_delay, retry_delay
+from .notices import Bell, Notices
+from .poller import Poller
+from .polling import MIN_INTERVAL, InferenceHistory, retry_delay
 from .prices import PriceGuard, money, quoted_cost
 
 log = logging.getLogger(__name__)
@@ -87,8 +89,9 @@ class JobUpdate:
     nsfw: bool | None = None
     changes: tuple[str, ...] = ()
     place: int | None = None  # while waiting in the app for a slot: 1 is next
-    # Set while a webhook may end the wait early: an async caller awaits `wake.wait_async(wait_seconds)`.
-    wake: Notice | None = field(default=None, compare=False, repr=False)
+    # Set while the poller or a webhook may end the wait early: an async caller awaits
+    # `wake.wait_async(wait_seconds)` (a `poller.Subscription`), holding no thread.
+    wake: Bell | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_final(self) -> bool:
@@ -141,6 +144,8 @@ class JobContext:
     spend_guard: SpendGuard | None = None
     # Live mode: quotes the price (kept with the task) and refuses when the paying key's balance is below it.
     price_guard: PriceGuard | None = None
+    # The service's one poller for all running tasks; None: the job starts one of its own.
+    poller: Poller | None = None
 
 
 def format_seconds(seconds: float) -> str:
@@ -472,26 +477,27 @@ def _fill_duration(ctx: JobContext, task_id: str, duration: int | None) -> None:
 
 
 def _follow(prediction: Prediction, duration: int | None, ctx: JobContext, started: float) -> Iterator[JobUpdate]:
-    """Poll a claimed task until it ends, then download its video, keeping the journal up to date."""
+    """Follow a claimed task through the shared poller until it ends, then download its video."""
     task_id = prediction.task_id
-    notice = ctx.notices.watch(task_id) if ctx.notices is not None else None
+    own_poller = ctx.poller is None  # a context without a service (tests, scripts): a poller for this job alone
+    poller = Poller() if own_poller else ctx.poller
     try:
-        yield from _poll_and_download(prediction, duration, ctx, started, notice)
+        yield from _wait_and_download(prediction, duration, ctx, started, poller)
     except TaskFailed as failure:
         if ctx.journal is not None:
             ctx.journal.fail(ctx.owner, task_id, failure.message, status=failure.status)
         raise
     finally:
-        if ctx.notices is not None:
-            ctx.notices.forget(task_id)
+        if own_poller:
+            poller.close()
         ctx.followers.release(task_id)
 
 
-def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobContext,
-                       started: float, notice: Notice | None = None) -> Iterator[JobUpdate]:
-    """Wait for the task to end, then download. With a `notice` (webhooks on) it is polled once soon after
-    submission, then only every SAFETY_NET_SECONDS: the webhook ends the wait, in a thread or on the loop."""
-    task_id, spec, journal = prediction.task_id, ctx.spec, ctx.journal
+def _wait_and_download(prediction: Prediction, duration: int | None, ctx: JobContext, started: float,
+                       poller: Poller) -> Iterator[JobUpdate]:
+    """Wait for the poller (or a webhook) to see the task end, then download. Each update carries the
+    subscription as `wake`: an async caller awaits it off any thread; a plain loop blocks on it here."""
+    task_id, spec = prediction.task_id, ctx.spec
 
     def update(stage: Stage, message: str, **extra: object) -> JobUpdate:
         return JobUpdate(stage, message, ctx.clock() - started, task_id=task_id, **extra)  # type: ignore[arg-type]
@@ -500,38 +506,48 @@ def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
     deadline_at = submitted_at + ctx.deadline_seconds
     expected = ctx.history.expected(spec.model_id, duration) if duration else None
     hint = f" Renders like this usually take about {format_seconds(expected)}." if expected else ""
-    wait = next_poll_delay(0.0, expected)
-    next_poll_at = ctx.clock() + wait
-    yield update(Stage.SUBMITTED, f"Submitted as task {task_id}. Waiting for WaveSpeed to start…{hint}",
-                 wait_seconds=wait, wake=notice)
-
-    while not prediction.is_final:
-        _sleep_until(ctx, next_poll_at, task_id, notice)
-        if notice is not None and notice.prediction is not None:
-            prediction = notice.prediction  # pushed and signed: no poll needed
-            break
-        running = ctx.clock() - submitted_at
-        if running > ctx.deadline_seconds:
-            raise TaskTimedOut(
-                f"Gave up waiting after {format_seconds(running)} (the limit is "
-                f"{format_seconds(ctx.deadline_seconds)}). The task may still finish and be billed. "
-                + _not_lost(ctx, task_id), task_id=task_id)
-        previous_status = prediction.status
-        prediction = yield from _patiently(lambda: ctx.client.result(task_id, attempts=1), ctx, task_id,
-                                           Stage.PROCESSING, started, deadline_at)
-        if prediction.is_final:
-            break  # the journal says "completed" only once the video is safely on disk
-        if journal is not None and prediction.status != previous_status:
-            journal.set_status(ctx.owner, task_id, prediction.status)
-        running = ctx.clock() - submitted_at
-        wait = next_poll_delay(running, expected) if notice is None else SAFETY_NET_SECONDS
-        next_poll_at = ctx.clock() + wait
-        if TaskStatus.parse(prediction.status) is TaskStatus.CREATED:
-            stage, state = Stage.QUEUED, _queued_words(ctx)
-        else:
-            stage, state = Stage.PROCESSING, "WaveSpeed is rendering your video"
-        yield update(stage, f"{state}… {format_seconds(running)} so far.{hint}", wait_seconds=wait,
-                     wake=notice)
+    with poller.follow(prediction, ctx.client, expected=expected, notices=ctx.notices, journal=ctx.journal,
+                       owner=ctx.owner) as task:
+        wait = max(MIN_INTERVAL, poller.next_poll_in(task))
+        due = ctx.clock() + wait  # a caller that waited already (the page, on its loop) finds nothing left
+        yield update(Stage.SUBMITTED, f"Submitted as task {task_id}. Waiting for WaveSpeed to start…{hint}",
+                     wait_seconds=wait, wake=task)
+        while True:
+            _sleep_until(ctx, due, task_id, task)
+            state = task.state
+            if state.error is not None:
+                raise state.error
+            if state.prediction.is_final:
+                prediction = state.prediction
+                break
+            now = ctx.clock()
+            running = now - submitted_at
+            if state.failures:
+                if now >= deadline_at:
+                    log.warning("task %s: gave up after WaveSpeed failed %d times in a row (%s) and the deadline "
+                                "passed", task_id, state.failures, state.outage_reason)
+                    raise ServiceUnavailable(
+                        f"WaveSpeed has not answered for {format_seconds(now - state.outage_since)} "
+                        f"({state.outage_reason}) and this job's time limit of {format_seconds(ctx.deadline_seconds)} "
+                        "is up. " + _not_lost(ctx, task_id), task_id=task_id, reason=state.outage_reason)
+                wait = min(max(MIN_INTERVAL, poller.next_poll_in(task)), max(MIN_INTERVAL, deadline_at - now))
+                due = now + wait
+                yield update(Stage.PROCESSING, f"WaveSpeed is not answering ({state.outage_reason}); still waiting "
+                                               f"for task {task_id}, retrying in {max(1, round(wait))} s. Nothing "
+                                               "needs to be submitted again.", wait_seconds=wait, wake=task)
+                continue
+            if running > ctx.deadline_seconds:
+                raise TaskTimedOut(
+                    f"Gave up waiting after {format_seconds(running)} (the limit is "
+                    f"{format_seconds(ctx.deadline_seconds)}). The task may still finish and be billed. "
+                    + _not_lost(ctx, task_id), task_id=task_id)
+            wait = max(MIN_INTERVAL, poller.next_poll_in(task))
+            due = now + wait
+            if TaskStatus.parse(state.prediction.status) is TaskStatus.CREATED:
+                stage, words = Stage.QUEUED, _queued_words(ctx)
+            else:
+                stage, words = Stage.PROCESSING, "WaveSpeed is rendering your video"
+            yield update(stage, f"{words}… {format_seconds(running)} so far.{hint}", wait_seconds=wait, wake=task)
 
     ctx.slots.finish(task_id)  # final at WaveSpeed: the key's slot is free for the next job
     if prediction.status != TaskStatus.COMPLETED or not prediction.outputs:
@@ -543,9 +559,10 @@ def _poll_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
     video_path = yield from _patiently(
         lambda: ctx.client.download(output_url, ctx.videos_dir, max_bytes=ctx.max_download_bytes, attempts=1),
         ctx, task_id, Stage.DOWNLOADING, started, deadline_at)
-    video_path = videos.label(video_path, task_id, spec.model_id, journal.get(ctx.owner, task_id) if journal else None)
-    if journal is not None:
-        journal.complete(ctx.owner, task_id, video_path=str(video_path), inference_ms=prediction.inference_ms)
+    video_path = videos.label(video_path, task_id, ctx.spec.model_id,
+                              ctx.journal.get(ctx.owner, task_id) if ctx.journal else None)
+    if ctx.journal is not None:
+        ctx.journal.complete(ctx.owner, task_id, video_path=str(video_path), inference_ms=prediction.inference_ms)
     yield update(Stage.DONE, _done_message(prediction, ctx.clock() - started, _cost(ctx, task_id)), video_path=video_path,
                  inference_ms=prediction.inference_ms, nsfw=_nsfw(prediction))
 
@@ -649,9 +666,9 @@ def _stopped_message(task_id: str | None) -> str:
     return "Stopped before anything was submitted; nothing was billed."
 
 
-def _sleep_until(ctx: JobContext, due: float, task_id: str | None, notice: Notice | None = None) -> None:
-    """Sleep until `due` on ctx.clock, waking at once if the visitor presses Stop (or, given a notice, when
-    the task's webhook arrives)."""
+def _sleep_until(ctx: JobContext, due: float, task_id: str | None, notice: Bell | None = None) -> None:
+    """Sleep until `due` on ctx.clock, waking at once if the visitor presses Stop (or, given a bell, when
+    it rings: the task changed)."""
     remaining = due - ctx.clock()
     if notice is not None:
         if remaining > 0:

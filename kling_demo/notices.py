@@ -20,26 +20,23 @@ STOP_CHECK_SECONDS = 0.25  # how soon a thread waiting on a notice sees Stop
 MAX_UNCLAIMED = 256  # notices for tasks nobody here follows yet, kept for a follower that starts later
 
 
-class Notice:
-    """One task's final state, pushed by a webhook: set once, awaited by a thread or a coroutine."""
+class Bell:
+    """Rung from any thread; wakes a thread blocked in `wait` and every coroutine in `wait_async` at once.
+
+    It stays rung until `clear()`, so a ring between two waits is never missed."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._arrived = threading.Event()
+        self._rung = threading.Event()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-        self.prediction: Prediction | None = None
 
     @property
     def is_set(self) -> bool:
-        return self._arrived.is_set()
+        return self._rung.is_set()
 
-    def set(self, prediction: Prediction) -> None:
-        """Record the final prediction and wake every waiter (callable from any thread); the first one wins."""
+    def ring(self) -> None:
         with self._lock:
-            if self._arrived.is_set():
-                return
-            self.prediction = prediction
-            self._arrived.set()
+            self._rung.set()
             waiters, self._waiters = self._waiters, []
         for loop, event in waiters:
             try:
@@ -47,35 +44,54 @@ class Notice:
             except RuntimeError:  # that page's event loop has closed: nobody is left to wake
                 pass
 
+    def clear(self) -> None:
+        self._rung.clear()
+
     def wait(self, timeout: float, stop: threading.Event | None = None) -> bool:
-        """Block up to `timeout` seconds for the notice; True once it is set. Returns early when `stop` is set."""
+        """Block up to `timeout` seconds for a ring; True once rung. Returns early when `stop` is set."""
         remaining = timeout
         while remaining > 0:
             step = min(remaining, STOP_CHECK_SECONDS) if stop is not None else remaining
-            if self._arrived.wait(step):
+            if self._rung.wait(step):
                 return True
             if stop is not None and stop.is_set():
                 return False
             remaining -= step
-        return self._arrived.is_set()
+        return self._rung.is_set()
 
     async def wait_async(self, timeout: float) -> bool:
-        """Wait on the running event loop, holding no thread, up to `timeout` seconds; True once it is set."""
+        """Wait on the running event loop, holding no thread, up to `timeout` seconds; True once rung."""
         event = asyncio.Event()
         entry = (asyncio.get_running_loop(), event)
         with self._lock:
-            if self._arrived.is_set():
+            if self._rung.is_set():
                 return True
             self._waiters.append(entry)
         try:
             await asyncio.wait_for(event.wait(), max(0.0, timeout))
             return True
         except asyncio.TimeoutError:
-            return self._arrived.is_set()
+            return self._rung.is_set()
         finally:
             with self._lock:
                 if entry in self._waiters:
                     self._waiters.remove(entry)
+
+
+class Notice(Bell):
+    """One task's final state, pushed by a webhook: set once, awaited by a thread or a coroutine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prediction: Prediction | None = None
+
+    def set(self, prediction: Prediction) -> None:
+        """Record the final prediction and wake every waiter (callable from any thread); the first one wins."""
+        with self._lock:
+            if self.prediction is not None:
+                return
+            self.prediction = prediction
+        self.ring()
 
 
 class Notices:

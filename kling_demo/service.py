@@ -26,6 +26,7 @@ from .inputs import check_duration, check_guidance
 from .journal import Journal, TaskRecord
 from .models import DEFAULT_MODEL, KeySource, ModelSpec
 from .notices import Notices
+from .poller import Poller
 from .polling import InferenceHistory
 from .prices import FREE_IN_SANDBOX, PRICE_UNAVAILABLE, QuoteCache, money, price_guard, quoted_cost
 from .recovery import Recovery
@@ -168,6 +169,7 @@ class Service:
         self.slots = JobSlots()
         # Webhooks, when the app knows its public URL and the secret: a verified one wakes the task's follower.
         self.notices = Notices()
+        self.poller = Poller()  # polls every running task on its schedule; jobs subscribe to their task
         self.webhooks = Receiver(settings.webhook_secret, self._pushed) \
             if settings.webhook_url and settings.webhook_secret else None
         self.budgets = Budgets(Ledger(self.journal.path), Limits(settings.visitor_budget_usd, settings.daily_budget_usd,
@@ -213,7 +215,8 @@ class Service:
                           min_free_bytes=self.settings.min_free_bytes, followers=self.followers,
                           webhook_url=self.settings.webhook_url if pushed else None,
                           notices=self.notices if pushed else None,
-                          slots=self.api_slots, slot_key=slot_key(api_key or self.backend.api_key))
+                          slots=self.api_slots, slot_key=slot_key(api_key or self.backend.api_key),
+                          poller=self.poller)
 
     # -- what front ends ask for ---------------------------------------------------------------------------
 
@@ -429,8 +432,9 @@ class Service:
                 "remain until WaveSpeed's retention ends (about 7 days), and its charge stands.")
 
     def close(self) -> None:
-        """Stop background recovery and the embedded sandbox, if one was started."""
+        """Stop background recovery, the poller and the embedded sandbox, if one was started."""
         self.recovery.close()
+        self.poller.close()
         self.backend.close()
 
     # -- rules ------------------------------------------------------------------------------------------------
@@ -450,7 +454,10 @@ class Service:
         if not prediction.is_final:
             return
         log.info("webhook: task %s ended (%s)", prediction.task_id, prediction.status)
-        if self.notices.deliver(prediction) or not self.background:
+        if self.poller.deliver(prediction):
+            return
+        self.notices.deliver(prediction)  # kept a while for a follower that starts later
+        if not self.background:
             return
         for record in self.journal.running():
             if (record.task_id, record.key_source, record.api_base) == (prediction.task_id, KeySource.SERVER,

@@ -847,6 +847,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     if service.webhooks is not None:
         serve_beside(demo, webhooks.route(service.webhooks))
     hold_queue_limit(demo)
+    run_more_than_forty(demo, settings.concurrency)
     demo.service = service  # type: ignore[attr-defined]  # tests reach the journal and the sandbox through it
     demo.backend = service.backend  # type: ignore[attr-defined]
     stock_close = demo.close
@@ -895,6 +896,34 @@ def hold_queue_limit(demo: gr.Blocks) -> None:
             return await push(*args, **kwargs)
 
     queue.push = push_in_turn  # type: ignore[method-assign]
+
+
+IDLE_QUEUE_SECONDS = 0.02  # how often an idle Gradio queue looks for a new event (Gradio: every 1 ms)
+PROGRESS_SCAN_SECONDS = 0.2  # how often it scans its slots for gr.Progress updates (Gradio: every 10 ms)
+
+
+def run_more_than_forty(demo: gr.Blocks, events: int) -> None:
+    """Let Gradio's queue run `events` events at once, not the 40 it allows by default whatever their limits.
+
+    Gradio 6.31's queue has `max_threads` (40) worker slots in all, and an async event holds one for its whole
+    life, so job 41 waited for a whole render before it was even submitted ("waves of 40"). The slots are
+    sized when the queue starts, from `launch(max_threads=…)`, which a Space calling `demo.launch()` leaves at
+    40: the instance's queue start is wrapped instead. Threads stay as they were (`max_threads` also sizes
+    Gradio's thread limiter; only the queue's slot list grows).
+
+    An idle queue also looks for work every millisecond, and for gr.Progress updates (unused here) every 10 ms
+    across all its slots: 1.5 s of CPU per 30 s render, more than a job's own work. Every 20 ms is soon enough
+    for an event that then runs for minutes, and progress every 0.2 s for a status that changes each second."""
+    queue = demo._queue
+    start = queue.start
+
+    def start_with_room() -> None:
+        queue.max_thread_count = max(queue.max_thread_count, events)
+        queue.sleep_when_free = max(queue.sleep_when_free, IDLE_QUEUE_SECONDS)
+        queue.progress_update_sleep_when_free = max(queue.progress_update_sleep_when_free, PROGRESS_SCAN_SECONDS)
+        start()
+
+    queue.start = start_with_room  # type: ignore[method-assign]
 
 
 async def stream(job: Job, words: Callable[[str], str] = str) -> AsyncIterator[Outputs]:

@@ -23,7 +23,7 @@ from kling_demo.sandbox import SandboxConfig, SandboxHandle, start_sandbox  # no
 FAST_INFERENCE_SECONDS = 1.0
 # Whole modules that start app processes, a browser or long renders: `pytest -m "not slow"` leaves them out
 # for a quick local loop; CI runs everything.
-SLOW_MODULES = ("test_durability", "test_keys", "test_outage", "test_image_memory", "test_spaces", "test_mcp",
+SLOW_MODULES = ("test_durability", "test_waiting", "test_keys", "test_outage", "test_image_memory", "test_spaces", "test_mcp",
                 "test_cli", "test_storage", "test_browser", "test_queue_identity", "test_prompt_counter",
                 "test_account_app", "test_account_limits", "test_budgets_app", "test_identity", "test_webhooks",
                 "test_wavespeed_mcp", "test_sandbox_account", "test_wavespeed_tasks", "test_money_cli",
