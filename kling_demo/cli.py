@@ -247,8 +247,7 @@ def run_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
         job = _start(args, service, visitor)
         for update in job:
             last = update
-            if update.stage is not Stage.FAILED:  # the error itself is reported once, below
-                out.show(update)
+            out.show(update)
         video = last.video_path if last else None
         if last is None or last.stage is not Stage.DONE or video is None:
             raise KlingDemoError("The job ended without a video.", task_id=last.task_id if last else None)

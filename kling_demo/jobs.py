@@ -234,7 +234,6 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
     except KlingDemoError as error:
         if task_id and not error.task_id:
             error.task_id = task_id
-        yield update(Stage.FAILED, str(error))
         raise
     finally:
         if ticket is not None:
@@ -358,7 +357,6 @@ def resume(task_id: str, ctx: JobContext, *, duration: int | None = None) -> Ite
                 yield update
     except KlingDemoError as error:
         error.task_id = error.task_id or task_id
-        yield JobUpdate(Stage.FAILED, str(error), ctx.clock() - started, task_id=task_id)
         raise
 
 
