@@ -69,11 +69,19 @@ PAGE_CSS = "#history .grid-container { --grid-cols: 5 !important; } " \
 .kd-progress.late .kd-fill { background: #d97706; }
 .kd-progress.failed .kd-fill { background: var(--error-icon-color, #dc2626); }
 .kd-times { margin: 6px 0 0; font-size: 0.9em; }
-#examples .grid-container { --grid-cols: 6 !important; }
+#examples .grid-container { --grid-cols: 6 !important; grid-auto-rows: auto; }
+#examples .thumbnail-item { aspect-ratio: auto; height: 84px; }  /* wide tiles, their captions in view */
+#examples img { object-position: center 30%; }
 @media (max-width: 640px) {
   #examples .grid-container { --grid-cols: 3 !important; }
-  #examples { height: auto !important; }
+  #examples, #examples .grid-wrap { height: auto !important; }
+  #examples .thumbnail-item { height: 64px; }
+  #title h2 { font-size: 1.3em; }
+  #settings-row { flex-direction: column; }
+  #settings-row > * { min-width: 100% !important; }
 }
+/* A note with nothing to say takes no room (Gradio keeps an empty block and the column's gap around it). */
+.kd-note:has(span.md:empty) { display: none; }
 """
 # Run in the browser after a job: a finished video in a background tab changes the title and, if the visitor
 # allowed it, shows a notification. Permission is asked once, when Generate is first pressed.
@@ -224,9 +232,8 @@ def describe_for_api(fn: Callable[..., Any], parameters: dict[str, gr.components
 def backend_banner(backend: Backend, settings: Settings) -> str:
     if backend.is_sandbox:
         return (
-            "**Sandbox mode — no AI.** No `WAVESPEED_API_KEY` is set, so videos are made locally (a slow "
-            "camera move over your image, marked *SANDBOX*) and cost nothing. To generate with Kling 2.0 for "
-            "real, put `WAVESPEED_API_KEY=…` in the environment or a `.env` file and restart."
+            "**Sandbox mode — no AI.** Videos are made locally (a slow camera move over your image, marked "
+            "*SANDBOX*) and cost nothing. For Kling 2.0, set `WAVESPEED_API_KEY` (environment or `.env`) and restart."
         )
     who = ("Bring your own WaveSpeed key below: this app does not pay for generations."
            if settings.require_user_key else
@@ -628,39 +635,39 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         history_ticker = gr.Timer(5.0)
         history_selected = gr.State("")  # the task id shown in the detail; every action checks it is the owner's
 
-        gr.Markdown(f"## {SPEC.title} — one still image in, a 5 or 10 second video out")
+        gr.Markdown(f"## {SPEC.title} — one still image in, a 5 or 10 second video out", elem_id="title")
         gr.Markdown(backend_banner(service.backend, settings), elem_id="backend-banner")
         if settings.require_user_key:  # needed before anything else
             key_box, key_status = key_section()
         examples = gr.Gallery([(str(ASSETS / e.image), e.title) for e in EXAMPLES], label="Try an example",
-                              columns=len(EXAMPLES), rows=1, height=130, object_fit="cover", allow_preview=False,
+                              columns=len(EXAMPLES), rows=1, height=96, object_fit="cover", allow_preview=False,
                               interactive=False, elem_id="examples", buttons=[])
         with gr.Row(equal_height=False, elem_id="main-row"):
             with gr.Column(scale=1, elem_id="inputs-column"):
-                image = frame_input(label="First frame", height=220, elem_id="first-frame")
-                first_check = gr.Markdown("", elem_id="first-frame-check", container=False)
+                image = frame_input(label="First frame", height=180, elem_id="first-frame")
+                first_check = gr.Markdown("", elem_id="first-frame-check", container=False, elem_classes="kd-note")
                 prompt = gr.Textbox(label="Prompt", lines=2, max_length=SPEC.max_chars("prompt"),
                                     placeholder="A slow dolly-in as the wind moves through her hair…",
                                     elem_id="prompt")
-                prompt_count = gr.Markdown("", elem_id="prompt-count", container=False)
-                with gr.Row():
+                prompt_count = gr.Markdown("", elem_id="prompt-count", container=False, elem_classes="kd-note")
+                with gr.Row(elem_id="settings-row"):
                     guidance = gr.Slider(SPEC.guidance_min, SPEC.guidance_max, value=SPEC.guidance_default,
-                                         step=0.05, label="Guidance scale", min_width=200,
-                                         info="Higher follows the prompt more closely. (Kling has no seed: "
-                                              "each run differs.)")
+                                         step=0.05, label="Guidance scale", min_width=200, scale=3, elem_id="guidance",
+                                         info="Higher follows the prompt more closely. Kling has no seed: "
+                                              "each run differs.")
                     duration = duration_input(choices=list(SPEC.durations), value=SPEC.default_duration, label="Duration (s)",
-                                             elem_id="duration", min_width=120)
+                                             elem_id="duration", min_width=120, scale=1)
                 with gr.Accordion("Advanced", open=False, elem_id="advanced") as advanced:
                     negative = gr.Textbox(label="Negative prompt", lines=2,
                                           max_length=SPEC.max_chars("negative_prompt"),
                                           placeholder="blurry, distorted hands", elem_id="negative-prompt")
-                    negative_count = gr.Markdown("", elem_id="negative-prompt-count", container=False)
+                    negative_count = gr.Markdown("", elem_id="negative-prompt-count", container=False, elem_classes="kd-note")
                     end_image = frame_input(label="End frame (optional)", height=200, elem_id="end-frame")
-                    end_check = gr.Markdown("", elem_id="end-frame-check", container=False)
+                    end_check = gr.Markdown("", elem_id="end-frame-check", container=False, elem_classes="kd-note")
                 with gr.Row(elem_id="buttons"):
                     generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
-                price = gr.Markdown("", elem_id="price")
+                price = gr.Markdown("", elem_id="price", elem_classes="kd-note")
                 budget = gr.Markdown("", elem_id="budget", visible=False)
                 if oauth_enabled():  # a Space with `hf_oauth: true`; the button cannot start anywhere else
                     gr.LoginButton("Sign in with Hugging Face for your own budget", elem_id="login")
