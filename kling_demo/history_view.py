@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from . import storage
+from . import storage, videos
 from .jobs import format_seconds
 from .journal import OUTCOME_UNKNOWN, SUBMITTING, TaskRecord
 from .models import TaskStatus
@@ -115,8 +115,14 @@ def _draw_band(tile: Image.Image, state: TileState, words: str) -> Image.Image:
     return faded
 
 
-def detail(record: TaskRecord, cost: str = "") -> str:
-    """The selected task in full: state, settings, render time, cost, task id and what went wrong."""
+def end_frame(record: TaskRecord) -> Path | None:
+    """The end frame the task was made with, as kept beside its first frame; None if it had none or it is gone."""
+    return videos.kept_frames(record.first_frame)[1] if record.params.get("end_image") else None
+
+
+def detail(record: TaskRecord, cost: str = "", end_frame_shown: bool = False) -> str:
+    """The selected task in full: state, settings, render time, cost, task id and what went wrong.
+    `end_frame_shown`: the page shows the end frame's picture, so the line points at it."""
     params = record.params
     lines = [f"**{SYMBOLS[tile_state(record)]} {status_words(record)}** · "
              f"{time.strftime('%d %b %Y %H:%M', time.localtime(record.created_at))}{_times(record)}"]
@@ -131,11 +137,12 @@ def detail(record: TaskRecord, cost: str = "") -> str:
     if record.duration:
         settings.append(f"**Duration:** {record.duration} s")
     if "end_image" in params:
-        settings.append(f"**End frame:** {'yes' if params['end_image'] else 'no'}")
+        had = "yes, pictured" if end_frame_shown else "yes"
+        settings.append(f"**End frame:** {had if params['end_image'] else 'no'}")
     if settings:
         lines.append(" · ".join(settings))
     if cost:
-        lines.append(f"**Cost:** {cost}")
+        lines.append(f"**Cost:** {cost[:1].upper()}{cost[1:]}")
     lines.append("**Task id:** never received from WaveSpeed" if record.is_intent else f"**Task id:** `{record.task_id}`")
     if record.error:
         lines.append(escape(record.error))

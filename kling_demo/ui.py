@@ -433,13 +433,20 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         return history_items(records, placeholder), [r.task_id for r in records]
 
     @plain_errors()
-    def refresh_changed(owner_id: str | None, seen: str, request: gr.Request) -> tuple[Any, Any, str]:
-        """Redraw the history only when a task was added or changed status (tasks finish in the background)."""
+    def refresh_changed(owner_id: str | None, seen: str, selected: str, request: gr.Request) -> tuple[Any, ...]:
+        """Redraw the history only when a task was added or changed status (tasks finish in the background);
+        the selected task's detail, video and buttons too when it is the one that changed."""
         records = service.tasks(owner_of(owner_id, request))
         signature = "|".join(f"{r.task_id}:{r.status}" for r in records)
+        unchanged = (gr.skip(),) * len(selected_out)
         if signature == seen:
-            return gr.skip(), gr.skip(), seen
-        return history_items(records, placeholder), [r.task_id for r in records], signature
+            return gr.skip(), gr.skip(), seen, *unchanged
+        shown = unchanged
+        if selected and seen:  # the first look after loading knows no earlier state to compare with
+            record = next((r for r in records if r.task_id == selected), None)
+            if record is None or f"{record.task_id}:{record.status}" not in seen.split("|"):
+                shown = selected_outputs(record, ask_to_delete=gr.skip())  # an open delete question stays
+        return history_items(records, placeholder), [r.task_id for r in records], signature, *shown
 
     @plain_errors()
     def on_load(stored_owner: str | None, request: gr.Request) -> tuple[Any, ...]:
@@ -460,10 +467,21 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         record = None
         if selection.index is not None and 0 <= selection.index < len(task_ids):
             record = service.task(owner_of(owner_id, request), task_ids[selection.index])
+        return selected_outputs(record)
+
+    def selected_outputs(record: TaskRecord | None, ask_to_delete: Any = None) -> tuple[Any, ...]:
+        """What the history shows of `record` (None: nothing selected), for `selected_out`: its video, its detail,
+        its id, the buttons that apply to it, the delete question (hidden unless `ask_to_delete` says otherwise)
+        and its end frame's picture."""
+        buttons = history_buttons(record)[:3]
+        question = gr.update(visible=False) if ask_to_delete is None else ask_to_delete
         if record is None:
-            return None, "", "", *history_buttons(None)
+            return None, "", "", *buttons, question, gr.update(value=None, visible=False)
         video = record.video_path if record.video_path and Path(record.video_path).exists() else None
-        return video, history_view.detail(record, service.cost(record)), record.task_id, *history_buttons(record)
+        end = history_view.end_frame(record)
+        text = words(history_view.detail(record, service.cost(record), end_frame_shown=end is not None))
+        return (video, text, record.task_id, *buttons, question,
+                gr.update(value=str(end) if end else None, visible=end is not None))
 
     # -- history: reuse a task's settings, continue from its last frame, delete it (service checks ownership) --
 
@@ -495,8 +513,8 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     def delete_task(selected: str, owner_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         """Delete the selected task here (after the visitor confirmed), then show the history without it."""
         owner = owner_of(owner_id, request)
-        message = service.delete(owner, selected)
-        return (None, f"**Deleted.** {message}", "", *history_buttons(None),
+        message = words(service.delete(owner, selected))
+        return (None, f"**Deleted.** {message}", "", *history_buttons(None), gr.update(value=None, visible=False),
                 *show_history(owner_id, request))
 
     # -- money: the price beside Generate, what WaveSpeed says of a visitor's key, their spend so far ----------
@@ -689,6 +707,8 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                                          elem_id="history-video")
                 with gr.Column():
                     history_detail = gr.Markdown(elem_id="history-detail")
+                    history_end_frame = gr.Image(label="End frame", height=110, interactive=False, visible=False,
+                                                 buttons=[], elem_id="history-end-frame")
                     with gr.Row():
                         reuse_btn = gr.Button("Reuse these settings", size="sm", interactive=False,
                                               elem_id="reuse-settings")
@@ -753,13 +773,12 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         # API clients see the history of their key's hash, else of their IP: no use as an MCP tool.
         refresh_btn.click(show_history, inputs=owner_id, outputs=[gallery, history_ids], api_name="history",
                           queue=False, api_visibility="undocumented")
-        history_ticker.tick(refresh_changed, inputs=[owner_id, history_seen],
-                            outputs=[gallery, history_ids, history_seen], queue=False, show_progress="hidden",
-                            **private)
         history_buttons_out = [reuse_btn, continue_btn, delete_btn, delete_confirm]
-        gallery.select(select_history, inputs=[history_ids, owner_id],
-                       outputs=[history_video, history_detail, history_selected, *history_buttons_out],
-                       queue=False, **private)
+        selected_out = [history_video, history_detail, history_selected, *history_buttons_out, history_end_frame]
+        history_ticker.tick(refresh_changed, inputs=[owner_id, history_seen, history_selected],
+                            outputs=[gallery, history_ids, history_seen, *selected_out], queue=False,
+                            show_progress="hidden", **private)
+        gallery.select(select_history, inputs=[history_ids, owner_id], outputs=selected_out, queue=False, **private)
         # Added last, so the events above keep their numbers.
         demo.load(show_budget, inputs=typed_key, outputs=budget, queue=False, **private)
         job_event.then(show_budget, inputs=typed_key, outputs=budget, queue=False, show_progress="hidden", **private)
@@ -847,8 +866,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         delete_btn.click(lambda: gr.update(visible=True), outputs=delete_confirm, queue=False, **private)
         cancel_delete_btn.click(lambda: gr.update(visible=False), outputs=delete_confirm, queue=False, **private)
         confirm_delete_btn.click(delete_task, inputs=[history_selected, owner_id],
-                                 outputs=[history_video, history_detail, history_selected, *history_buttons_out,
-                                          gallery, history_ids], queue=False, **private)
+                                 outputs=[*selected_out, gallery, history_ids], queue=False, **private)
 
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
     if service.webhooks is not None:

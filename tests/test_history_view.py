@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from kling_demo import history_view
+from kling_demo import history_view, videos
 from kling_demo.history_view import TileState
 from kling_demo.journal import Journal
 
@@ -89,3 +89,18 @@ def test_the_detail_of_a_failed_task_says_why(journal, tmp_path):
     journal.fail("a", "t2", "The generation failed: <b>nope</b>")
     text = history_view.detail(journal.get("a", "t2"))
     assert "✕ Failed" in text and "**End frame:** no" in text and r"\<b\>nope\</b\>" in text
+
+
+def test_the_end_frame_is_found_beside_the_first_and_its_picture_is_named_in_the_detail(journal, tmp_path):
+    frame = add(journal, tmp_path, "t3", "created")
+    record = journal.get("a", "t3")
+    assert history_view.end_frame(record) is None  # not kept (yet): the detail still says there was one
+    assert "**End frame:** yes" in history_view.detail(record)
+    kept = frame.with_name(f"{frame.stem}.{videos.FRAME_ROLES[1]}.png")
+    Image.new("RGB", (320, 180), (10, 10, 60)).save(kept)
+    assert history_view.end_frame(record) == kept
+    assert "**End frame:** yes, pictured" in history_view.detail(record, end_frame_shown=True)
+    assert "**Cost:** Free (sandbox)" in history_view.detail(record, "free (sandbox)")
+    add(journal, tmp_path, "t4", "created", end_image=False)
+    frame.with_name(f"t4.{videos.FRAME_ROLES[1]}.png").write_bytes(kept.read_bytes())
+    assert history_view.end_frame(journal.get("a", "t4")) is None  # a task made without one shows none
