@@ -135,7 +135,7 @@ DELETE_QUESTION = ("**Delete this task from your history?** Its entry, video and
                    "with no undo. At WaveSpeed nothing changes: the task and its video stay until WaveSpeed's "
                    "retention ends, and its charge stands.")
 DELETE_QUESTION_SANDBOX = ("**Delete this task from your history?** Its entry, video and frames are deleted, with no "
-                           "undo. (Sandbox mode: nothing was billed.)")
+                           "undo. (Sandbox mode: it cost nothing.)")
 Outputs = tuple[str, str, "str | None"]
 
 
@@ -313,9 +313,10 @@ def launch_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def history_items(records: list[TaskRecord], placeholder: str) -> list[tuple[str, str]]:
-    """Gallery entries: a tile per task whose state shows at a glance (history_view.items)."""
-    return history_view.items(records, Path(placeholder))
+def history_items(records: list[TaskRecord], placeholder: str,
+                  words: Callable[[str], str] = str) -> list[tuple[str, str]]:
+    """Gallery entries: a tile per task whose state shows at a glance (history_view.items), captions in `words`."""
+    return [(picture, words(caption)) for picture, caption in history_view.items(records, Path(placeholder))]
 
 
 def pending_picture(folder: Path) -> Path:
@@ -430,7 +431,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     def show_history(owner_id: str | None, request: gr.Request) -> tuple[list[tuple[str, str]], list[str]]:
         """Your generations, newest first."""
         records = service.tasks(owner_of(owner_id, request))
-        return history_items(records, placeholder), [r.task_id for r in records]
+        return history_items(records, placeholder, words), [r.task_id for r in records]
 
     @plain_errors()
     def refresh_changed(owner_id: str | None, seen: str, selected: str, request: gr.Request) -> tuple[Any, ...]:
@@ -446,7 +447,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
             record = next((r for r in records if r.task_id == selected), None)
             if record is None or f"{record.task_id}:{record.status}" not in seen.split("|"):
                 shown = selected_outputs(record, ask_to_delete=gr.skip())  # an open delete question stays
-        return history_items(records, placeholder), [r.task_id for r in records], signature, *shown
+        return history_items(records, placeholder, words), [r.task_id for r in records], signature, *shown
 
     @plain_errors()
     def on_load(stored_owner: str | None, request: gr.Request) -> tuple[Any, ...]:
@@ -458,7 +459,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
             log.info("a browser's stored owner id was not signed by this server; it gets a new one")
         token = sign_owner(owner_id or new_owner_id(), secret)
         records = service.arrive(owner_of(token, request))  # unfinished tasks are fetched now
-        return token, token, history_items(records, placeholder), [r.task_id for r in records]
+        return token, token, history_items(records, placeholder, words), [r.task_id for r in records]
 
     @plain_errors()
     def select_history(task_ids: list[str], owner_id: str | None, request: gr.Request,
@@ -526,7 +527,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
             api_key = visitor_key(typed, request.headers)
         except KlingDemoError:
             api_key = None  # the key's own line says what is wrong with it
-        return service.price_line(Visitor("", api_key), duration)
+        return words(service.price_line(Visitor("", api_key), duration))
 
     @plain_errors()
     def show_key_status(typed: str | None) -> str:
@@ -535,12 +536,12 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
             api_key = visitor_key(typed, None)
         except KlingDemoError as error:
             return str(error)
-        return service.key_status(api_key)
+        return words(service.key_status(api_key))
 
     @plain_errors()
     def show_spend(owner_id: str | None, request: gr.Request) -> str:
         """What the visitor's completed videos cost so far (shown once the page has its owner id)."""
-        return service.spend_line(owner_of(owner_id, request)) if owner_id else ""
+        return words(service.spend_line(owner_of(owner_id, request))) if owner_id else ""
 
     # -- the page's own view of a job: status, task id, video, progress, phase; errors end in the status --------
 
@@ -596,11 +597,11 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
             gr.Info("The job had already ended, so there was nothing to stop.")
             return gr.skip(), gr.skip()
         if task_id:
-            text = (f"**Stopped** — stopped waiting for task `{task_id}`. It was already submitted and is still "
-                    "running at WaveSpeed, so it may still finish and be billed; if it does, it will appear in your "
-                    "history.")
+            text = (f"**Stopped** — This page stopped following task `{task_id}`. It was already submitted and is "
+                    "still running at WaveSpeed, so it may still finish and be billed; if it does, it will appear in "
+                    "your history.")
         else:
-            text = ("**Stopped** — nothing had been submitted yet, so nothing was billed. If the submission was "
+            text = ("**Stopped** — Nothing had been submitted yet, so nothing was billed. If the submission was "
                     "already on its way, the task will still finish into your history.")
         return words(text), ""
 
@@ -632,11 +633,15 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
 
     def key_section() -> tuple[gr.Textbox, gr.Markdown]:
         """The visitor's own key; in sandbox mode the box says plainly that a key typed here pays for nothing."""
-        info = ("Sandbox mode: a key typed here is not used for WaveSpeed and pays for nothing; videos are still "
-                "made locally without AI. To generate with Kling for real, start the app with WAVESPEED_API_KEY."
-                if service.is_sandbox else "Used for your requests only; never stored, logged or shown.")
-        with gr.Accordion("Your WaveSpeed key", open=settings.require_user_key, elem_id="key-section"):
-            box = gr.Textbox(label="WaveSpeed API key", type="password", elem_id="user-key",
+        if service.is_sandbox:
+            title, label = "Your own API key (not used in sandbox mode)", "API key"
+            info = ("Sandbox mode: a key typed here is not used and pays for nothing; videos are still made "
+                    "locally without AI. For Kling 2.0, start the app with WAVESPEED_API_KEY set.")
+        else:
+            title, label = "Your WaveSpeed key", "WaveSpeed API key"
+            info = "Used for your requests only; never stored, logged or shown."
+        with gr.Accordion(title, open=settings.require_user_key, elem_id="key-section"):
+            box = gr.Textbox(label=label, type="password", elem_id="user-key",
                              placeholder="optional" if not settings.require_user_key else "required", info=info)
             return box, gr.Markdown("", elem_id="key-status")
 
@@ -822,7 +827,8 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
             async for outputs in on_page(start, None):
                 yield outputs
 
-        key_box.change(lambda key: gr.update(visible=bool((key or "").strip())), inputs=key_box, outputs=tasks_box,
+        key_box.change(lambda key: gr.update(visible=bool((key or "").strip()) and not service.is_sandbox),
+                       inputs=key_box, outputs=tasks_box,
                        queue=False, show_progress="hidden", **private)
         load_tasks_btn.click(load_tasks, inputs=[owner_id, typed_key], outputs=[task_list, tasks_note], **private)
         adopt_event = adopt_btn.click(busy, outputs=busy_outputs, queue=False, **private).then(

@@ -156,6 +156,11 @@ def test_at_1280x800_the_examples_generate_and_the_price_need_no_scrolling(open_
     expect(captions).to_have_count(6)
     expect(captions.nth(1)).to_be_in_viewport(ratio=1)
     expect(captions.nth(1)).to_contain_text("end frame")
+    # Sandbox words everywhere, the key box included: nothing is billed, and no WaveSpeed is involved.
+    page.click("#key-section")
+    expect(page.locator("#user-key")).to_contain_text("not used")
+    text = page.evaluate("() => document.body.innerText")
+    assert not re.search(r"billed|WaveSpeed", text), re.findall(r".*(?:billed|WaveSpeed).*", text)
 
 
 def test_on_a_phone_the_status_sits_right_below_generate(open_page):
