@@ -1,7 +1,7 @@
 """How a visitor's history looks: a tile per task whose state shows at a glance, and the detail of one task.
 
 The gallery shows a task's first frame, so a failed or running task gets a copy of it with a tinted band that
-names its state (made once, kept beside the first frame); its caption starts with the same symbol.
+names its state across its top (made once, kept beside the first frame); its caption starts with the same symbol.
 """
 
 from __future__ import annotations
@@ -103,15 +103,16 @@ def badged(picture: Path, state: TileState, words: str) -> Path:
 
 
 def _draw_band(tile: Image.Image, state: TileState, words: str) -> Image.Image:
-    """Fade the picture (grey for ended ones) and lay a coloured band with the state's word along its foot."""
+    """Fade the picture (grey for ended ones) and lay a coloured band with the state's word along its top (the
+    gallery's caption covers the foot)."""
     base = ImageOps.grayscale(tile).convert("RGB") if state is not TileState.RENDERING else tile
     faded = Image.blend(base, Image.new("RGB", tile.size, (255, 255, 255)), 0.45)
     band_height = max(18, tile.height // 5)
     draw = ImageDraw.Draw(faded)
-    draw.rectangle((0, tile.height - band_height, tile.width, tile.height), fill=BAND_COLOURS[state])
+    draw.rectangle((0, 0, tile.width, band_height), fill=BAND_COLOURS[state])
     font = ImageFont.load_default(size=int(band_height * 0.6))
     label = {TileState.RENDERING: "Rendering…", TileState.UNKNOWN: "Outcome unknown"}.get(state, words)
-    draw.text((8, tile.height - band_height / 2), label, fill=(255, 255, 255), font=font, anchor="lm")
+    draw.text((8, band_height / 2), label, fill=(255, 255, 255), font=font, anchor="lm")
     return faded
 
 
@@ -142,7 +143,8 @@ def detail(record: TaskRecord, cost: str = "", end_frame_shown: bool = False) ->
     if settings:
         lines.append(" · ".join(settings))
     if cost:
-        lines.append(f"**Cost:** {cost[:1].upper()}{cost[1:]}")
+        value = cost.removeprefix("cost ")  # prices.quoted_cost words it for a sentence
+        lines.append(f"**Cost:** {value[:1].upper()}{value[1:]}")
     lines.append("**Task id:** never received from WaveSpeed" if record.is_intent else f"**Task id:** `{record.task_id}`")
     if record.error:
         lines.append(escape(record.error))

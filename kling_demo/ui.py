@@ -80,6 +80,7 @@ PAGE_CSS = "#history .grid-container { --grid-cols: 5 !important; } " \
   #settings-row { flex-direction: column; }
   #settings-row > * { min-width: 100% !important; }
 }
+#history-detail p { margin: 0.25em 0; }
 /* A note with nothing to say takes no room (Gradio keeps an empty block and the column's gap around it). */
 .kd-note:has(span.md:empty) { display: none; }
 """
