@@ -536,7 +536,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         try:
             api_key = visitor_key(typed, None)
         except KlingDemoError as error:
-            return str(error)
+            return words(str(error))
         return words(service.key_status(api_key))
 
     @plain_errors()

@@ -17,6 +17,7 @@ _SANDBOX_REWRITES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p
     (r"nothing you make here is billed", "nothing you make here costs money"),
     (r"To fetch a task submitted elsewhere, enter your own WaveSpeed key first\.",
      "In sandbox mode only tasks made here can be fetched."),
+    (r"\b([Tt])he WaveSpeed key\b", r"\1he key"),  # a malformed key, refused before any use
     (r"[Nn]othing was billed", "nothing was spent"),
     (r"nothing is billed", "nothing is spent"),
     (r"billed", "spent"),

@@ -71,6 +71,6 @@ def test_sandbox_words_speak_of_no_billing_and_no_wavespeed() -> None:
     for line in ("Free (sandbox): nothing is billed.", "Sandbox mode: nothing is billed, so keys are not checked.",
                  "Sandbox mode: nothing you make here is billed.",
                  "This task is not in your history. To fetch a task submitted elsewhere, enter your own WaveSpeed "
-                 "key first."):
+                 "key first.", "The WaveSpeed key contains a space or a character outside plain ASCII letters."):
         words = for_sandbox(line)
         assert not re.search(r"billed|spent|WaveSpeed|the sandbox key", words) and words[0].isupper(), words
