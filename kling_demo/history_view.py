@@ -1,7 +1,7 @@
 """How a visitor's history looks: a tile per task whose state shows at a glance, and the detail of one task.
 
 The gallery shows a task's first frame, so a failed or running task gets a copy of it with a tinted band that
-names its state (made once, kept beside the first frame); its caption starts with the same symbol.
+names its state across its top (made once, kept beside the first frame); its caption starts with the same symbol.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from . import storage
+from . import storage, videos
 from .jobs import format_seconds
 from .journal import OUTCOME_UNKNOWN, SUBMITTING, TaskRecord
 from .models import TaskStatus
@@ -103,20 +103,27 @@ def badged(picture: Path, state: TileState, words: str) -> Path:
 
 
 def _draw_band(tile: Image.Image, state: TileState, words: str) -> Image.Image:
-    """Fade the picture (grey for ended ones) and lay a coloured band with the state's word along its foot."""
+    """Fade the picture (grey for ended ones) and lay a coloured band with the state's word along its top (the
+    gallery's caption covers the foot)."""
     base = ImageOps.grayscale(tile).convert("RGB") if state is not TileState.RENDERING else tile
     faded = Image.blend(base, Image.new("RGB", tile.size, (255, 255, 255)), 0.45)
     band_height = max(18, tile.height // 5)
     draw = ImageDraw.Draw(faded)
-    draw.rectangle((0, tile.height - band_height, tile.width, tile.height), fill=BAND_COLOURS[state])
+    draw.rectangle((0, 0, tile.width, band_height), fill=BAND_COLOURS[state])
     font = ImageFont.load_default(size=int(band_height * 0.6))
     label = {TileState.RENDERING: "Rendering…", TileState.UNKNOWN: "Outcome unknown"}.get(state, words)
-    draw.text((8, tile.height - band_height / 2), label, fill=(255, 255, 255), font=font, anchor="lm")
+    draw.text((8, band_height / 2), label, fill=(255, 255, 255), font=font, anchor="lm")
     return faded
 
 
-def detail(record: TaskRecord, cost: str = "") -> str:
-    """The selected task in full: state, settings, render time, cost, task id and what went wrong."""
+def end_frame(record: TaskRecord) -> Path | None:
+    """The end frame the task was made with, as kept beside its first frame; None if it had none or it is gone."""
+    return videos.kept_frames(record.first_frame)[1] if record.params.get("end_image") else None
+
+
+def detail(record: TaskRecord, cost: str = "", end_frame_shown: bool = False) -> str:
+    """The selected task in full: state, settings, render time, cost, task id and what went wrong.
+    `end_frame_shown`: the page shows the end frame's picture, so the line points at it."""
     params = record.params
     lines = [f"**{SYMBOLS[tile_state(record)]} {status_words(record)}** · "
              f"{time.strftime('%d %b %Y %H:%M', time.localtime(record.created_at))}{_times(record)}"]
@@ -131,11 +138,13 @@ def detail(record: TaskRecord, cost: str = "") -> str:
     if record.duration:
         settings.append(f"**Duration:** {record.duration} s")
     if "end_image" in params:
-        settings.append(f"**End frame:** {'yes' if params['end_image'] else 'no'}")
+        had = "yes, pictured" if end_frame_shown else "yes"
+        settings.append(f"**End frame:** {had if params['end_image'] else 'no'}")
     if settings:
         lines.append(" · ".join(settings))
     if cost:
-        lines.append(f"**Cost:** {cost}")
+        value = cost.removeprefix("cost ")  # prices.quoted_cost words it for a sentence
+        lines.append(f"**Cost:** {value[:1].upper()}{value[1:]}")
     lines.append("**Task id:** never received from WaveSpeed" if record.is_intent else f"**Task id:** `{record.task_id}`")
     if record.error:
         lines.append(escape(record.error))

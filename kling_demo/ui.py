@@ -69,11 +69,20 @@ PAGE_CSS = "#history .grid-container { --grid-cols: 5 !important; } " \
 .kd-progress.late .kd-fill { background: #d97706; }
 .kd-progress.failed .kd-fill { background: var(--error-icon-color, #dc2626); }
 .kd-times { margin: 6px 0 0; font-size: 0.9em; }
-#examples .grid-container { --grid-cols: 6 !important; }
+#examples .grid-container { --grid-cols: 6 !important; grid-auto-rows: auto; }
+#examples .thumbnail-item { aspect-ratio: auto; height: 84px; }  /* wide tiles, their captions in view */
+#examples img { object-position: center 30%; }
 @media (max-width: 640px) {
   #examples .grid-container { --grid-cols: 3 !important; }
-  #examples { height: auto !important; }
+  #examples, #examples .grid-wrap { height: auto !important; }
+  #examples .thumbnail-item { height: 64px; }
+  #title h2 { font-size: 1.3em; }
+  #settings-row { flex-direction: column; }
+  #settings-row > * { min-width: 100% !important; }
 }
+#history-detail p { margin: 0.25em 0; }
+/* A note with nothing to say takes no room (Gradio keeps an empty block and the column's gap around it). */
+.kd-note:has(span.md:empty) { display: none; }
 """
 # Run in the browser after a job: a finished video in a background tab changes the title and, if the visitor
 # allowed it, shows a notification. Permission is asked once, when Generate is first pressed.
@@ -127,7 +136,7 @@ DELETE_QUESTION = ("**Delete this task from your history?** Its entry, video and
                    "with no undo. At WaveSpeed nothing changes: the task and its video stay until WaveSpeed's "
                    "retention ends, and its charge stands.")
 DELETE_QUESTION_SANDBOX = ("**Delete this task from your history?** Its entry, video and frames are deleted, with no "
-                           "undo. (Sandbox mode: nothing was billed.)")
+                           "undo. (Sandbox mode: it cost nothing.)")
 Outputs = tuple[str, str, "str | None"]
 
 
@@ -224,9 +233,8 @@ def describe_for_api(fn: Callable[..., Any], parameters: dict[str, gr.components
 def backend_banner(backend: Backend, settings: Settings) -> str:
     if backend.is_sandbox:
         return (
-            "**Sandbox mode — no AI.** No `WAVESPEED_API_KEY` is set, so videos are made locally (a slow "
-            "camera move over your image, marked *SANDBOX*) and cost nothing. To generate with Kling 2.0 for "
-            "real, put `WAVESPEED_API_KEY=…` in the environment or a `.env` file and restart."
+            "**Sandbox mode — no AI.** Videos are made locally (a slow camera move over your image, marked "
+            "*SANDBOX*) and cost nothing. For Kling 2.0, set `WAVESPEED_API_KEY` (environment or `.env`) and restart."
         )
     who = ("Bring your own WaveSpeed key below: this app does not pay for generations."
            if settings.require_user_key else
@@ -306,9 +314,10 @@ def launch_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def history_items(records: list[TaskRecord], placeholder: str) -> list[tuple[str, str]]:
-    """Gallery entries: a tile per task whose state shows at a glance (history_view.items)."""
-    return history_view.items(records, Path(placeholder))
+def history_items(records: list[TaskRecord], placeholder: str,
+                  words: Callable[[str], str] = str) -> list[tuple[str, str]]:
+    """Gallery entries: a tile per task whose state shows at a glance (history_view.items), captions in `words`."""
+    return [(picture, words(caption)) for picture, caption in history_view.items(records, Path(placeholder))]
 
 
 def pending_picture(folder: Path) -> Path:
@@ -423,16 +432,23 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     def show_history(owner_id: str | None, request: gr.Request) -> tuple[list[tuple[str, str]], list[str]]:
         """Your generations, newest first."""
         records = service.tasks(owner_of(owner_id, request))
-        return history_items(records, placeholder), [r.task_id for r in records]
+        return history_items(records, placeholder, words), [r.task_id for r in records]
 
     @plain_errors()
-    def refresh_changed(owner_id: str | None, seen: str, request: gr.Request) -> tuple[Any, Any, str]:
-        """Redraw the history only when a task was added or changed status (tasks finish in the background)."""
+    def refresh_changed(owner_id: str | None, seen: str, selected: str, request: gr.Request) -> tuple[Any, ...]:
+        """Redraw the history only when a task was added or changed status (tasks finish in the background);
+        the selected task's detail, video and buttons too when it is the one that changed."""
         records = service.tasks(owner_of(owner_id, request))
         signature = "|".join(f"{r.task_id}:{r.status}" for r in records)
+        unchanged = (gr.skip(),) * len(selected_out)
         if signature == seen:
-            return gr.skip(), gr.skip(), seen
-        return history_items(records, placeholder), [r.task_id for r in records], signature
+            return gr.skip(), gr.skip(), seen, *unchanged
+        shown = unchanged
+        if selected and seen:  # the first look after loading knows no earlier state to compare with
+            record = next((r for r in records if r.task_id == selected), None)
+            if record is None or f"{record.task_id}:{record.status}" not in seen.split("|"):
+                shown = selected_outputs(record, ask_to_delete=gr.skip())  # an open delete question stays
+        return history_items(records, placeholder, words), [r.task_id for r in records], signature, *shown
 
     @plain_errors()
     def on_load(stored_owner: str | None, request: gr.Request) -> tuple[Any, ...]:
@@ -444,7 +460,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
             log.info("a browser's stored owner id was not signed by this server; it gets a new one")
         token = sign_owner(owner_id or new_owner_id(), secret)
         records = service.arrive(owner_of(token, request))  # unfinished tasks are fetched now
-        return token, token, history_items(records, placeholder), [r.task_id for r in records]
+        return token, token, history_items(records, placeholder, words), [r.task_id for r in records]
 
     @plain_errors()
     def select_history(task_ids: list[str], owner_id: str | None, request: gr.Request,
@@ -453,10 +469,21 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         record = None
         if selection.index is not None and 0 <= selection.index < len(task_ids):
             record = service.task(owner_of(owner_id, request), task_ids[selection.index])
+        return selected_outputs(record)
+
+    def selected_outputs(record: TaskRecord | None, ask_to_delete: Any = None) -> tuple[Any, ...]:
+        """What the history shows of `record` (None: nothing selected), for `selected_out`: its video, its detail,
+        its id, the buttons that apply to it, the delete question (hidden unless `ask_to_delete` says otherwise)
+        and its end frame's picture."""
+        buttons = history_buttons(record)[:3]
+        question = gr.update(visible=False) if ask_to_delete is None else ask_to_delete
         if record is None:
-            return None, "", "", *history_buttons(None)
+            return None, "", "", *buttons, question, gr.update(value=None, visible=False)
         video = record.video_path if record.video_path and Path(record.video_path).exists() else None
-        return video, history_view.detail(record, service.cost(record)), record.task_id, *history_buttons(record)
+        end = history_view.end_frame(record)
+        text = words(history_view.detail(record, service.cost(record), end_frame_shown=end is not None))
+        return (video, text, record.task_id, *buttons, question,
+                gr.update(value=str(end) if end else None, visible=end is not None))
 
     # -- history: reuse a task's settings, continue from its last frame, delete it (service checks ownership) --
 
@@ -488,8 +515,8 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     def delete_task(selected: str, owner_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         """Delete the selected task here (after the visitor confirmed), then show the history without it."""
         owner = owner_of(owner_id, request)
-        message = service.delete(owner, selected)
-        return (None, f"**Deleted.** {message}", "", *history_buttons(None),
+        message = words(service.delete(owner, selected))
+        return (None, f"**Deleted.** {message}", "", *history_buttons(None), gr.update(value=None, visible=False),
                 *show_history(owner_id, request))
 
     # -- money: the price beside Generate, what WaveSpeed says of a visitor's key, their spend so far ----------
@@ -501,7 +528,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
             api_key = visitor_key(typed, request.headers)
         except KlingDemoError:
             api_key = None  # the key's own line says what is wrong with it
-        return service.price_line(Visitor("", api_key), duration)
+        return words(service.price_line(Visitor("", api_key), duration))
 
     @plain_errors()
     def show_key_status(typed: str | None) -> str:
@@ -509,13 +536,13 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         try:
             api_key = visitor_key(typed, None)
         except KlingDemoError as error:
-            return str(error)
-        return service.key_status(api_key)
+            return words(str(error))
+        return words(service.key_status(api_key))
 
     @plain_errors()
     def show_spend(owner_id: str | None, request: gr.Request) -> str:
         """What the visitor's completed videos cost so far (shown once the page has its owner id)."""
-        return service.spend_line(owner_of(owner_id, request)) if owner_id else ""
+        return words(service.spend_line(owner_of(owner_id, request))) if owner_id else ""
 
     # -- the page's own view of a job: status, task id, video, progress, phase; errors end in the status --------
 
@@ -571,11 +598,11 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
             gr.Info("The job had already ended, so there was nothing to stop.")
             return gr.skip(), gr.skip()
         if task_id:
-            text = (f"**Stopped** — stopped waiting for task `{task_id}`. It was already submitted and is still "
-                    "running at WaveSpeed, so it may still finish and be billed; if it does, it will appear in your "
-                    "history.")
+            text = (f"**Stopped** — This page stopped following task `{task_id}`. It was already submitted and is "
+                    "still running at WaveSpeed, so it may still finish and be billed; if it does, it will appear in "
+                    "your history.")
         else:
-            text = ("**Stopped** — nothing had been submitted yet, so nothing was billed. If the submission was "
+            text = ("**Stopped** — Nothing had been submitted yet, so nothing was billed. If the submission was "
                     "already on its way, the task will still finish into your history.")
         return words(text), ""
 
@@ -607,11 +634,15 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
 
     def key_section() -> tuple[gr.Textbox, gr.Markdown]:
         """The visitor's own key; in sandbox mode the box says plainly that a key typed here pays for nothing."""
-        info = ("Sandbox mode: a key typed here is not used for WaveSpeed and pays for nothing; videos are still "
-                "made locally without AI. To generate with Kling for real, start the app with WAVESPEED_API_KEY."
-                if service.is_sandbox else "Used for your requests only; never stored, logged or shown.")
-        with gr.Accordion("Your WaveSpeed key", open=settings.require_user_key, elem_id="key-section"):
-            box = gr.Textbox(label="WaveSpeed API key", type="password", elem_id="user-key",
+        if service.is_sandbox:
+            title, label = "Your own API key (not used in sandbox mode)", "API key"
+            info = ("Sandbox mode: a key typed here is not used and pays for nothing; videos are still made "
+                    "locally without AI. For Kling 2.0, start the app with WAVESPEED_API_KEY set.")
+        else:
+            title, label = "Your WaveSpeed key", "WaveSpeed API key"
+            info = "Used for your requests only; never stored, logged or shown."
+        with gr.Accordion(title, open=settings.require_user_key, elem_id="key-section"):
+            box = gr.Textbox(label=label, type="password", elem_id="user-key",
                              placeholder="optional" if not settings.require_user_key else "required", info=info)
             return box, gr.Markdown("", elem_id="key-status")
 
@@ -628,39 +659,39 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         history_ticker = gr.Timer(5.0)
         history_selected = gr.State("")  # the task id shown in the detail; every action checks it is the owner's
 
-        gr.Markdown(f"## {SPEC.title} — one still image in, a 5 or 10 second video out")
+        gr.Markdown(f"## {SPEC.title} — one still image in, a 5 or 10 second video out", elem_id="title")
         gr.Markdown(backend_banner(service.backend, settings), elem_id="backend-banner")
         if settings.require_user_key:  # needed before anything else
             key_box, key_status = key_section()
         examples = gr.Gallery([(str(ASSETS / e.image), e.title) for e in EXAMPLES], label="Try an example",
-                              columns=len(EXAMPLES), rows=1, height=130, object_fit="cover", allow_preview=False,
+                              columns=len(EXAMPLES), rows=1, height=96, object_fit="cover", allow_preview=False,
                               interactive=False, elem_id="examples", buttons=[])
         with gr.Row(equal_height=False, elem_id="main-row"):
             with gr.Column(scale=1, elem_id="inputs-column"):
-                image = frame_input(label="First frame", height=220, elem_id="first-frame")
-                first_check = gr.Markdown("", elem_id="first-frame-check", container=False)
+                image = frame_input(label="First frame", height=180, elem_id="first-frame")
+                first_check = gr.Markdown("", elem_id="first-frame-check", container=False, elem_classes="kd-note")
                 prompt = gr.Textbox(label="Prompt", lines=2, max_length=SPEC.max_chars("prompt"),
                                     placeholder="A slow dolly-in as the wind moves through her hair…",
                                     elem_id="prompt")
-                prompt_count = gr.Markdown("", elem_id="prompt-count", container=False)
-                with gr.Row():
+                prompt_count = gr.Markdown("", elem_id="prompt-count", container=False, elem_classes="kd-note")
+                with gr.Row(elem_id="settings-row"):
                     guidance = gr.Slider(SPEC.guidance_min, SPEC.guidance_max, value=SPEC.guidance_default,
-                                         step=0.05, label="Guidance scale", min_width=200,
-                                         info="Higher follows the prompt more closely. (Kling has no seed: "
-                                              "each run differs.)")
+                                         step=0.05, label="Guidance scale", min_width=200, scale=3, elem_id="guidance",
+                                         info="Higher follows the prompt more closely. Kling has no seed: "
+                                              "each run differs.")
                     duration = duration_input(choices=list(SPEC.durations), value=SPEC.default_duration, label="Duration (s)",
-                                             elem_id="duration", min_width=120)
+                                             elem_id="duration", min_width=120, scale=1)
                 with gr.Accordion("Advanced", open=False, elem_id="advanced") as advanced:
                     negative = gr.Textbox(label="Negative prompt", lines=2,
                                           max_length=SPEC.max_chars("negative_prompt"),
                                           placeholder="blurry, distorted hands", elem_id="negative-prompt")
-                    negative_count = gr.Markdown("", elem_id="negative-prompt-count", container=False)
+                    negative_count = gr.Markdown("", elem_id="negative-prompt-count", container=False, elem_classes="kd-note")
                     end_image = frame_input(label="End frame (optional)", height=200, elem_id="end-frame")
-                    end_check = gr.Markdown("", elem_id="end-frame-check", container=False)
+                    end_check = gr.Markdown("", elem_id="end-frame-check", container=False, elem_classes="kd-note")
                 with gr.Row(elem_id="buttons"):
                     generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
-                price = gr.Markdown("", elem_id="price")
+                price = gr.Markdown("", elem_id="price", elem_classes="kd-note")
                 budget = gr.Markdown("", elem_id="budget", visible=False)
                 if oauth_enabled():  # a Space with `hf_oauth: true`; the button cannot start anywhere else
                     gr.LoginButton("Sign in with Hugging Face for your own budget", elem_id="login")
@@ -682,6 +713,8 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                                          elem_id="history-video")
                 with gr.Column():
                     history_detail = gr.Markdown(elem_id="history-detail")
+                    history_end_frame = gr.Image(label="End frame", height=110, interactive=False, visible=False,
+                                                 buttons=[], elem_id="history-end-frame")
                     with gr.Row():
                         reuse_btn = gr.Button("Reuse these settings", size="sm", interactive=False,
                                               elem_id="reuse-settings")
@@ -746,13 +779,12 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         # API clients see the history of their key's hash, else of their IP: no use as an MCP tool.
         refresh_btn.click(show_history, inputs=owner_id, outputs=[gallery, history_ids], api_name="history",
                           queue=False, api_visibility="undocumented")
-        history_ticker.tick(refresh_changed, inputs=[owner_id, history_seen],
-                            outputs=[gallery, history_ids, history_seen], queue=False, show_progress="hidden",
-                            **private)
         history_buttons_out = [reuse_btn, continue_btn, delete_btn, delete_confirm]
-        gallery.select(select_history, inputs=[history_ids, owner_id],
-                       outputs=[history_video, history_detail, history_selected, *history_buttons_out],
-                       queue=False, **private)
+        selected_out = [history_video, history_detail, history_selected, *history_buttons_out, history_end_frame]
+        history_ticker.tick(refresh_changed, inputs=[owner_id, history_seen, history_selected],
+                            outputs=[gallery, history_ids, history_seen, *selected_out], queue=False,
+                            show_progress="hidden", **private)
+        gallery.select(select_history, inputs=[history_ids, owner_id], outputs=selected_out, queue=False, **private)
         # Added last, so the events above keep their numbers.
         demo.load(show_budget, inputs=typed_key, outputs=budget, queue=False, **private)
         job_event.then(show_budget, inputs=typed_key, outputs=budget, queue=False, show_progress="hidden", **private)
@@ -796,7 +828,8 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
             async for outputs in on_page(start, None):
                 yield outputs
 
-        key_box.change(lambda key: gr.update(visible=bool((key or "").strip())), inputs=key_box, outputs=tasks_box,
+        key_box.change(lambda key: gr.update(visible=bool((key or "").strip()) and not service.is_sandbox),
+                       inputs=key_box, outputs=tasks_box,
                        queue=False, show_progress="hidden", **private)
         load_tasks_btn.click(load_tasks, inputs=[owner_id, typed_key], outputs=[task_list, tasks_note], **private)
         adopt_event = adopt_btn.click(busy, outputs=busy_outputs, queue=False, **private).then(
@@ -840,8 +873,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         delete_btn.click(lambda: gr.update(visible=True), outputs=delete_confirm, queue=False, **private)
         cancel_delete_btn.click(lambda: gr.update(visible=False), outputs=delete_confirm, queue=False, **private)
         confirm_delete_btn.click(delete_task, inputs=[history_selected, owner_id],
-                                 outputs=[history_video, history_detail, history_selected, *history_buttons_out,
-                                          gallery, history_ids], queue=False, **private)
+                                 outputs=[*selected_out, gallery, history_ids], queue=False, **private)
 
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
     if service.webhooks is not None:

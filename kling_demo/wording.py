@@ -12,6 +12,12 @@ _SANDBOX_REWRITES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p
     (r",? (?:and|or) (?:be )?billed", ""),  # "may still finish and be billed" → "may still finish"
     (r"\(and be billed\) ?", ""),
     (r"uploaded or billed", "uploaded"),
+    (r"Free \(sandbox\): nothing is billed\.", "Free (sandbox): nothing here costs money."),
+    (r"nothing is billed, so keys are not checked", "keys are not checked here (nothing costs money)"),
+    (r"nothing you make here is billed", "nothing you make here costs money"),
+    (r"To fetch a task submitted elsewhere, enter your own WaveSpeed key first\.",
+     "In sandbox mode only tasks made here can be fetched."),
+    (r"\b([Tt])he WaveSpeed key\b", r"\1he key"),  # a malformed key, refused before any use
     (r"[Nn]othing was billed", "nothing was spent"),
     (r"nothing is billed", "nothing is spent"),
     (r"billed", "spent"),

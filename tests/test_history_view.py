@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from kling_demo import history_view
+from kling_demo import history_view, videos
 from kling_demo.history_view import TileState
 from kling_demo.journal import Journal
 
@@ -28,10 +28,11 @@ def add(journal: Journal, tmp_path: Path, task_id: str, status: str, **params) -
 
 
 def corners(path: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The colour of a tile's top-right corner and of its foot (where the band is)."""
+    """The colour of a tile's bottom-right corner (the picture) and of its top (where the band is, clear of the
+    gallery's caption)."""
     with Image.open(path) as picture:
         rgb = picture.convert("RGB")
-        return rgb.getpixel((rgb.width - 2, 2)), rgb.getpixel((rgb.width - 2, rgb.height - 2))
+        return rgb.getpixel((rgb.width - 2, rgb.height - 2)), rgb.getpixel((rgb.width - 2, 2))
 
 
 def test_each_state_has_its_own_symbol_and_tile(journal, tmp_path):
@@ -54,11 +55,11 @@ def test_each_state_has_its_own_symbol_and_tile(journal, tmp_path):
     # A failed and a running tile are copies of the first frame with their own look; the original is untouched.
     failed, running = tiles["fail1"][0], tiles["run1"][0]
     assert failed != str(frames["fail1"]) and Path(failed).exists()
-    top, band = corners(failed)
-    assert max(top) - min(top) < 10, "a failed task's picture is greyed"
+    plain, band = corners(failed)
+    assert max(plain) - min(plain) < 10, "a failed task's picture is greyed"
     assert band[0] > 150 > band[1], "with a red band"
-    top, band = corners(running)
-    assert top[1] > top[0] and band[2] > 150 > band[0], "a running task keeps its colours, with a blue band"
+    plain, band = corners(running)
+    assert plain[1] > plain[0] and band[2] > 150 > band[0], "a running task keeps its colours, with a blue band"
     # Made once: asking again reuses the copy.
     made = Path(failed).stat().st_mtime_ns
     history_view.items(list(by_id.values()), tmp_path / "pending.png")
@@ -89,3 +90,19 @@ def test_the_detail_of_a_failed_task_says_why(journal, tmp_path):
     journal.fail("a", "t2", "The generation failed: <b>nope</b>")
     text = history_view.detail(journal.get("a", "t2"))
     assert "✕ Failed" in text and "**End frame:** no" in text and r"\<b\>nope\</b\>" in text
+
+
+def test_the_end_frame_is_found_beside_the_first_and_its_picture_is_named_in_the_detail(journal, tmp_path):
+    frame = add(journal, tmp_path, "t3", "created")
+    record = journal.get("a", "t3")
+    assert history_view.end_frame(record) is None  # not kept (yet): the detail still says there was one
+    assert "**End frame:** yes" in history_view.detail(record)
+    kept = frame.with_name(f"{frame.stem}.{videos.FRAME_ROLES[1]}.png")
+    Image.new("RGB", (320, 180), (10, 10, 60)).save(kept)
+    assert history_view.end_frame(record) == kept
+    assert "**End frame:** yes, pictured" in history_view.detail(record, end_frame_shown=True)
+    assert "**Cost:** Free (sandbox)" in history_view.detail(record, "free (sandbox)")
+    assert "**Cost:** $1.40 (WaveSpeed's quote" in history_view.detail(record, "cost $1.40 (WaveSpeed's quote)")
+    add(journal, tmp_path, "t4", "created", end_image=False)
+    frame.with_name(f"t4.{videos.FRAME_ROLES[1]}.png").write_bytes(kept.read_bytes())
+    assert history_view.end_frame(journal.get("a", "t4")) is None  # a task made without one shows none

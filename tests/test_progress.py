@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from kling_demo.jobs import JobUpdate, Stage
 from kling_demo.models import DEFAULT_MODEL
 from kling_demo.progress import EstimateSource, Step, Tracker, estimate
@@ -65,3 +67,10 @@ def test_sandbox_words_speak_of_no_billing_and_no_wavespeed() -> None:
     assert "billed" not in for_sandbox("Stopped before anything was submitted; nothing was billed.")
     assert for_sandbox("WaveSpeed is rendering your video") == "The sandbox is rendering your video"
     assert "Space's key" not in for_sandbox("the most one visitor may run at once on this Space's key (2)")
+    # The page's money lines and the refused resume fit the sandbox too (no billing, no WaveSpeed key to enter).
+    for line in ("Free (sandbox): nothing is billed.", "Sandbox mode: nothing is billed, so keys are not checked.",
+                 "Sandbox mode: nothing you make here is billed.",
+                 "This task is not in your history. To fetch a task submitted elsewhere, enter your own WaveSpeed "
+                 "key first.", "The WaveSpeed key contains a space or a character outside plain ASCII letters."):
+        words = for_sandbox(line)
+        assert not re.search(r"billed|spent|WaveSpeed|the sandbox key", words) and words[0].isupper(), words

@@ -1,13 +1,11 @@
 """What a visitor does in a real Chromium: upload, prompt, Generate, watch, Stop, and a refused image.
 
 The app runs as `python app.py` on its embedded sandbox (see conftest.py); nothing is mocked.
-Set `E2E_UPDATE_README_SCREENSHOT=1` to also rewrite `docs/screenshot.png` from the finished 5 s run.
+The README's screenshots are made by docs/screenshots.py.
 """
 
 from __future__ import annotations
 
-import io
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -23,8 +21,6 @@ except ImportError:  # the `browser` fixture skips (or fails under CI) with the 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 VIDEO_TIMEOUT = 60_000  # ms: a 3 s sandbox render plus upload, polling and download, with a wide margin
-README_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot.png"
-README_SCREENSHOT_MAX_BYTES = 300 * 1024
 
 # Records every distinct text #status shows, in order, so a test can see the steps a visitor saw.
 RECORD_STATUSES = """() => {
@@ -95,9 +91,6 @@ def test_generate_shows_each_step_the_task_id_and_plays_a_5_second_video(page, p
     assert video["duration"] == pytest.approx(5.0, abs=0.1), video
     assert not video["paused"], video
     expect_idle_buttons(page)
-
-    if os.environ.get("E2E_UPDATE_README_SCREENSHOT", "").strip() in ("1", "true", "yes"):
-        save_readme_screenshot(page)
 
 
 def test_a_10_second_run_plays_a_10_second_video(page, pictures):
@@ -200,27 +193,6 @@ def test_generate_and_status_fit_the_screen_without_horizontal_scrolling(open_pa
         box = element.bounding_box()
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"], (selector, box)
     page.evaluate("window.scrollTo(0, 0)")
-
-
-def save_readme_screenshot(page: Any) -> None:
-    """The README picture: the finished run at 1280×800, as a palette PNG under 300 KB."""
-    from PIL import Image
-
-    page.evaluate("""() => {  // a still, well-lit frame rather than whatever instant the screenshot lands on
-        const video = document.querySelector('#video video');
-        video.pause(); video.currentTime = 2.5;
-    }""")
-    page.wait_for_function("() => { const v = document.querySelector('#video video');"
-                           " return v.paused && !v.seeking && v.readyState >= 2; }")
-    page.evaluate("window.scrollTo(0, 0)")
-    picture = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
-    README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    for colours in (256, 192, 128, 96, 64):
-        picture.quantize(colors=colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
-            README_SCREENSHOT, format="PNG", optimize=True)
-        if README_SCREENSHOT.stat().st_size <= README_SCREENSHOT_MAX_BYTES:
-            return
-    pytest.fail(f"{README_SCREENSHOT} is {README_SCREENSHOT.stat().st_size} bytes, over {README_SCREENSHOT_MAX_BYTES}")
 
 
 # --- bring your own key: a canary key typed in the page pays for the run and is kept nowhere in the browser ---

@@ -6,7 +6,9 @@ The app runs as `python app.py` on its embedded sandbox (see conftest.py); nothi
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Iterator
+
+import pytest
 
 from kling_demo.visitors import OWNER_STORAGE_KEY
 from tests.e2e.test_browser import expect, fill_in, task_id_box, wait_for_playing_video
@@ -38,8 +40,9 @@ def test_reuse_and_continue_fill_the_form_and_the_continued_frame_generates(page
     page.reload()  # an empty form; the history stays
     select_tile(page, prompt)
     detail = page.locator("#history-detail")
-    for words in ("Negative prompt:** rain", "End frame:** yes", "Duration:** 5 s", task_id):
+    for words in ("Negative prompt:** rain", "End frame:** yes, pictured", "Duration:** 5 s", task_id):
         expect(detail).to_contain_text(words.replace("**", ""))
+    expect(page.locator("#history-end-frame img")).to_be_visible()  # the end frame itself, not just "yes"
 
     page.click("#reuse-settings")
     expect(page.locator("#prompt textarea")).to_have_value(prompt)
@@ -73,6 +76,42 @@ def test_delete_removes_the_tile_and_says_what_stays_at_wavespeed(page, pictures
     page.reload()  # the load event answers with the owner id and the history together
     page.wait_for_function("key => localStorage.getItem(key)", arg=OWNER_STORAGE_KEY, timeout=30_000)
     expect(page.locator("#history")).not_to_contain_text(prompt)
+
+
+@pytest.fixture(scope="module")
+def slow_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app on a sandbox whose renders take 15 s: long enough to pick a task's tile while it renders."""
+    from tests.processes import start_app_process
+
+    folder = tmp_path_factory.mktemp("slow")
+    app = start_app_process(folder / "data", log_path=folder / "app.log", env={"KLING_DEMO_SANDBOX_SECONDS": "15"})
+    try:
+        yield app.url
+    finally:
+        app.stop()
+
+
+def test_the_selected_tile_follows_its_task_from_rendering_to_done(browser, slow_app, pictures):
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(15_000)
+    try:
+        page = context.new_page()
+        page.goto(slow_app)
+        prompt = "Snow drifts past the lighthouse"
+        fill_in(page, pictures["first_frame"], prompt)
+        page.click("#generate")
+        expect(page.locator("#history")).to_contain_text(f"Rendering · {prompt}", timeout=30_000)  # the 5 s refresh
+        select_tile(page, prompt)
+        detail = page.locator("#history-detail")
+        expect(detail).to_contain_text("Still rendering")
+        expect(page.locator("#continue-from-last-frame")).to_be_disabled()
+        # No click: the history's refresh sees the task finish and updates what is shown of it.
+        expect(detail).to_contain_text("Done", timeout=60_000)
+        expect(detail).not_to_contain_text("Still rendering")
+        expect(page.locator("#continue-from-last-frame")).to_be_enabled()
+        expect(page.locator("#history-video video")).to_be_attached()
+    finally:
+        context.close()
 
 
 def _contains(text: str) -> re.Pattern[str]:

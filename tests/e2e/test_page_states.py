@@ -137,6 +137,32 @@ def test_a_first_render_shows_a_bar_an_estimate_and_the_steps(page, pictures):
     page.wait_for_function("() => document.title.includes('Your video is ready')")
 
 
+def box(page: Any, selector: str) -> dict[str, float]:
+    found = page.locator(selector).bounding_box()
+    assert found is not None, f"{selector} is not on the page"
+    return found
+
+
+def test_at_1280x800_the_examples_generate_and_the_price_need_no_scrolling(open_page):
+    page = open_page(DESKTOP)
+    expect(page.locator("#price")).to_contain_text("Free")
+    assert page.evaluate("() => window.scrollY") == 0
+    for selector in ("#examples", "#generate", "#price"):
+        found = box(page, selector)
+        bottom = found["y"] + found["height"]
+        assert bottom <= DESKTOP["height"], f"{selector} ends at {bottom:.0f} px, below the fold"
+    # Every example's caption is in view, so two examples of the same picture can be told apart.
+    captions = page.locator("#examples .caption-label")
+    expect(captions).to_have_count(6)
+    expect(captions.nth(1)).to_be_in_viewport(ratio=1)
+    expect(captions.nth(1)).to_contain_text("end frame")
+    # Sandbox words everywhere, the key box included: nothing is billed, and no WaveSpeed is involved.
+    page.click("#key-section")
+    expect(page.locator("#user-key")).to_contain_text("not used")
+    text = page.evaluate("() => document.body.innerText")
+    assert not re.search(r"billed|WaveSpeed", text), re.findall(r".*(?:billed|WaveSpeed).*", text)
+
+
 def test_on_a_phone_the_status_sits_right_below_generate(open_page):
     page = open_page(PHONE)
     generate = page.locator("#generate").bounding_box()
@@ -148,3 +174,10 @@ def test_on_a_phone_the_status_sits_right_below_generate(open_page):
     assert width <= PHONE["width"], f"the page scrolls sideways ({width} px)"
     examples = page.locator("#examples").bounding_box()
     assert examples is not None and examples["x"] + examples["width"] <= PHONE["width"] + 1
+    # All six examples show without scrolling inside the gallery.
+    last = box(page, "#examples .thumbnail-item >> nth=5")
+    assert last["y"] + last["height"] <= examples["y"] + examples["height"] + 1
+    # The guidance slider has the width to itself, with the duration below it.
+    guidance, duration = box(page, "#guidance"), box(page, "#duration")
+    assert duration["y"] >= guidance["y"] + guidance["height"] - 1, (guidance, duration)
+    assert guidance["width"] >= 0.9 * examples["width"], guidance
