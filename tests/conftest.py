@@ -21,6 +21,7 @@ if str(PROJECT_ROOT) not in sys.path:  # so plain `pytest` works without install
 from kling_demo.sandbox import SandboxConfig, SandboxHandle, start_sandbox  # noqa: E402
 
 FAST_INFERENCE_SECONDS = 1.0
+SERVER_KEY = "server-key"  # the app's own key in tests that run the service in live mode against a sandbox
 # Whole modules that start app processes, a browser or long renders: `pytest -m "not slow"` leaves them out
 # for a quick local loop; CI runs everything.
 SLOW_MODULES = ("test_durability", "test_waiting", "test_keys", "test_outage", "test_image_memory", "test_spaces", "test_mcp",
@@ -56,6 +57,29 @@ def make_sandbox() -> Iterator[Callable[..., SandboxHandle]]:
     yield factory
     for handle in started:
         handle.stop()
+
+
+@pytest.fixture
+def make_service(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Factory: `make_service(sandbox or base URL, background=True, **Settings fields)`: a Service that treats
+    the sandbox as the real API, paying with SERVER_KEY (live mode: prices, balances and budgets apply, tasks
+    are resumable); all are closed at teardown."""
+    from kling_demo.backend import Backend
+    from kling_demo.config import Settings
+    from kling_demo.service import Service
+
+    made: list[Service] = []
+
+    def factory(target: SandboxHandle | str, *, background: bool = True, **settings_fields: Any) -> Service:
+        base_url = target if isinstance(target, str) else target.base_url
+        service = Service(Settings(data_dir=tmp_path / "data", **settings_fields),
+                          Backend(base_url=base_url, api_key=SERVER_KEY), background=background)
+        made.append(service)
+        return service
+
+    yield factory
+    for service in made:
+        service.close()
 
 
 @pytest.fixture

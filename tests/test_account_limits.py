@@ -6,34 +6,16 @@ from __future__ import annotations
 import pytest
 
 from kling_demo.api_slots import ApiSlots, slot_key
-from kling_demo.backend import Backend
 from kling_demo.client import WaveSpeedClient
-from kling_demo.config import Settings
 from kling_demo.errors import InputRejected, InsufficientBalance, JobStopped, KlingDemoError, TaskFailed
 from kling_demo.jobs import JobRequest, Stage
 from kling_demo.models import DEFAULT_MODEL, TaskStatus
-from kling_demo.service import Service, Visitor
+from kling_demo.service import Visitor
 from kling_demo.history_view import STATUS_WORDS
 from kling_demo.ui import history_items
 
 SERVER_KEY = "server-key"
 ALICE = Visitor("browser:alice")
-
-
-@pytest.fixture
-def make_service(tmp_path):
-    """Factory: a Service on a sandbox it treats as the real API, paying with SERVER_KEY."""
-    made: list[Service] = []
-
-    def factory(sandbox, **settings_fields) -> Service:
-        service = Service(Settings(data_dir=tmp_path / "data", **settings_fields),
-                          Backend(base_url=sandbox.base_url, api_key=SERVER_KEY))
-        made.append(service)
-        return service
-
-    yield factory
-    for service in made:
-        service.close()
 
 
 def run(job) -> tuple[list, KlingDemoError | None]:

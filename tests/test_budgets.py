@@ -8,7 +8,6 @@ import threading
 
 import pytest
 
-from kling_demo.backend import Backend
 from kling_demo.budgets import PRICE_UNKNOWN, Budgets, Ledger, Limits
 from kling_demo.client import WaveSpeedClient
 from kling_demo.config import Settings
@@ -17,7 +16,7 @@ from kling_demo.identity import client_address, key_id, oauth_enabled, spender_i
 from kling_demo.jobs import JobRequest, Stage
 from kling_demo.journal import Journal
 from kling_demo.models import DEFAULT_MODEL
-from kling_demo.service import Service, Visitor
+from kling_demo.service import Visitor
 
 DAY = 24 * 3600
 
@@ -202,21 +201,6 @@ def test_the_price_quote_comes_from_the_api(make_sandbox):
     assert sandbox.stats()["submissions"] == 0, "a quote creates nothing"
 
 
-@pytest.fixture
-def make_service(tmp_path):
-    made: list[Service] = []
-
-    def factory(base_url: str, **settings_fields) -> Service:
-        service = Service(Settings(data_dir=tmp_path / "data", **settings_fields),
-                          Backend(base_url=base_url, api_key="server-key"), background=False)
-        made.append(service)
-        return service
-
-    yield factory
-    for service in made:
-        service.close()
-
-
 def run(job) -> list:
     with job:
         return list(job)
@@ -224,7 +208,7 @@ def run(job) -> list:
 
 def test_a_refused_job_uploads_and_submits_nothing(make_sandbox, make_service, make_image):
     sandbox = make_sandbox()
-    service = make_service(sandbox.base_url, visitor_budget_usd=1.50)
+    service = make_service(sandbox.base_url, background=False, visitor_budget_usd=1.50)
     visitor = Visitor("browser:a", spender="ip:1.2.3.4")
     assert run(service.generate(JobRequest(image=make_image(), prompt="one"), visitor))[-1].stage is Stage.DONE
     assert service.budget_line(visitor) == "Last 24 h on this Space's key: $1.40 of $1.50 used · your own key lifts this"
@@ -243,7 +227,7 @@ def test_a_refused_job_uploads_and_submits_nothing(make_sandbox, make_service, m
 
 def test_a_job_stopped_before_its_submit_is_released(make_sandbox, make_service, make_image):
     sandbox = make_sandbox()
-    service = make_service(sandbox.base_url, visitor_budget_usd=5.0)
+    service = make_service(sandbox.base_url, background=False, visitor_budget_usd=5.0)
     with service.generate(JobRequest(image=make_image(), prompt="x"), Visitor("browser:a", spender="ip:1.2.3.4")) as job:
         with pytest.raises(JobStopped, match="nothing was billed"):
             for update in job:
@@ -256,7 +240,7 @@ def test_a_job_stopped_before_its_submit_is_released(make_sandbox, make_service,
 
 def test_a_submission_refused_by_the_api_is_released(make_sandbox, make_service, make_image):
     sandbox = make_sandbox(balance=2.0)  # room for one $1.40 video: the second submit is answered 402
-    service = make_service(sandbox.base_url, visitor_budget_usd=5.0)
+    service = make_service(sandbox.base_url, background=False, visitor_budget_usd=5.0)
     visitor = Visitor("browser:a", spender="ip:1.2.3.4")
     first = service.generate(JobRequest(image=make_image(), prompt="one"), visitor)
     second = service.generate(JobRequest(image=make_image(), prompt="two"), visitor)
@@ -274,7 +258,7 @@ def test_a_submission_refused_by_the_api_is_released(make_sandbox, make_service,
 
 def test_no_price_no_submission(make_sandbox, make_service, make_image):
     sandbox = make_sandbox()
-    service = make_service(sandbox.base_url, visitor_budget_usd=5.0)
+    service = make_service(sandbox.base_url, background=False, visitor_budget_usd=5.0)
     sandbox.stop()  # the quote cannot be had: the job is refused, not guessed
     with pytest.raises(ServiceUnavailable) as refused:
         run(service.generate(JobRequest(image=make_image(), prompt="x"), Visitor("browser:a", spender="ip:1.2.3.4")))

@@ -18,7 +18,7 @@ from kling_demo.journal import Journal
 from kling_demo.lost_tasks import find_submitted
 from kling_demo.models import DEFAULT_MODEL, KeySource, TaskStatus
 from kling_demo.service import Visitor
-from tests.test_service import ALICE, BOB, make_service, run_to_end, submitted_elsewhere  # noqa: F401
+from tests.test_service import ALICE, BOB, run_to_end, submitted_elsewhere
 from tests.waiting import wait_for
 
 BOBS_KEY = "bob's key"

@@ -7,7 +7,6 @@ import sqlite3
 
 import pytest
 
-from kling_demo.backend import Backend
 from kling_demo.client import WaveSpeedClient
 from kling_demo.config import Settings
 from kling_demo.errors import InsufficientBalance, ServiceUnavailable
@@ -27,22 +26,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def make_service(tmp_path):
-    """Factory: a Service on a sandbox that it treats as the real API (live mode: prices and balances apply)."""
-    made: list[Service] = []
-
-    def factory(sandbox, **settings_fields) -> Service:
-        service = Service(Settings(data_dir=tmp_path / "data", **settings_fields),
-                          Backend(base_url=sandbox.base_url, api_key=SERVER_KEY), background=False)
-        made.append(service)
-        return service
-
-    yield factory
-    for service in made:
-        service.close()
 
 
 def run(job) -> list:
@@ -73,7 +56,7 @@ def test_quotes_are_cached_briefly_per_key_and_duration(make_sandbox):
 
 def test_the_price_line_shows_the_apis_quote_or_says_it_is_unavailable(make_sandbox, make_service):
     sandbox = make_sandbox(price_per_second=0.5)
-    service = make_service(sandbox, show_balance=True)
+    service = make_service(sandbox, background=False, show_balance=True)
     assert service.price_line(ALICE, 5) == ("Price: $2.50 for this 5 s video, billed to this Space's WaveSpeed key. "
                                             "Its balance: $1,000.00.")
     own = Visitor("browser:alice", "own-key")
@@ -86,7 +69,7 @@ def test_the_price_line_shows_the_apis_quote_or_says_it_is_unavailable(make_sand
 def test_a_balance_below_the_price_is_refused_with_both_amounts_and_nothing_submitted(make_sandbox, make_service,
                                                                                        make_image):
     sandbox = make_sandbox(balance=1.0)  # a 5 s video costs $1.40
-    service = make_service(sandbox)
+    service = make_service(sandbox, background=False)
     own = Visitor("browser:alice", "own-key")
     with pytest.raises(InsufficientBalance) as refused:
         run(service.generate(JobRequest(image=make_image(), prompt="a kite"), own))
@@ -112,7 +95,7 @@ def test_a_balance_that_cannot_be_had_does_not_block(make_sandbox, make_service)
 
 def test_the_quote_is_kept_with_the_task_and_shown_when_it_is_done(make_sandbox, make_service, make_image):
     sandbox = make_sandbox()
-    service = make_service(sandbox)
+    service = make_service(sandbox, background=False)
     updates = run(service.generate(JobRequest(image=make_image(), prompt="a kite", duration=10), ALICE))
     assert "Price: $2.80." in next(u.message for u in updates if u.stage is Stage.UPLOADING)
     done = updates[-1]
@@ -128,7 +111,7 @@ def test_the_quote_is_kept_with_the_task_and_shown_when_it_is_done(make_sandbox,
 
 def test_an_entered_key_is_checked_at_once_and_never_echoed(make_sandbox, make_service):
     sandbox = make_sandbox(api_key=SERVER_KEY, balance=12.4)
-    service = make_service(sandbox)
+    service = make_service(sandbox, background=False)
     assert service.key_status(SERVER_KEY) == "Key accepted · balance $12.40"
     rejected = service.key_status("not-a-real-key")
     assert rejected.startswith("WaveSpeed rejected this key.") and "not-a-real-key" not in rejected

@@ -19,22 +19,6 @@ from tests.waiting import wait_for
 ALICE, BOB = Visitor("browser:alice"), Visitor("browser:bob")
 
 
-@pytest.fixture
-def make_service(tmp_path):
-    """Factory: a Service on a sandbox that it treats as the real API (so tasks are resumable)."""
-    made: list[Service] = []
-
-    def factory(sandbox, **settings_fields) -> Service:
-        settings = Settings(data_dir=tmp_path / "data", **settings_fields)
-        service = Service(settings, Backend(base_url=sandbox.base_url, api_key="server-key"))
-        made.append(service)
-        return service
-
-    yield factory
-    for service in made:
-        service.close()
-
-
 def run_to_end(job) -> list:
     with job:
         return list(job)
