@@ -664,10 +664,10 @@ try:
     for update in generate(JobRequest(image={str(first)!r}, prompt="dusk", end_image={str(end)!r}), ctx):
         updates.append(update.message)
 except Exception as error:
-    updates.append(type(error).__name__)
+    updates.append(type(error).__name__ + ": " + str(error))
 outcome = updates
 """)
-    assert updates[-2:] == ["The end frame image is damaged or incomplete — export it again as JPEG or PNG.",
-                            "InputRejected"]
+    assert updates[-1] == ("InputRejected: The end frame image is damaged or incomplete — export it again as JPEG "
+                           "or PNG.")
     assert grew_mb < 32, f"the first frame was decoded: the peak RSS rose by {grew_mb:.0f} MB"
     assert sandbox.stats()["uploads"] == 0 and sandbox.stats()["submissions"] == 0
