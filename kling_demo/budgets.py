@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import storage
+from .journal import check_header
 from .sqlite_threads import ThreadConnections
 from .client import WaveSpeedClient
 from .errors import AuthenticationFailed, BudgetExceeded, KlingDemoError, ServiceUnavailable, StorageUnavailable
@@ -74,7 +75,8 @@ class Ledger:
         self.path = Path(path)
         self.clock = clock
         self._ready = False
-        self._connections = ThreadConnections(self.path, isolation_level=None)  # transactions begun by hand
+        # Transactions begun by hand; a file overwritten while open is refused, as the journal refuses it.
+        self._connections = ThreadConnections(self.path, isolation_level=None, check=check_header)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -131,7 +131,7 @@ class Journal:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._connections = ThreadConnections(self.path)
+        self._connections = ThreadConnections(self.path, check=check_header)
         self._lock = threading.Lock()
         self._prepare_lock = threading.Lock()
         self._ready = False
@@ -404,6 +404,12 @@ def _has_sqlite_header(path: Path) -> bool:
     except FileNotFoundError:
         return True
     return not start or start == SQLITE_HEADER
+
+
+def check_header(path: Path) -> None:
+    """Refuse a journal overwritten while open (a failing disk): its connections would not notice by themselves."""
+    if not _has_sqlite_header(path):
+        raise _CorruptJournal("file is not a database")
 
 
 def _is_corrupt(error: sqlite3.DatabaseError) -> bool:
