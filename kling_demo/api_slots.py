@@ -4,7 +4,9 @@ WaveSpeed caps a whole key by account level (Bronze: 3 tasks at once); a task be
 while the visitor sees nothing move. Here a job takes a `Ticket` for its key and waits its turn, first come
 first served, before it uploads anything. From the submit on, the slot belongs to the task (not the page):
 whoever follows the task to its end, a live job or background recovery, gives it back with `finish()`.
-Nothing here blocks: a waiting job asks `Ticket.try_acquire()` again after a short wait of its own.
+Nothing here blocks: a waiting job waits on its ticket's `bell` (a coroutine on the page's event loop, or a
+thread in the CLI), which rings whenever the line of its key moves (a slot freed, a job ahead left), and then
+asks `Ticket.try_acquire()` again.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import hashlib
 import logging
 import threading
 from collections import defaultdict, deque
+
+from .notices import Bell
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,16 @@ class ApiSlots:
     def finish(self, task_id: str) -> None:
         """The task ended (or nobody will follow it any more): its slot is free. Safe to call twice."""
         with self._lock:
-            self._tasks.pop(task_id, None)
+            key = self._tasks.pop(task_id, None)
+        if key is not None:
+            self._ring(key)
+
+    def _ring(self, key: str) -> None:
+        """The line of `key` moved: wake every job waiting in it to look again (their places changed too)."""
+        with self._lock:
+            waiting = list(self._waiting.get(key, ()))
+        for ticket in waiting:
+            ticket.bell.ring()
 
     def _running(self, key: str) -> int:
         return self._holding[key] + sum(1 for owner in self._tasks.values() if owner == key)
@@ -64,11 +77,14 @@ class ApiSlots:
             queue = self._waiting[ticket.key]
             position = queue.index(ticket)
             free = self.limit - self._running(ticket.key) if self.limit else position + 1
-            if position < free:
-                queue.remove(ticket)
-                self._holding[ticket.key] += 1
-                return 0
-            return position + 1 - max(0, free)
+            if position >= free:
+                return position + 1 - max(0, free)
+            queue.remove(ticket)
+            self._holding[ticket.key] += 1
+            moved = bool(self.limit and queue)
+        if moved:
+            self._ring(ticket.key)  # everyone behind is one place further up
+        return 0
 
     def _bind(self, ticket: "Ticket", task_id: str) -> None:
         with self._lock:
@@ -84,6 +100,7 @@ class ApiSlots:
                     self._waiting[ticket.key].remove(ticket)
                 except ValueError:
                     pass
+        self._ring(ticket.key)
 
 
 class Ticket:
@@ -92,6 +109,7 @@ class Ticket:
     def __init__(self, slots: ApiSlots, key: str) -> None:
         self.slots, self.key = slots, key
         self.state = "waiting"  # → "holding" → "bound" | "released"
+        self.bell = Bell()  # rung when the line moves: time to `try_acquire()` again
 
     @property
     def limit(self) -> int:
@@ -104,6 +122,7 @@ class Ticket:
             return 0
         if self.state != "waiting":
             raise RuntimeError(f"a {self.state} ticket cannot wait for a slot")
+        self.bell.clear()  # before looking: a slot freed after this look rings again
         place = self.slots._try_acquire(self)
         if place == 0:
             self.state = "holding"

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import storage
+from .journal import check_header
+from .sqlite_threads import ThreadConnections
 from .client import WaveSpeedClient
 from .errors import AuthenticationFailed, BudgetExceeded, KlingDemoError, ServiceUnavailable, StorageUnavailable
 from .models import ModelSpec
@@ -67,17 +69,19 @@ class Usage:
 
 
 class Ledger:
-    """The `spend` table, in the journal's SQLite file (its own connection per call, as the journal does)."""
+    """The `spend` table, in the journal's SQLite file (one reused connection per thread, as the journal has)."""
 
     def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.clock = clock
         self._ready = False
+        # Transactions begun by hand; a file overwritten while open is refused, as the journal refuses it.
+        self._connections = ThreadConnections(self.path, isolation_level=None, check=check_header)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction that takes the file's write lock at once, so checks and insert are atomic."""
-        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        db = self._connections.connection()
         try:
             if not self._ready:
                 db.executescript(SCHEMA)
@@ -89,8 +93,9 @@ class Ledger:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-        finally:
-            db.close()
+        except sqlite3.Error:
+            self._connections.discard()  # the next call starts from a fresh open
+            raise
 
     def reserve(self, spender: str, amount: float, limits: Limits, *, what: str = "this video") -> "Reservation":
         """Count `amount` against `spender` and the app, or raise `BudgetExceeded` saying which limit and when."""

@@ -28,6 +28,7 @@ import requests
 from urllib3.exceptions import NewConnectionError
 
 from . import __version__
+from .connections import Connections, new_session
 from .errors import (
     ApiInputRefused,
     AuthenticationFailed,
@@ -221,7 +222,10 @@ class WaveSpeedClient:
         backoff_seconds: float = 0.5,
         max_backoff_seconds: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
+        connections: Connections | None = None,
     ) -> None:
+        """`connections`: the app's shared sessions (this key's pool, and a keyless one for upload URLs and
+        downloads); without them the client opens its own, closed by `close()`."""
         if not api_key:
             raise AuthenticationFailed("No WaveSpeed API key was given.")
         self.base_url = base_url.rstrip("/")
@@ -231,18 +235,25 @@ class WaveSpeedClient:
         self.backoff_seconds = backoff_seconds
         self.max_backoff_seconds = max_backoff_seconds
         self._sleep = sleep
-        self.session = requests.Session()
-        self.session.headers.update({
+        headers = {
             "Authorization": f"Bearer {api_key}",
             "User-Agent": f"kling-demo/{__version__}",
             "X-Client-Name": "kling-demo",
-        })
+        }
+        self._shared = connections is not None
+        self.session = connections.account(self.account, headers) if connections else new_session(headers)
+        # Signed upload URLs and output URLs are not the API: they must not receive our key.
+        self._plain = connections.plain() if connections else None
 
     def __repr__(self) -> str:
         return f"WaveSpeedClient(base_url={self.base_url!r})"
 
     def close(self) -> None:
-        self.session.close()
+        """Close the client's own connections (shared ones stay open for the other jobs of the app)."""
+        if not self._shared:
+            self.session.close()
+            if self._plain is not None:
+                self._plain.close()
 
     @property
     def account(self) -> tuple[str, str]:
@@ -250,11 +261,19 @@ class WaveSpeedClient:
         return self.base_url, hashlib.sha256(self._api_key.encode()).hexdigest()[:16]
 
     def clone(self) -> "WaveSpeedClient":
-        """The same account and timeouts on connections of its own (the poller's, shared by the key's tasks)."""
+        """The same account and timeouts, for a longer-lived user (the poller's, shared by the key's tasks): on the
+        app's shared connections when this client uses them, else on connections of its own."""
         twin = copy.copy(self)
-        twin.session = requests.Session()
-        twin.session.headers.update(self.session.headers)
+        if not self._shared:
+            twin.session = new_session(dict(self.session.headers))
+            twin._plain = None
         return twin
+
+    def _keyless(self) -> requests.Session:
+        """The session for URLs that must not see the key; a client of its own makes one on first use."""
+        if self._plain is None:
+            self._plain = new_session()
+        return self._plain
 
     def __enter__(self) -> "WaveSpeedClient":
         return self
@@ -279,8 +298,8 @@ class WaveSpeedClient:
         def put() -> requests.Response:
             with path.open("rb") as stream:
                 # The signed URL is not the API: it must not receive our key.
-                return requests.put(instruction["url"], data=stream, headers=instruction.get("headers") or {},
-                                    timeout=self.timeout)
+                return self._keyless().put(instruction["url"], data=stream, headers=instruction.get("headers") or {},
+                                           timeout=self.timeout)
 
         self._with_retries(f"upload of {path.name}", put)
         return str(download_url)
@@ -384,7 +403,7 @@ class WaveSpeedClient:
 
         def fetch() -> Path:
             # Output URLs are on a CDN: plain GET, without our key.
-            with requests.get(url, stream=True, timeout=self.timeout) as response:
+            with self._keyless().get(url, stream=True, timeout=self.timeout) as response:
                 if response.status_code != 200:
                     response.content  # read the short error body before the stream closes
                     return response  # _with_retries classifies it

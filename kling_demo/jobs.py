@@ -47,7 +47,7 @@ from .prices import PriceGuard, money, quoted_cost
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-SLOT_CHECK_SECONDS = 1.0  # how often a job waiting for a free WaveSpeed slot looks again
+SLOT_CHECK_SECONDS = 15.0  # a job waiting for a free WaveSpeed slot is woken when one frees; this often anyway
 LOST_LOOKUP_DELAYS = (1.0, 2.0, 4.0)  # after a lost submit answer, the listing is read again after these waits
 
 
@@ -243,7 +243,8 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
 def _wait_for_slot(ticket: Ticket, ctx: JobContext, started: float) -> Iterator[JobUpdate]:
     """Wait in the app, first come first served, until the key has a free slot at WaveSpeed.
 
-    No thread sleeps here for an async caller: each update carries `wait_seconds`, and Stop ends the wait."""
+    No thread sleeps here for an async caller: each update carries the ticket's bell as `wake` (rung when a
+    slot frees or the line moves) and the deadline as `wait_seconds`; Stop ends the wait."""
     give_up_at = started + ctx.deadline_seconds
     while place := ticket.try_acquire():
         now = ctx.clock()
@@ -252,10 +253,11 @@ def _wait_for_slot(ticket: Ticket, ctx: JobContext, started: float) -> Iterator[
                               "Nothing was uploaded or billed; try again later.")
         ahead = place - 1
         line = "you are next" if ahead == 0 else f"{ahead} job{'s' if ahead != 1 else ''} ahead of you"
+        wait = max(MIN_INTERVAL, min(SLOT_CHECK_SECONDS, give_up_at - now))
         yield JobUpdate(Stage.WAITING, f"Waiting for a free WaveSpeed slot: {line}. This key runs {ticket.limit} "
                                        "tasks at once; nothing has been uploaded or billed yet.",
-                        now - started, wait_seconds=SLOT_CHECK_SECONDS, place=place)
-        _sleep_until(ctx, now + SLOT_CHECK_SECONDS, None)
+                        now - started, wait_seconds=wait, place=place, wake=ticket.bell)
+        _sleep_until(ctx, now + wait, None, ticket.bell)
 
 
 def _submit(payload: dict[str, object], ctx: JobContext, started: float) -> Generator[JobUpdate, None, Prediction]:

@@ -17,12 +17,13 @@ import sqlite3
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from . import videos
+from .sqlite_threads import ThreadConnections
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +126,12 @@ class PruneReport:
 
 
 class Journal:
-    """The tasks table. Safe to share between threads and processes (one connection per call)."""
+    """The tasks table. Safe to share between threads and processes (one reused connection per thread)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._connections = ThreadConnections(self.path, check=check_header)
         self._lock = threading.Lock()
         self._prepare_lock = threading.Lock()
         self._ready = False
@@ -169,6 +171,7 @@ class Journal:
 
     def _move_aside(self, error: sqlite3.DatabaseError) -> None:
         """Keep an unreadable journal (and its -wal/-shm) under a dated name; the next open starts afresh."""
+        self._connections.reset()  # every thread's connection points at the file being moved
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         while aside.exists():
@@ -198,15 +201,9 @@ class Journal:
             log.warning("journal: cannot be read right now (%s); showing nothing from it", error)
             return []
 
-    @contextmanager
-    def _session(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30.0)
-        db.row_factory = sqlite3.Row
-        try:
-            with db:  # one transaction: commit on success, roll back on error
-                yield db
-        finally:
-            db.close()
+    def _session(self) -> AbstractContextManager[sqlite3.Connection]:
+        """This thread's connection in one transaction: commit on success, roll back on error."""
+        return self._connections.session()
 
     def record_submission(self, *, owner: str, task_id: str, model: str, api_base: str, key_source: str,
                           params: dict[str, Any], first_frame: str | None = None, status: str = "created") -> None:
@@ -407,6 +404,12 @@ def _has_sqlite_header(path: Path) -> bool:
     except FileNotFoundError:
         return True
     return not start or start == SQLITE_HEADER
+
+
+def check_header(path: Path) -> None:
+    """Refuse a journal overwritten while open (a failing disk): its connections would not notice by themselves."""
+    if not _has_sqlite_header(path):
+        raise _CorruptJournal("file is not a database")
 
 
 def _is_corrupt(error: sqlite3.DatabaseError) -> bool:

@@ -20,6 +20,7 @@ from .backend import Backend, open_backend
 from .budgets import Budgets, Ledger, Limits
 from .client import Balance, Prediction, Quote, WaveSpeedClient
 from .config import Settings
+from .connections import Connections
 from .errors import AuthenticationFailed, InputRejected, KeyRequired, KlingDemoError, NotYours
 from .jobs import Followers, JobContext, JobRequest, JobUpdate, Stage
 from .inputs import check_duration, check_guidance
@@ -166,6 +167,7 @@ class Service:
         for duration, seconds in reversed(self.journal.inference_times(spec.model_id)):
             self.history.record(spec.model_id, duration, seconds)
         self.followers = Followers()
+        self.connections = Connections()  # every job of a key shares its connections (and keyless ones for files)
         self.slots = JobSlots()
         # Webhooks, when the app knows its public URL and the secret: a verified one wakes the task's follower.
         self.notices = Notices()
@@ -199,7 +201,7 @@ class Service:
         `operator` (the command line) owns the server's key, so is told its balance as a visitor is theirs."""
         client = WaveSpeedClient(self.backend.base_url, api_key or self.backend.api_key,
                                  connect_timeout=self.settings.connect_timeout,
-                                 read_timeout=self.settings.read_timeout)
+                                 read_timeout=self.settings.read_timeout, connections=self.connections)
         # A visitor's own key belongs to an account whose webhook secret we do not know: those tasks are polled.
         pushed = self.webhooks is not None and not api_key
         guard = self.budgets.guard(spender, client) if spender is not None and not api_key else None
@@ -271,7 +273,7 @@ class Service:
         Only with their own key: the server key's tasks are every visitor's."""
         self._require_own_key(visitor, "list its tasks")
         with WaveSpeedClient(self.backend.base_url, visitor.api_key or "", connect_timeout=self.settings.connect_timeout,
-                             read_timeout=self.settings.read_timeout) as client:
+                             read_timeout=self.settings.read_timeout, connections=self.connections) as client:
             return list(client.predictions(1, limit, model=self.spec.model_id).items)
 
     def adopt(self, task_id: str, visitor: Visitor) -> Job:
@@ -368,7 +370,8 @@ class Service:
         """A client for a quick look-up while a person waits: short timeouts."""
         return WaveSpeedClient(self.backend.base_url, api_key or self.backend.api_key,
                                connect_timeout=min(5.0, self.settings.connect_timeout),
-                               read_timeout=min(10.0, self.settings.read_timeout), max_attempts=2)
+                               read_timeout=min(10.0, self.settings.read_timeout), max_attempts=2,
+                               connections=self.connections)
 
     @staticmethod
     def spender(visitor: Visitor) -> str:
@@ -435,6 +438,7 @@ class Service:
         """Stop background recovery, the poller and the embedded sandbox, if one was started."""
         self.recovery.close()
         self.poller.close()
+        self.connections.close()
         self.backend.close()
 
     # -- rules ------------------------------------------------------------------------------------------------

@@ -157,10 +157,19 @@ def last_frame(video: Path) -> Path:
 
 
 def keep_frames(preview: Path, first: PreparedImage, end: PreparedImage | None) -> None:
-    """Keep the frames exactly as uploaded beside the task's preview, so its settings can be reused in full."""
+    """Keep the frames exactly as uploaded beside the task's preview, so its settings can be reused in full.
+
+    A hard link where the file system allows it (the bytes are never changed in place), else a copy."""
     for role, frame in zip(FRAME_ROLES, (first, end)):
         if frame is not None:
-            shutil.copyfile(frame.path, preview.with_name(f"{preview.stem}.{role}.{frame.format.lower()}"))
+            _link_or_copy(frame.path, preview.with_name(f"{preview.stem}.{role}.{frame.format.lower()}"))
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or one without hard links
+        shutil.copyfile(source, target)
 
 
 def kept_frames(preview: str | Path | None) -> tuple[Path | None, Path | None]:

@@ -61,6 +61,20 @@ def test_a_job_that_leaves_the_queue_lets_the_ones_behind_it_move_up() -> None:
     assert behind.try_acquire() == 0
 
 
+def test_a_waiting_job_is_woken_when_the_line_moves_not_on_a_timer() -> None:
+    slots = ApiSlots(1)
+    holder, waiting, behind = (slots.ticket("key") for _ in range(3))
+    assert [ticket.try_acquire() for ticket in (holder, waiting, behind)] == [0, 1, 2]
+    holder.bind("task-1")
+    assert not waiting.bell.is_set and not behind.bell.is_set, "nothing moved: nobody is woken"
+    slots.ticket("other key").release()  # another key's line moving wakes nobody here
+    assert not waiting.bell.is_set
+    slots.finish("task-1")
+    assert waiting.bell.is_set and behind.bell.is_set, "a freed slot wakes the line at once"
+    assert waiting.try_acquire() == 0 and not waiting.bell.is_set
+    assert behind.bell.is_set and behind.try_acquire() == 1, "the next one moved up a place and was told"
+
+
 def test_the_slot_table_never_holds_a_key() -> None:
     assert SERVER_KEY not in slot_key(SERVER_KEY) and slot_key("a") != slot_key("b")
 
@@ -80,6 +94,10 @@ def test_a_job_beyond_the_keys_slots_waits_in_the_app_and_stop_ends_the_wait(mak
         assert updates[-1].stage is Stage.WAITING
         assert "Waiting for a free WaveSpeed slot: you are next" in updates[-1].message
         assert updates[-1].wait_seconds > 0, "the wait is the caller's, so no worker thread sleeps through it"
+        assert updates[-1].wake is not None and not updates[-1].wake.is_set
+        busy.release()  # the slot frees: the waiting job's wake rings at once
+        assert updates[-1].wake.is_set
+        busy = service.api_slots.ticket(slot_key(SERVER_KEY))
         job.stop()
         with pytest.raises(JobStopped, match="nothing was billed"):
             list(job)

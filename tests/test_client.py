@@ -97,3 +97,29 @@ def test_download_refuses_more_than_the_cap(sandbox, make_image, tmp_path):
         with pytest.raises(DownloadFailed, match="cap"):
             client.download(prediction.outputs[0], tmp_path / "videos", max_bytes=10_000)
     assert list((tmp_path / "videos").iterdir()) == [], "a refused download leaves no partial file"
+
+
+def opened(session, url: str) -> int:
+    """How many connections `session` has opened (urllib3 counts them per pool)."""
+    pools = session.get_adapter(url).poolmanager.pools
+    return sum(pools[key].num_connections for key in pools.keys())
+
+
+def test_jobs_of_one_key_share_its_connections_and_files_go_over_a_keyless_one(sandbox, make_image, tmp_path):
+    """Two jobs' quote, upload, submit, polls and download open one API connection and one keyless one."""
+    from kling_demo.connections import Connections
+
+    connections = Connections()
+    first, second = (WaveSpeedClient(sandbox.base_url, "key-a", connections=connections) for _ in range(2))
+    for client in (first, second):
+        url = client.upload(make_image(size=(800, 600)), "image/png")
+        prediction = run_to_completion(client, url)
+        client.download(prediction.outputs[0], tmp_path / "videos", max_bytes=50_000_000)
+        client.close()  # a job's end leaves the key's connections to the next job
+    api, files = first.session, connections.plain()
+    assert second.session is api and "key-a" in api.headers["Authorization"]
+    assert "Authorization" not in files.headers, "signed upload URLs and the CDN never see the key"
+    assert opened(api, sandbox.base_url) == 1 and opened(files, sandbox.base_url) == 1
+    other = WaveSpeedClient(sandbox.base_url, "key-b", connections=connections)
+    assert other.session is not api and "key-" not in repr(connections) + repr(other)
+    connections.close()

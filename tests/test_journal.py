@@ -79,6 +79,31 @@ def test_concurrent_writers_in_separate_processes_lose_no_rows(tmp_path):
         assert all(record.status == "completed" for record in records)
 
 
+def test_threads_sharing_one_journal_and_other_processes_lose_no_rows_and_see_each_other(tmp_path):
+    """Each thread reuses its own connection: nothing is lost, and none reads a stale snapshot."""
+    import threading
+
+    path = tmp_path / "j.sqlite3"
+    journal = Journal(path)
+    submit(journal, "early", "t0")  # this thread's connection has read and written before the others start
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), f"proc{n}", "40"]) for n in range(3)]
+
+    def write(owner: str) -> None:
+        for index in range(40):
+            submit(journal, owner, f"{owner}-{index}")
+            journal.complete(owner, f"{owner}-{index}", video_path="/v.mp4", inference_ms=index)
+
+    threads = [threading.Thread(target=write, args=(f"thread{n}",)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(writer.wait(timeout=120) == 0 for writer in writers)
+    for owner in [f"thread{n}" for n in range(6)] + [f"proc{n}" for n in range(3)]:
+        records = journal.for_owner(owner, limit=1000)  # read on this thread's reused connection
+        assert len(records) == 40 and all(record.status == "completed" for record in records), owner
+
+
 # --- start-up survives any journal content ----------------------------------------------------
 
 

@@ -112,3 +112,24 @@ def test_a_finished_job_leaves_a_named_tagged_video_and_no_key(sandbox, make_ima
     assert (settings["prompt"], settings["negative_prompt"], settings["guidance_scale"], settings["duration"],
             settings["task_id"]) == ("Waves roll in", "fog", 0.3, 5, done.task_id)
     assert SECRET_KEY.encode() not in done.video_path.read_bytes()
+
+
+def test_kept_frames_are_the_uploaded_bytes_and_outlive_the_upload(tmp_path: Path, make_image) -> None:
+    """The frames kept for "reuse these settings" survive the upload's temp file, and removing them spares it."""
+    from kling_demo import media
+    from kling_demo.models import DEFAULT_MODEL
+
+    upload = Path(make_image(size=(800, 600), format="JPEG"))
+    original = upload.read_bytes()
+    prepared = media.prepare_image(upload, DEFAULT_MODEL.first_frame, work_dir=tmp_path / "work")
+    preview = media.save_preview(prepared, tmp_path / "videos")
+    videos.keep_frames(preview, prepared, None)
+    first, end = videos.kept_frames(preview)
+    assert end is None and first is not None and first.read_bytes() == original
+    videos.remove_files([preview])
+    assert upload.read_bytes() == original, "deleting the history entry leaves the visitor's upload alone"
+    prepared2 = media.prepare_image(upload, DEFAULT_MODEL.first_frame, work_dir=tmp_path / "work")
+    preview2 = media.save_preview(prepared2, tmp_path / "videos")
+    videos.keep_frames(preview2, prepared2, None)
+    upload.unlink()  # Gradio clears its upload cache
+    assert videos.kept_frames(preview2)[0].read_bytes() == original

@@ -1,0 +1,86 @@
+"""One SQLite connection per thread, opened once and reused: a journal write costs a statement, not an open.
+
+SQLite connections must not be shared between threads, and opening one (plus its WAL index) on every call
+was most of what a journal write cost. Each thread keeps its own here; other processes share the file
+through SQLite's own locking (WAL, a 30 s busy timeout) as before. A connection that raised is closed and
+opened afresh at the next use (a full disk must not stay stuck), a file replaced or deleted under a
+connection is reopened by path, `reset()` makes every thread reopen (the file was moved aside), and a forked
+child never uses its parent's connections. `check(path)`, run before each transaction, lets the owner refuse
+a file that went bad while open (a connection alone would go on writing to its WAL without noticing).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+BUSY_TIMEOUT_SECONDS = 30.0
+
+
+class ThreadConnections:
+    """Per-thread connections to one database file; `session()` runs one transaction on this thread's."""
+
+    def __init__(self, path: str | Path, *, isolation_level: str | None = "",
+                 check: Callable[[Path], None] = lambda path: None) -> None:
+        self.path = Path(path)
+        self._isolation_level = isolation_level
+        self._check = check
+        self._local = threading.local()
+        self._generation = 0
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use (or after `reset`, an error, or a fork)."""
+        self._check(self.path)
+        local = self._local
+        db: sqlite3.Connection | None = getattr(local, "db", None)
+        if db is not None and (local.generation != self._generation or local.pid != os.getpid()
+                               or local.file != _identity(self.path)):
+            self.discard()
+            db = None
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=self._isolation_level)
+            db.row_factory = sqlite3.Row
+            local.db, local.generation, local.pid = db, self._generation, os.getpid()
+            local.file = _identity(self.path)
+        return db
+
+    @contextmanager
+    def session(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection in one transaction: committed on success, rolled back on error.
+
+        An SQLite error also closes the connection, so the next call starts from a fresh open."""
+        db = self.connection()
+        try:
+            with db:
+                yield db
+        except sqlite3.Error:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Close this thread's connection (if any); the next use opens a new one."""
+        db = getattr(self._local, "db", None)
+        self._local.db = None
+        if db is not None and getattr(self._local, "pid", None) == os.getpid():
+            try:
+                db.close()
+            except sqlite3.Error:
+                pass
+
+    def reset(self) -> None:
+        """Make every thread open a new connection at its next use (the file behind the old ones is gone)."""
+        self._generation += 1
+        self.discard()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, or None when there is none: tells a replaced file from the open one."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
