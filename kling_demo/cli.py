@@ -213,16 +213,10 @@ def _check_generate_args(parser: argparse.ArgumentParser, args: argparse.Namespa
 def run_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """`generate`: run (or resume) one job, show progress on stderr, print the video path on stdout."""
     _check_generate_args(parser, args)
-    if args.verbose:
-        configure_logging("DEBUG" if args.verbose > 1 else "INFO")
-    else:
-        configure_logging("WARNING")
-
     try:
-        settings = Settings.from_env()
-    except ValueError as error:
-        return _fail(None, f"error: bad setting: {error}", EXIT_USAGE)
-    out = Progress(sys.stderr, secret=settings.api_key)
+        settings, out = _settings_and_progress(args.verbose)
+    except UsageError as error:
+        return _fail(None, f"error: {error}", EXIT_USAGE)
 
     try:
         _check_local_files(args)
@@ -342,12 +336,10 @@ def run_balance(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
 def _ask_account(args: argparse.Namespace,
                  ask: Callable[[WaveSpeedClient, Backend, "Progress"], None]) -> int:
     """Open the backend as `generate` does, run one account question, and turn its errors into exit codes."""
-    configure_logging("WARNING")
     try:
-        settings = Settings.from_env()
-    except ValueError as error:
-        return _fail(None, f"error: bad setting: {error}", EXIT_USAGE)
-    out = Progress(sys.stderr, secret=settings.api_key)
+        settings, out = _settings_and_progress()
+    except UsageError as error:
+        return _fail(None, f"error: {error}", EXIT_USAGE)
     try:
         backend = _open(settings, args.base_url, out)
     except (OSError, RuntimeError) as error:
@@ -458,6 +450,18 @@ def _interrupted(last: JobUpdate | None, args: argparse.Namespace, out: "Progres
     else:
         out.say("Stopped (Ctrl-C) before anything was submitted; nothing was billed.")
     return EXIT_STOPPED
+
+
+def _settings_and_progress(verbose: int = 0) -> tuple[Settings, "Progress"]:
+    """Logging at the asked level (-v info, -vv debug), the settings, and progress on stderr that masks the key.
+
+    A bad setting raises UsageError."""
+    configure_logging(("WARNING", "INFO", "DEBUG")[min(verbose, 2)])
+    try:
+        settings = Settings.from_env()
+    except ValueError as error:
+        raise UsageError(f"bad setting: {error}") from None
+    return settings, Progress(sys.stderr, secret=settings.api_key)
 
 
 def _fail(secret: str | None, message: str, code: int) -> int:
