@@ -84,7 +84,7 @@ def test_the_price_follows_the_duration_a_bad_key_is_named_and_the_cost_stays_wi
         expect(page.locator("#status")).to_contain_text("cost $2.80", timeout=60_000)
         expect(page.locator("#spend")).to_contain_text("Spent so far: $2.80 on 1 video")
         page.locator("#history .thumbnail-item").first.click()
-        expect(page.locator("#history-detail")).to_contain_text("cost $2.80 (WaveSpeed's quote at submission)")
+        expect(page.locator("#history-detail")).to_contain_text("Cost: $2.80 (WaveSpeed's quote at submission)")
         page.screenshot(path=str(screenshot_dir / "money_page.png"), full_page=True)
         assert submissions(sandbox) == 1
     finally:
