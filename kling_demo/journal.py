@@ -273,9 +273,12 @@ class Journal:
                        (json.dumps(params), owner, task_id))
 
     def set_status(self, owner: str, task_id: str, status: str) -> None:
+        """A running task's new running status; a row that already ended keeps its ending (a poll answered
+        before a webhook ended the task can be written after the job completed it)."""
+        marks = ", ".join("?" for _ in RUNNING_STATUSES)
         with self._connect() as db:
-            db.execute("UPDATE tasks SET status = ?, updated_at = ? WHERE owner = ? AND task_id = ? AND status != ?",
-                       (status, time.time(), owner, task_id, status))
+            db.execute(f"UPDATE tasks SET status = ?, updated_at = ? WHERE owner = ? AND task_id = ? AND status != ?"
+                       f" AND status IN ({marks})", (status, time.time(), owner, task_id, status, *RUNNING_STATUSES))
 
     def complete(self, owner: str, task_id: str, *, video_path: str, inference_ms: int | None) -> None:
         now = time.time()

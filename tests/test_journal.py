@@ -38,6 +38,16 @@ def test_lifecycle_is_recorded_and_never_stores_a_key(tmp_path):
     assert not any("key" in column and column != "key_source" for column in columns)
 
 
+def test_a_late_running_status_never_reopens_a_task_that_ended(tmp_path):
+    """A poll answered before a webhook ended the task may be written after the job completed it: the row stays
+    completed (CI once saw a finished video's row say "created")."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    submit(journal, "alice", "t1")
+    journal.complete("alice", "t1", video_path=str(tmp_path / "v.mp4"), inference_ms=1_000)
+    journal.set_status("alice", "t1", "created")
+    assert journal.get("alice", "t1").status == "completed" and journal.running() == []
+
+
 def test_retention_removes_old_and_excess_videos_and_reports_it(tmp_path):
     journal = Journal(tmp_path / "j.sqlite3")
     for index in range(3):
