@@ -417,14 +417,18 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                                         words):
                 yield outputs
 
+    def key_for_lines(typed: str | None, request: gr.Request) -> str | None:
+        """The visitor's own key for the budget and price lines; a malformed one counts as none here (the key's
+        own line under the box says what is wrong with it)."""
+        try:
+            return visitor_key(typed, request.headers)
+        except KlingDemoError:
+            return None
+
     @plain_errors()
     def show_budget(typed: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> Any:
         """The visitor's spend on the server's key near Generate; hidden in sandbox mode and with their own key."""
-        try:
-            api_key = visitor_key(typed, request.headers)
-        except KlingDemoError:
-            api_key = None
-        line = "" if api_key else service.budget_line(Visitor("", spender=spender_id(
+        line = "" if key_for_lines(typed, request) else service.budget_line(Visitor("", spender=spender_id(
             ip=_ip(request), hf_username=profile.username if profile else None)))
         return gr.update(value=line, visible=bool(line))
 
@@ -524,11 +528,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     @plain_errors()
     def show_price(duration: int | None, typed: str | None, request: gr.Request) -> str:
         """The API's quote for the video about to be submitted, on the key that would pay for it."""
-        try:
-            api_key = visitor_key(typed, request.headers)
-        except KlingDemoError:
-            api_key = None  # the key's own line says what is wrong with it
-        return words(service.price_line(Visitor("", api_key), duration))
+        return words(service.price_line(Visitor("", key_for_lines(typed, request)), duration))
 
     @plain_errors()
     def show_key_status(typed: str | None) -> str:
