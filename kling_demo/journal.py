@@ -159,8 +159,7 @@ class Journal:
 
     def _open(self) -> None:
         """Create the table if needed and check the file is a sound database (raises DatabaseError if not)."""
-        if not _has_sqlite_header(self.path):  # checked before SQLite opens it, as closing would delete its WAL
-            raise _CorruptJournal("file is not a database")
+        check_header(self._connections.head())  # before SQLite opens it, as closing would delete its WAL
         with self._session() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
@@ -399,19 +398,10 @@ def _add_columns(db: sqlite3.Connection) -> None:
                 raise
 
 
-def _has_sqlite_header(path: Path) -> bool:
-    """True for a missing or empty file (SQLite starts one) or one that begins like an SQLite database."""
-    try:
-        with path.open("rb") as head:
-            start = head.read(len(SQLITE_HEADER))
-    except FileNotFoundError:
-        return True
-    return not start or start == SQLITE_HEADER
-
-
-def check_header(path: Path) -> None:
-    """Refuse a journal overwritten while open (a failing disk): its connections would not notice by themselves."""
-    if not _has_sqlite_header(path):
+def check_header(head: bytes) -> None:
+    """Refuse a file that does not begin like an SQLite database (a journal overwritten while open, by a failing
+    disk, whose connections would not notice by themselves); a missing or empty file is fine (SQLite starts one)."""
+    if head and head[:len(SQLITE_HEADER)] != SQLITE_HEADER:
         raise _CorruptJournal("file is not a database")
 
 

@@ -5,8 +5,14 @@ was most of what a journal write cost. Each thread keeps its own here; other pro
 through SQLite's own locking (WAL, a 30 s busy timeout) as before. A connection that raised is closed and
 opened afresh at the next use (a full disk must not stay stuck), a file replaced or deleted under a
 connection is reopened by path, `reset()` makes every thread reopen (the file was moved aside), and a forked
-child never uses its parent's connections. `check(path)`, run before each transaction, lets the owner refuse
-a file that went bad while open (a connection alone would go on writing to its WAL without noticing).
+child never uses its parent's connections. `check(head)`, run on the file's first bytes before each
+transaction, lets the owner refuse a file that went bad while open (a connection alone would go on writing
+to its WAL without noticing).
+
+Those first bytes are read through one descriptor kept open, never through an open-read-close: closing any
+descriptor of a file drops every POSIX lock this process holds on it, SQLite's included, so a close in one
+thread can let another process (or connection) checkpoint and delete the WAL another thread is writing to,
+and a committed write is lost (https://sqlite.org/howtocorrupt.html, section 2.2).
 """
 
 from __future__ import annotations
@@ -19,22 +25,47 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 BUSY_TIMEOUT_SECONDS = 30.0
+HEAD_BYTES = 16  # "SQLite format 3\0"
 
 
 class ThreadConnections:
     """Per-thread connections to one database file; `session()` runs one transaction on this thread's."""
 
     def __init__(self, path: str | Path, *, isolation_level: str | None = "",
-                 check: Callable[[Path], None] = lambda path: None) -> None:
+                 check: Callable[[bytes], None] = lambda head: None) -> None:
         self.path = Path(path)
         self._isolation_level = isolation_level
         self._check = check
         self._local = threading.local()
         self._generation = 0
+        self._head_lock = threading.Lock()
+        self._head_fd: int | None = None
+        self._head_file: tuple[int, int] | None = None
+
+    def head(self) -> bytes:
+        """The file's first bytes (empty for a missing or empty file), read without closing any descriptor of it.
+
+        One descriptor per file is kept open for this; it is replaced only when the path names another file
+        (whose old connections are reopened by path anyway)."""
+        with self._head_lock:
+            current = _identity(self.path)
+            if current is None:
+                return b""
+            if current != self._head_file:
+                try:
+                    fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    return b""
+                old, self._head_fd = self._head_fd, fd
+                info = os.fstat(fd)
+                self._head_file = (info.st_dev, info.st_ino)
+                if old is not None:
+                    os.close(old)
+            return os.pread(self._head_fd, HEAD_BYTES, 0)  # type: ignore[arg-type]
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use (or after `reset`, an error, or a fork)."""
-        self._check(self.path)
+        self._check(self.head())
         local = self._local
         db: sqlite3.Connection | None = getattr(local, "db", None)
         if db is not None and (local.generation != self._generation or local.pid != os.getpid()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 from kling_demo.journal import Journal
 
@@ -46,6 +48,27 @@ def test_a_late_running_status_never_reopens_a_task_that_ended(tmp_path):
     journal.complete("alice", "t1", video_path=str(tmp_path / "v.mp4"), inference_ms=1_000)
     journal.set_status("alice", "t1", "created")
     assert journal.get("alice", "t1").status == "completed" and journal.running() == []
+
+
+def test_a_write_is_never_lost_when_another_process_closes_the_file(tmp_path):
+    """Closing any descriptor of the file drops every SQLite lock this process holds on it; the journal never
+    does, or another process's close takes itself for the last one and deletes the WAL our next write goes to."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    submit(journal, "alice", "t1")
+    read_in_thread = threading.Thread(target=journal.get, args=("alice", "t1"))  # a second thread's connection
+    read_in_thread.start()
+    read_in_thread.join()
+
+    def status_seen_by_another_process() -> str:
+        return subprocess.run(
+            [sys.executable, "-c", "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); "
+             "print(db.execute('SELECT status FROM tasks').fetchone()[0]); db.close()", str(journal.path)],
+            check=True, capture_output=True, text=True).stdout.strip()
+
+    assert status_seen_by_another_process() == "created"
+    journal.complete("alice", "t1", video_path=str(tmp_path / "v.mp4"), inference_ms=5)
+    assert status_seen_by_another_process() == "completed"
+    assert Path(f"{journal.path}-wal").exists(), "the WAL was deleted under the journal's open connections"
 
 
 def test_retention_removes_old_and_excess_videos_and_reports_it(tmp_path):
