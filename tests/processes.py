@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -19,6 +20,24 @@ FOREIGN_SETTINGS = ("WAVESPEED_", "KLING_DEMO_", "GRADIO_")
 # Spending limits off: tests of other things run many jobs from one address; the budget tests set them.
 NO_BUDGETS = {"KLING_DEMO_VISITOR_BUDGET_USD": "off", "KLING_DEMO_DAILY_BUDGET_USD": "off",
               "KLING_DEMO_SUBMITS_PER_MINUTE": "off"}
+
+
+_started: list[subprocess.Popen] = []  # every process started here, so none outlives the run that started it
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """Stop what a fixture that failed half-way (or a killed test) left running."""
+    for process in _started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _popen(args: list[str], **options: object) -> subprocess.Popen:
+    process = subprocess.Popen(args, **options)  # type: ignore[call-overload]
+    _started.append(process)
+    return process
 
 
 def free_port() -> int:
@@ -83,7 +102,7 @@ def _output(log_path: Path | None):
 def start_sandbox_process(*flags: str, log_path: Path | None = None) -> Served:
     """`python -m kling_demo.sandbox` with `flags` on a free port."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "kling_demo.sandbox", "--host", "127.0.0.1", "--port",
+    process = _popen([sys.executable, "-m", "kling_demo.sandbox", "--host", "127.0.0.1", "--port",
                                 str(port), *flags], cwd=ROOT, env=clean_env(), stdout=_output(log_path),
                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -106,7 +125,7 @@ def start_app_process(data_dir: Path, *, env: dict[str, str] | None = None, log_
     environment.update(NO_BUDGETS)
     environment.update(env or {})
     started = time.monotonic()
-    process = subprocess.Popen([sys.executable, str(app_script or ROOT / "app.py")], cwd=workdir, env=environment,
+    process = _popen([sys.executable, str(app_script or ROOT / "app.py")], cwd=workdir, env=environment,
                                stdout=_output(log_path), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:

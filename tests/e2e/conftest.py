@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.processes import start_app_process
+from tests.processes import Served, start_app_process, start_sandbox_process
 
 from .pictures import draw_landscape, draw_small_image
 
@@ -54,6 +54,25 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield served.url
     finally:
+        served.stop()
+
+
+@pytest.fixture
+def start_live_app(tmp_path: Path) -> Iterator[Callable[..., tuple[Served, Served]]]:
+    """Factory: `start_live_app(server_key, *sandbox_args)` runs a sandbox process (quick renders) and `python
+    app.py` in live mode on it, paying with `server_key`; returns (app, sandbox), both stopped at teardown."""
+    started: list[Served] = []
+
+    def factory(server_key: str, *sandbox_args: str) -> tuple[Served, Served]:
+        sandbox = start_sandbox_process(*sandbox_args, log_path=tmp_path / "sandbox.log")
+        started.append(sandbox)
+        app = start_app_process(tmp_path / "data", log_path=tmp_path / "app.log",
+                                env={"WAVESPEED_API_KEY": server_key, "WAVESPEED_BASE_URL": sandbox.url})
+        started.append(app)
+        return app, sandbox
+
+    yield factory
+    for served in reversed(started):
         served.stop()
 
 

@@ -4,14 +4,14 @@ standing in for WaveSpeed (its table: $0.28 a second; it accepts only the server
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.processes import Served, start_app_process, start_sandbox_process
+from tests.processes import Served
 
 try:
     from playwright.sync_api import expect
@@ -24,18 +24,9 @@ AMOUNT = re.compile(r"\$(\d+\.\d\d)")
 
 
 @pytest.fixture
-def live_app(tmp_path: Path) -> Iterator[tuple[Served, Served]]:
-    sandbox = start_sandbox_process("--inference-seconds", "2", "--api-key", SERVER_KEY,
-                                    log_path=tmp_path / "sandbox.log")
-    try:
-        app = start_app_process(tmp_path / "data", log_path=tmp_path / "app.log",
-                                env={"WAVESPEED_API_KEY": SERVER_KEY, "WAVESPEED_BASE_URL": sandbox.url})
-        try:
-            yield sandbox, app
-        finally:
-            app.stop()
-    finally:
-        sandbox.stop()
+def live_app(start_live_app: Callable[..., tuple[Served, Served]]) -> tuple[Served, Served]:
+    """(app, sandbox): renders of 2 s; the sandbox accepts only SERVER_KEY."""
+    return start_live_app(SERVER_KEY, "--inference-seconds", "2", "--api-key", SERVER_KEY)
 
 
 def price_shown(page: Any) -> float:
@@ -51,7 +42,7 @@ def submissions(sandbox: Served) -> int:
 
 def test_the_price_follows_the_duration_a_bad_key_is_named_and_the_cost_stays_with_the_task(
         browser: Any, live_app: tuple[Served, Served], pictures: dict[str, Path], screenshot_dir: Path) -> None:
-    sandbox, app = live_app
+    app, sandbox = live_app
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(20_000)
     try:

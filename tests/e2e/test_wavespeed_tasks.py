@@ -16,7 +16,7 @@ import requests
 from kling_demo.client import WaveSpeedClient
 from kling_demo.models import DEFAULT_MODEL
 from tests.page_session import PageSession, error_of
-from tests.processes import Served, start_app_process, start_sandbox_process
+from tests.processes import Served
 
 try:
     from playwright.sync_api import expect
@@ -27,18 +27,9 @@ OWN_KEY = "visitors-own-key"
 
 
 @pytest.fixture
-def live_app(tmp_path: Path) -> Any:
-    """(app, sandbox): the app on the server key "server-key" at a sandbox process with quick renders."""
-    sandbox = start_sandbox_process("--inference-seconds", "1", log_path=tmp_path / "sandbox.log")
-    app: Served | None = None
-    try:
-        app = start_app_process(tmp_path / "data", log_path=tmp_path / "app.log",
-                                env={"WAVESPEED_API_KEY": "server-key", "WAVESPEED_BASE_URL": sandbox.url})
-        yield app, sandbox
-    finally:
-        if app is not None:
-            app.stop()
-        sandbox.stop()
+def live_app(start_live_app: Callable[..., tuple[Served, Served]]) -> tuple[Served, Served]:
+    """(app, sandbox): the app on the server key "server-key" at a sandbox with quick renders (any key accepted)."""
+    return start_live_app("server-key", "--inference-seconds", "1")
 
 
 def made_elsewhere(sandbox_url: str, image: Path) -> str:
