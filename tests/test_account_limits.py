@@ -139,7 +139,7 @@ def test_cancelled_and_timed_out_tasks_end_clearly_and_land_in_history_as_such(m
 
 
 def test_a_429_on_submit_is_waited_out_in_the_job_and_submitted_once(make_sandbox, make_service, make_image) -> None:
-    sandbox = make_sandbox(videos_per_minute=1)
+    sandbox = make_sandbox(videos_per_minute=1, rate_window_seconds=5)  # WaveSpeed's minute, shortened
     service = make_service(sandbox)
     first, error = run(service.generate(JobRequest(image=make_image(), prompt="first"), ALICE))
     assert error is None

@@ -276,6 +276,31 @@ def test_submissions_past_the_per_minute_rate_get_429_and_create_nothing(make_sa
     assert stats["submissions"] == 3 and stats["rate_limited"] == 1 and sum(stats["tasks"].values()) == 3
 
 
+def test_a_shortened_rate_window_frees_the_key_when_its_retry_after_says(make_sandbox, good_body) -> None:
+    sandbox = make_sandbox(inference_seconds=30, videos_per_minute=1, rate_window_seconds=2)
+    assert submit(sandbox, good_body).status_code == 200
+    refused = submit(sandbox, good_body)
+    assert refused.status_code == 429 and "1 videos per 2 s" in refused.json()["message"]
+    retry_at = time.monotonic() + int(refused.headers["Retry-After"])
+    assert int(refused.headers["Retry-After"]) <= 2
+    wait_for(lambda: time.monotonic() >= retry_at, 5, "the Retry-After to pass")
+    assert submit(sandbox, good_body).status_code == 200
+
+
+def test_held_renders_stay_processing_past_their_time_until_released(make_sandbox, good_body) -> None:
+    sandbox = make_sandbox(inference_seconds=0.2, hold_renders=True)
+    task_id = submit(sandbox, good_body).json()["data"]["id"]
+    row = wait_for(lambda: next((r for r in rows(sandbox) if r["id"] == task_id and r["started_at_epoch"]), None),
+                   10, "the task to start")
+    wait_for(lambda: time.time() > row["started_at_epoch"] + 1.0 and sandbox.stats()["renders"] == 1, 10,
+             "its time and render to be over")
+    assert result(sandbox, task_id)["status"] == "processing"
+    assert requests.post(sandbox.base_url + "/sandbox/release", timeout=TIMEOUT).json() == {"released": 1}
+    assert wait_until_final(sandbox, task_id)["status"] == "completed"
+    later = submit(sandbox, good_body).json()["data"]["id"]  # the hold is over for new tasks too
+    assert wait_until_final(sandbox, later)["status"] == "completed"
+
+
 def test_a_refused_submission_does_not_use_up_the_rate(make_sandbox, good_body) -> None:
     sandbox = make_sandbox(videos_per_minute=1)
     assert submit(sandbox, {**good_body, "duration": 7}).status_code == 400

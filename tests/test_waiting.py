@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
+import time
 
 import requests
 
@@ -49,20 +51,29 @@ class PeakThreads:
 
 
 def test_a_hundred_jobs_wait_at_once_with_a_bounded_number_of_threads(tmp_path, make_image):
-    sandbox = start_sandbox_process("--inference-seconds", "20", log_path=tmp_path / "sandbox.log")
+    # The sandbox holds every task "processing" until released, so all of them wait at WaveSpeed together
+    # however long a busy machine takes to submit them.
+    sandbox = start_sandbox_process("--inference-seconds", "2", "--hold-renders", log_path=tmp_path / "sandbox.log")
     app = start_app_process(tmp_path / "data", log_path=tmp_path / "app.log", env={
         "WAVESPEED_API_KEY": "test", "WAVESPEED_BASE_URL": sandbox.url, "KLING_DEMO_API_CONCURRENCY": "1000",
         "KLING_DEMO_MAX_JOBS_PER_VISITOR": "1000"})
     image = make_image(size=(640, 480))
 
-    async def run_all() -> list:
+    async def run_all() -> tuple[list, int]:
         async with http_client() as http:
             client = await QueueClient(app.url, http).load()
-            return await client.many(image, JOBS, timeout=600)
+            jobs = asyncio.ensure_future(client.many(image, JOBS, timeout=600))
+            deadline = time.monotonic() + 300
+            while not jobs.done() and (await http.get(sandbox.url + "/sandbox/stats")).json()["submissions"] < JOBS:
+                assert time.monotonic() < deadline, "the jobs were not all submitted within 300 s"
+                await asyncio.sleep(0.1)
+            waiting = threads_of(app.process.pid)  # every job submitted, none finished: all of them waiting
+            (await http.post(sandbox.url + "/sandbox/release")).raise_for_status()
+            return await jobs, waiting
 
     try:
         with PeakThreads(app.process.pid) as threads:
-            outcomes = run_async(run_all())
+            outcomes, threads_while_waiting = run_async(run_all())
         failed = [o for o in outcomes if isinstance(o, BaseException)]
         assert not failed, failed[:3]
         assert all("ready" in outputs[0] and outputs[2] for outputs, _ in outcomes), outcomes[0]
@@ -70,6 +81,7 @@ def test_a_hundred_jobs_wait_at_once_with_a_bounded_number_of_threads(tmp_path, 
         assert len({outputs[1] for outputs, _ in outcomes}) == JOBS == len(tasks)
         # They were all running at WaveSpeed together: the last was created before the first one finished.
         assert max(t["created_at_epoch"] for t in tasks) < min(t["completed_at_epoch"] for t in tasks)
+        assert threads_while_waiting <= APP_THREADS_AT_MOST, f"{threads_while_waiting} threads, {JOBS} jobs waiting"
         assert threads.peak <= APP_THREADS_AT_MOST, f"{threads.peak} threads for {JOBS} waiting jobs"
     finally:
         app.stop()

@@ -59,6 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="tasks one key runs at once; more wait in 'created' (default 0: unlimited; Bronze is 3)")
     parser.add_argument("--videos-per-minute", type=_count, default=0, metavar="N",
                         help="submissions per key per minute; more get 429 (default 0: unlimited; Bronze is 5)")
+    parser.add_argument("--rate-window", type=float, default=SandboxConfig.rate_window_seconds, metavar="SECONDS",
+                        help="the window of --videos-per-minute (default 60; shorter for quick tests)")
+    parser.add_argument("--hold-renders", action="store_true",
+                        help="tasks stay 'processing' until POST /sandbox/release (tests of many waiting tasks)")
     parser.add_argument("--status-fault-rate", type=_share, default=0.0,
                         help="share of tasks that end 'cancelled' or 'timeout' (about half each)")
     parser.add_argument("--webhook-secret", default=SandboxConfig.webhook_secret, metavar="whsec_…",
@@ -83,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         balance=args.balance,
         max_concurrent_tasks=args.max_concurrent_tasks,
         videos_per_minute=args.videos_per_minute,
+        rate_window_seconds=args.rate_window,
+        hold_renders=args.hold_renders,
         status_fault_rate=args.status_fault_rate,
         webhook_secret=args.webhook_secret,
     )

@@ -105,6 +105,11 @@ async def sandbox_tasks(request: Request) -> list[dict[str, Any]]:
     return _state(request).task_rows()
 
 
+async def sandbox_release(request: Request) -> dict[str, Any]:
+    """Let tasks held by `--hold-renders` end (tests)."""
+    return {"released": _state(request).release()}
+
+
 # --- account ---------------------------------------------------------------------------------
 
 
@@ -294,6 +299,7 @@ async def _hold_until_done(task: Task, request: Request) -> JSONResponse:
 ROUTES: list[tuple[str, Any, list[str]]] = [
     ("/sandbox/stats", sandbox_stats, ["GET"]),
     ("/sandbox/tasks", sandbox_tasks, ["GET"]),
+    ("/sandbox/release", sandbox_release, ["POST"]),
     ("/api/v3/balance", balance, ["GET"]),
     ("/api/v3/model/price", price, ["POST"]),
     ("/api/v3/predictions", predictions, ["POST"]),

@@ -25,6 +25,10 @@ class SandboxConfig:
     # Account level (per key; 0 = unlimited). WaveSpeed's Bronze level is 3 at once and 5 videos a minute.
     max_concurrent_tasks: int = 0  # tasks beyond this wait in "created" until a slot frees
     videos_per_minute: int = 0  # submissions beyond this rate get 429 with Retry-After, creating nothing
+    rate_window_seconds: float = 60.0  # the rate's window: WaveSpeed's minute, shorter for quick tests
+    # Tests: every task stays "processing" (its render done or not) until POST /sandbox/release, so a test
+    # can look at many tasks waiting together however slowly the machine submitted them.
+    hold_renders: bool = False
     status_fault_rate: float = 0.0  # share of tasks that end "cancelled" or "timeout" (about half each)
     # Signs `?webhook=` deliveries (a fixed default, so webhooks work out of the box); served at
     # GET /api/v3/webhook/secret. A failed delivery is retried after each of these delays.

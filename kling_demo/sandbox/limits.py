@@ -13,9 +13,6 @@ from collections import defaultdict, deque
 from kling_demo.sandbox.protocol import ApiError
 from kling_demo.sandbox.tasks import Task
 
-RATE_WINDOW_SECONDS = 60.0
-
-
 class Slots:
     """Per-key concurrency (0 = unlimited): tasks beyond the limit queue FIFO, and each takes a slot
     at the moment one freed, even when that is noticed later, so the timeline is exact."""
@@ -59,24 +56,26 @@ class Slots:
 
 
 class RateLimit:
-    """Per-key submissions per minute (0 = unlimited), over a sliding 60 s window."""
+    """Per-key submissions per minute (0 = unlimited), over a sliding window of a minute (shorter in tests)."""
 
-    def __init__(self, per_minute: int) -> None:
+    def __init__(self, per_minute: int, window_seconds: float = 60.0) -> None:
         self.per_minute = per_minute
+        self.window_seconds = window_seconds
         self._accepted: dict[str, deque[float]] = defaultdict(deque)
 
     def check(self, owner: str, now: float) -> None:
-        """429 with Retry-After if `owner` already submitted `per_minute` videos in the last minute."""
+        """429 with Retry-After if `owner` already submitted `per_minute` videos in the last window."""
         if not self.per_minute:
             return
         window = self._accepted[owner]
-        while window and window[0] <= now - RATE_WINDOW_SECONDS:
+        while window and window[0] <= now - self.window_seconds:
             window.popleft()
         if len(window) >= self.per_minute:
-            retry_after = max(1, math.ceil(window[0] + RATE_WINDOW_SECONDS - now))
+            retry_after = max(1, math.ceil(window[0] + self.window_seconds - now))
+            per = "minute" if self.window_seconds == 60 else f"{self.window_seconds:g} s"
             raise ApiError(
                 429,
-                f"Too many requests: this key may submit {self.per_minute} videos per minute; "
+                f"Too many requests: this key may submit {self.per_minute} videos per {per}; "
                 f"try again in {retry_after} s",
                 headers={"Retry-After": str(retry_after)},
                 error_code="rate_limited",

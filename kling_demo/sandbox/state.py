@@ -44,7 +44,7 @@ class SandboxState:
         self.connections = Connections()
         self.accounts = Accounts(config.price_per_second, config.balance)
         self.slots = Slots(config.max_concurrent_tasks)
-        self.rate = RateLimit(config.videos_per_minute)
+        self.rate = RateLimit(config.videos_per_minute, config.rate_window_seconds)
         self.webhooks = WebhookSender(config.webhook_secret, config.webhook_retry_delays, config.webhook_timeout_seconds)
         self._outbox: list[Delivery] = []
         self.lock = threading.Lock()
@@ -55,6 +55,7 @@ class SandboxState:
         self.rate_limited = 0
         self.insufficient_balance = 0
         self.closed = False
+        self.holding = config.hold_renders
 
     def create_task(
         self, owner: str, spec: ModelSpec, submission: Submission, webhook: str | None = None, origin: str = ""
@@ -80,6 +81,7 @@ class SandboxState:
                 price=price,
                 webhook=webhook,
                 origin=origin,
+                held=self.holding,
             )
             self.tasks[task.task_id] = task
             self._open.append(task)
@@ -114,6 +116,20 @@ class SandboxState:
                 return None
             task.result_polls += 1
         return task
+
+    def release(self) -> int:
+        """End the hold: held tasks end now (or when their own time is up), later ones are not held.
+        Returns how many tasks were held."""
+        with self.lock:
+            now = time.time()
+            self.holding = False
+            held = [task for task in self.tasks.values() if task.held]
+            for task in held:
+                task.held = False
+                if task.started_epoch is not None:
+                    task.inference_seconds = max(task.inference_seconds, now - task.started_epoch)
+            self._advance(now)
+        return len(held)
 
     def advance(self) -> None:
         """Bring every task up to now: settle those that ended, give their slots to waiting ones."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import secrets
 import threading
 import time
@@ -123,6 +124,7 @@ class Task:
     origin: str = ""  # the base URL the submitter used: the webhook's URLs point there
     result_polls: int = 0
     settled: bool = False  # final, and its price charged or released
+    held: bool = False  # SandboxConfig.hold_renders: does not end until the sandbox is released
     # In the output URL: knowing a task id is not enough to fetch its video.
     output_token: str = field(default_factory=lambda: secrets.token_urlsafe(16), repr=False)
 
@@ -130,7 +132,7 @@ class Task:
         """(status, completed_at_epoch, error) at time `now`."""
         if self.started_epoch is None:
             return "created", None, ""
-        due = self.started_epoch + self.inference_seconds
+        due = math.inf if self.held else self.started_epoch + self.inference_seconds
         if self.ending is not None and now >= due:
             return self.ending.status, due, self.ending.error
         if self.render is not None and now >= due and self.render.future.done():
