@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ if str(PROJECT_ROOT) not in sys.path:  # so plain `pytest` works without install
 
 from kling_demo.sandbox import SandboxConfig, SandboxHandle, start_sandbox  # noqa: E402
 
+SCREENSHOT_DIR = pytest.StashKey[Path]()  # where the browser tests leave a screenshot each
 FAST_INFERENCE_SECONDS = 1.0
 SERVER_KEY = "server-key"  # the app's own key in tests that run the service in live mode against a sandbox
 # Whole modules that start app processes, a browser or long renders: `pytest -m "not slow"` leaves them out
@@ -31,10 +33,45 @@ SLOW_MODULES = ("test_durability", "test_waiting", "test_keys", "test_outage", "
                 "test_money_page", "test_history_reuse")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+        if _shares_a_started_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
+
+
+def _shares_a_started_fixture(item: pytest.Item) -> bool:
+    """True for a test using one of our module- or session-wide fixtures (an app, a browser): `--dist loadgroup`
+    runs its whole module on one worker, so each worker starts them once, not once per test it happens to get."""
+    info = getattr(item, "_fixtureinfo", None)
+    for definitions in (info.name2fixturedefs.values() if info else ()):
+        if any(d.scope in ("module", "session") and d.baseid.startswith("tests") for d in definitions):
+            return True
+    return False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Gradio's upload cache of this test process (before anything imports gradio), and one screenshot folder
+    for the whole run, the test workers' included (they inherit the environment)."""
+    # Upload paths are content hashes, and an app deletes the files it cached when it stops: apps of parallel
+    # workers sharing /tmp/gradio deleted each other's uploads mid-test. App processes get theirs from
+    # tests/processes.py.
+    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="kling-tests-gradio-")
+    if hasattr(config, "workerinput"):
+        return
+    folder = os.environ.get("E2E_SCREENSHOT_DIR", "").strip() or tempfile.mkdtemp(prefix="kling-e2e-screenshots-")
+    os.environ["E2E_SCREENSHOT_DIR"] = folder
+    config.stash[SCREENSHOT_DIR] = Path(folder)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    folder = config.stash.get(SCREENSHOT_DIR, None)
+    shots = sorted(folder.glob("*.png")) if folder is not None else []
+    if shots:
+        terminalreporter.write_sep("-", "browser screenshots")
+        terminalreporter.write_line(f"{len(shots)} screenshot(s) in {folder}")
 
 # CI replays the same examples every run (a submission must not be rejected by a lucky draw);
 # local runs keep exploring new ones. HYPOTHESIS_PROFILE overrides either.

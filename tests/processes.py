@@ -121,7 +121,10 @@ def start_app_process(data_dir: Path, *, env: dict[str, str] | None = None, log_
     workdir = data_dir.parent / f"cwd-{port}"
     workdir.mkdir(parents=True, exist_ok=True)
     environment = clean_env(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
-                            GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1", KLING_DEMO_DATA_DIR=str(data_dir))
+                            GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1", KLING_DEMO_DATA_DIR=str(data_dir),
+                            # Its own upload cache: an app deletes what it cached when it stops, and cached
+                            # paths are content hashes, so apps sharing one would delete each other's uploads.
+                            GRADIO_TEMP_DIR=str(workdir / "gradio"))
     environment.update(NO_BUDGETS)
     environment.update(env or {})
     started = time.monotonic()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ SANDBOX_SECONDS = "3"  # short renders keep the whole browser run well under two
 
 
 
-_screenshot_dir_key = pytest.StashKey[Path]()
 
 
 def _missing_browser(reason: str) -> None:
@@ -96,12 +94,10 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def screenshot_dir(request: pytest.FixtureRequest) -> Path:
-    """`E2E_SCREENSHOT_DIR` when set, else a fresh temp dir; shown in pytest's terminal summary."""
-    configured = os.environ.get("E2E_SCREENSHOT_DIR", "").strip()
-    folder = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="kling-e2e-screenshots-"))
+def screenshot_dir() -> Path:
+    """The run's screenshot folder (`E2E_SCREENSHOT_DIR`, or a temp dir tests/conftest.py made and shows)."""
+    folder = Path(os.environ["E2E_SCREENSHOT_DIR"])
     folder.mkdir(parents=True, exist_ok=True)
-    request.config.stash[_screenshot_dir_key] = folder
     return folder
 
 
@@ -153,12 +149,3 @@ def pictures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "end_frame": draw_landscape(folder / "night-lake.png", night=True),
         "too_small": draw_small_image(folder / "too-small.png"),
     }
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    folder = config.stash.get(_screenshot_dir_key, None)
-    if folder is not None:
-        shots = sorted(folder.glob("*.png"))
-        terminalreporter.write_sep("-", "browser screenshots")
-        terminalreporter.write_line(f"{len(shots)} screenshot(s) in {folder}")
-
