@@ -199,9 +199,7 @@ class Service:
 
         A job that may submit on the server's key names its `spender`: its submit passes the budgets. The
         `operator` (the command line) owns the server's key, so is told its balance as a visitor is theirs."""
-        client = WaveSpeedClient(self.backend.base_url, api_key or self.backend.api_key,
-                                 connect_timeout=self.settings.connect_timeout,
-                                 read_timeout=self.settings.read_timeout, connections=self.connections)
+        client = self._client(api_key)
         # A visitor's own key belongs to an account whose webhook secret we do not know: those tasks are polled.
         pushed = self.webhooks is not None and not api_key
         guard = self.budgets.guard(spender, client) if spender is not None and not api_key else None
@@ -272,8 +270,7 @@ class Service:
 
         Only with their own key: the server key's tasks are every visitor's."""
         self._require_own_key(visitor, "list its tasks")
-        with WaveSpeedClient(self.backend.base_url, visitor.api_key or "", connect_timeout=self.settings.connect_timeout,
-                             read_timeout=self.settings.read_timeout, connections=self.connections) as client:
+        with self._client(visitor.api_key) as client:
             return list(client.predictions(1, limit, model=self.spec.model_id).items)
 
     def adopt(self, task_id: str, visitor: Visitor) -> Job:
@@ -368,10 +365,17 @@ class Service:
 
     def _lookup(self, api_key: str | None) -> WaveSpeedClient:
         """A client for a quick look-up while a person waits: short timeouts."""
-        return WaveSpeedClient(self.backend.base_url, api_key or self.backend.api_key,
-                               connect_timeout=min(5.0, self.settings.connect_timeout),
-                               read_timeout=min(10.0, self.settings.read_timeout), max_attempts=2,
-                               connections=self.connections)
+        return self._client(api_key, quick=True)
+
+    def _client(self, api_key: str | None, *, quick: bool = False) -> WaveSpeedClient:
+        """A client paying with `api_key` (a visitor's own) or else the server's key, on the shared connections;
+        `quick` for a look-up while a person waits (short timeouts, one retry)."""
+        timeouts = {"connect_timeout": self.settings.connect_timeout, "read_timeout": self.settings.read_timeout}
+        if quick:
+            timeouts = {"connect_timeout": min(5.0, self.settings.connect_timeout),
+                        "read_timeout": min(10.0, self.settings.read_timeout), "max_attempts": 2}
+        return WaveSpeedClient(self.backend.base_url, api_key or self.backend.api_key, connections=self.connections,
+                               **timeouts)
 
     @staticmethod
     def spender(visitor: Visitor) -> str:
