@@ -7,16 +7,21 @@ wait until the visitor comes back and resumes them with the key entered again.
 
 While WaveSpeed cannot be reached, a task is tried again with backoff until it is older than
 `max_age_seconds`; every try and every give-up is logged with the task id.
+
+Every follow is a coroutine on one event loop of its own (started at the first adoption): waiting for the
+next poll, a webhook or the next try holds no thread, so a restart with hundreds of running tasks follows
+them all at once; only a step that does I/O (a poll's answer, the download) takes one of a few pool threads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, TypeVar
 
 from . import jobs, lost_tasks
 from .errors import AlreadyFollowing, KlingDemoError, ServiceUnavailable, TaskFailed, TaskTimedOut
@@ -24,15 +29,17 @@ from .jobs import JobContext, format_seconds
 from .journal import Journal, TaskRecord
 from .models import KeySource
 from .polling import retry_delay
+from .stepping import step_updates
 
 log = logging.getLogger(__name__)
 # Worth another try later: WaveSpeed unreachable or failing, or the task outlived one follow's deadline.
 RETRYABLE = (ServiceUnavailable, TaskTimedOut)
 MAX_AGE_SECONDS = 24 * 3600.0  # the API keeps tasks 7 days; past a day, wait for a restart or the owner
+T = TypeVar("T")
 
 
 class Recovery:
-    """Background followers for journal tasks, bounded to a few threads."""
+    """Background followers for journal tasks: coroutines on one loop, their I/O steps in a few threads."""
 
     def __init__(self, journal: Journal, make_context: Callable[[str, str | None], JobContext], *, api_base: str,
                  sandbox: bool, max_workers: int = 4, max_age_seconds: float = MAX_AGE_SECONDS,
@@ -45,6 +52,7 @@ class Recovery:
         self.sandbox = sandbox
         self.max_age_seconds = max_age_seconds
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="recovery")
+        self._loop: asyncio.AbstractEventLoop | None = None  # started at the first adoption
         self._active: set[str] = set()  # task ids adopted and not yet finished or given up
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -107,17 +115,21 @@ class Recovery:
 
         `api_key` is a visitor's own key, held in memory only for this follow."""
         with self._lock:
-            if record.task_id in self._active:
+            if record.task_id in self._active or self._closing.is_set():
                 return
             self._active.add(record.task_id)
-        self._pool.submit(self._follow, record, api_key)
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(target=self._loop.run_forever, name="recovery-loop", daemon=True).start()
+            loop = self._loop
+        asyncio.run_coroutine_threadsafe(self._follow(record, api_key), loop)
 
-    def _follow(self, record: TaskRecord, api_key: str | None) -> None:
+    async def _follow(self, record: TaskRecord, api_key: str | None) -> None:
         """Try to finish the task, again and again with backoff while the failure is worth retrying."""
         task_id = record.task_id
         try:
             for attempt in itertools.count(1):
-                error = self._attempt(record, api_key)
+                error = await self._attempt(record, api_key)
                 if error is None or self._closing.is_set():
                     return
                 retryable, age = isinstance(error, RETRYABLE), time.time() - record.created_at
@@ -132,21 +144,24 @@ class Recovery:
                 delay = retry_delay(attempt, getattr(error, "retry_after", None))
                 log.info("recovering task %s: attempt %d failed (%s); next try in %.0f s", task_id, attempt,
                          _why(error), delay)
-                if self._closing.wait(delay):
-                    return
-        except Exception:  # a bug or a broken data dir: say so rather than die silently in the pool
+                await asyncio.sleep(delay)  # close() cancels it
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug or a broken data dir: say so rather than die silently on the loop
+            if self._closing.is_set():  # the pool was shut down under a step: not an error
+                return
             log.exception("gave up recovering task %s after an unexpected error", task_id)
             self.release_slot(task_id)
         finally:
             with self._lock:
                 self._active.discard(task_id)
 
-    def _attempt(self, record: TaskRecord, api_key: str | None) -> KlingDemoError | None:
+    async def _attempt(self, record: TaskRecord, api_key: str | None) -> KlingDemoError | None:
         """Follow the task once to its end; returns the error that stopped it, or None when it ended."""
         ctx = self.make_context(record.owner, api_key)
         ctx.stop = self._closing  # close() ends a follow that is waiting on WaveSpeed, so the process can exit
         try:
-            for _ in jobs.resume(record.task_id, ctx, duration=record.duration):
+            async for _ in step_updates(jobs.resume(record.task_id, ctx, duration=record.duration), self._in_pool):
                 pass
             log.info("recovered task %s into its owner's history", record.task_id)
         except AlreadyFollowing:
@@ -159,9 +174,31 @@ class Recovery:
             ctx.client.close()
         return None
 
+    def _in_pool(self, call: Callable[[], T]) -> asyncio.Future[T]:
+        """One blocking step of a follow, in the pool (the loop only waits)."""
+        return asyncio.get_running_loop().run_in_executor(self._pool, call)
+
     def close(self) -> None:
-        self._closing.set()
+        """Stop following: waits end at once, running steps see the stop; tasks stay in the journal."""
+        with self._lock:
+            self._closing.set()
+            loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(_cancel_all, loop)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    """On the loop: cancel every follow, then stop the loop once they have unwound."""
+    follows = asyncio.all_tasks(loop)
+    for follow in follows:
+        follow.cancel()
+
+    async def stop_when_done() -> None:
+        await asyncio.gather(*follows, return_exceptions=True)
+        loop.stop()
+
+    loop.create_task(stop_when_done())
 
 
 def _why(error: KlingDemoError) -> str:

@@ -29,6 +29,7 @@ from .jobs import JobRequest, JobUpdate, Stage, format_seconds
 from .models import DEFAULT_MODEL
 from .progress import Estimate, EstimateSource, ProgressView, Tracker, estimate
 from .service import FormFill, Job, Service, Visitor
+from .stepping import step_updates
 from .visitors import (OWNER_STORAGE_KEY, OWNER_STORAGE_OBFUSCATION, new_owner_id, resolve_owner, sign_owner,
                        verified_owner, visitor_key)
 
@@ -972,17 +973,8 @@ async def job_updates(job: Job) -> AsyncIterator[JobUpdate]:
     With webhooks on, an update carries a `wake` handle: the wait is `await wake.wait_async(...)` on this loop,
     which a webhook (on another thread) ends at once through `loop.call_soon_threadsafe`; still no thread held."""
     try:
-        while True:
-            update = await anyio.to_thread.run_sync(job.next_update)
-            if update is None:
-                return
-            next_poll = time.monotonic() + update.wait_seconds  # before Gradio spends time sending
+        async for update in step_updates(job, anyio.to_thread.run_sync):
             yield update
-            pause = max(0.0, next_poll - time.monotonic())
-            if update.wake is not None:
-                await update.wake.wait_async(pause)
-            else:
-                await asyncio.sleep(pause)
     except KlingDemoError as error:
         raise gr.Error(without_paths(str(error)), duration=None) from error
     finally:

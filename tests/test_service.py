@@ -6,14 +6,17 @@ import contextlib
 import threading
 
 import pytest
+import requests
 
 from kling_demo.backend import Backend
 from kling_demo.client import WaveSpeedClient
 from kling_demo.config import Settings
+from kling_demo.journal import Journal
 from kling_demo.errors import KeyRequired, NotYours, RateLimited
 from kling_demo.jobs import JobRequest, JobUpdate, Stage
 from kling_demo.models import DEFAULT_MODEL, KeySource, TaskStatus
 from kling_demo.service import Job, Service, Visitor
+from tests.conftest import SERVER_KEY
 from tests.waiting import wait_for
 
 ALICE, BOB = Visitor("browser:alice"), Visitor("browser:bob")
@@ -114,6 +117,33 @@ def test_closing_a_job_after_submission_hands_the_task_to_recovery(make_sandbox,
     job.close()  # the tab went away
     record = wait_for(lambda: (r := service.task(ALICE, task_id)) and r.status == TaskStatus.COMPLETED and r)
     assert record.video_path and sandbox.stats()["submissions"] == 1
+
+
+def test_after_a_restart_recovery_follows_more_tasks_at_once_than_it_has_threads(make_sandbox, make_service,
+                                                                                  make_image, tmp_path):
+    """Twelve tasks left running by a previous run, held at WaveSpeed: all are followed (polled) together by
+    recovery's four threads, because waiting for a poll holds none; released, all land in the history."""
+    sandbox = make_sandbox(inference_seconds=0.5, hold_renders=True)
+    journal = Journal(tmp_path / "data" / "journal.sqlite3")
+    with WaveSpeedClient(sandbox.base_url, SERVER_KEY) as client:
+        image = client.upload(make_image(), "image/png")
+        task_ids = [client.submit(DEFAULT_MODEL, {"image": image, "prompt": f"left running {n}", "duration": 5}).task_id
+                    for n in range(12)]
+    for task_id in task_ids:
+        journal.record_submission(owner=ALICE.owner, task_id=task_id, model=DEFAULT_MODEL.model_id, api_base=sandbox.base_url,
+                                  key_source=KeySource.SERVER, params={"prompt": "left running", "duration": 5})
+    service = make_service(sandbox)  # starts recovery, as the app does at start
+    assert service.recovery._pool._max_workers < len(task_ids)
+
+    def polled() -> set[str]:
+        return {row["id"] for row in requests.get(sandbox.base_url + "/sandbox/tasks", timeout=10).json()
+                if row["result_polls"] >= 2}
+
+    wait_for(lambda: polled() == set(task_ids), 30, "every held task to be polled twice")
+    requests.post(sandbox.base_url + "/sandbox/release", timeout=10).raise_for_status()
+    wait_for(lambda: all(r.status == TaskStatus.COMPLETED and r.video_path for r in service.tasks(ALICE)), 60,
+             "every task to land in the history")
+    assert len(service.tasks(ALICE)) == 12 and sandbox.stats()["submissions"] == 12
 
 
 def test_task_status_from_the_wire():
