@@ -17,9 +17,9 @@ from tests.waiting import run_async
 JOBS = 100
 # What the app may run, whatever the number of waiting jobs: the main thread and the server's loop, anyio's
 # worker threads (Gradio's sync steps and each job's blocking steps: upload, submit, download; 40 tokens),
-# the poller and its workers, background recovery's pool, asyncio's default executor (name lookups), and a
-# few to spare for Python and the libraries' own helpers.
-APP_THREADS_AT_MOST = 2 + 40 + 1 + POLL_WORKERS + 4 + min(32, (os.cpu_count() or 1) + 4) + 4
+# the poller and its workers, background recovery's loop and pool, asyncio's default executor (name lookups),
+# and a few to spare for Python and the libraries' own helpers.
+APP_THREADS_AT_MOST = 2 + 40 + 1 + POLL_WORKERS + 1 + 4 + min(32, (os.cpu_count() or 1) + 4) + 4
 
 
 def threads_of(pid: int) -> int:
