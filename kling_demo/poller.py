@@ -170,9 +170,13 @@ class Poller:
         shared.close()
 
     def _schedule(self, watch: _Watch, due: float) -> None:
+        """Put the watch's next poll on the heap; wake the scheduler only if it is now the first one due (it
+        sleeps until the first: waking it for every later poll cost a thread switch a poll)."""
         watch.due = due
-        heapq.heappush(self._heap, (due, next(self._order), watch.task_id))
-        self._wake.notify()
+        entry = (due, next(self._order), watch.task_id)
+        heapq.heappush(self._heap, entry)
+        if self._heap[0] is entry:
+            self._wake.notify()
 
     def _start(self) -> None:
         if self._thread is None:

@@ -19,7 +19,7 @@ import anyio
 import gradio as gr
 from PIL import Image
 
-from . import history_view, media, webhooks, wording
+from . import history_view, media, ticks, webhooks, wording
 from .backend import Backend
 from .config import Settings
 from .errors import InputRejected, KlingDemoError
@@ -960,10 +960,15 @@ def run_more_than_forty(demo: gr.Blocks, events: int) -> None:
 
 
 async def stream(job: Job, words: Callable[[str], str] = str) -> AsyncIterator[Outputs]:
-    """A job's updates as (status, task id, video) for API clients; a failure becomes gr.Error."""
+    """A job's updates as (status, task id, video) for API clients; a failure becomes gr.Error. Updates that
+    only move the running time on are thinned (`ticks.worth_sending`): each costs Gradio a postprocess."""
     fixes: tuple[str, ...] = ()
+    sent: JobUpdate | None = None
     async for update in job_updates(job):
         fixes = update.changes or fixes
+        if not ticks.worth_sending(sent, update):
+            continue
+        sent = update
         yield words(status_markdown(update, fixes)), update.task_id or "", str(update.video_path or "") or None
 
 
