@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -39,29 +40,26 @@ class ThreadConnections:
         self._local = threading.local()
         self._generation = 0
         self._head_lock = threading.Lock()
-        self._head_fd: int | None = None
-        self._head_file: tuple[int, int] | None = None
+        self._head_file: tuple[int, int] | None = None  # the file whose kept descriptor `head` reads
+        self._give_back = weakref.finalize(self, lambda: None)
 
     def head(self) -> bytes:
-        """The file's first bytes (empty for a missing or empty file), read without closing any descriptor of it.
-
-        One descriptor per file is kept open for this; it is replaced only when the path names another file
-        (whose old connections are reopened by path anyway)."""
+        """The file's first bytes (empty for a missing or empty file), read without closing any descriptor of it."""
         with self._head_lock:
             current = _identity(self.path)
             if current is None:
                 return b""
             if current != self._head_file:
                 try:
-                    fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                    file = _HEADS.take(self.path)
                 except FileNotFoundError:
                     return b""
-                old, self._head_fd = self._head_fd, fd
-                info = os.fstat(fd)
-                self._head_file = (info.st_dev, info.st_ino)
-                if old is not None:
-                    os.close(old)
-            return os.pread(self._head_fd, HEAD_BYTES, 0)  # type: ignore[arg-type]
+                if self._head_file is not None:
+                    _HEADS.give_back(self._head_file)
+                self._head_file = file
+                self._give_back.detach()
+                self._give_back = weakref.finalize(self, _HEADS.give_back, file)
+            return _HEADS.read(self._head_file, HEAD_BYTES)
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use (or after `reset`, an error, or a fork)."""
@@ -106,6 +104,53 @@ class ThreadConnections:
         """Make every thread open a new connection at its next use (the file behind the old ones is gone)."""
         self._generation += 1
         self.discard()
+
+
+class _KeptDescriptors:
+    """One read-only descriptor per database file in this process, shared by every ThreadConnections on it
+    (the journal and the spending ledger share one file) and closed only when the last of them is gone, when
+    no connection of this process needs the locks a close would drop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[tuple[int, int], list[int]] = {}  # (device, inode) → [descriptor, users]
+        self._spare: list[int] = []
+
+    def take(self, path: Path) -> tuple[int, int]:
+        """The identity of the file at `path`, with a kept descriptor for it (raises FileNotFoundError).
+
+        A file already kept is not opened again: closing that second descriptor would drop the locks."""
+        with self._lock:
+            current = _identity(path)
+            if current is None:
+                raise FileNotFoundError(path)
+            if current not in self._open:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                info = os.fstat(fd)
+                current = (info.st_dev, info.st_ino)
+                if current in self._open:  # replaced between the stat and the open by a file kept already:
+                    self._spare.append(fd)  # never closed, for the same reason
+                else:
+                    self._open[current] = [fd, 0]
+            self._open[current][1] += 1
+            return current
+
+    def read(self, file: tuple[int, int], size: int) -> bytes:
+        with self._lock:
+            fd = self._open[file][0]
+        return os.pread(fd, size, 0)
+
+    def give_back(self, file: tuple[int, int]) -> None:
+        with self._lock:
+            kept = self._open[file]
+            kept[1] -= 1
+            if kept[1]:
+                return
+            del self._open[file]
+        os.close(kept[0])
+
+
+_HEADS = _KeptDescriptors()
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
