@@ -22,6 +22,7 @@ from .pictures import draw_landscape, draw_small_image
 CHROMIUM = Path(os.environ.get("E2E_CHROMIUM") or "/usr/bin/chromium")  # Debian's; never `playwright install`
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+EXPECT_TIMEOUT_MS = 15_000
 SANDBOX_SECONDS = "3"  # short renders keep the whole browser run well under two minutes
 
 
@@ -80,9 +81,12 @@ def start_live_app(tmp_path: Path) -> Iterator[Callable[..., tuple[Served, Serve
 def browser() -> Iterator[Any]:
     """Debian's Chromium, headless, with a fresh profile (Playwright gives each launch its own temp profile)."""
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import expect, sync_playwright
     except ImportError:
         _missing_browser("the `playwright` package is not installed (pip install -r requirements-dev.txt)")
+    # Assertions wait for their condition up to 15 s, not Playwright's 5 s: four test workers share two cores,
+    # and a page that is right a little late is not wrong (each still passes as soon as it holds).
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
         _missing_browser(f"no Chromium at {CHROMIUM} (apt-get install chromium; never `playwright install`)")
     with sync_playwright() as playwright:
