@@ -45,10 +45,13 @@ class ThreadConnections:
 
     def head(self) -> bytes:
         """The file's first bytes (empty for a missing or empty file), read without closing any descriptor of it."""
+        return self._head(_identity(self.path))
+
+    def _head(self, current: tuple[int, int] | None) -> bytes:
+        """`head()` of the file whose identity is `current` (None: none is there)."""
+        if current is None:
+            return b""
         with self._head_lock:
-            current = _identity(self.path)
-            if current is None:
-                return b""
             if current != self._head_file:
                 try:
                     file = _HEADS.take(self.path)
@@ -63,11 +66,12 @@ class ThreadConnections:
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use (or after `reset`, an error, or a fork)."""
-        self._check(self.head())
+        current = _identity(self.path)  # one stat a transaction: the header check and the reopen test share it
+        self._check(self._head(current))
         local = self._local
         db: sqlite3.Connection | None = getattr(local, "db", None)
         if db is not None and (local.generation != self._generation or local.pid != os.getpid()
-                               or local.file != _identity(self.path)):
+                               or local.file != current):
             self.discard()
             db = None
         if db is None:

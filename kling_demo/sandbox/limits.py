@@ -13,6 +13,7 @@ from collections import defaultdict, deque
 from kling_demo.sandbox.protocol import ApiError
 from kling_demo.sandbox.tasks import Task
 
+
 class Slots:
     """Per-key concurrency (0 = unlimited): tasks beyond the limit queue FIFO, and each takes a slot
     at the moment one freed, even when that is noticed later, so the timeline is exact."""
