@@ -20,7 +20,9 @@ if str(PROJECT_ROOT) not in sys.path:  # so plain `pytest` works without install
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from kling_demo.sandbox import SandboxConfig, SandboxHandle, start_sandbox  # noqa: E402
+from tests import processes  # noqa: E402
 
+RENDER_STORE = "KLING_TESTS_RENDER_STORE"  # the run's sandbox render store (tests/processes.py)
 SCREENSHOT_DIR = pytest.StashKey[Path]()  # where the browser tests leave a screenshot each
 FAST_INFERENCE_SECONDS = 1.0
 SERVER_KEY = "server-key"  # the app's own key in tests that run the service in live mode against a sandbox
@@ -53,14 +55,21 @@ def _shares_a_started_fixture(item: pytest.Item) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Gradio's upload cache of this test process (before anything imports gradio), and one screenshot folder
-    for the whole run, the test workers' included (they inherit the environment)."""
+    """Gradio's upload cache of this test process (before anything imports gradio); warm server starts; one
+    sandbox render store and one screenshot folder for the whole run, the test workers' included (they
+    inherit the environment)."""
     # Upload paths are content hashes, and an app deletes the files it cached when it stops: apps of parallel
     # workers sharing /tmp/gradio deleted each other's uploads mid-test. App processes get theirs from
     # tests/processes.py.
     os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="kling-tests-gradio-")
+    processes.warm_starts = True  # apps and sandboxes fork from one warm interpreter per test process
     if hasattr(config, "workerinput"):
+        processes.render_store = Path(os.environ[RENDER_STORE])
         return
+    # One render store for the whole run, workers included: identical inputs are rendered once per run.
+    store = os.environ[RENDER_STORE] = tempfile.mkdtemp(prefix="kling-tests-renders-")
+    processes.render_store = Path(store)
+    config.add_cleanup(lambda: shutil.rmtree(store, ignore_errors=True))
     folder = os.environ.get("E2E_SCREENSHOT_DIR", "").strip() or tempfile.mkdtemp(prefix="kling-e2e-screenshots-")
     os.environ["E2E_SCREENSHOT_DIR"] = folder
     config.stash[SCREENSHOT_DIR] = Path(folder)
@@ -87,6 +96,7 @@ def make_sandbox() -> Iterator[Callable[..., SandboxHandle]]:
 
     def factory(**config_fields: Any) -> SandboxHandle:
         config_fields.setdefault("inference_seconds", FAST_INFERENCE_SECONDS)
+        config_fields.setdefault("render_store", processes.render_store)
         handle = start_sandbox(SandboxConfig(**config_fields))
         started.append(handle)
         return handle

@@ -22,7 +22,13 @@ NO_BUDGETS = {"KLING_DEMO_VISITOR_BUDGET_USD": "off", "KLING_DEMO_DAILY_BUDGET_U
               "KLING_DEMO_SUBMITS_PER_MINUTE": "off"}
 
 
-_started: list[subprocess.Popen] = []  # every process started here, so none outlives the run that started it
+# tests/conftest.py turns this on: servers are forked from a warm interpreter (tests/warm_start.py) instead of
+# each importing Gradio anew. bench/ and tests of a cold start keep `python app.py`.
+warm_starts = False
+# tests/conftest.py sets this: every sandbox of the run, in an app or not, keeps and reuses renders there.
+render_store: Path | None = None
+
+_started: list = []  # every process started here, so none outlives the run that started it
 
 
 @atexit.register
@@ -34,8 +40,14 @@ def _stop_leftovers() -> None:
             process.wait()
 
 
-def _popen(args: list[str], **options: object) -> subprocess.Popen:
-    process = subprocess.Popen(args, **options)  # type: ignore[call-overload]
+def _start(args: list[str], *, cwd: Path, env: dict[str, str], log_path: Path | None, cold: bool = False):
+    """`args` (`python …`) as a new process with its output appended to `log_path`: a Popen or a WarmProcess."""
+    if warm_starts and not cold:
+        from tests import warm_start
+
+        process = warm_start.start(args, env=env, cwd=cwd, log_path=log_path)
+    else:
+        process = subprocess.Popen(args, cwd=cwd, env=env, stdout=_output(log_path), stderr=subprocess.STDOUT)
     _started.append(process)
     return process
 
@@ -54,7 +66,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 60.0,
+def wait_until_serving(url: str, process, timeout: float = 60.0,
                        log_path: Path | None = None) -> float:
     """Return time.monotonic() once `url` answers; a process that exits or never answers fails with its log's tail."""
     deadline = time.monotonic() + timeout
@@ -81,7 +93,7 @@ def _tail(log_path: Path | None, lines: int = 40) -> str:
 class Served:
     """A started server process: its URL and, for the app, how long it took to answer (cold start)."""
 
-    process: subprocess.Popen
+    process: subprocess.Popen  # or a tests.warm_start.WarmProcess: the same poll/wait/send_signal/kill/pid
     url: str
     cold_start: float = 0.0
 
@@ -102,9 +114,10 @@ def _output(log_path: Path | None):
 def start_sandbox_process(*flags: str, log_path: Path | None = None) -> Served:
     """`python -m kling_demo.sandbox` with `flags` on a free port."""
     port = free_port()
-    process = _popen([sys.executable, "-m", "kling_demo.sandbox", "--host", "127.0.0.1", "--port",
-                                str(port), *flags], cwd=ROOT, env=clean_env(), stdout=_output(log_path),
-                               stderr=subprocess.STDOUT)
+    if render_store is not None:
+        flags = ("--render-store", str(render_store), *flags)
+    process = _start([sys.executable, "-m", "kling_demo.sandbox", "--host", "127.0.0.1", "--port", str(port),
+                      *flags], cwd=ROOT, env=clean_env(), log_path=log_path)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_serving(url + "/sandbox/stats", process, log_path=log_path)
@@ -115,8 +128,9 @@ def start_sandbox_process(*flags: str, log_path: Path | None = None) -> Served:
 
 
 def start_app_process(data_dir: Path, *, env: dict[str, str] | None = None, log_path: Path | None = None,
-                      app_script: Path | None = None, port: int | None = None) -> Served:
-    """`python app.py` from an empty working directory (so no stray .env is read), on `port` or a free one."""
+                      app_script: Path | None = None, port: int | None = None, cold: bool = False) -> Served:
+    """`python app.py` from an empty working directory (so no stray .env is read), on `port` or a free one;
+    `cold` starts a new interpreter even when the run forks warm ones."""
     port = port or free_port()
     workdir = data_dir.parent / f"cwd-{port}"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -126,10 +140,12 @@ def start_app_process(data_dir: Path, *, env: dict[str, str] | None = None, log_
                             # paths are content hashes, so apps sharing one would delete each other's uploads.
                             GRADIO_TEMP_DIR=str(workdir / "gradio"))
     environment.update(NO_BUDGETS)
+    if render_store is not None:
+        environment["KLING_DEMO_SANDBOX_RENDERS"] = str(render_store)
     environment.update(env or {})
     started = time.monotonic()
-    process = _popen([sys.executable, str(app_script or ROOT / "app.py")], cwd=workdir, env=environment,
-                               stdout=_output(log_path), stderr=subprocess.STDOUT)
+    process = _start([sys.executable, str(app_script or ROOT / "app.py")], cwd=workdir, env=environment,
+                     log_path=log_path, cold=cold)
     url = f"http://127.0.0.1:{port}/"
     try:
         ready = wait_until_serving(url, process, timeout=90, log_path=log_path)

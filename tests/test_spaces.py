@@ -176,8 +176,9 @@ def readme_example() -> str:
 
 
 def test_the_readme_gradio_client_example_prints_each_status_and_the_video(tmp_path, make_image):
+    # `python app.py` in a new interpreter, as the README runs it (other tests fork a warm one).
     app = start_app_process(tmp_path / "data", env={"KLING_DEMO_SANDBOX_SECONDS": "2"},
-                            log_path=tmp_path / "app.log")
+                            log_path=tmp_path / "app.log", cold=True)
     try:
         example = readme_example()
         assert 'Client("http://127.0.0.1:7860/")' in example and '"first_frame.png"' in example
