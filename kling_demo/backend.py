@@ -39,6 +39,7 @@ def open_backend(settings: Settings) -> Backend:
     # It signs webhooks with WAVESPEED_WEBHOOK_SECRET when one is set, so KLING_DEMO_PUBLIC_URL works offline too.
     secret = {"webhook_secret": settings.webhook_secret} if settings.webhook_secret else {}
     handle = start_sandbox(SandboxConfig(inference_seconds=settings.sandbox_inference_seconds,
-                                         balance=EMBEDDED_SANDBOX_BALANCE, **secret))
+                                         balance=EMBEDDED_SANDBOX_BALANCE,
+                                         render_store=settings.sandbox_render_store, **secret))
     log.info("WAVESPEED_API_KEY is not set, so the local sandbox at %s is used (no AI, no cost)", handle.base_url)
     return Backend(base_url=handle.base_url, api_key=SANDBOX_TOKEN, sandbox=handle)

@@ -40,6 +40,10 @@ def _optional_float(env: Mapping[str, str], name: str) -> float | None:
     return _float(env, name, 0.0) if env.get(name, "").strip() else None
 
 
+def _optional_path(env: Mapping[str, str], name: str) -> Path | None:
+    return Path(env[name].strip()).expanduser() if env.get(name, "").strip() else None
+
+
 def public_url(env: Mapping[str, str]) -> str | None:
     """Where the world reaches this app: KLING_DEMO_PUBLIC_URL, else `https://<SPACE_HOST>` on a Space.
 
@@ -114,6 +118,7 @@ class Settings:
     api_concurrency: int = 3  # tasks one WaveSpeed key runs at once (its account level; Bronze is 3)
     max_queue: int = 1024
     sandbox_inference_seconds: float = 6.0
+    sandbox_render_store: Path | None = None  # finished sandbox renders kept and reused across restarts
     secret: str | None = field(default=None, repr=False)  # signs each browser's owner id
     retention_days: float | None = None
     retention_gb: float | None = None
@@ -167,6 +172,7 @@ class Settings:
             max_queue=max(1, _int(merged, "KLING_DEMO_MAX_QUEUE", cls.max_queue)),
             api_concurrency=max(1, _int(merged, "KLING_DEMO_API_CONCURRENCY", cls.api_concurrency)),
             sandbox_inference_seconds=_float(merged, "KLING_DEMO_SANDBOX_SECONDS", cls.sandbox_inference_seconds),
+            sandbox_render_store=_optional_path(merged, "KLING_DEMO_SANDBOX_RENDERS"),
             secret=merged.get("KLING_DEMO_SECRET", "").strip() or None,
             retention_days=_optional_float(merged, "KLING_DEMO_RETENTION_DAYS"),
             retention_gb=_optional_float(merged, "KLING_DEMO_RETENTION_GB"),

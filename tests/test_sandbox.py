@@ -124,12 +124,29 @@ def test_output_supports_range_requests_for_browsers(sandbox, good_body) -> None
     assert part.status_code == 206 and len(part.content) == 100
 
 
-def test_identical_jobs_share_one_render(sandbox, good_body) -> None:
+def test_identical_jobs_share_one_render(make_sandbox, good_body) -> None:
+    sandbox = make_sandbox(render_store=None)  # the suite's store may hold this render already
     task_ids = [submit(sandbox, good_body).json()["data"]["id"] for _ in range(4)]
     outputs = [wait_until_final(sandbox, task_id)["outputs"][0] for task_id in task_ids]
     assert len(set(outputs)) == 4  # each task has its own URL
     stats = sandbox.stats()
     assert (stats["renders"], stats["render_cache_hits"]) == (1, 3)
+
+
+def test_a_render_store_shared_by_two_sandboxes_renders_identical_inputs_once(make_sandbox, good_body,
+                                                                               tmp_path) -> None:
+    store = tmp_path / "renders"
+    first, second = make_sandbox(render_store=store), make_sandbox(render_store=store)
+    videos = [requests.get(wait_until_final(box, submit(box, good_body).json()["data"]["id"])["outputs"][0],
+                           timeout=TIMEOUT).content for box in (first, second)]
+    assert videos[0] == videos[1] and len(videos[0]) > 10_000
+    assert [(box.stats()["renders"], box.stats()["render_store_hits"]) for box in (first, second)] == [(1, 0), (0, 1)]
+    # A stored video without its shape (cut off while it was being kept) is rendered again, not served.
+    for shape in store.glob("*.json"):
+        shape.unlink()
+    third = make_sandbox(render_store=store)
+    wait_until_final(third, submit(third, good_body).json()["data"]["id"])
+    assert (third.stats()["renders"], third.stats()["render_store_hits"]) == (1, 0)
 
 
 def test_stats_and_task_list(sandbox, good_body) -> None:

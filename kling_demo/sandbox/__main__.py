@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from kling_demo.sandbox import SandboxConfig, start_sandbox
 
@@ -67,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="share of tasks that end 'cancelled' or 'timeout' (about half each)")
     parser.add_argument("--webhook-secret", default=SandboxConfig.webhook_secret, metavar="whsec_…",
                         help="secret that signs ?webhook= deliveries (default %(default)s)")
+    parser.add_argument("--render-store", type=Path, default=None, metavar="DIR",
+                        help="keep finished renders in DIR and reuse them in later runs and other sandboxes")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -91,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         hold_renders=args.hold_renders,
         status_fault_rate=args.status_fault_rate,
         webhook_secret=args.webhook_secret,
+        render_store=args.render_store,
     )
     stop_requested = threading.Event()
 

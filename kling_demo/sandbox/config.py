@@ -18,6 +18,8 @@ class SandboxConfig:
     api_key: str | None = None  # None: any non-empty bearer token passes; set: only this one
     seed: int | None = None
     data_dir: Path | None = None  # where uploads/outputs live; None → a temp dir removed on stop
+    # Finished renders kept by content and reused by every sandbox sharing the folder (restarts, tests).
+    render_store: Path | None = None
     sync_wait_seconds: float = 30.0  # enable_sync_mode holds the POST at most this long
     # A stand-in price (the real Kling 2.0 Master price is not published): 5 s = $1.40, 10 s = $2.80.
     price_per_second: float = 0.28

@@ -37,7 +37,7 @@ class SandboxState:
         self._owns_data_dir = config.data_dir is None
         self.data_dir = Path(tempfile.mkdtemp(prefix="kling-sandbox-")) if config.data_dir is None else Path(config.data_dir)
         self.uploads = UploadStore(self.data_dir / "uploads")
-        self.renders = RenderCache(self.data_dir / "outputs")
+        self.renders = RenderCache(self.data_dir / "outputs", config.render_store)
         self.faults = Faults(
             config.fault_rate, config.lost_answer_rate, config.task_failure_rate, config.seed, config.status_fault_rate
         )
@@ -224,9 +224,10 @@ class SandboxState:
             upload_tickets=self.uploads.upload_tickets,
             renders=self.renders.renders,
             render_cache_hits=self.renders.render_cache_hits,
+            render_store_hits=self.renders.render_store_hits,
             **self.faults.snapshot(),
         )
-        private = ("api_key", "data_dir", "webhook_secret")
+        private = ("api_key", "data_dir", "webhook_secret", "render_store")
         config = {key: list(value) if isinstance(value, tuple) else value  # as JSON shows it
                   for key, value in asdict(self.config).items() if key not in private}
         return {**counters, "tasks": per_status, "config": config}

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import math
 import secrets
+import shutil
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,13 +36,18 @@ class RenderJob:
 
 
 class RenderCache:
-    """Renders by content hash on a small thread pool: identical inputs render once (it is deterministic)."""
+    """Renders by content hash on a small thread pool: identical inputs render once (it is deterministic).
 
-    def __init__(self, folder: Path) -> None:
+    With a `store` folder, finished renders are also kept there and taken from there by any sandbox that
+    shares it, across processes and restarts (a file appears there whole, or not at all)."""
+
+    def __init__(self, folder: Path, store: Path | None = None) -> None:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.store = store
         self.renders = 0
         self.render_cache_hits = 0
+        self.render_store_hits = 0
         self.stopping = threading.Event()  # tells renders in progress to give up
         self._lock = threading.Lock()
         self._jobs: dict[str, RenderJob] = {}
@@ -48,19 +56,27 @@ class RenderCache:
     def render_for(self, first_frame: bytes, end_frame: bytes | None, duration: int) -> RenderJob:
         """The render of these inputs: shared with identical earlier submissions unless that one failed."""
         key = _content_key(first_frame, end_frame, duration)
+        output_path = self.folder / f"{key}.mp4"
         with self._lock:
             job = self._jobs.get(key)
             if job is not None and not (job.future.done() and job.future.exception() is not None):
                 self.render_cache_hits += 1
                 return job
-            self.renders += 1
             job = RenderJob(future=Future())
             self._jobs[key] = job
-        output_path = self.folder / f"{key}.mp4"
+            stored = self._from_store(key, output_path)
+            if stored is not None:
+                self.render_store_hits += 1
+                job.finished_epoch = time.time()
+                job.future.set_result(stored)
+                return job
+            self.renders += 1
 
         def run() -> RenderedVideo:
             try:
-                return render_video(first_frame, output_path, duration, end_frame, threads=1, cancel=self.stopping)
+                video = render_video(first_frame, output_path, duration, end_frame, threads=1, cancel=self.stopping)
+                self._to_store(key, video)
+                return video
             finally:
                 job.finished_epoch = time.time()
 
@@ -68,10 +84,46 @@ class RenderCache:
         inner.add_done_callback(lambda done: _copy_outcome(done, job.future))
         return job
 
+    def _from_store(self, key: str, output_path: Path) -> RenderedVideo | None:
+        """The stored render of `key`, linked (or copied) to `output_path`; None when there is none."""
+        if self.store is None:
+            return None
+        try:
+            shape = json.loads((self.store / f"{key}.json").read_text())
+            _place(self.store / f"{key}.mp4", output_path)
+            return RenderedVideo(path=output_path, width=int(shape["width"]), height=int(shape["height"]),
+                                 frames=int(shape["frames"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _to_store(self, key: str, video: RenderedVideo) -> None:
+        """Keep a finished render for other sandboxes: the video first, then the shape that marks it whole."""
+        if self.store is None:
+            return
+        try:
+            self.store.mkdir(parents=True, exist_ok=True)
+            _place(video.path, self.store / f"{key}.mp4")
+            shape = json.dumps({"width": video.width, "height": video.height, "frames": video.frames})
+            partial = self.store / f".{key}.{os.getpid()}.{threading.get_ident()}.json"
+            partial.write_text(shape)
+            os.replace(partial, self.store / f"{key}.json")
+        except OSError as error:
+            log.debug("render %s not kept in the store: %s", key, error)
+
     def close(self) -> None:
         """Ask renders in progress to stop and wait for the workers."""
         self.stopping.set()
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _place(source: Path, target: Path) -> None:
+    """`source` at `target` whole: a hard link (a copy across file systems), swapped in atomically."""
+    partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        os.link(source, partial)
+    except OSError:
+        shutil.copyfile(source, partial)
+    os.replace(partial, target)
 
 
 def _content_key(first_frame: bytes, end_frame: bytes | None, duration: int) -> str:
