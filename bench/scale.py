@@ -25,16 +25,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
@@ -108,6 +111,21 @@ class Sampler:
         self.sample()
 
 
+@contextlib.contextmanager
+def profiled(pid: int, folder: Path, name: str) -> Iterator[None]:
+    """py-spy samples `pid` (busy threads only, 100 Hz) into folder/name.txt while the block runs; read the
+    file with bench/profile_split.py. It costs the box some CPU: leave it off for the figures."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-o", str(folder / f"{name}.txt"), "-f", "raw",
+                            "--nolineno", "--nonblocking", "-r", "100"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
+
+
 # --- one level ---------------------------------------------------------------------------------------
 
 
@@ -117,6 +135,7 @@ class Level:
     jobs: int
     wall: float = 0.0
     created_spread: float = float("nan")  # first → last task created at the sandbox
+    first_created: float = float("nan")  # start of the level → first task created
     latencies: list[float] = field(default_factory=list)
     cpu_per_job_ms: float = 0.0
     sandbox_cpu_ms: float = 0.0  # per job, the sandbox process
@@ -155,14 +174,15 @@ def task_id_of(outputs: list) -> str:
 
 
 async def run_level(app: GradioApp, sandbox: str, sandbox_pid: int, image: Path, jobs: int, duration: int,
-                    timeout: float) -> Level:
+                    timeout: float, profile_dir: Path | None = None) -> Level:
     result = Level(app.name, jobs)
     before = (await app.http.get(sandbox + "/sandbox/stats")).json()
     known = set(await app.tasks(sandbox))
     pid = app.served.process.pid
     pids = (pid, sandbox_pid, os.getpid())
     cpu_before = [proc_cpu_seconds(p) for p in pids]
-    with Sampler(pid) as sampler:
+    with Sampler(pid) as sampler, profiled(pid, profile_dir, f"{app.name}-{jobs}") if profile_dir and jobs > 1 \
+            else contextlib.nullcontext():
         started = time.time()
         outcomes = await asyncio.gather(*(asyncio.wait_for(app.job(image, duration), timeout) for _ in range(jobs)),
                                         return_exceptions=True)
@@ -185,6 +205,7 @@ async def run_level(app: GradioApp, sandbox: str, sandbox_pid: int, image: Path,
     created = [row["created_at_epoch"] for row in tasks.values()]
     result.wall = (max(receipts) - started) if receipts else float("nan")
     result.created_spread = (max(created) - min(created)) if created else float("nan")
+    result.first_created = (min(created) - started) if created else float("nan")
     result.cpu_per_job_ms = cpu / jobs * 1000
     result.sandbox_cpu_ms, result.client_cpu_ms = sandbox_cpu / jobs * 1000, client_cpu / jobs * 1000
     result.rss_mb, result.threads, result.files = sampler.rss, int(sampler.threads), int(sampler.files)
@@ -238,9 +259,10 @@ async def drive(args: argparse.Namespace, served: dict[str, Served], sandbox: Se
                 if jobs > args.peer_max and app.name == "peer":
                     continue  # Gradio's default concurrency runs one job at a time: a level of hours
                 level = await run_level(app, sandbox.url, sandbox.process.pid, image, jobs, args.duration,
-                                        args.timeout)
+                                        args.timeout, args.profile)
                 results.append(level)
-                print(f"  {app.name:<15}{jobs:>5} jobs: wall {level.wall:7.1f} s, spread {level.created_spread:6.1f} s, "
+                print(f"  {app.name:<15}{jobs:>5} jobs: wall {level.wall:7.1f} s, first task {level.first_created:4.1f} s, "
+                      f"spread {level.created_spread:6.1f} s, "
                       f"p50 {pct(level.latencies, 0.5):.2f} s, p95 {pct(level.latencies, 0.95):.2f} s, "
                       f"CPU {level.cpu_per_job_ms:.0f} ms/job (sandbox {level.sandbox_cpu_ms:.0f}, client "
                       f"{level.client_cpu_ms:.0f}, of {budget_ms(level):.0f}), RSS {level.rss_mb:.0f} MB, "
@@ -256,14 +278,14 @@ def budget_ms(level: Level) -> float:
 
 def table(results: list[Level]) -> str:
     base = {r.app: r.wall for r in results if r.jobs == 1}
-    lines = ["| app | jobs | wall (× one job) | first→last task created | completion→video p50 / p95 | app CPU per job "
+    lines = ["| app | jobs | wall (× one job) | start→first / first→last task created | completion→video p50 / p95 | app CPU per job "
              "| sandbox / client CPU per job | all three (of the machine's) | peak RSS | peak threads | open files "
              "| polls per job | errors |",
              "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         times = f"{r.wall / base[r.app]:.2f}×" if base.get(r.app) else "—"
         total = r.cpu_per_job_ms + r.sandbox_cpu_ms + r.client_cpu_ms
-        lines.append(f"| {r.app} | {r.jobs} | {r.wall:.1f} s ({times}) | {r.created_spread:.1f} s | "
+        lines.append(f"| {r.app} | {r.jobs} | {r.wall:.1f} s ({times}) | {r.first_created:.1f} s / {r.created_spread:.1f} s | "
                      f"{pct(r.latencies, 0.5):.2f} s / {pct(r.latencies, 0.95):.2f} s | {r.cpu_per_job_ms:.0f} ms | "
                      f"{r.sandbox_cpu_ms:.0f} / {r.client_cpu_ms:.0f} ms | {total:.0f} ms ({budget_ms(r):.0f} ms) | "
                      f"{r.rss_mb:.0f} MB | {r.threads} | {r.files} | {r.polls_per_job:.1f} | {r.errors} |")
@@ -283,6 +305,8 @@ def main() -> int:
     parser.add_argument("--image-size", default="1280x720", help="job image, WxH")
     parser.add_argument("--app-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for this app (repeatable), e.g. KLING_DEMO_CONCURRENCY=512")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="py-spy each app at each level above 1 into DIR (bench/profile_split.py reads them)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (the processes' logs)")
     args = parser.parse_args()
     args.levels = [int(x) for x in args.levels.split(",") if x.strip()]
