@@ -3,7 +3,9 @@
 A sample whose stack holds a kling_demo frame is ours, split by its innermost kling_demo module (and the library
 it was in, when it was in one: sqlite3, PIL, requests/urllib3, httpx); any other is Gradio's or the server's,
 split by the first frame that names a part (upload, queue, pre/postprocess, SSE, HTTP, event loop).
-Shares are of busy samples (a stack ending in a wait is left out); ms per job = share × the app CPU per job that scale.py measured (pass it).
+Our wrapper around Gradio's queue join (ui.hold_queue_limit) does not make what Gradio does inside it ours.
+Shares are of busy samples (a stack ending in a wait is left out); ms per job = share × the app CPU per job
+that scale.py measured (pass it).
 
 Run: python bench/profile_split.py DIR/ours-256.txt --cpu-ms 130 [DIR/floor-256.txt --cpu-ms 40 ...]
 """
@@ -17,13 +19,16 @@ from collections import Counter
 from pathlib import Path
 
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*)\)$")
-LIBRARIES = (("sqlite3", "sqlite"), ("PIL", "Pillow"), ("requests", "requests/urllib3"), ("urllib3", "requests/urllib3"),
-             ("httpx", "httpx"), ("httpcore", "httpx"), ("json", "json"), ("av", "PyAV"))
+LIBRARIES = (("sqlite3", "sqlite"), ("PIL", "Pillow"), ("requests", "requests/urllib3"),
+             ("urllib3", "requests/urllib3"), ("httpx", "httpx"), ("httpcore", "httpx"), ("json", "json"),
+             ("av", "PyAV"))
 # The first of these found in a stack (innermost first) names the Gradio/server part it was in.
-PARTS = (("processing_utils", "gradio: files (hash, copy to cache)"), ("route_utils", "gradio: routes/upload"),
+PARTS = (("processing_utils", "gradio: files (hash, copy to cache)"),
+         ("route_utils", "gradio: routes/upload"),
          ("multipart", "gradio: upload parsing"), ("postprocess", "gradio: postprocess"),
          ("preprocess", "gradio: preprocess"), ("queueing", "gradio: queue"), ("data_classes", "gradio: pydantic"),
-         ("pydantic", "gradio: pydantic"), ("blocks", "gradio: blocks (config, state)"), ("state_holder", "gradio: session state"),
+         ("pydantic", "gradio: pydantic"), ("blocks", "gradio: blocks (config, state)"),
+         ("state_holder", "gradio: session state"),
          ("routes", "gradio: routes"), ("sse_starlette", "server: SSE"), ("starlette", "server: starlette"),
          ("fastapi", "server: fastapi"), ("uvicorn", "server: uvicorn/h11"), ("h11", "server: uvicorn/h11"),
          ("anyio", "loop: anyio"), ("asyncio", "loop: asyncio"), ("threading", "threads"))
@@ -43,8 +48,12 @@ def frames(stack: str) -> list[tuple[str, str]]:
     return out
 
 
+WRAPPERS = {"hold_queue_limit.<locals>.push_in_turn"}  # ours only around Gradio's own work
+
+
 def category(stack: list[tuple[str, str]]) -> str:
-    ours = [i for i, (_, file) in enumerate(stack) if file.startswith("kling_demo/") or "/kling_demo/" in file]
+    ours = [i for i, (func, file) in enumerate(stack)
+            if (file.startswith("kling_demo/") or "/kling_demo/" in file) and func not in WRAPPERS]
     if ours:
         innermost = ours[-1]
         module = stack[innermost][1].rsplit("/", 1)[-1].removesuffix(".py")

@@ -261,8 +261,8 @@ async def drive(args: argparse.Namespace, served: dict[str, Served], sandbox: Se
                 level = await run_level(app, sandbox.url, sandbox.process.pid, image, jobs, args.duration,
                                         args.timeout, args.profile)
                 results.append(level)
-                print(f"  {app.name:<15}{jobs:>5} jobs: wall {level.wall:7.1f} s, first task {level.first_created:4.1f} s, "
-                      f"spread {level.created_spread:6.1f} s, "
+                print(f"  {app.name:<15}{jobs:>5} jobs: wall {level.wall:7.1f} s, "
+                      f"first task {level.first_created:4.1f} s, spread {level.created_spread:6.1f} s, "
                       f"p50 {pct(level.latencies, 0.5):.2f} s, p95 {pct(level.latencies, 0.95):.2f} s, "
                       f"CPU {level.cpu_per_job_ms:.0f} ms/job (sandbox {level.sandbox_cpu_ms:.0f}, client "
                       f"{level.client_cpu_ms:.0f}, of {budget_ms(level):.0f}), RSS {level.rss_mb:.0f} MB, "
@@ -278,14 +278,15 @@ def budget_ms(level: Level) -> float:
 
 def table(results: list[Level]) -> str:
     base = {r.app: r.wall for r in results if r.jobs == 1}
-    lines = ["| app | jobs | wall (× one job) | start→first / first→last task created | completion→video p50 / p95 | app CPU per job "
-             "| sandbox / client CPU per job | all three (of the machine's) | peak RSS | peak threads | open files "
-             "| polls per job | errors |",
+    lines = ["| app | jobs | wall (× one job) | start→first / first→last task created "
+             "| completion→video p50 / p95 | app CPU per job | sandbox / client CPU per job "
+             "| all three (of the machine's) | peak RSS | peak threads | open files | polls per job | errors |",
              "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         times = f"{r.wall / base[r.app]:.2f}×" if base.get(r.app) else "—"
         total = r.cpu_per_job_ms + r.sandbox_cpu_ms + r.client_cpu_ms
-        lines.append(f"| {r.app} | {r.jobs} | {r.wall:.1f} s ({times}) | {r.first_created:.1f} s / {r.created_spread:.1f} s | "
+        lines.append(f"| {r.app} | {r.jobs} | {r.wall:.1f} s ({times}) | "
+                     f"{r.first_created:.1f} s / {r.created_spread:.1f} s | "
                      f"{pct(r.latencies, 0.5):.2f} s / {pct(r.latencies, 0.95):.2f} s | {r.cpu_per_job_ms:.0f} ms | "
                      f"{r.sandbox_cpu_ms:.0f} / {r.client_cpu_ms:.0f} ms | {total:.0f} ms ({budget_ms(r):.0f} ms) | "
                      f"{r.rss_mb:.0f} MB | {r.threads} | {r.files} | {r.polls_per_job:.1f} | {r.errors} |")
