@@ -7,26 +7,37 @@ raw Gradio protocol (POST /gradio_api/upload, POST /gradio_api/queue/join, the S
 /gradio_api/queue/data) from one asyncio loop with httpx and no connection cap, so the client holds no thread
 per job and does not limit the level (gradio_client runs each job in a thread of a bounded pool).
 
-Reports wall vs one job, first→last task created at the sandbox, completion→video p50/p95 (the client's
-receipt of the final output minus the sandbox's completion time), app CPU per job, peak RSS, peak threads,
-open files, result polls per job, errors.
+The floor (bench/floor_app.py, `--apps …,floor`) is a plain gr.Blocks shaped like this app's /generate whose
+handler only sleeps for the render and yields the same number of updates: what any Gradio app pays per job.
+It talks to no sandbox; its "task created" is when its handler starts and its "completed" when its sleep
+ends, written by the app to a file this script reads (`floor-stock`: the same with Gradio's idle-queue timings).
 
-Run: python bench/scale.py [--levels 1,64,256,1024] [--inference-seconds 30] [--apps ours,peer,peer-unlimited]
+Reports wall vs one job, first→last task created at the sandbox, completion→video p50/p95 (the client's
+receipt of the final output minus the sandbox's completion time), CPU per job of the app, of the sandbox and
+of this client process (and their sum against the machine's budget per job: CPUs × wall / jobs), peak RSS,
+peak threads, open files, result polls per job, errors.
+
+Run: python bench/scale.py [--levels 1,64,256,1024] [--inference-seconds 30]
+                           [--apps ours,floor,peer,peer-unlimited]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
@@ -100,6 +111,21 @@ class Sampler:
         self.sample()
 
 
+@contextlib.contextmanager
+def profiled(pid: int, folder: Path, name: str) -> Iterator[None]:
+    """py-spy samples `pid` (busy threads only, 100 Hz) into folder/name.txt while the block runs; read the
+    file with bench/profile_split.py. It costs the box some CPU: leave it off for the figures."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-o", str(folder / f"{name}.txt"), "-f", "raw",
+                            "--nolineno", "--nonblocking", "-r", "100"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
+
+
 # --- one level ---------------------------------------------------------------------------------------
 
 
@@ -109,8 +135,11 @@ class Level:
     jobs: int
     wall: float = 0.0
     created_spread: float = float("nan")  # first → last task created at the sandbox
+    first_created: float = float("nan")  # start of the level → first task created
     latencies: list[float] = field(default_factory=list)
     cpu_per_job_ms: float = 0.0
+    sandbox_cpu_ms: float = 0.0  # per job, the sandbox process
+    client_cpu_ms: float = 0.0  # per job, this process (the client)
     rss_mb: float = 0.0
     threads: int = 0
     files: int = 0
@@ -121,9 +150,18 @@ class Level:
 class GradioApp(QueueClient):
     """One served app under test, with its process."""
 
-    def __init__(self, name: str, served: Served, http: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, served: Served, http: httpx.AsyncClient, tasks_file: Path | None = None) -> None:
         super().__init__(served.url, http)
-        self.name, self.served = name, served
+        self.name, self.served, self.tasks_file = name, served, tasks_file
+
+    async def tasks(self, sandbox: str) -> dict[str, dict]:
+        """Every task so far by id, with its created/completed epochs: the sandbox's, or the floor's own file."""
+        if self.tasks_file is None:
+            return {row["id"]: row for row in (await self.http.get(sandbox + "/sandbox/tasks")).json()}
+        rows = [json.loads(line) for line in self.tasks_file.read_text().splitlines() if line.strip()] \
+            if self.tasks_file.exists() else []
+        return {row["id"]: {"id": row["id"], "created_at_epoch": row["created"],
+                            "completed_at_epoch": row["completed"]} for row in rows}
 
     async def job(self, image: Path, duration: int) -> tuple[str, float]:
         outputs, received = await self.generate(image, duration)
@@ -131,24 +169,26 @@ class GradioApp(QueueClient):
 
 
 def task_id_of(outputs: list) -> str:
-    """Our app returns (status, task id, video); the peer returns (task id, video)."""
+    """Our app and the floor return (status, task id, video); the peer returns (task id, video)."""
     return str(outputs[1] if len(outputs) == 3 else outputs[0])
 
 
-async def run_level(app: GradioApp, sandbox: str, image: Path, jobs: int, duration: int, timeout: float) -> Level:
+async def run_level(app: GradioApp, sandbox: str, sandbox_pid: int, image: Path, jobs: int, duration: int,
+                    timeout: float, profile_dir: Path | None = None) -> Level:
     result = Level(app.name, jobs)
     before = (await app.http.get(sandbox + "/sandbox/stats")).json()
-    known = {row["id"] for row in (await app.http.get(sandbox + "/sandbox/tasks")).json()}
+    known = set(await app.tasks(sandbox))
     pid = app.served.process.pid
-    cpu_before = proc_cpu_seconds(pid)
-    with Sampler(pid) as sampler:
+    pids = (pid, sandbox_pid, os.getpid())
+    cpu_before = [proc_cpu_seconds(p) for p in pids]
+    with Sampler(pid) as sampler, profiled(pid, profile_dir, f"{app.name}-{jobs}") if profile_dir and jobs > 1 \
+            else contextlib.nullcontext():
         started = time.time()
         outcomes = await asyncio.gather(*(asyncio.wait_for(app.job(image, duration), timeout) for _ in range(jobs)),
                                         return_exceptions=True)
-    cpu = proc_cpu_seconds(pid) - cpu_before
+    cpu, sandbox_cpu, client_cpu = (proc_cpu_seconds(p) - before_p for p, before_p in zip(pids, cpu_before))
     after = (await app.http.get(sandbox + "/sandbox/stats")).json()
-    tasks = {row["id"]: row for row in (await app.http.get(sandbox + "/sandbox/tasks")).json()
-             if row["id"] not in known}
+    tasks = {task_id: row for task_id, row in (await app.tasks(sandbox)).items() if task_id not in known}
     receipts = []
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
@@ -165,7 +205,9 @@ async def run_level(app: GradioApp, sandbox: str, image: Path, jobs: int, durati
     created = [row["created_at_epoch"] for row in tasks.values()]
     result.wall = (max(receipts) - started) if receipts else float("nan")
     result.created_spread = (max(created) - min(created)) if created else float("nan")
+    result.first_created = (min(created) - started) if created else float("nan")
     result.cpu_per_job_ms = cpu / jobs * 1000
+    result.sandbox_cpu_ms, result.client_cpu_ms = sandbox_cpu / jobs * 1000, client_cpu / jobs * 1000
     result.rss_mb, result.threads, result.files = sampler.rss, int(sampler.threads), int(sampler.files)
     result.polls_per_job = (after["result_polls"] - before["result_polls"]) / jobs
     return result
@@ -174,28 +216,41 @@ async def run_level(app: GradioApp, sandbox: str, image: Path, jobs: int, durati
 # --- processes ---------------------------------------------------------------------------------------
 
 
-def start_apps(names: list[str], sandbox: str, work: Path, jobs: int, ours_env: dict[str, str]) -> dict[str, Served]:
+FLOOR_APPS = ("floor", "floor-stock")
+
+
+def tasks_file(work: Path, name: str) -> Path | None:
+    """Where a floor app writes its tasks' times (it has no sandbox); None for the apps that use the sandbox."""
+    return work / f"{name}-tasks.jsonl" if name in FLOOR_APPS else None
+
+
+def start_apps(names: list[str], sandbox: str, work: Path, jobs: int, ours_env: dict[str, str],
+               render_seconds: float) -> dict[str, Served]:
     """Each app in its own process, pointed at the sandbox by the server's key and base URL."""
     common = {"WAVESPEED_API_KEY": "bench", "WAVESPEED_BASE_URL": sandbox}
+    floor = {"FLOOR_RENDER_SECONDS": str(render_seconds), "FLOOR_MAX_THREADS": str(max(40, jobs + 64))}
     envs = {
         "ours": {"KLING_DEMO_MAX_JOBS_PER_VISITOR": str(jobs + 1), "KLING_DEMO_API_CONCURRENCY": str(jobs + 1),
                  **ours_env},
+        "floor": {**floor, "FLOOR_TASKS": str(tasks_file(work, "floor"))},
+        "floor-stock": {**floor, "FLOOR_TASKS": str(tasks_file(work, "floor-stock")), "FLOOR_QUEUE": "stock"},
         "peer": {},
         "peer-unlimited": {"PEER_CONCURRENCY": "unlimited"},
     }
+    scripts = {"ours": None, "floor": ROOT / "bench" / "floor_app.py", "floor-stock": ROOT / "bench" / "floor_app.py"}
     served = {}
     for name in names:
         env = {**common, **envs[name], "GRADIO_TEMP_DIR": str(work / f"{name}-gradio-tmp")}
-        script = None if name == "ours" else ROOT / "bench" / "peer_app.py"
         served[name] = start_app_process(work / f"{name}-data", env=env, log_path=work / f"{name}.log",
-                                         app_script=script)
+                                         app_script=scripts.get(name, ROOT / "bench" / "peer_app.py"))
     return served
 
 
-async def drive(args: argparse.Namespace, served: dict[str, Served], sandbox: str, image: Path) -> list[Level]:
+async def drive(args: argparse.Namespace, served: dict[str, Served], sandbox: Served, image: Path,
+                work: Path) -> list[Level]:
     results: list[Level] = []
     async with http_client() as http:
-        apps = [GradioApp(name, app, http) for name, app in served.items()]
+        apps = [GradioApp(name, app, http, tasks_file(work, name)) for name, app in served.items()]
         for app in apps:
             await app.load()
             await app.job(image, args.duration)  # warm-up: fills our render-time history, as on a live server
@@ -203,24 +258,37 @@ async def drive(args: argparse.Namespace, served: dict[str, Served], sandbox: st
             for app in apps:
                 if jobs > args.peer_max and app.name == "peer":
                     continue  # Gradio's default concurrency runs one job at a time: a level of hours
-                level = await run_level(app, sandbox, image, jobs, args.duration, args.timeout)
+                level = await run_level(app, sandbox.url, sandbox.process.pid, image, jobs, args.duration,
+                                        args.timeout, args.profile)
                 results.append(level)
-                print(f"  {app.name:<15}{jobs:>5} jobs: wall {level.wall:7.1f} s, spread {level.created_spread:6.1f} s, "
+                print(f"  {app.name:<15}{jobs:>5} jobs: wall {level.wall:7.1f} s, "
+                      f"first task {level.first_created:4.1f} s, spread {level.created_spread:6.1f} s, "
                       f"p50 {pct(level.latencies, 0.5):.2f} s, p95 {pct(level.latencies, 0.95):.2f} s, "
-                      f"CPU {level.cpu_per_job_ms:.0f} ms/job, RSS {level.rss_mb:.0f} MB, threads {level.threads}, "
-                      f"files {level.files}, polls {level.polls_per_job:.1f}/job, errors {level.errors}", flush=True)
+                      f"CPU {level.cpu_per_job_ms:.0f} ms/job (sandbox {level.sandbox_cpu_ms:.0f}, client "
+                      f"{level.client_cpu_ms:.0f}, of {budget_ms(level):.0f}), RSS {level.rss_mb:.0f} MB, "
+                      f"threads {level.threads}, files {level.files}, polls {level.polls_per_job:.1f}/job, "
+                      f"errors {level.errors}, load {os.getloadavg()[0]:.1f}", flush=True)
     return results
+
+
+def budget_ms(level: Level) -> float:
+    """The whole machine's CPU per job during the level: every CPU for the wall time, shared by the jobs."""
+    return (os.cpu_count() or 1) * level.wall / level.jobs * 1000
 
 
 def table(results: list[Level]) -> str:
     base = {r.app: r.wall for r in results if r.jobs == 1}
-    lines = ["| app | jobs | wall (× one job) | first→last task created | completion→video p50 / p95 | app CPU per job "
-             "| peak RSS | peak threads | open files | polls per job | errors |",
-             "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| app | jobs | wall (× one job) | start→first / first→last task created "
+             "| completion→video p50 / p95 | app CPU per job | sandbox / client CPU per job "
+             "| all three (of the machine's) | peak RSS | peak threads | open files | polls per job | errors |",
+             "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         times = f"{r.wall / base[r.app]:.2f}×" if base.get(r.app) else "—"
-        lines.append(f"| {r.app} | {r.jobs} | {r.wall:.1f} s ({times}) | {r.created_spread:.1f} s | "
+        total = r.cpu_per_job_ms + r.sandbox_cpu_ms + r.client_cpu_ms
+        lines.append(f"| {r.app} | {r.jobs} | {r.wall:.1f} s ({times}) | "
+                     f"{r.first_created:.1f} s / {r.created_spread:.1f} s | "
                      f"{pct(r.latencies, 0.5):.2f} s / {pct(r.latencies, 0.95):.2f} s | {r.cpu_per_job_ms:.0f} ms | "
+                     f"{r.sandbox_cpu_ms:.0f} / {r.client_cpu_ms:.0f} ms | {total:.0f} ms ({budget_ms(r):.0f} ms) | "
                      f"{r.rss_mb:.0f} MB | {r.threads} | {r.files} | {r.polls_per_job:.1f} | {r.errors} |")
     return "\n".join(lines)
 
@@ -230,13 +298,16 @@ def main() -> int:
     parser.add_argument("--levels", default="1,64,256,1024", help="jobs at once per level; 1 is the baseline")
     parser.add_argument("--inference-seconds", type=float, default=30.0, help="sandbox render time per task")
     parser.add_argument("--duration", type=int, default=5, help="video length asked for")
-    parser.add_argument("--apps", default="ours,peer,peer-unlimited", help="which apps to run, side by side")
+    parser.add_argument("--apps", default="ours,peer,peer-unlimited",
+                        help="which apps to run, side by side: ours, floor, floor-stock, peer, peer-unlimited")
     parser.add_argument("--peer-max", type=int, default=1,
                         help="largest level for the peer at Gradio's default concurrency (it runs jobs one by one)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="per job, seconds")
     parser.add_argument("--image-size", default="1280x720", help="job image, WxH")
     parser.add_argument("--app-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for this app (repeatable), e.g. KLING_DEMO_CONCURRENCY=512")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="py-spy each app at each level above 1 into DIR (bench/profile_split.py reads them)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (the processes' logs)")
     args = parser.parse_args()
     args.levels = [int(x) for x in args.levels.split(",") if x.strip()]
@@ -255,12 +326,12 @@ def main() -> int:
                                         log_path=work / "sandbox.log")
         processes.append(sandbox)
         served = start_apps(names, sandbox.url, work, max(args.levels),
-                            dict(item.split("=", 1) for item in args.app_env))
+                            dict(item.split("=", 1) for item in args.app_env), args.inference_seconds)
         processes.extend(served.values())
         print(f"sandbox {sandbox.url} (renders {args.inference_seconds:g} s); apps "
               + ", ".join(f"{n} {s.url}" for n, s in served.items()) + f"; work dir {work}", flush=True)
         prewarm_render(sandbox.url, image, args.duration)
-        results = asyncio.run(drive(args, served, sandbox.url, image))
+        results = asyncio.run(drive(args, served, sandbox, image, work))
     finally:
         for process in reversed(processes):
             process.stop(signal.SIGINT)

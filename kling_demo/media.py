@@ -60,7 +60,9 @@ def video_seconds(path: str | Path) -> float:
     """The video's length from its container, without decoding a frame (cheap enough for any size)."""
     import av
 
-    with av.open(str(path)) as container:
+    from .videos import CONTAINER_ONLY
+
+    with av.open(str(path), options=CONTAINER_ONLY) as container:
         if container.duration:
             return container.duration / av.time_base
         stream = container.streams.video[0]
