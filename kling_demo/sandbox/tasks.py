@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import math
+import os
 import secrets
 import shutil
 import threading
