@@ -20,9 +20,20 @@ POOL_SIZE = 64  # connections kept open per host and session: the app's worker t
 MAX_ACCOUNTS = 256  # sessions kept for visitors' own keys; the least recently used beyond that are dropped
 
 
+class _HeadersOnly(requests.auth.AuthBase):
+    """A session's auth that adds nothing. Without one, requests looks up ~/.netrc for every request: an entry
+    for the API's host replaced the key's Authorization header (401 with the right key), and one for a file
+    host sent its password to signed upload URLs and the CDN."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
 def new_session(headers: dict[str, str] | None = None) -> requests.Session:
-    """A session with a pool big enough for the app's worker threads, that keeps no cookies."""
+    """A session with a pool big enough for the app's worker threads, that keeps no cookies and reads no
+    ~/.netrc (its key, if any, is in `headers`)."""
     session = requests.Session()
+    session.auth = _HeadersOnly()
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
     session.mount("https://", adapter)
     session.mount("http://", adapter)

@@ -54,6 +54,20 @@ def test_a_rejected_key_says_so(make_sandbox, make_image):
     assert sandbox.stats()["uploads"] == 0
 
 
+def test_a_netrc_entry_for_the_host_neither_replaces_the_key_nor_reaches_file_urls(make_sandbox, make_image,
+                                                                                  tmp_path, monkeypatch):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password their-netrc-password\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))  # where requests looks for ~/.netrc
+    sandbox = make_sandbox(api_key="the-right-key")
+    with WaveSpeedClient(sandbox.base_url, "the-right-key") as client:
+        prediction = run_to_completion(client, client.upload(make_image(), "image/png"))
+        sent = client._keyless().get(prediction.outputs[0], timeout=10).request.headers
+    assert prediction.status == "completed"
+    assert "Authorization" not in sent
+
+
 def test_input_refused_by_the_api_carries_its_message(sandbox, make_image):
     with WaveSpeedClient(sandbox.base_url, "k") as client:
         url = client.upload(make_image(), "image/png")
