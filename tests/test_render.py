@@ -12,7 +12,7 @@ from PIL import Image, ImageChops, ImageStat
 
 from kling_demo.media import probe_video
 from kling_demo.models import KLING_V2_I2V_MASTER
-from kling_demo.sandbox.render import FPS, SHORT_SIDE, output_size, render_video
+from kling_demo.sandbox.render import FPS, SHORT_SIDE, RenderedVideo, output_size, render_video
 
 RED, BLUE = (220, 20, 20), (20, 20, 220)
 
@@ -20,6 +20,17 @@ RED, BLUE = (220, 20, 20), (20, 20, 220)
 def decoded_frames(path: Path) -> list[Image.Image]:
     with av.open(str(path)) as container:
         return [frame.to_image() for frame in container.decode(video=0)]
+
+
+@pytest.fixture(scope="module")
+def red_clip(tmp_path_factory: pytest.TempPathFactory) -> RenderedVideo:
+    """One 5 s render of a plain red 640×480 picture, for the tests that each look at a property of it."""
+    return render_video(Image.new("RGB", (640, 480), RED), tmp_path_factory.mktemp("red") / "clip.mp4", 5)
+
+
+@pytest.fixture(scope="module")
+def red_frames(red_clip: RenderedVideo) -> list[Image.Image]:
+    return decoded_frames(red_clip.path)
 
 
 @pytest.mark.parametrize("duration", KLING_V2_I2V_MASTER.durations)
@@ -59,9 +70,8 @@ def test_clip_starts_on_the_first_frame_and_ends_on_the_end_frame(tmp_path: Path
     assert last_blue > 150 and last_red < 80
 
 
-def test_without_end_frame_the_clip_stays_on_the_first_image(tmp_path: Path) -> None:
-    frames = decoded_frames(render_video(Image.new("RGB", (640, 480), RED), tmp_path / "clip.mp4", 5).path)
-    assert ImageStat.Stat(frames[-1]).mean[0] > 150
+def test_without_end_frame_the_clip_stays_on_the_first_image(red_frames: list[Image.Image]) -> None:
+    assert ImageStat.Stat(red_frames[-1]).mean[0] > 150
 
 
 def test_camera_moves(make_image, tmp_path: Path) -> None:
@@ -71,15 +81,15 @@ def test_camera_moves(make_image, tmp_path: Path) -> None:
     assert change > 2  # mean grey-level change between first and last frame
 
 
-def test_sandbox_mark_is_visible_in_a_corner(tmp_path: Path) -> None:
-    frame = decoded_frames(render_video(Image.new("RGB", (640, 480), RED), tmp_path / "clip.mp4", 5).path)[0]
+def test_sandbox_mark_is_visible_in_a_corner(red_frames: list[Image.Image]) -> None:
+    frame = red_frames[0]
     corner = frame.crop((frame.width * 2 // 3, frame.height * 4 // 5, frame.width, frame.height))
     bright_pixels = sum(corner.convert("L").histogram()[200:])
     assert bright_pixels > 100  # white lettering on a red picture (grey level ~80)
 
 
-def test_browser_friendly_layout_with_index_before_media(tmp_path: Path) -> None:
-    data = render_video(Image.new("RGB", (640, 480), RED), tmp_path / "clip.mp4", 5).path.read_bytes()
+def test_browser_friendly_layout_with_index_before_media(red_clip: RenderedVideo) -> None:
+    data = red_clip.path.read_bytes()
     assert data.find(b"moov") < data.find(b"mdat")
 
 
@@ -97,6 +107,5 @@ def test_any_pillow_mode_renders(mode: str, make_image, tmp_path: Path) -> None:
     assert probe_video(render_video(image_bytes, tmp_path / "clip.mp4", 5).path).frames == 120
 
 
-def test_no_partial_file_is_left_behind(tmp_path: Path) -> None:
-    render_video(Image.new("RGB", (640, 480), RED), tmp_path / "clip.mp4", 5)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+def test_no_partial_file_is_left_behind(red_clip: RenderedVideo) -> None:
+    assert sorted(p.name for p in red_clip.path.parent.iterdir()) == ["clip.mp4"]
