@@ -23,6 +23,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import InputRejected
 from .models import MB, ImageLimits
 
+# Opening a video for its packets or tags only: FFmpeg's stream probe otherwise decodes frames to learn their
+# pixel format, 11 ms of CPU for a 5 s 480p video (three quarters of a remux), and nothing here needs it.
+CONTAINER_ONLY = {"skip_frame": "all"}
+
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -75,9 +79,6 @@ def video_seconds(path: str | Path) -> float:
 log = logging.getLogger(__name__)
 
 JPEG_QUALITY = 92
-# Opening a video for its packets or tags only: FFmpeg's stream probe otherwise decodes frames to learn their
-# pixel format, 11 ms of CPU for a 5 s 480p video (three quarters of a remux), and nothing here needs it.
-CONTAINER_ONLY = {"skip_frame": "all"}
 FLATTEN_BACKGROUND = (255, 255, 255, 255)
 _EXIF_ORIENTATION = 0x0112
 _ROTATION_NAMES = {

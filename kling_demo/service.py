@@ -296,13 +296,13 @@ class Service:
         """WaveSpeed's price for a video of `duration` on the key that would pay (cached briefly); raises a
         `KlingDemoError` when it cannot be had."""
         duration = check_duration(duration, self.spec)
-        with self._lookup(visitor.api_key) as client:
+        with self._client(visitor.api_key, quick=True) as client:
             return self.quotes.quote(client, visitor.api_key or self.backend.api_key, self.spec,
                                      {"duration": duration})
 
     def balance(self, visitor: Visitor) -> Balance:
         """The balance of the key that would pay; raises `AuthenticationFailed` for a key WaveSpeed refuses."""
-        with self._lookup(visitor.api_key) as client:
+        with self._client(visitor.api_key, quick=True) as client:
             return client.balance()
 
     def price_line(self, visitor: Visitor, duration: object) -> str:
@@ -362,10 +362,6 @@ class Service:
     def cost(self, record: TaskRecord) -> str:
         """A task's cost for its history entry: free in the sandbox, else its quote ("" when none was had)."""
         return "free (sandbox)" if self.is_sandbox else quoted_cost(record.price, record.currency)
-
-    def _lookup(self, api_key: str | None) -> WaveSpeedClient:
-        """A client for a quick look-up while a person waits: short timeouts."""
-        return self._client(api_key, quick=True)
 
     def _client(self, api_key: str | None, *, quick: bool = False) -> WaveSpeedClient:
         """A client paying with `api_key` (a visitor's own) or else the server's key, on the shared connections;
