@@ -17,12 +17,12 @@ WaveSpeed API; no key → an embedded local sandbox that renders a non-AI video 
 Exit codes:
     0  done: the video's path is on stdout
     2  bad usage or input, refused before anything was submitted or paid for
-    3  the API rejected the key
+    3  the key was rejected or its balance cannot pay; nothing was submitted
     4  the task failed on WaveSpeed's side
     5  timed out or stopped (Ctrl-C) while waiting: the task may still finish and be billed;
        resume it with `--resume TASK_ID`
     6  the submission's answer was lost: a task may exist and be billed; check the dashboard
-    7  service unavailable, rate limited, download failed, or another error
+    7  try later: service unavailable, rate limited, a budget reached, download failed, or another error
 """
 
 from __future__ import annotations
@@ -41,16 +41,7 @@ from . import __version__, videos
 from .backend import SANDBOX_TOKEN, Backend, open_backend
 from .client import WaveSpeedClient
 from .config import Settings
-from .errors import (
-    ApiInputRefused,
-    AuthenticationFailed,
-    InputRejected,
-    JobStopped,
-    KlingDemoError,
-    SubmissionOutcomeUnknown,
-    TaskFailed,
-    TaskTimedOut,
-)
+from .errors import KlingDemoError
 from .jobs import JobRequest, JobUpdate, Stage
 from .journal import Journal
 from .logs import configure_logging
@@ -77,12 +68,13 @@ EXIT_CODES_HELP = """\
 exit codes:
   0  done: the video's path is on stdout
   2  bad usage or input, refused before anything was submitted or paid for
-  3  the API rejected the key
+  3  the key was rejected or its balance cannot pay; nothing was submitted
   4  the task failed on WaveSpeed's side
   5  timed out or stopped (Ctrl-C) while waiting: the task may still finish and be
      billed; resume it with --resume TASK_ID
   6  the submission's answer was lost: a task may exist and be billed
-  7  service unavailable, rate limited, download failed, or another error
+  7  try later: service unavailable, rate limited, a budget reached, download failed,
+     or another error
 
 With WAVESPEED_API_KEY set (environment or .env) the WaveSpeed API is used and billed;
 without it an embedded local sandbox renders a non-AI video at no cost.
@@ -94,19 +86,13 @@ class UsageError(Exception):
 
 
 def exit_code_for(error: BaseException) -> int:
-    """The documented exit code for an error raised while running a job."""
-    if isinstance(error, (JobStopped, TaskTimedOut, KeyboardInterrupt)):
+    """The documented exit code for an error raised while running a job: the error tree's own."""
+    if isinstance(error, KeyboardInterrupt):
         return EXIT_STOPPED
-    if isinstance(error, (InputRejected, ApiInputRefused, UsageError)):
+    if isinstance(error, UsageError):
         return EXIT_USAGE
-    if isinstance(error, AuthenticationFailed):
-        return EXIT_AUTH
-    if isinstance(error, TaskFailed):
-        return EXIT_TASK_FAILED
-    if isinstance(error, SubmissionOutcomeUnknown):
-        return EXIT_OUTCOME_UNKNOWN
     if isinstance(error, KlingDemoError):
-        return EXIT_OTHER
+        return error.exit_code
     return EXIT_UNEXPECTED
 
 
@@ -262,10 +248,9 @@ def run_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
     except KlingDemoError as error:
         out.finish_line()
         out.say(f"error: {error}")
-        resumable = not isinstance(error, (TaskFailed, InputRejected, ApiInputRefused))
-        if error.task_id and resumable and not backend.is_sandbox:
+        if error.resumable and not backend.is_sandbox:
             out.say(_resume_hint(error.task_id, args))
-        elif error.task_id and resumable:
+        elif error.resumable:
             out.say("(The local sandbox stops with this command, so this task cannot be resumed; nothing was billed.)")
         return exit_code_for(error)
     except Exception as error:  # a bug, not a job outcome: say so in one line, details with -v

@@ -35,6 +35,7 @@ from .errors import (
     DownloadFailed,
     InsufficientBalance,
     KlingDemoError,
+    NotFound,
     NothingSubmitted,
     RateLimited,
     ServiceUnavailable,
@@ -508,7 +509,7 @@ class WaveSpeedClient:
         if status in (400, 422):
             raise ApiInputRefused(f"WaveSpeed refused the input: {message}", task_id=task_id)
         if status == 404:
-            raise KlingDemoError(f"Not found during the {what} (HTTP 404): {message}", task_id=task_id)
+            raise NotFound(f"Not found during the {what} (HTTP 404): {message}", task_id=task_id)
         raise ServiceUnavailable(f"WaveSpeed had trouble with the {what} (HTTP {status}): {message}. "
                                  "Try again in a minute.", task_id=task_id)
 

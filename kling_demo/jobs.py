@@ -35,7 +35,9 @@ from .errors import (
     StorageUnavailable,
     SubmissionOutcomeUnknown,
     TaskFailed,
+    TaskOutOfReach,
     TaskTimedOut,
+    TryLater,
 )
 from .inputs import check_duration, check_guidance, check_prompt, check_task_id
 from .journal import OUTCOME_UNKNOWN, Journal, is_intent_id, positive_int
@@ -249,8 +251,8 @@ def _wait_for_slot(ticket: Ticket, ctx: JobContext, started: float) -> Iterator[
     while place := ticket.try_acquire():
         now = ctx.clock()
         if now >= give_up_at:
-            raise RateLimited(f"Every WaveSpeed slot of this key stayed busy for {format_seconds(now - started)}. "
-                              "Nothing was uploaded or billed; try again later.")
+            raise TryLater(f"Every WaveSpeed slot of this key stayed busy for {format_seconds(now - started)}. "
+                           "Nothing was uploaded or billed; try again later.")
         ahead = place - 1
         line = "you are next" if ahead == 0 else f"{ahead} job{'s' if ahead != 1 else ''} ahead of you"
         wait = max(MIN_INTERVAL, min(SLOT_CHECK_SECONDS, give_up_at - now))
@@ -526,7 +528,7 @@ def _wait_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
                 if now >= deadline_at:
                     log.warning("task %s: gave up after WaveSpeed failed %d times in a row (%s) and the deadline "
                                 "passed", task_id, state.failures, state.outage_reason)
-                    raise ServiceUnavailable(
+                    raise TaskOutOfReach(
                         f"WaveSpeed has not answered for {format_seconds(now - state.outage_since)} "
                         f"({state.outage_reason}) and this job's time limit of {format_seconds(ctx.deadline_seconds)} "
                         "is up. " + _not_lost(ctx, task_id), task_id=task_id, reason=state.outage_reason)
@@ -590,7 +592,7 @@ def _ended_without_video(prediction: Prediction) -> TaskFailed:
         status = TaskStatus.FAILED
         message = f"The generation failed: {prediction.error}" if prediction.error else \
             "The generation failed, and WaveSpeed gave no reason."
-    return TaskFailed(message, task_id=prediction.task_id, status=status.value)
+    return TaskFailed(message, task_id=prediction.task_id, status=status)
 
 
 def _patiently(call: Callable[[], T], ctx: JobContext, task_id: str, stage: Stage, started: float,
@@ -610,7 +612,7 @@ def _patiently(call: Callable[[], T], ctx: JobContext, task_id: str, stage: Stag
             if now >= deadline_at:
                 log.warning("task %s: gave up after WaveSpeed failed %d times in a row (%s) and the deadline passed",
                             task_id, failures, reason)
-                raise ServiceUnavailable(
+                raise TaskOutOfReach(
                     f"WaveSpeed has not answered for {format_seconds(now - outage_began)} ({reason}) and this "
                     f"job's time limit of {format_seconds(ctx.deadline_seconds)} is up. " + _not_lost(ctx, task_id),
                     task_id=task_id, reason=reason) from error

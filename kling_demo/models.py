@@ -9,8 +9,12 @@ MB = 1024 * 1024
 
 
 class TaskStatus(str, enum.Enum):
-    """A task's status as WaveSpeed reports it, plus the states only this app knows."""
+    """Every state a task's row can be in: WaveSpeed's statuses, and the states only this app knows."""
 
+    # This app's own, before or around the submission:
+    SUBMITTING = "submitting"  # the intent row: the submit request is on its way, no task id yet
+    UNKNOWN = "unknown"  # the submit answer never came: a task may exist and be billed
+    # WaveSpeed's:
     CREATED = "created"  # accepted; may wait here for a slot of the account
     PROCESSING = "processing"
     COMPLETED = "completed"
@@ -18,22 +22,51 @@ class TaskStatus(str, enum.Enum):
     CANCELLED = "cancelled"
     TIMEOUT = "timeout"
     DELETED = "deleted"  # the SDK treats it as final too
-    LOST = "lost"  # ours: the server that ran it is gone (a restarted embedded sandbox)
+    # This app's own, after:
+    LOST = "lost"  # the server that ran it is gone (a restarted embedded sandbox)
 
     def __str__(self) -> str:  # its wire text in messages and logs, as the API writes it
         return self.value
 
     @classmethod
     def parse(cls, raw: object) -> "TaskStatus":
-        """The status from the wire; anything unknown counts as still running, so it is polled again."""
+        """A status as WaveSpeed sends it; anything else counts as still running, so it is polled again."""
         try:
-            return cls(str(raw or "created").strip().lower())
+            status = cls(str(raw or "created").strip().lower())
         except ValueError:
             return cls.PROCESSING
+        return status if status in WIRE_STATUSES else cls.PROCESSING
+
+    @classmethod
+    def from_row(cls, raw: object) -> "TaskStatus":
+        """A status as the journal keeps it; an unreadable one reads as failed (ended, shown, never followed)."""
+        try:
+            return cls(str(raw or "").strip().lower())
+        except ValueError:
+            return cls.FAILED
+
+    @property
+    def is_running(self) -> bool:
+        """At WaveSpeed and not ended: followed until it ends."""
+        return self in (TaskStatus.CREATED, TaskStatus.PROCESSING)
 
     @property
     def is_final(self) -> bool:
-        return self not in (TaskStatus.CREATED, TaskStatus.PROCESSING)
+        """Ended, as far as anyone can know (an unknown outcome included)."""
+        return self not in (TaskStatus.CREATED, TaskStatus.PROCESSING, TaskStatus.SUBMITTING)
+
+
+WIRE_STATUSES = frozenset({TaskStatus.CREATED, TaskStatus.PROCESSING, TaskStatus.COMPLETED, TaskStatus.FAILED,
+                           TaskStatus.CANCELLED, TaskStatus.TIMEOUT, TaskStatus.DELETED})
+RUNNING_STATUSES = (TaskStatus.CREATED, TaskStatus.PROCESSING)
+
+
+class Submission(str, enum.Enum):
+    """Whether a job's submit request may have created a task: what Stop and every ending say about money."""
+
+    NONE = "none"  # nothing was sent: no task, nothing billed
+    MAY_EXIST = "may_exist"  # the submit request left (or may have): a task may exist and be billed
+    EXISTS = "exists"  # WaveSpeed answered with a task id
 
 
 class KeySource(str, enum.Enum):

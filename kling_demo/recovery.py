@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
 from . import jobs, lost_tasks
-from .errors import AlreadyFollowing, KlingDemoError, ServiceUnavailable, TaskFailed, TaskTimedOut
+from .errors import AlreadyFollowing, KlingDemoError, TaskFailed, TaskTimedOut
 from .jobs import JobContext, format_seconds
 from .journal import Journal, TaskRecord
 from .models import KeySource
@@ -32,8 +32,6 @@ from .polling import retry_delay
 from .stepping import step_updates
 
 log = logging.getLogger(__name__)
-# Worth another try later: WaveSpeed unreachable or failing, or the task outlived one follow's deadline.
-RETRYABLE = (ServiceUnavailable, TaskTimedOut)
 MAX_AGE_SECONDS = 24 * 3600.0  # the API keeps tasks 7 days; past a day, wait for a restart or the owner
 T = TypeVar("T")
 
@@ -132,7 +130,7 @@ class Recovery:
                 error = await self._attempt(record, api_key)
                 if error is None or self._closing.is_set():
                     return
-                retryable, age = isinstance(error, RETRYABLE), time.time() - record.created_at
+                retryable, age = error.retry_later, time.time() - record.created_at
                 if not retryable or age > self.max_age_seconds:
                     limit = f"it is {format_seconds(age)} old (the limit is {format_seconds(self.max_age_seconds)})" \
                         if retryable else "this error is not worth retrying"
@@ -203,7 +201,7 @@ def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
 
 def _why(error: KlingDemoError) -> str:
     """A failed attempt in a few words for the log (the visitor's long sentence is not needed there)."""
-    if isinstance(error, ServiceUnavailable) and error.reason:
+    if getattr(error, "reason", ""):
         return f"WaveSpeed not answering: {error.reason}"
     if isinstance(error, TaskTimedOut):
         return "the task was still running at the deadline"

@@ -15,7 +15,7 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Iterator, Mapping
 
-from .errors import InputRejected, RateLimited
+from .errors import InputRejected, VisitorCapReached
 from .identity import key_id
 
 OWNER_STORAGE_KEY = "kling_demo_owner"
@@ -105,7 +105,7 @@ class JobSlots:
     def hold(self, owner: str, limit: int | None) -> Iterator[None]:
         with self._lock:
             if limit is not None and self._running[owner] >= limit:
-                raise RateLimited(
+                raise VisitorCapReached(
                     f"You already have {self._running[owner]} generation(s) running, the most one visitor may run "
                     f"at once on this Space's key ({limit}). Wait for one to finish, or enter your own WaveSpeed key.")
             self._running[owner] += 1

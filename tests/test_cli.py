@@ -116,6 +116,18 @@ def test_a_rejected_key_exits_3_without_printing_the_key(make_sandbox, make_imag
     assert CANARY_KEY not in result.stdout + result.stderr
 
 
+def test_a_balance_that_cannot_pay_exits_3_and_submits_nothing(make_sandbox, make_image, tmp_path):
+    """The key's balance is the user's to fix (top up, another key), not service trouble."""
+    sandbox = make_sandbox(balance=0.5)
+    result = run_cli(tmp_path, "generate", make_image(), "--prompt", "waves",
+                     api_key=CANARY_KEY, base_url=sandbox.base_url)
+
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == "" and "balance" in result.stderr and "Nothing was submitted" in result.stderr
+    assert sandbox.stats()["submissions"] == 0
+    assert CANARY_KEY not in result.stderr
+
+
 def test_a_failed_task_exits_4_with_its_task_id(make_sandbox, make_image, tmp_path):
     sandbox = make_sandbox(task_failure_rate=1.0, seed=3)
     result = run_cli(tmp_path, "generate", make_image(), "--prompt", "a storm",

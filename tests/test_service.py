@@ -12,7 +12,7 @@ from kling_demo.backend import Backend
 from kling_demo.client import WaveSpeedClient
 from kling_demo.config import Settings
 from kling_demo.journal import Journal
-from kling_demo.errors import KeyRequired, NotYours, RateLimited
+from kling_demo.errors import KeyRequired, NotYours, VisitorCapReached
 from kling_demo.jobs import JobRequest, JobUpdate, Stage
 from kling_demo.models import DEFAULT_MODEL, KeySource, TaskStatus
 from kling_demo.service import Job, Service, Visitor
@@ -88,7 +88,7 @@ def test_a_space_that_requires_a_key_refuses_before_anything_is_sent(make_sandbo
 def test_slots_cap_one_visitor_on_the_servers_key_and_free_up(make_sandbox, make_service, make_image):
     service = make_service(make_sandbox(inference_seconds=3), max_jobs_per_visitor=1)
     first = service.generate(JobRequest(image=make_image(), prompt="one"), ALICE)
-    with pytest.raises(RateLimited, match="at once"):
+    with pytest.raises(VisitorCapReached, match="at once"):
         service.generate(JobRequest(image=make_image(), prompt="two"), ALICE)
     other = service.generate(JobRequest(image=make_image(), prompt="other visitor"), BOB)
     own_key = service.generate(JobRequest(image=make_image(), prompt="own key"), Visitor(ALICE.owner, "k2"))
