@@ -520,13 +520,14 @@ def test_webhook_secret_endpoint_and_a_custom_secret(make_sandbox, make_receiver
 
 def test_cli_sets_price_balance_limits_and_webhook_secret(tmp_path) -> None:
     served = start_sandbox_process("--price-per-second", "0.5", "--balance", "3", "--max-concurrent-tasks", "3",
-                                   "--videos-per-minute", "5", "--status-fault-rate", "0.25",
+                                   "--videos-per-minute", "5", "--status-fault-rate", "0.25", "--charge-failed-tasks",
                                    "--webhook-secret", "whsec_from-cli", log_path=tmp_path / "sandbox.log")
     try:
         assert quote(served, {"duration": 10}).json()["data"]["price"] == 5.0
         assert balance(served) == 3.0
         config = requests.get(served.url + "/sandbox/stats", timeout=TIMEOUT).json()["config"]
         assert (config["max_concurrent_tasks"], config["videos_per_minute"], config["status_fault_rate"]) == (3, 5, 0.25)
+        assert config["charge_failed_tasks"] is True
         assert api(served, "GET", "/api/v3/webhook/secret").json()["data"]["secret"] == "whsec_from-cli"
     finally:
         served.stop()

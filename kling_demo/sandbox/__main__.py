@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="price of one second of video (a stand-in; default %(default)s)")
     parser.add_argument("--balance", type=_amount, default=SandboxConfig.balance, metavar="USD",
                         help="balance each API key starts with (default %(default)s)")
+    parser.add_argument("--charge-failed-tasks", action="store_true",
+                        help="keep a task that ends without a video charged (default: refunded, an assumption: "
+                             "WaveSpeed does not document it; see POST /api/v3/billings/search)")
     parser.add_argument("--max-concurrent-tasks", type=_count, default=0, metavar="N",
                         help="tasks one key runs at once; more wait in 'created' (default 0: unlimited; Bronze is 3)")
     parser.add_argument("--videos-per-minute", type=_count, default=0, metavar="N",
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         price_per_second=args.price_per_second,
         balance=args.balance,
+        charge_failed_tasks=args.charge_failed_tasks,
         max_concurrent_tasks=args.max_concurrent_tasks,
         videos_per_minute=args.videos_per_minute,
         rate_window_seconds=args.rate_window,

@@ -1,7 +1,8 @@
-"""Money per API key: the price table and quotes, balances that completed tasks draw down.
+"""Money per API key: the price table and quotes, and balances that follow each key's billing ledger.
 
-WaveSpeed keeps a balance per account in USD and charges a task's price when it runs; the
-sandbox keeps one per bearer token (any token is an account unless `--api-key` pins one).
+WaveSpeed keeps a balance per account in USD and deducts a task's price when the task is created
+(`billing.py`); the sandbox keeps one per bearer token (any token is an account unless `--api-key`
+pins one): the starting balance less every deduct, plus every refund.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kling_demo.models import MODELS, ModelSpec
+from kling_demo.sandbox.billing import BillingQuery, BillingRecord, Ledger
 from kling_demo.sandbox.protocol import ApiError
 from kling_demo.sandbox.validation import checked_duration
 
@@ -36,7 +38,8 @@ class Quote:
 
 
 class Accounts:
-    """Price table and per-key balances; a task's price is reserved at submission, charged on completion."""
+    """Price table, per-key balances and the ledger they follow: a task's price is deducted when it is created,
+    and refunded when `settle` says so (a task that ended without a video, by the sandbox's assumption)."""
 
     def __init__(self, price_per_second: float, starting_balance: float) -> None:
         # A stand-in table: WaveSpeed does not publish Kling 2.0 Master's price (2.1 Master is
@@ -44,8 +47,7 @@ class Accounts:
         self.price_per_second = {model_id: price_per_second for model_id in MODELS}
         self.starting_balance = starting_balance
         self._lock = threading.Lock()
-        self._balances: dict[str, float] = {}
-        self._reserved: dict[str, float] = {}
+        self._ledger = Ledger()
 
     def quote(self, spec: ModelSpec, duration: int | None) -> Quote:
         """The price of one run; without a duration, the base (default-duration) price."""
@@ -70,13 +72,12 @@ class Accounts:
 
     def balance(self, owner: str) -> float:
         with self._lock:
-            return self._balances.get(owner, self.starting_balance)
+            return self._balance(owner)
 
-    def reserve(self, owner: str, amount: float) -> None:
-        """Hold `amount` for a new task, or 402 if the balance not yet held cannot cover it."""
+    def deduct(self, owner: str, task_id: str, model_id: str, amount: float, now: float) -> None:
+        """Bill a new task its price (a "deduct" record, its order "pre"), or 402 if the balance cannot cover it."""
         with self._lock:
-            balance = self._balances.get(owner, self.starting_balance)
-            available = _money(balance - self._reserved.get(owner, 0.0))
+            available = self._balance(owner)
             if amount > available + 1e-9:
                 # (?) The real answer to a short balance is not documented: 402 with a plain message is a guess.
                 raise ApiError(
@@ -84,14 +85,20 @@ class Accounts:
                     f"Insufficient balance: this run costs ${amount:.2f} but the account has ${available:.2f} available",
                     error_code="insufficient_balance",
                 )
-            self._reserved[owner] = self._reserved.get(owner, 0.0) + amount
+            self._ledger.deduct(owner, task_id, model_id, amount, now)
 
-    def settle(self, owner: str, amount: float, charge: bool) -> None:
-        """Release a task's hold; charge it when the task completed (failed and cancelled runs are free)."""
+    def settle(self, task_id: str, refund: bool, now: float) -> None:
+        """The task ended: its order is "done"; with `refund` its price comes back to the balance."""
         with self._lock:
-            self._reserved[owner] = max(0.0, self._reserved.get(owner, 0.0) - amount)
-            if charge:
-                self._balances[owner] = _money(self._balances.get(owner, self.starting_balance) - amount)
+            self._ledger.settle(task_id, refund, now)
+
+    def search(self, owner: str, query: BillingQuery) -> tuple[int, list[BillingRecord]]:
+        """`owner`'s billing records that match `query`: how many, and those on its page."""
+        with self._lock:
+            return self._ledger.search(owner, query)
+
+    def _balance(self, owner: str) -> float:
+        return _money(self.starting_balance - self._ledger.spent(owner))
 
 
 def _money(amount: float) -> float:

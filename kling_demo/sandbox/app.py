@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kling_demo.models import MB, MODELS
+from kling_demo.sandbox.billing import parse_billing_search
 from kling_demo.sandbox.config import SandboxConfig
 from kling_demo.sandbox.faults import CONNECTIONS_STATE_KEY, DroppedConnection, fault_response
 from kling_demo.sandbox.listing import parse_listing
@@ -137,6 +138,17 @@ async def predictions(request: Request) -> Response:
         return fault_response(kind)
     query = parse_listing(await json_object(request), time.time())
     return envelope(state.listing(owner, query, base_url(request)))
+
+
+async def billings(request: Request) -> Response:
+    """The key's own billing records (a deduct per task, a refund per task that ended without a video), a page
+    at a time; every call with a key that passes counts in `billing_searches`."""
+    state, owner = _account(request)
+    state.count_billing_search()
+    if kind := state.faults.draw_account():
+        return fault_response(kind)
+    query = parse_billing_search(await json_object(request))
+    return envelope(state.billing(owner, query))
 
 
 async def webhook_secret(request: Request) -> JSONResponse:
@@ -303,6 +315,7 @@ ROUTES: list[tuple[str, Any, list[str]]] = [
     ("/api/v3/balance", balance, ["GET"]),
     ("/api/v3/model/price", price, ["POST"]),
     ("/api/v3/predictions", predictions, ["POST"]),
+    ("/api/v3/billings/search", billings, ["POST"]),
     ("/api/v3/webhook/secret", webhook_secret, ["GET"]),
     ("/api/v3/media/uploads", upload_ticket, ["POST"]),
     ("/files/uploads/{token}/{filename}", upload_put, ["PUT"]),

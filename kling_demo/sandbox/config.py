@@ -23,7 +23,10 @@ class SandboxConfig:
     sync_wait_seconds: float = 30.0  # enable_sync_mode holds the POST at most this long
     # A stand-in price (the real Kling 2.0 Master price is not published): 5 s = $1.40, 10 s = $2.80.
     price_per_second: float = 0.28
-    balance: float = 1000.0  # USD each API key starts with; completed tasks draw it down
+    balance: float = 1000.0  # USD each API key starts with; each task's price is deducted when it is created
+    # (?) Undocumented: by default a task that ends without a video (failed, cancelled, timeout) is refunded
+    # (a "refund" billing record, net charge 0); True keeps it charged.
+    charge_failed_tasks: bool = False
     # Account level (per key; 0 = unlimited). WaveSpeed's Bronze level is 3 at once and 5 videos a minute.
     max_concurrent_tasks: int = 0  # tasks beyond this wait in "created" until a slot frees
     videos_per_minute: int = 0  # submissions beyond this rate get 429 with Retry-After, creating nothing

@@ -60,7 +60,7 @@ class Faults:
         return self._draw(self._faults, allowed)
 
     def draw_account(self) -> str | None:
-        """Roll for a fault on a price, balance or listing call, from its own stream so that
+        """Roll for a fault on a price, balance, listing or billing call, from its own stream so that
         calling them does not change which polls, uploads or submissions fail under a seed."""
         return self._draw(self._account_faults, FAULT_KINDS)
 

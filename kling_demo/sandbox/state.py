@@ -15,6 +15,7 @@ from typing import Any
 
 from kling_demo.models import ModelSpec
 from kling_demo.sandbox.account import Accounts
+from kling_demo.sandbox.billing import BillingQuery
 from kling_demo.sandbox.config import SandboxConfig
 from kling_demo.sandbox.faults import Connections, Faults
 from kling_demo.sandbox.limits import RateLimit, Slots
@@ -54,22 +55,25 @@ class SandboxState:
         self.result_polls = 0
         self.rate_limited = 0
         self.insufficient_balance = 0
+        self.billing_searches = 0
         self.closed = False
         self.holding = config.hold_renders
 
     def create_task(
         self, owner: str, spec: ModelSpec, submission: Submission, webhook: str | None = None, origin: str = ""
     ) -> Task:
-        """A new task for a validated submission: past `owner`'s rate (429) and balance (402), or nothing."""
+        """A new task for a validated submission, billed its price: past `owner`'s rate (429) and balance (402),
+        or nothing."""
         price = self.accounts.quote(spec, submission.duration).discounted_price
+        task_id = uuid.uuid4().hex
         with self.lock:
             now = time.time()
             self._advance(now)
-            self._admit(owner, price, now)
+            self._admit(owner, task_id, spec.model_id, price, now)
             ending = self.faults.task_ending()
             render = None if ending else self.renders.render_for(submission.first_frame, submission.end_frame, submission.duration)
             task = Task(
-                task_id=uuid.uuid4().hex,
+                task_id=task_id,
                 model_id=spec.model_id,
                 duration=submission.duration,
                 created_epoch=now,
@@ -91,15 +95,16 @@ class SandboxState:
         log.info("sandbox: task %s created (%d s video)", task.task_id, task.duration)
         return task
 
-    def _admit(self, owner: str, price: float, now: float) -> None:
-        """The gateway's checks, rate first, then money; a refusal is counted and creates nothing."""
+    def _admit(self, owner: str, task_id: str, model_id: str, price: float, now: float) -> None:
+        """The gateway's checks, rate first, then money (the price is deducted at once, as WaveSpeed does);
+        a refusal is counted and creates nothing."""
         try:
             self.rate.check(owner, now)
         except ApiError:
             self.rate_limited += 1
             raise
         try:
-            self.accounts.reserve(owner, price)
+            self.accounts.deduct(owner, task_id, model_id, price, now)
         except ApiError:
             self.insufficient_balance += 1
             raise
@@ -155,7 +160,9 @@ class SandboxState:
     def _settle(self, task: Task, status: str, ended: float, now: float) -> None:
         task.settled = True
         self.slots.release(task, ended)
-        self.accounts.settle(task.owner, task.price, charge=status == "completed")
+        # (?) Whether WaveSpeed refunds a task that ended without a video is not documented: assumed it does.
+        refund = status != "completed" and not self.config.charge_failed_tasks
+        self.accounts.settle(task.task_id, refund, now)
         if task.webhook is not None:
             self._outbox.append(Delivery(task.webhook, task.to_data(task.origin, now)))
 
@@ -184,7 +191,8 @@ class SandboxState:
             return task.output(now)
 
     def balance(self, owner: str) -> float:
-        """`owner`'s balance after every task that has ended so far."""
+        """`owner`'s balance: less every task's price from its creation, plus the refunds of tasks that ended
+        without a video."""
         self.advance()
         return self.accounts.balance(owner)
 
@@ -201,6 +209,19 @@ class SandboxState:
             items = [task.listing_item(base_url, now) for task in matching[start : start + query.page_size]]
         return {"page": query.page, "page_size": query.page_size, "total": len(matching), "items": items}
 
+    def count_billing_search(self) -> None:
+        with self.lock:
+            self.billing_searches += 1
+
+    def billing(self, owner: str, query: BillingQuery) -> dict[str, Any]:
+        """One page of `owner`'s billing records matching `query`, each with its task's current status."""
+        now = time.time()
+        with self.lock:
+            self._advance(now)
+            total, records = self.accounts.search(owner, query)
+            items = [record.to_item(self.tasks[record.task_id].state(now)[0]) for record in records]
+        return {"page": query.page, "total": total, "items": items}
+
     def stats(self) -> dict[str, Any]:
         """Counters and tasks per status, as served at GET /sandbox/stats."""
         now = time.time()
@@ -214,6 +235,7 @@ class SandboxState:
                 "result_polls": self.result_polls,
                 "rate_limited": self.rate_limited,
                 "insufficient_balance": self.insufficient_balance,
+                "billing_searches": self.billing_searches,
                 "max_running": self._max_running(now),
                 "webhooks_delivered": self.webhooks.delivered,
                 "webhooks_failed": self.webhooks.failed,
