@@ -16,6 +16,7 @@ import random
 import socket
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -51,6 +52,12 @@ RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 CHUNK_BYTES = 1024 * 1024
 # Connection-level failures: the answer (or part of it) never arrived.
 TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+# Itemised billing (`POST /api/v3/billings/search`): how a record moves its task's cost, the most one record may
+# plausibly be (an older docs page showed 24300 for a $0.0243 charge: other units, so "unknown"), and how many
+# pages of records are read before giving up on stating any charge.
+BILLING_SIGNS = {"deduct": 1, "refund": -1}
+MAX_RECORD_USD = 100.0
+MAX_BILLING_PAGES = 50
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,18 @@ class Balance:
     """What a key's account holds, as WaveSpeed's `/balance` answers it."""
 
     amount: float
+    currency: str = "USD"
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What WaveSpeed's itemised billing says one task cost its key: the task's deducts less its refunds.
+
+    WaveSpeed deducts when a task is created and settles when it ends: `settled` is True once every record's
+    order is "done"; while one is still "pre" the amount is provisional (a refund may follow)."""
+
+    amount: float
+    settled: bool
     currency: str = "USD"
 
 
@@ -135,6 +154,48 @@ class PredictionPage:
 def _iso(epoch: float) -> str:
     """Unix seconds as the ISO 8601 UTC time WaveSpeed's clients send (2025-01-31T12:00:00.000Z)."""
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _charges(items: list[Any], task_ids: list[str]) -> dict[str, Charge]:
+    """Each task's net charge from its billing records. A record that cannot be read makes its task's charge
+    unknown (left out), and one that does not say its task makes every task's unknown: no figure is guessed."""
+    records: dict[str, tuple[str, float, bool]] = {}  # by record id (a record read twice counts once)
+    unknown: set[str] = set()
+    for item in items:
+        task_id = _billed_task(item)
+        if task_id is None:
+            return {}
+        record_id = item.get("uuid")
+        amount = _signed_usd(item)
+        if not isinstance(record_id, str) or not record_id or amount is None:
+            unknown.add(task_id)
+            continue
+        order = item.get("order") if isinstance(item.get("order"), dict) else {}
+        records[record_id] = (task_id, amount, order.get("state") == "done")
+    totals: dict[str, tuple[float, bool]] = {}
+    for task_id, amount, done in records.values():
+        net, settled = totals.get(task_id, (0.0, True))
+        totals[task_id] = (net + amount, settled and done)
+    return {task_id: Charge(amount=max(0.0, round(net, 6)), settled=settled)
+            for task_id, (net, settled) in totals.items()
+            if task_id in task_ids and task_id not in unknown and net > -1e-9}  # more refunded than paid: unknown
+
+
+def _billed_task(item: Any) -> str | None:
+    """The task id a billing record names, or None."""
+    prediction = item.get("prediction") if isinstance(item, dict) else None
+    task_id = prediction.get("uuid") if isinstance(prediction, dict) else None
+    return task_id if isinstance(task_id, str) and task_id else None
+
+
+def _signed_usd(item: dict[str, Any]) -> float | None:
+    """How a record moves its task's cost in USD (+ a deduct, - a refund), or None when its type is not one of
+    those or its price is not a plausible USD amount (not a number, negative, NaN, or more than MAX_RECORD_USD)."""
+    sign = BILLING_SIGNS.get(item.get("billing_type"))
+    price = item.get("price")
+    if sign is None or isinstance(price, bool) or not isinstance(price, (int, float)):
+        return None
+    return sign * float(price) if 0 <= price <= MAX_RECORD_USD else None
 
 
 def retry_after_seconds(response: requests.Response) -> float | None:
@@ -384,6 +445,28 @@ class WaveSpeedClient:
         if not isinstance(amount, (int, float)) or isinstance(amount, bool) or not -1e15 < amount < 1e15:
             raise ServiceUnavailable(f"WaveSpeed answered the balance without an amount: {self._redact(str(data))[:200]}")
         return Balance(amount=float(amount), currency=str(data.get("currency") or "USD").upper())
+
+    def billing(self, task_ids: Iterable[str], *, page_size: int = 100, attempts: int = 3) -> dict[str, Charge]:
+        """What these tasks cost, from WaveSpeed's itemised billing (`POST /api/v3/billings/search`), every page
+        read. A task missing from the answer has no charge to state: no record (yet, or not this key's), or one
+        that cannot be read. A read, so it is retried; a key that may not read billing raises
+        `AuthenticationFailed`."""
+        wanted = list(dict.fromkeys(task_id for task_id in task_ids if task_id))
+        if not wanted:
+            return {}
+        items: list[Any] = []
+        for page in range(1, MAX_BILLING_PAGES + 1):
+            # Oldest first: records written while the pages are read land on later pages instead of shifting them.
+            answer = self._json("POST", "/api/v3/billings/search", attempts=attempts, json={
+                "prediction_uuids": wanted, "sort": "created_at ASC", "page": page, "page_size": page_size})
+            data = answer.get("data") if isinstance(answer.get("data"), dict) else {}
+            batch = data.get("items") if isinstance(data.get("items"), list) else []
+            items += batch
+            total = data.get("total")
+            if len(batch) < page_size or (isinstance(total, int) and page * page_size >= total):
+                return _charges(items, wanted)
+        log.warning("billing: more than %d pages of records; no charge is stated", MAX_BILLING_PAGES)
+        return {}
 
     def result(self, task_id: str, *, attempts: int | None = None) -> Prediction:
         """The task's current state, retried on transient failures up to `attempts` times (default max_attempts).

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
-from kling_demo.client import WaveSpeedClient
-from kling_demo.errors import ApiInputRefused, AuthenticationFailed, SubmissionOutcomeUnknown
+import pytest
+import requests
+
+from kling_demo.client import Charge, WaveSpeedClient
+from kling_demo.errors import ApiInputRefused, AuthenticationFailed, ServiceUnavailable, SubmissionOutcomeUnknown
 from kling_demo.media import probe_video
 from kling_demo.models import KLING_V2_I2V_MASTER as SPEC
+from tests.waiting import wait_for
 
 
 class RecordingSleep:
@@ -137,3 +145,146 @@ def test_jobs_of_one_key_share_its_connections_and_files_go_over_a_keyless_one(s
     other = WaveSpeedClient(sandbox.base_url, "key-b", connections=connections)
     assert other.session is not api and "key-" not in repr(connections) + repr(other)
     connections.close()
+
+
+# --- itemised billing ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config, status, charge", [
+    ({}, "completed", Charge(amount=1.40, settled=True, currency="USD")),
+    ({"task_failure_rate": 1.0}, "failed", Charge(amount=0.0, settled=True)),
+    ({"task_failure_rate": 1.0, "charge_failed_tasks": True}, "failed", Charge(amount=1.40, settled=True)),
+], ids=["completed: its price", "failed: refunded", "failed, kept charged"])
+def test_billing_states_a_finished_tasks_net_charge(make_sandbox, make_image, config, status, charge):
+    sandbox = make_sandbox(**config)
+    with WaveSpeedClient(sandbox.base_url, "k") as client:
+        prediction = run_to_completion(client, client.upload(make_image(), "image/png"))
+        assert prediction.status == status
+        assert client.billing([prediction.task_id]) == {prediction.task_id: charge}
+
+
+def test_billing_of_a_running_task_is_provisional_until_it_ends(make_sandbox, make_image):
+    sandbox = make_sandbox(hold_renders=True, task_failure_rate=1.0)
+    with WaveSpeedClient(sandbox.base_url, "k") as client:
+        task_id = client.submit(SPEC, {"image": client.upload(make_image(), "image/png"), "prompt": "a lighthouse"}).task_id
+        assert client.billing([task_id]) == {task_id: Charge(amount=1.40, settled=False)}
+        requests.post(f"{sandbox.base_url}/sandbox/release", timeout=10).raise_for_status()
+        wait_for(lambda: client.result(task_id).is_final, what="the released task to end")
+        assert client.billing([task_id]) == {task_id: Charge(amount=0.0, settled=True)}
+
+
+def test_billing_reads_every_page_and_leaves_out_tasks_it_has_no_record_of(make_sandbox, make_image):
+    sandbox = make_sandbox(task_failure_rate=0.5, seed=3)  # of three tasks the second fails: four records
+    with WaveSpeedClient(sandbox.base_url, "k") as client, WaveSpeedClient(sandbox.base_url, "other") as other:
+        url = client.upload(make_image(), "image/png")
+        finished = [run_to_completion(client, url, duration) for duration in (5, 10, 10)]
+        assert [prediction.status for prediction in finished] == ["completed", "failed", "completed"]
+        theirs = run_to_completion(other, url).task_id
+        ids = [prediction.task_id for prediction in finished]
+        assert client.billing([]) == {} and sandbox.stats()["billing_searches"] == 0, "nothing to ask: no request"
+        charges = client.billing([*ids, theirs, "no-such-task", ids[0]], page_size=3)
+    assert charges == {ids[0]: Charge(1.40, True), ids[1]: Charge(0.0, True), ids[2]: Charge(2.80, True)}
+    assert sandbox.stats()["billing_searches"] == 2, "four records at three a page: two pages"
+
+
+def test_billing_is_retried_like_other_reads_then_says_the_service_is_unavailable(make_sandbox):
+    sandbox = make_sandbox(fault_rate=1.0, seed=5)
+    sleep = RecordingSleep()
+    with WaveSpeedClient(sandbox.base_url, "k", backoff_seconds=0.01, sleep=sleep) as client:
+        with pytest.raises(ServiceUnavailable):
+            client.billing(["some-task"], attempts=3)
+    assert sandbox.stats()["billing_searches"] == 3 and len(sleep.delays) == 2
+
+
+def test_a_key_that_may_not_read_billing_raises_as_other_calls_do(make_sandbox):
+    sandbox = make_sandbox(api_key="the-right-key")
+    with WaveSpeedClient(sandbox.base_url, "a-wrong-key") as client:
+        with pytest.raises(AuthenticationFailed, match="rejected the API key") as caught:
+            client.billing(["some-task"])
+    assert "a-wrong-key" not in str(caught.value)
+
+
+def record(task_id: str, price: Any = 1.40, billing_type: Any = "deduct", state: str = "done", uuid: Any = None,
+           prediction: Any = ...) -> dict[str, Any]:
+    """A billing item as WaveSpeed's docs show one."""
+    return {"uuid": f"rec-{task_id}-{billing_type}" if uuid is None else uuid, "access_key_id": "1_2",
+            "access_key_name": "", "billing_type": billing_type, "price": price,
+            "created_at": "2026-04-23T12:23:30.933Z", "updated_at": "2026-04-23T12:23:30.933Z",
+            "order": {"uuid": f"order-{task_id}", "state": state, "price": price, "origin_price": price, "status": "",
+                      "ak_id": 35},
+            "prediction": {"uuid": task_id, "model_uuid": SPEC.model_id, "status": "completed"}
+            if prediction is ... else prediction}
+
+
+class CannedBilling(BaseHTTPRequestHandler):
+    """Stands in for WaveSpeed's billing search answering records the sandbox never writes (its older docs showed
+    prices in other units), paged as asked."""
+
+    items: list[dict[str, Any]] = []
+    asked: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        self.asked.append(body)
+        start = (body["page"] - 1) * body["page_size"]
+        data = {"page": body["page"], "total": len(self.items), "items": self.items[start : start + body["page_size"]]}
+        answer = json.dumps({"code": 200, "message": "success", "data": data}).encode()  # NaN stays NaN, as JS sends it
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def canned_billing() -> Iterator[tuple[str, type[CannedBilling]]]:
+    handler = type("Handler", (CannedBilling,), {"items": [], "asked": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("bad", [
+    [record("bad", price=24300)],
+    [record("bad", price=1_300_000)],
+    [record("bad", price="1.40")],
+    [record("bad", price=None)],
+    [record("bad", price=True)],
+    [record("bad", price=-1.40)],
+    [record("bad", price=float("nan"))],
+    [record("bad", billing_type="adjustment")],
+    [record("bad", uuid="")],
+    [record("bad"), record("bad", billing_type="refund", price="1.40")],
+    [record("bad", billing_type="refund")],
+], ids=["24300 (other units)", "millionths of $1.30", "text", "null", "true", "negative", "NaN", "unknown type",
+        "no record id", "a readable deduct and an unreadable refund", "a refund without its deduct"])
+def test_a_record_that_cannot_be_read_leaves_its_task_out_never_a_made_up_figure(canned_billing, bad):
+    url, handler = canned_billing
+    handler.items = [record("good"), *bad, record("elsewhere", price=0.5)]  # "elsewhere": not asked, not stated
+    with WaveSpeedClient(url, "k") as client:
+        assert client.billing(["good", "bad"], page_size=2) == {"good": Charge(amount=1.40, settled=True)}
+    assert [body["page"] for body in handler.asked] == list(range(1, len(handler.asked) + 1))
+    assert len(handler.asked) == (len(handler.items) + 1) // 2, "every page read, each once"
+    assert {(body["sort"], body["page_size"], tuple(body["prediction_uuids"])) for body in handler.asked} == {
+        ("created_at ASC", 2, ("good", "bad"))}
+
+
+def test_a_record_that_does_not_say_its_task_makes_every_charge_unknown(canned_billing):
+    url, handler = canned_billing
+    handler.items = [record("good"), record("bad", prediction=None)]
+    with WaveSpeedClient(url, "k") as client:
+        assert client.billing(["good", "bad"]) == {}
+
+
+def test_a_whole_number_of_dollars_is_a_price(canned_billing):
+    """JSON writes 2.0 as 2 (Go does): an integer within reason is dollars, like a float."""
+    url, handler = canned_billing
+    handler.items = [record("two", price=2), record("two-pre", price=2.6, state="pre"),
+                     record("two-pre", price=2.6, billing_type="refund")]
+    with WaveSpeedClient(url, "k") as client:
+        assert client.billing(["two", "two-pre"]) == {"two": Charge(2.0, True), "two-pre": Charge(0.0, False)}
