@@ -107,7 +107,8 @@ def write_flat_jpeg(path: Path, width: int, height: int, components: int = 3, *,
     blocks = -(-width // 8) * -(-height // 8)
     one_code = bytes([1] + [0] * 15 + [0])  # one code of length 1, for symbol 0
     frame = struct.pack(">BHHB", 8, height, width, components) + b"".join(bytes([i, 0x11, 0]) for i in ids)
-    data = [b"\xff\xd8", segment(0xDB, b"\x00" + b"\x01" * 64), segment(0xC2 if scans == "progressive" else 0xC0, frame),
+    start_of_frame = 0xC2 if scans == "progressive" else 0xC0
+    data = [b"\xff\xd8", segment(0xDB, b"\x00" + b"\x01" * 64), segment(start_of_frame, frame),
             segment(0xC4, b"\x00" + one_code + b"\x10" + one_code)]
     if scans == "one":
         data.append(scan(ids, 0, 63, blocks * components * 2))
