@@ -176,28 +176,33 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
             media.check_before_decoding(request.image, spec.first_frame, role="first frame")
             if request.end_image:
                 media.check_before_decoding(request.end_image, spec.end_frame, role="end frame")
-            first = media.prepare_image(request.image, spec.first_frame, role="first frame", work_dir=Path(work))
-            end = None
-            if request.end_image:
-                end = media.prepare_image(request.end_image, spec.end_frame, role="end frame", work_dir=Path(work))
-            changes = first.changes + (end.changes if end else ())
-            _check_stop(ctx, task_id)
-            ticket = ctx.slots.ticket(ctx.slot_key)
-            yield from _wait_for_slot(ticket, ctx, started)
-            # Nothing is uploaded or paid for that the app could not record.
-            storage.check_room(ctx.videos_dir, ctx.min_free_bytes)
-            params = {"prompt": prompt, "negative_prompt": negative, "guidance_scale": guidance,
-                      "duration": duration, "end_image": end is not None}
             inputs: dict[str, object] = {"prompt": prompt, "guidance_scale": guidance, "duration": duration}
             if negative:
                 inputs["negative_prompt"] = negative
-            intent = _Intent.write(ctx, params, first, end)
 
+            intent = _Intent(ctx, None)  # no row yet: withdrawing it is a no-op
             reservation: Reservation | None = None
             answer_lost: SubmissionOutcomeUnknown | None = None  # set once a task may exist: never withdrawn
             try:
-                if ctx.spend_guard is not None:  # before anything is uploaded: the price depends on the duration
+                # Before anything costs the app memory or time (the price depends on the duration alone); every
+                # way out below that submits nothing releases it.
+                if ctx.spend_guard is not None:
                     reservation = ctx.spend_guard(inputs)
+                first = media.prepare_image(request.image, spec.first_frame, role="first frame",
+                                            work_dir=Path(work))
+                end = None
+                if request.end_image:
+                    end = media.prepare_image(request.end_image, spec.end_frame, role="end frame",
+                                              work_dir=Path(work))
+                changes = first.changes + (end.changes if end else ())
+                _check_stop(ctx, task_id)
+                ticket = ctx.slots.ticket(ctx.slot_key)
+                yield from _wait_for_slot(ticket, ctx, started)
+                # Nothing is uploaded or paid for that the app could not record.
+                storage.check_room(ctx.videos_dir, ctx.min_free_bytes)
+                params = {"prompt": prompt, "negative_prompt": negative, "guidance_scale": guidance,
+                          "duration": duration, "end_image": end is not None}
+                intent = _Intent.write(ctx, params, first, end)
                 # After the budgets (a refused budget asks nothing more): the price to keep with the task, and
                 # no upload or submission the paying key's balance cannot cover.
                 quote = ctx.price_guard(inputs) if ctx.price_guard is not None else None

@@ -109,6 +109,11 @@ _FORMAT_ALIASES = {"MPO": "JPEG"}
 _UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombWarning)
 # JPEG can be decoded at these fractions of its size for a fraction of the memory (libjpeg's DCT scaling).
 _DRAFT_SCALES = (2, 4, 8)
+# A progressive JPEG, or one whose first scan leaves a colour channel out, is decoded by first keeping every DCT
+# coefficient of the whole picture (2 bytes each) whatever the draft scale: 6 bytes a pixel for RGB without chroma
+# subsampling, 8 for CMYK, so 530 / 707 MB at 9400×9400 for a 1 MB file. Such a file may hold as many as a picture
+# of `max_pixels` with three full-size channels: 96 MB at 16 megapixels.
+_BUFFERED_BYTES_PER_PIXEL = 6
 # Decoding and re-encoding is CPU-bound, so more than two at once on a 2-core Space gains nothing, while
 # each holds up to ~4 bytes a pixel of `max_pixels` several times over: the slots bound the sum.
 _DECODE_SLOTS = threading.BoundedSemaphore(2)
@@ -147,7 +152,7 @@ def prepare_image(
     source_bytes = path.stat().st_size
     with _DECODE_SLOTS, _open_image(path, role, limits) as image:
         source_format = _source_format(image)
-        scale = _check_size(image, source_format, limits, role)
+        scale = _check_size(image, source_format, path, limits, role)
         if scale == 1 and _fits_as_is(image, source_format, source_bytes, limits):
             size = image.size
             # Only the preview needs pixels: a JPEG is decoded at the smallest scale that still makes one
@@ -186,7 +191,7 @@ def quick_check_image(
     try:
         path = _existing_file(source, role)
         with _open_image(path, role, limits) as image:
-            _check_size(image, _source_format(image), limits, role)
+            _check_size(image, _source_format(image), path, limits, role)
     except InputRejected as refusal:
         return refusal.message
     return None
@@ -200,7 +205,7 @@ def check_before_decoding(source: str | Path | None, limits: ImageLimits, *, rol
     path = _existing_file(source, role)
     with _open_image(path, role, limits) as image:
         source_format = _source_format(image)
-        _check_size(image, source_format, limits, role)
+        _check_size(image, source_format, path, limits, role)
         _check_complete(image, source_format, path, role)
 
 
@@ -267,14 +272,68 @@ def _source_format(image: Image.Image) -> str:
     return _FORMAT_ALIASES.get(image.format or "", image.format or "unknown")
 
 
-def _check_size(image: Image.Image, source_format: str, limits: ImageLimits, role: str) -> int:
+def _check_size(image: Image.Image, source_format: str, path: Path, limits: ImageLimits, role: str) -> int:
     """Refuse sizes the model cannot take or we will not decode; return the draft scale (1 = full size)."""
     width, height = _oriented_size(image)
     _check_dimensions(width, height, limits, role)
     scale = _draft_scale(width, height, source_format, limits)
     if scale is None:
         raise _too_many_pixels(width, height, source_format, limits, role)
+    if source_format == "JPEG" and _buffered_bytes(image, path) > limits.max_pixels * _BUFFERED_BYTES_PER_PIXEL:
+        raise _held_whole(image, limits, role)
     return scale
+
+
+def _buffered_bytes(image: Image.Image, path: Path) -> int:
+    """What libjpeg holds for the whole picture while it decodes this JPEG, draft or not: every DCT coefficient when
+    the file is progressive or its first scan leaves a component out (then each later scan adds to them); else 0,
+    as it decodes in one pass a few rows at a time."""
+    layers = getattr(image, "layer", [])
+    if not image.info.get("progressive") and _first_scan_components(path) in (0, len(layers)):
+        return 0  # one pass (or no scan at all: the file is refused as incomplete)
+    return _coefficient_bytes(*image.size, layers)
+
+
+def _coefficient_bytes(width: int, height: int, layers: list[tuple[int, int, int, int]]) -> int:
+    """libjpeg's whole-picture coefficient buffer: for each component, its 8×8 blocks (rounded up to whole sampling
+    units) × 64 coefficients × 2 bytes."""
+    factors, most_wide, most_high = _sampling(layers)
+    blocks = 0
+    for horizontal, vertical in factors:
+        wide = -(-width * horizontal // (8 * most_wide))
+        high = -(-height * vertical // (8 * most_high))
+        blocks += -(-wide // horizontal) * horizontal * -(-high // vertical) * vertical
+    return blocks * 64 * 2
+
+
+def _sampling(layers: list[tuple[int, int, int, int]]) -> tuple[list[tuple[int, int]], int, int]:
+    """Each component's (horizontal, vertical) sampling factors and the largest of each. Pillow's `layer` holds
+    (id, horizontal, vertical, quantization table) for each component."""
+    factors = [(max(1, horizontal), max(1, vertical)) for _, horizontal, vertical, _ in layers] or [(1, 1)]
+    return factors, max(h for h, _ in factors), max(v for _, v in factors)
+
+
+def _held_whole(image: Image.Image, limits: ImageLimits, role: str) -> InputRejected:
+    """The refusal of a progressive (or multi-scan) JPEG too big to hold whole: what it is, and what would do."""
+    kind = "progressive" if image.info.get("progressive") else "multi-scan"
+    layers = getattr(image, "layer", [])
+    budget = limits.max_pixels * _BUFFERED_BYTES_PER_PIXEL
+    # Bytes a pixel before whole blocks round it up: 2 a coefficient, each component at its share of the pixels.
+    factors, most_wide, most_high = _sampling(layers)
+    per_pixel = 2 * sum(h * v for h, v in factors) / (most_wide * most_high)
+    fit = math.sqrt(budget / (per_pixel * image.width * image.height))
+    smaller = [math.floor(side * fit + 1e-6) for side in image.size]
+    while _coefficient_bytes(*smaller, layers) > budget:  # whole blocks round up: shave the last pixels
+        smaller = [side - 1 for side in smaller]
+    width, height = _oriented_size(image)
+    if (width, height) != image.size:
+        smaller.reverse()
+    at_most = f", or at most {smaller[0]}×{smaller[1]} px" if min(smaller) >= limits.min_side else ""
+    return InputRejected(
+        f"The {role} image is a {kind} JPEG of {width}×{height} px ({_megapixels(width * height)}), too large to "
+        f"decode: a {kind} JPEG is held in memory whole, however much it is reduced — save it as a baseline "
+        f"(non-progressive) JPEG{at_most}."
+    )
 
 
 def _too_many_pixels(width: int, height: int, source_format: str, limits: ImageLimits, role: str) -> InputRejected:
@@ -342,16 +401,31 @@ def _check_complete(image: Image.Image, source_format: str, path: Path, role: st
 def _jpeg_has_end(path: Path) -> bool:
     """Walk the marker segments to the first scan, then look for EOI: no pixel is decoded."""
     with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        position = 2  # after SOI
-        while position + 4 <= len(data):
-            marker = data[position + 1]
-            if data[position] != 0xFF or marker in (0x00, 0xFF):  # junk or fill bytes: Pillow skips them too
-                position += 1
-                continue
-            position += 2 + int.from_bytes(data[position + 2:position + 4], "big")
-            if marker == 0xDA:  # start of scan: entropy-coded data follows, then markers, then EOI
-                return data.find(b"\xff\xd9", position) != -1
-        return False
+        scan = _first_scan(data)
+        # Entropy-coded data follows the scan header, then markers, then EOI.
+        return scan is not None and data.find(b"\xff\xd9", scan[0]) != -1
+
+
+def _first_scan_components(path: Path) -> int:
+    """How many colour components the JPEG's first scan codes (0 when it has no scan): no pixel is decoded."""
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        scan = _first_scan(data)
+        return scan[1] if scan is not None else 0
+
+
+def _first_scan(data: mmap.mmap) -> tuple[int, int] | None:
+    """Walk the marker segments to the first start of scan (SOS): where its coded data starts and how many
+    components it codes; None when there is none."""
+    position = 2  # after SOI
+    while position + 4 <= len(data):
+        marker = data[position + 1]
+        if data[position] != 0xFF or marker in (0x00, 0xFF):  # junk or fill bytes: Pillow skips them too
+            position += 1
+            continue
+        start, position = position, position + 2 + int.from_bytes(data[position + 2:position + 4], "big")
+        if marker == 0xDA:
+            return position, data[start + 4] if start + 4 < len(data) else 0
+    return None
 
 
 def _orientation(image: Image.Image) -> int:

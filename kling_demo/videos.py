@@ -34,6 +34,10 @@ LAST_FRAME_SUFFIX = ".last-frame.png"
 FRAME_ROLES = ("first", "end")  # the frames as uploaded, kept beside the history's preview for "reuse settings"
 # Metadata keys MP4 players and ffprobe show: the prompt as the title; the settings as JSON in the comment.
 TITLE, COMMENT, DESCRIPTION = "title", "comment", "description"
+# What a tag must not carry from a prompt: C0 and C1 controls (a NUL cuts the tag short; ESC starts the ANSI
+# sequences a terminal replays when someone runs ffprobe) and the bidi overrides and isolates that reorder text.
+_LINE_BREAKS = re.compile(r"[\t\n\v\f\r]+")
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _OWN_FOLDER = re.compile(r"[0-9a-f]{32}")  # the folder `label` makes for one video
 
 
@@ -66,8 +70,15 @@ def settings_of(task_id: str, model: str, record: TaskRecord | None) -> dict[str
             "end_frame": bool(params.get("end_image"))}
 
 
+def tag_text(text: str) -> str:
+    """`text` fit for a video's tag: line breaks and tabs become spaces, other controls and bidi overrides go."""
+    return _CONTROLS.sub("", _LINE_BREAKS.sub(" ", text))
+
+
 def metadata_tags(settings: dict[str, Any]) -> dict[str, str]:
-    """The container tags for `settings`: a title, a readable description and the settings as JSON."""
+    """The container tags for `settings`: a title, a readable description and the settings as JSON, each without
+    control characters (`tag_text`)."""
+    settings = {key: tag_text(value) if isinstance(value, str) else value for key, value in settings.items()}
     parts = [f"Kling image-to-video ({settings['model']})", f"task {settings['task_id']}"]
     if settings.get("duration"):
         parts.append(f"{settings['duration']} s")

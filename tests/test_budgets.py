@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from contextlib import closing
+from pathlib import Path
 
 import pytest
 
+from kling_demo.api_slots import slot_key
 from kling_demo.budgets import PRICE_UNKNOWN, Budgets, Ledger, Limits
 from kling_demo.client import WaveSpeedClient
 from kling_demo.config import Settings
-from kling_demo.errors import BudgetExceeded, JobStopped, ServiceUnavailable
+from kling_demo.errors import (BudgetExceeded, InputRejected, JobStopped, RateLimited, ServiceUnavailable,
+                               StorageUnavailable)
 from kling_demo.identity import client_address, key_id, oauth_enabled, spender_id
 from kling_demo.jobs import JobRequest, Stage
 from kling_demo.journal import Journal
+from kling_demo.media import check_before_decoding, prepare_image
 from kling_demo.models import DEFAULT_MODEL
 from kling_demo.service import Visitor
+from tests.conftest import SERVER_KEY
+from tests.test_media import write_flat_jpeg
 
 DAY = 24 * 3600
 
@@ -270,3 +277,87 @@ def test_no_limits_no_guard(tmp_path):
     budgets = Budgets(Ledger(tmp_path / "j.sqlite3"), Limits(), DEFAULT_MODEL)
     assert budgets.guard("ip:1.2.3.4", WaveSpeedClient("http://127.0.0.1:9", "k")) is None
     assert budgets.line("ip:1.2.3.4") == ""
+
+
+# --- the guard comes before anything costs the app ------------------------------------------------------------------
+
+def undecodable_jpeg(path: Path, width: int = 9400, height: int = 9400) -> Path:
+    """A JPEG of `width`×`height` px whose header and end pass every check that reads no pixels, while its frame names
+    a quantization table the file never defines: only decoding it (at 1/4 scale here) finds it broken."""
+    data = bytearray(write_flat_jpeg(path, width, height).read_bytes())
+    frame = data.index(b"\xff\xc0") + 10  # the first component's id, sampling factors, table
+    data[frame + 2] = 3
+    path.write_bytes(data)
+    check_before_decoding(path, DEFAULT_MODEL.first_frame, role="first frame")
+    with pytest.raises(InputRejected, match="damaged or incomplete"):
+        prepare_image(path, DEFAULT_MODEL.first_frame)
+    return path
+
+
+def spend_rows(service) -> list[tuple[str, float]]:
+    """The ledger as it stands: (kind, amount) of every reservation, "submit" while it counts, "released" after."""
+    with closing(sqlite3.connect(service.budgets.ledger.path)) as db:
+        return db.execute("SELECT kind, amount_usd FROM spend ORDER BY id").fetchall()
+
+
+def test_a_spent_budget_refuses_the_job_before_its_image_is_decoded(make_sandbox, make_service, tmp_path):
+    """Issue 26: with a $0 budget, four jobs of big images each decoded theirs (1,556 MB at the peak) to be refused
+    for the budget. The budget speaks first now: the first frame, which only a decode would find broken, is not
+    decoded, and nothing reaches the API."""
+    sandbox = make_sandbox()
+    service = make_service(sandbox.base_url, background=False, daily_budget_usd=0.0)
+    image = undecodable_jpeg(tmp_path / "huge.jpg")
+    visitor = Visitor("browser:a", spender="ip:1.2.3.4")
+    with pytest.raises(BudgetExceeded) as refused:
+        run(service.generate(JobRequest(image=str(image), prompt="x"), visitor))
+    assert str(refused.value).startswith("This 5 s video costs $1.40, more than this Space's daily budget on its key "
+                                         "($0.00 per 24 hours).")
+    assert str(refused.value).endswith("Nothing was submitted.")
+    assert sandbox.stats()["uploads"] == 0 and sandbox.stats()["submissions"] == 0
+    assert spend_rows(service) == []
+
+
+def _busy_slot(service) -> None:
+    assert service.api_slots.ticket(slot_key(SERVER_KEY)).try_acquire() == 0  # another job holds the only slot
+
+
+def _stop_while_waiting(service, job) -> None:
+    with job:
+        while next(job).stage is not Stage.WAITING:
+            pass
+        assert service.budgets.ledger.usage("ip:1.2.3.4").spender_usd == pytest.approx(1.40), "reserved by now"
+        job.stop()
+        list(job)
+
+
+# way out → (settings, the refusal, what the job is given, how it is run)
+WAYS_OUT = {
+    "an image refused when decoded": ({}, InputRejected, "damaged", lambda service, job: run(job)),
+    "no room to record the job": ({"min_free_mb": 1e12}, StorageUnavailable, "", lambda service, job: run(job)),
+    "no WaveSpeed slot before the deadline": (
+        {"api_concurrency": 1, "deadline_seconds": 0.0}, RateLimited, "", lambda service, job: (
+            _busy_slot(service), run(job))),
+    "Stop while waiting for a slot": (
+        {"api_concurrency": 1}, JobStopped, "", lambda service, job: (_busy_slot(service),
+                                                                      _stop_while_waiting(service, job))),
+}
+
+
+@pytest.mark.parametrize("way_out", WAYS_OUT)
+def test_a_job_that_submits_nothing_gives_its_reservation_back(way_out, make_sandbox, make_service, make_image,
+                                                                tmp_path):
+    """The price is reserved before the images are decoded, and every way out that submits nothing gives it back:
+    the budget line and the per-minute rate are as they were, and the ledger shows one released reservation."""
+    settings, refusal, image_kind, go = WAYS_OUT[way_out]
+    sandbox = make_sandbox()
+    service = make_service(sandbox.base_url, background=False, visitor_budget_usd=5.0, submits_per_minute=1,
+                           **settings)
+    visitor = Visitor("browser:a", spender="ip:1.2.3.4")
+    line = service.budget_line(visitor)
+    image = undecodable_jpeg(tmp_path / "broken.jpg") if image_kind == "damaged" else make_image()
+    with pytest.raises(refusal):
+        go(service, service.generate(JobRequest(image=str(image), prompt="x"), visitor))
+    assert spend_rows(service) == [("released", pytest.approx(1.40))], "reserved before, given back after"
+    assert service.budget_line(visitor) == line == ("Last 24 h on this Space's key: $0.00 of $5.00 used · your own "
+                                                    "key lifts this")
+    assert sandbox.stats()["uploads"] == 0 and sandbox.stats()["submissions"] == 0

@@ -14,7 +14,7 @@ from PIL import Image
 
 from kling_demo.ui import MAX_UPLOAD
 from tests.processes import Served, start_app_process
-from tests.test_media import truncated, write_bilevel_png, write_flat_png
+from tests.test_media import truncated, write_bilevel_png, write_flat_jpeg, write_flat_png
 
 PEAK_TARGET_MB = 600  # issue 12: three 9400×9400 PNGs at once keep the app's peak RSS under this
 SETTLED_MARGIN_MB = 100  # how close to its baseline the app's RSS must come back
@@ -92,6 +92,17 @@ def test_a_bomb_past_pillows_hard_limit_gets_our_sentence_not_a_preprocess_error
     assert ("The first frame image is 900 megapixels; images over 89 megapixels are refused as a possible "
             "decompression bomb — use a smaller image (at most 16 megapixels).") in message, message
     assert "preprocess" not in message and "DecompressionBombError" not in message and "/tmp" not in message
+
+
+def test_progressive_jpeg_bombs_are_refused_from_their_header_with_what_would_do(app, tmp_path):
+    """1 MB progressive JPEGs of 9400×9400 held 530 MB (RGB) / 707 MB (CMYK) each while decoding, even at 1/8."""
+    served, _ = app
+    for components, largest in ((3, "4000×4000"), (4, "3464×3464")):
+        bomb = write_flat_jpeg(tmp_path / f"bomb-{components}.jpg", 9400, 9400, components, scans="progressive")
+        message = refusal_of(served.url, bomb)
+        assert ("The first frame image is a progressive JPEG of 9400×9400 px (88 megapixels), too large to decode: "
+                "a progressive JPEG is held in memory whole, however much it is reduced — save it as a baseline "
+                f"(non-progressive) JPEG, or at most {largest} px.") in message, message
 
 
 def uploaded_files(uploads: Path) -> set[Path]:

@@ -85,6 +85,41 @@ def write_flat_png(path: Path, width: int, height: int, rgba: tuple[int, int, in
     return path
 
 
+def write_flat_jpeg(path: Path, width: int, height: int, components: int = 3, *, scans: str = "one") -> Path:
+    """A real mid-grey JPEG written bit by bit, so huge dimensions cost ~1 MB on disk and nothing to make.
+
+    `scans`: "one" (baseline, every component in one scan: decoded a few rows at a time), "progressive" (a DC
+    scan, then an AC scan per component) or "separate" (baseline, one scan per component). libjpeg holds every
+    DCT coefficient of the last two whole while it decodes them, whatever the draft scale. Every coefficient is 0:
+    one Huffman code of one bit ("0") per table means "difference 0" (DC) or "end of block" (AC)."""
+
+    def segment(marker: int, data: bytes) -> bytes:
+        return struct.pack(">BBH", 0xFF, marker, 2 + len(data)) + data
+
+    def coded(bits: int) -> bytes:  # `bits` zero bits, padded with ones to a whole byte
+        return b"\x00" * (bits // 8) + (bytes([(1 << (8 - bits % 8)) - 1]) if bits % 8 else b"")
+
+    def scan(ids: list[int], first: int, last: int, bits: int) -> bytes:
+        header = bytes([len(ids)]) + b"".join(bytes([i, 0x00]) for i in ids) + bytes([first, last, 0])
+        return segment(0xDA, header) + coded(bits)
+
+    ids = list(range(1, components + 1))
+    blocks = -(-width // 8) * -(-height // 8)
+    one_code = bytes([1] + [0] * 15 + [0])  # one code of length 1, for symbol 0
+    frame = struct.pack(">BHHB", 8, height, width, components) + b"".join(bytes([i, 0x11, 0]) for i in ids)
+    start_of_frame = 0xC2 if scans == "progressive" else 0xC0
+    data = [b"\xff\xd8", segment(0xDB, b"\x00" + b"\x01" * 64), segment(start_of_frame, frame),
+            segment(0xC4, b"\x00" + one_code + b"\x10" + one_code)]
+    if scans == "one":
+        data.append(scan(ids, 0, 63, blocks * components * 2))
+    elif scans == "separate":
+        data += [scan([i], 0, 63, blocks * 2) for i in ids]
+    else:
+        data += [scan(ids, 0, 0, blocks * components)] + [scan([i], 1, 63, blocks) for i in ids]
+    path.write_bytes(b"".join(data) + b"\xff\xd9")
+    return path
+
+
 def exif_rotated_jpeg(directory: Path, size: tuple[int, int], name: str = "rotated.jpg") -> Path:
     """A JPEG stored `size` with a red top-left marker and EXIF orientation 6 (shown rotated 90° clockwise)."""
     picture = gradient(size)
@@ -196,6 +231,14 @@ ACCEPTED: dict[str, tuple[Builder, str, tuple[str, ...], str]] = {
         ("1-bit",),
         "PNG",
     ),
+    "progressive jpeg": (
+        lambda d: save(gradient((640, 480)), d, "progressive.jpg", progressive=True), "first frame", (), "JPEG"),
+    "baseline jpeg of 9400x9400 (decoded at 1/4)": (
+        lambda d: write_flat_jpeg(d / "huge-baseline.jpg", 9400, 9400),
+        "first frame",
+        ("reduced from 9400×9400 to 2350×2350 px",),
+        "JPEG",
+    ),
 }
 
 # name -> (builder, role, fragments the message must contain)
@@ -250,6 +293,23 @@ REFUSED: dict[str, tuple[Builder, str, tuple[str, ...]]] = {
         lambda d: write_flat_png(d / "huge.png", 5000, 4000),
         "first frame",
         ("5000×4000 px (20 megapixels)", "PNG images over 16 megapixels are refused", "at most 4472×3577 px"),
+    ),
+    "progressive jpeg of 9400x9400": (
+        lambda d: write_flat_jpeg(d / "progressive.jpg", 9400, 9400, scans="progressive"),
+        "first frame",
+        ("The first frame image is a progressive JPEG of 9400×9400 px (88 megapixels), too large to decode: a "
+         "progressive JPEG is held in memory whole, however much it is reduced — save it as a baseline "
+         "(non-progressive) JPEG, or at most 4000×4000 px.",),
+    ),
+    "progressive cmyk jpeg of 9400x9400": (
+        lambda d: write_flat_jpeg(d / "progressive-cmyk.jpg", 9400, 9400, 4, scans="progressive"),
+        "end frame",
+        ("a progressive JPEG of 9400×9400 px (88 megapixels)", "or at most 3464×3464 px."),
+    ),
+    "multi-scan baseline jpeg of 9400x9400": (
+        lambda d: write_flat_jpeg(d / "multi-scan.jpg", 9400, 9400, scans="separate"),
+        "first frame",
+        ("a multi-scan JPEG of 9400×9400 px (88 megapixels)", "save it as a baseline (non-progressive) JPEG"),
     ),
     "end frame jpeg too thin to decode at a smaller scale": (
         lambda d: save(Image.new("RGB", (60000, 300), (90, 90, 90)), d, "strip.jpg"),
@@ -597,6 +657,43 @@ outcome = [str(prepared.path), prepared.width, prepared.height, prepared.format,
     assert grew_mb < 100, f"a drafted decode costs ~50 MB, not {grew_mb:.0f} MB (192 MB in full)"
 
 
+def test_the_hand_written_jpegs_are_real_pictures(tmp_path: Path) -> None:
+    """The flat JPEGs of the memory tests decode to mid-grey with Pillow, as any viewer would show them."""
+    for components, mode in ((1, "L"), (3, "RGB"), (4, "CMYK")):
+        for scans in ("one", "progressive", "separate"):
+            with Image.open(write_flat_jpeg(tmp_path / f"{scans}.jpg", 645, 483, components, scans=scans)) as image:
+                assert (image.mode, image.size, bool(image.info.get("progressive"))) == (
+                    mode, (645, 483), scans == "progressive")
+                image.load()
+                assert all(127 <= low <= high <= 128 for low, high in
+                           (image.getextrema() if components > 1 else [image.getextrema()]))
+
+
+@pytest.mark.parametrize("components, largest", [(3, 4000), (4, 3464)])
+def test_the_largest_progressive_jpeg_the_refusal_offers_is_accepted(tmp_path: Path, components: int,
+                                                                       largest: int) -> None:
+    """16 MP of three full channels (96 MB of coefficients) fit; the size the refusal offers does; 8 px more not."""
+    bomb = write_flat_jpeg(tmp_path / "bomb.jpg", 9400, 9400, components, scans="progressive")
+    assert f"or at most {largest}×{largest} px." in (quick_check_image(bomb, FIRST, role="first frame") or "")
+    offered = write_flat_jpeg(tmp_path / "offered.jpg", largest, largest, components, scans="progressive")
+    assert quick_check_image(offered, FIRST, role="first frame") is None
+    check_before_decoding(offered, FIRST, role="first frame")
+    over = write_flat_jpeg(tmp_path / "over.jpg", largest + 8, largest + 8, components, scans="progressive")
+    assert "too large to decode" in (quick_check_image(over, FIRST, role="first frame") or "")
+
+
+def test_chroma_subsampling_counts_in_what_a_progressive_jpeg_holds(tmp_path: Path) -> None:
+    """Pillow's own progressive JPEGs, against a 1 MP decode limit (6 MB of coefficients): 4:4:4 holds 6 bytes a
+    pixel, so 1100×1100 is refused; 4:2:0 holds 3, so 1600×1200 passes and is decoded at half size."""
+    small = ImageLimits(max_pixels=1_000_000)
+    full = save(gradient((1100, 1100)), tmp_path, "full.jpg", progressive=True, subsampling="4:4:4")
+    with pytest.raises(InputRejected, match=r"a progressive JPEG of 1100×1100 px .* at most 1000×1000 px\."):
+        prepare_image(full, small, work_dir=tmp_path / "out")
+    halved = save(gradient((1600, 1200)), tmp_path, "halved.jpg", progressive=True, subsampling="4:2:0")
+    prepared = prepare_image(halved, small, work_dir=tmp_path / "out")
+    assert (prepared.width, prepared.height) == (800, 600)
+
+
 def test_a_photo_that_passes_through_is_decoded_only_as_far_as_its_preview_needs(tmp_path: Path) -> None:
     """A 12 MP phone JPEG is uploaded as it is: decoding it in full (48 MB) would only feed a 320 px preview."""
     photo = Image.effect_noise((4000, 3000), 40).convert("RGB")
@@ -670,4 +767,26 @@ outcome = updates
     assert updates[-1] == ("InputRejected: The end frame image is damaged or incomplete — export it again as JPEG "
                            "or PNG.")
     assert grew_mb < 32, f"the first frame was decoded: the peak RSS rose by {grew_mb:.0f} MB"
+    assert sandbox.stats()["uploads"] == 0 and sandbox.stats()["submissions"] == 0
+
+
+@pytest.mark.parametrize("components", [3, 4])
+def test_a_progressive_jpeg_bomb_is_refused_before_anything_is_uploaded(tmp_path: Path, sandbox,
+                                                                       components: int) -> None:
+    """A 1 MB progressive JPEG of 9400×9400 would hold 530 MB (RGB) or 707 MB (CMYK) while it decodes, even at 1/8:
+    the job refuses it from its header, saying what would do, and nothing reaches the API."""
+    from kling_demo.client import WaveSpeedClient
+    from kling_demo.jobs import JobContext, JobRequest, generate
+
+    bomb = write_flat_jpeg(tmp_path / "bomb.jpg", 9400, 9400, components, scans="progressive")
+    assert bomb.stat().st_size < 1_500_000
+    ctx = JobContext(client=WaveSpeedClient(sandbox.base_url, "k"), videos_dir=tmp_path / "videos")
+    with pytest.raises(InputRejected) as refusal:
+        for _ in generate(JobRequest(image=str(bomb), prompt="dusk"), ctx):
+            pass
+    largest = {3: "4000×4000", 4: "3464×3464"}[components]
+    assert refusal.value.message == (
+        "The first frame image is a progressive JPEG of 9400×9400 px (88 megapixels), too large to decode: a "
+        "progressive JPEG is held in memory whole, however much it is reduced — save it as a baseline "
+        f"(non-progressive) JPEG, or at most {largest} px.")
     assert sandbox.stats()["uploads"] == 0 and sandbox.stats()["submissions"] == 0

@@ -71,6 +71,32 @@ def test_a_labelled_video_carries_its_settings_and_plays_the_same(downloaded, tm
     assert not list(labelled.parent.glob(".*"))  # no .part left behind
 
 
+# Characters no tag may carry: C0 and C1 controls, and the bidi overrides and isolates.
+UNSHOWN = {*map(chr, range(0x20)), *map(chr, range(0x7F, 0xA0)), *map(chr, range(0x202A, 0x202F)),
+           *map(chr, range(0x2066, 0x206A))}
+
+
+def test_no_tag_carries_a_control_or_bidi_character_from_the_prompt(downloaded, tmp_path):
+    """A NUL cut the title short, and ESC sequences or bidi overrides in a tag replay in the terminal of whoever
+    runs ffprobe on the video: every tag leaves them out (line breaks become spaces), and the JSON still parses."""
+    journal = Journal(tmp_path / "journal.sqlite3")
+    prompt = ("A cat\x00 walks \x1b[2J\x1b]0;pwned\x07on the \x1b[31mbeach\x1b[0m\r\nat \u202edawn\u202c\x9b1m "
+              "\u2067slowly\u2069")
+    record = record_for(journal, "t1", prompt=prompt, negative_prompt="blur\x1b[8mry\x00, \u202adark\u202c")
+
+    labelled = videos.label(downloaded, "t1", "kwaivgi/kling-v2.0-i2v-master", record)
+
+    with av.open(str(labelled)) as container:
+        tags = dict(container.metadata)
+    shown = "A cat walks [2J]0;pwnedon the [31mbeach[0m at dawn1m slowly"
+    assert tags["title"] == shown
+    assert "negative prompt: blur[8mry, dark" in tags["description"]
+    for name in ("title", "description", "comment"):
+        assert not UNSHOWN & set(tags[name]), (name, tags[name])
+    settings = videos.read_settings(labelled)  # the comment is still JSON, with the same clean text
+    assert (settings["prompt"], settings["negative_prompt"]) == (shown, "blur[8mry, dark")
+
+
 def test_a_file_pyav_cannot_read_is_only_renamed(tmp_path):
     broken = tmp_path / "videos" / "feedface.mp4"
     broken.parent.mkdir()
