@@ -14,8 +14,8 @@ from kling_demo.api_slots import slot_key
 from kling_demo.budgets import PRICE_UNKNOWN, Budgets, Ledger, Limits
 from kling_demo.client import WaveSpeedClient
 from kling_demo.config import Settings
-from kling_demo.errors import (BudgetExceeded, InputRejected, JobStopped, RateLimited, ServiceUnavailable,
-                               StorageUnavailable)
+from kling_demo.errors import (BudgetExceeded, InputRejected, JobStopped, ServiceUnavailable,
+                               StorageUnavailable, TryLater)
 from kling_demo.identity import client_address, key_id, oauth_enabled, spender_id
 from kling_demo.jobs import JobRequest, Stage
 from kling_demo.journal import Journal
@@ -335,7 +335,7 @@ WAYS_OUT = {
     "an image refused when decoded": ({}, InputRejected, "damaged", lambda service, job: run(job)),
     "no room to record the job": ({"min_free_mb": 1e12}, StorageUnavailable, "", lambda service, job: run(job)),
     "no WaveSpeed slot before the deadline": (
-        {"api_concurrency": 1, "deadline_seconds": 0.0}, RateLimited, "", lambda service, job: (
+        {"api_concurrency": 1, "deadline_seconds": 0.0}, TryLater, "", lambda service, job: (
             _busy_slot(service), run(job))),
     "Stop while waiting for a slot": (
         {"api_concurrency": 1}, JobStopped, "", lambda service, job: (_busy_slot(service),
