@@ -8,8 +8,8 @@ reads the environment or uses a name bound by one (also through `from … import
 
 - `Rerun`: an assignment (or such a `from … import`): the fork runs it again in the module's namespace;
 - `Default`: a function default: the fork evaluates it again and puts it in the function;
-- `Pinned`: anything else (an `if` on such a name, a class body, a decorator): a fork cannot redo it, so it
-  refuses to run when one of its variables differs from the warm interpreter's.
+- `Pinned`: anything else (an `if` on such a name, a class body, a decorator): a fork cannot redo it, so when
+  one of its variables differs from the warm interpreter's the process must start cold instead.
 
 Only reads written in the module's own import-time code are visible here; tests/test_warm_start.py records
 every read made while Gradio is imported and fails on one that no step covers.
@@ -31,6 +31,10 @@ from types import ModuleType
 PACKAGES = ("gradio", "gradio_client")
 GETTERS = {"getenv", "getenvb"}  # os.getenv("X", …)
 MAPPINGS = {"environ", "environb"}  # os.environ.get("X"), os.environ["X"], "X" in os.environ
+
+
+class ColdStartNeeded(Exception):
+    """A fork cannot be made to match a cold start: a pinned variable differs from the warm interpreter's."""
 
 
 class UnsupportedRead(Exception):
@@ -85,15 +89,13 @@ class Pinned(Step):
     def apply(self, module: ModuleType, inherited: Mapping[str, str]) -> None:
         for variable in self.variables:
             if os.environ.get(variable) != inherited.get(variable):
-                raise RuntimeError(
-                    f"{self.module} (line {self.first}) depends on {variable} at import in a way a fork cannot "
-                    f"redo, and this process's value differs from the warm interpreter's: start it cold "
-                    f"(tests/processes.py: cold=True)")
+                raise ColdStartNeeded(f"{self.module} (line {self.first}) depends on {variable} at import in a "
+                                      f"way a fork cannot redo, and {variable} differs from the warm interpreter's")
 
 
 def reread(steps: list[Step], inherited: Mapping[str, str]) -> None:
     """In a fork whose `os.environ` is its own (`inherited` being the warm interpreter's): redo every step of a
-    module it has imported; a module imported later reads the environment itself."""
+    module it has imported (a module imported later reads the environment itself), or raise ColdStartNeeded."""
     for step in steps:
         module = sys.modules.get(step.module)
         if module is not None:

@@ -117,8 +117,8 @@ def test_a_reread_gives_what_a_fresh_import_gives_for_reads_copies_derived_value
     assert reread["URL"] == "http://forked:8000" and reread["ON"] is True and reread["HOST"] == "fixed"
 
 
-def test_a_fork_refuses_an_import_time_dependency_it_cannot_redo_when_its_variable_changed(fake_package,
-                                                                                            monkeypatch):
+def test_an_import_time_dependency_a_fork_cannot_redo_needs_a_cold_start_when_its_variable_changed(fake_package,
+                                                                                                   monkeypatch):
     (fake_package / "settings.py").write_text(FAKE_SETTINGS + "if PORT == 7860:\n    later = None\n")
     steps = import_time_settings.scan(("fakegradio",), [str(fake_package.parent)])
     assert [(type(s).__name__, s.first, s.variables) for s in steps if isinstance(s, Pinned)] == \
@@ -127,7 +127,8 @@ def test_a_fork_refuses_an_import_time_dependency_it_cannot_redo_when_its_variab
     import fakegradio.settings  # noqa: F401
     import_time_settings.reread(steps, dict(os.environ))  # the same value: nothing to redo
     monkeypatch.setenv("FAKE_PORT", "8000")
-    with pytest.raises(RuntimeError, match="fakegradio.settings \\(line 11\\) depends on FAKE_PORT"):
+    with pytest.raises(import_time_settings.ColdStartNeeded,
+                       match="fakegradio.settings \\(line 11\\) depends on FAKE_PORT"):
         import_time_settings.reread(steps, {k: v for k, v in os.environ.items() if k != "FAKE_PORT"})
 
 
@@ -213,9 +214,26 @@ def test_a_fork_sees_every_import_time_setting_as_a_cold_start_with_its_environm
                             log_path=tmp_path / "fork.log")
     assert fork.wait(timeout=60) == 0, (tmp_path / "fork.log").read_text()[-3000:]
 
-    expected, seen = json.loads(cold.stdout), json.loads((tmp_path / "fork.log").read_text())
+    expected = json.loads(cold.stdout)
+    log = (tmp_path / "fork.log").read_text()
+    assert "new interpreter" not in log  # a fork, not a cold start
+    seen = json.loads(log.splitlines()[-1])  # the log may hold warnings too
     assert expected["gradio.oauth.OAUTH_CLIENT_ID"] == repr(environment["OAUTH_CLIENT_ID"])  # not vacuous
     assert {name: seen.get(name) for name in expected if seen.get(name) != expected[name]} == {}
+
+
+@pytest.mark.slow  # a fork that becomes a new interpreter
+def test_a_fork_whose_pinned_setting_differs_becomes_a_new_interpreter(tmp_path):
+    pinned = next(step for step in settings() if isinstance(step, Pinned) and step.module == "gradio.profiling")
+    script = tmp_path / "fresh.py"
+    script.write_text("import sys\nprint('gradio imported:', 'gradio' in sys.modules)\n")
+    environment = processes.clean_env(**{variable: "1" for variable in pinned.variables})  # GRADIO_PROFILING=1
+    fork = warm_start.start([sys.executable, str(script)], env=environment, cwd=tmp_path,
+                            log_path=tmp_path / "fork.log")
+    assert fork.wait(timeout=60) == 0, (tmp_path / "fork.log").read_text()[-3000:]
+    log = (tmp_path / "fork.log").read_text()
+    assert "GRADIO_PROFILING differs from the warm interpreter's; starting as a new interpreter" in log
+    assert log.splitlines()[-1] == "gradio imported: False"  # not the warm interpreter, which has imported it
 
 
 # --- OAuth in a forked app ----------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ server is then a fork of it that takes its own environment, working directory, a
 every setting Gradio took from the environment at import (tests/import_time_settings.py), and runs `app.py`
 (or `-m kling_demo.sandbox`) as `__main__`: a separate process on its own port, stopped by signals like any
 other. The browser tests' shared app, tests whose subject is a cold start (tests/test_spaces.py) and bench/
-keep `python app.py`; so does every server when the installed Gradio is not the one requirements.txt pins.
+keep `python app.py`; so does every server when the installed Gradio is not the one requirements.txt pins, and
+a fork whose environment differs from the warm interpreter's in a setting it cannot redo becomes one.
 """
 
 from __future__ import annotations
@@ -122,7 +123,11 @@ def _run(arguments: list[str], env: dict[str, str], cwd: str, log_path: str | No
     os.environ.update(env)
     os.chdir(cwd)
     _send_output_to(log_path)
-    import_time_settings.reread(settings, inherited)
+    try:
+        import_time_settings.reread(settings, inherited)
+    except import_time_settings.ColdStartNeeded as reason:
+        print(f"warm start: {reason}; starting as a new interpreter instead", file=sys.stderr)
+        os.execv(sys.executable, [sys.executable, *arguments])  # same pid, environment, directory and log
     if arguments[0] == "-m":
         sys.argv = [arguments[1], *arguments[2:]]
         runpy.run_module(arguments[1], run_name="__main__", alter_sys=True)
