@@ -106,7 +106,7 @@ def scan(packages: tuple[str, ...] = PACKAGES, search_path: list[str] | None = N
     """Every import-time dependency on the environment in `packages`, as steps in an order a fork can run them:
     each module after the modules it copies settings from, each module's steps in source order."""
     sources = dict(_module_sources(packages, search_path))
-    trees: dict[str, ast.Module] = {}
+    trees: dict[str, ast.Module | None] = {}
     settings: dict[str, dict[str, tuple[str, ...]]] = {}  # module → name bound at import → its variables
     while True:  # until no module learns a new setting name from another (a copy of a copy)
         # Only a module that mentions the environment or a known setting can matter: parse just those.
