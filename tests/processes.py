@@ -14,6 +14,8 @@ from pathlib import Path
 
 import requests
 
+from tests import warm_start
+
 ROOT = Path(__file__).resolve().parent.parent
 # Settings a developer's shell may carry: never let them reach a process under test.
 FOREIGN_SETTINGS = ("WAVESPEED_", "KLING_DEMO_", "GRADIO_")
@@ -23,7 +25,8 @@ NO_BUDGETS = {"KLING_DEMO_VISITOR_BUDGET_USD": "off", "KLING_DEMO_DAILY_BUDGET_U
 
 
 # tests/conftest.py turns this on: servers are forked from a warm interpreter (tests/warm_start.py) instead of
-# each importing Gradio anew. bench/ and tests of a cold start keep `python app.py`.
+# each importing Gradio anew, if the installed Gradio is the pinned one. bench/ and tests of a cold start keep
+# `python app.py`.
 warm_starts = False
 # tests/conftest.py sets this: every sandbox of the run, in an app or not, keeps and reuses renders there.
 render_store: Path | None = None
@@ -42,9 +45,7 @@ def _stop_leftovers() -> None:
 
 def _start(args: list[str], *, cwd: Path, env: dict[str, str], log_path: Path | None, cold: bool = False):
     """`args` (`python …`) as a new process with its output appended to `log_path`: a Popen or a WarmProcess."""
-    if warm_starts and not cold:
-        from tests import warm_start
-
+    if warm_starts and not cold and warm_start.usable():
         process = warm_start.start(args, env=env, cwd=cwd, log_path=log_path)
     else:
         process = subprocess.Popen(args, cwd=cwd, env=env, stdout=_output(log_path), stderr=subprocess.STDOUT)

@@ -40,7 +40,8 @@ def _missing_browser(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python app.py` as a visitor's server would run it: no key, so the embedded sandbox, on a free port.
+    """`python app.py` as a visitor's server would run it: a new interpreter (not a warm fork), no key, so the
+    embedded sandbox, on a free port.
 
     It runs from an empty temp dir, so a developer's `.env` (perhaps with a real key) is never read.
     `E2E_APP=/path/to/app.py` runs another checkout's app instead of this one.
@@ -49,7 +50,7 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     app_script = os.environ.get("E2E_APP")
     served = start_app_process(workdir / "data", log_path=workdir / "app.log",
                                app_script=Path(app_script) if app_script else None,
-                               env={"KLING_DEMO_SANDBOX_SECONDS": SANDBOX_SECONDS})
+                               env={"KLING_DEMO_SANDBOX_SECONDS": SANDBOX_SECONDS}, cold=True)
     try:
         yield served.url
     finally:
