@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from typing import Any, Awaitable, Callable, MutableMapping
 
 import anyio
@@ -27,6 +28,9 @@ UPLOAD_PATH = "/gradio_api/upload"
 DRAIN_BYTES = 64 * 1024 * 1024  # a refused body up to this size is read first, so the client hears the answer
 _CALLER = CALLER_HEADER.encode()
 NO_LENGTH = Refusal(411, "An upload must say its size (Content-Length); chunked uploads are not taken.")
+# A stamp is let in once, within this many seconds of being made: Gradio replays an MCP call at once.
+STAMP_ENTRY_SECONDS = 60.0
+STAMPS_KEPT = 100_000  # stamps made and not yet let in, at most (an MCP request that is no tool call uses none)
 
 
 class FrontDoor:
@@ -40,6 +44,7 @@ class FrontDoor:
         self.uploads = uploads
         self.clock = clock
         self._shape_logged = False
+        self._issued: OrderedDict[bytes, float] = OrderedDict()  # stamps made, not yet let in → until when
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,6 +56,8 @@ class FrontDoor:
             self._log_shape(scope, client)
         if path.startswith(MCP_PATH):
             self._stamp(scope, client)
+        else:
+            self._let_in_once(scope)
         if scope.get("method") == "POST" and (path.rstrip("/") == UPLOAD_PATH or path.startswith(MCP_PATH)):
             await self._bounded(scope, receive, send, client)
             return
@@ -59,10 +66,25 @@ class FrontDoor:
     def _stamp(self, scope: Scope, client: str | None) -> None:
         """Replace any copy the caller sent with a stamp of the address this route saw: Gradio replays the MCP
         request's headers through its own client on loopback, and the stamp is what survives the trip."""
-        headers = [(name, value) for name, value in scope["headers"] if name.lower() != _CALLER]
+        headers = [(name, value) for name, value in scope["headers"] if name != _CALLER]
         if client:
-            headers.append((_CALLER, stamp_caller(client, self.secret, self.clock()).encode("latin-1")))
+            now = self.clock()
+            stamp = stamp_caller(client, self.secret, now).encode("latin-1")
+            headers.append((_CALLER, stamp))
+            self._issued[stamp] = now + STAMP_ENTRY_SECONDS
+            while self._issued and (len(self._issued) > STAMPS_KEPT or next(iter(self._issued.values())) < now):
+                self._issued.popitem(last=False)
         scope["headers"] = headers
+
+    def _let_in_once(self, scope: Scope) -> None:
+        """Anywhere else a stamp passes only as the replay of the MCP call it was made for: once, and soon. Any
+        other copy (one a client wrote, or a second use) is dropped, so it names nobody even if it verifies."""
+        stamps = [value for name, value in scope["headers"] if name == _CALLER]
+        if not stamps:
+            return
+        until = self._issued.pop(stamps[0], None) if len(stamps) == 1 else None
+        if until is None or until < self.clock():
+            scope["headers"] = [(name, value) for name, value in scope["headers"] if name != _CALLER]
 
     async def _bounded(self, scope: Scope, receive: Receive, send: Send, client: str | None) -> None:
         """Pass a body that fits its sender's hourly bound and the cache's; refuse it with a plain answer."""

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import secrets
 import time
 from typing import Mapping
 
@@ -87,22 +88,25 @@ def visitor_address(headers: Mapping[str, str] | None, peer: str | None, *, secr
 
 
 def stamp_caller(address: str, secret: str, now: float) -> str:
-    """The header value that vouches for `address` for CALLER_STAMP_SECONDS: only the server can make one."""
-    expires = int(now) + CALLER_STAMP_SECONDS
-    return f"{address}|{expires}|{_stamp_mac(secret, address, expires)}"
+    """The header value that vouches for `address` for CALLER_STAMP_SECONDS: only the server can make one, and
+    no two are alike (a nonce), so the front door can let each in once."""
+    expires, nonce = int(now) + CALLER_STAMP_SECONDS, secrets.token_hex(8)
+    return f"{address}|{expires}|{nonce}|{_stamp_mac(secret, address, expires, nonce)}"
 
 
 def stamped_address(stamp: str | None, secret: str, now: float) -> str | None:
     """The address in a stamp this server made and that has not expired, else None."""
-    address, _, rest = (stamp or "").partition("|")
-    expires, _, mac = rest.partition("|")
-    if not (address and expires.isdigit() and mac) or int(expires) < now:
+    parts = (stamp or "").split("|")
+    if len(parts) != 4:
         return None
-    return address if hmac.compare_digest(mac, _stamp_mac(secret, address, int(expires))) else None
+    address, expires, nonce, mac = parts
+    if not (address and expires.isdigit() and nonce and mac) or int(expires) < now:
+        return None
+    return address if hmac.compare_digest(mac, _stamp_mac(secret, address, int(expires), nonce)) else None
 
 
-def _stamp_mac(secret: str, address: str, expires: int) -> str:
-    return hmac.new(secret.encode(), f"caller:{address}:{expires}".encode(), hashlib.sha256).hexdigest()
+def _stamp_mac(secret: str, address: str, expires: int, nonce: str) -> str:
+    return hmac.new(secret.encode(), f"caller:{address}:{expires}:{nonce}".encode(), hashlib.sha256).hexdigest()
 
 
 def spender_id(*, ip: str, hf_username: str | None = None, api_key: str | None = None, secret: str = "") -> str:

@@ -56,9 +56,11 @@ def test_a_stamp_names_an_address_only_as_this_server_made_it():
     stamp = stamp_caller("198.51.100.7", "secret", now)
     assert stamped_address(stamp, "secret", now) == "198.51.100.7"
     assert visitor_address({CALLER_HEADER: stamp}, "127.0.0.1", secret="secret", now=now) == "198.51.100.7"
-    address, expires, mac = stamp.split("|")
-    for forged in (stamp_caller("198.51.100.7", "another secret", now), f"198.51.100.8|{expires}|{mac}",
-                   f"{address}|{int(expires) + 1}|{mac}", "198.51.100.7", "", None):
+    address, expires, nonce, mac = stamp.split("|")
+    assert stamp != stamp_caller("198.51.100.7", "secret", now), "no two stamps are alike"
+    for forged in (stamp_caller("198.51.100.7", "another secret", now), f"198.51.100.8|{expires}|{nonce}|{mac}",
+                   f"{address}|{int(expires) + 1}|{nonce}|{mac}", f"{address}|{expires}|{nonce}0|{mac}",
+                   f"{address}|{expires}|{nonce}|{mac}|x", "198.51.100.7", "", None):
         assert stamped_address(forged, "secret", now) is None, forged
         assert visitor_address({CALLER_HEADER: forged or ""}, "127.0.0.1", secret="secret", now=now) == "127.0.0.1"
     assert stamped_address(stamp, "secret", now + 3601) is None, "a stamp expires"
