@@ -48,6 +48,9 @@ class Caller:
             self._config = self.http.get(self.url + "config", timeout=30).json()
         return self._config
 
+    def component(self, elem_id: str) -> int:
+        return next(c["id"] for c in self.config["components"] if c.get("props", {}).get("elem_id") == elem_id)
+
     def upload(self, path: Path) -> requests.Response:
         with path.open("rb") as picture:
             return self.http.post(self.url + "gradio_api/upload", timeout=60,
