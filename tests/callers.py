@@ -40,6 +40,7 @@ class Caller:
         self.http.headers.update(headers or {})
         self.http.cookies.update(cookies or {})
         self.body = body or {}  # extra fields of every join, e.g. a forged oauth_token
+        self.session_hash = uuid.uuid4().hex  # one tab's: the steps outside the queue share its state
         self._config: dict[str, Any] | None = None
 
     @property
@@ -68,7 +69,8 @@ class Caller:
         return str(output["data"][0]) if message.get("success") else str(output.get("error"))
 
     def join(self, fn_index: int, data: list[Any], timeout: float = 120) -> dict[str, Any]:
-        """Run a queued step; its `process_completed` message."""
+        """Run a queued step in a session of its own (jobs of one caller may run at once); its
+        `process_completed` message."""
         session = uuid.uuid4().hex
         joined = self.http.post(self.url + "gradio_api/queue/join", timeout=30,
                                 json={"data": data, "fn_index": fn_index, "session_hash": session,
@@ -85,8 +87,8 @@ class Caller:
         raise AssertionError("the event stream ended before the step did")
 
     def predict(self, fn_index: int, data: list[Any]) -> dict[str, Any]:
-        """Run a step outside the queue (POST /gradio_api/run/predict); Gradio's answer."""
+        """Run a step outside the queue (POST /gradio_api/run/predict) in this tab's session; Gradio's answer."""
         answer = self.http.post(self.url + "gradio_api/run/predict", timeout=30,
-                                json={"data": data, "fn_index": fn_index, "session_hash": uuid.uuid4().hex,
+                                json={"data": data, "fn_index": fn_index, "session_hash": self.session_hash,
                                       "trigger_id": None, **self.body})
         return answer.json()
