@@ -150,7 +150,7 @@ def _kind(hop: str, trusted: TrustedProxies) -> str:
         return "not an address"
     private = any(address in network for network in PRIVATE_NETWORKS)
     kind = "loopback" if address.is_loopback else "private" if private else "public"
-    return f"{kind}, trusted" if hop and _host(hop) in trusted else kind
+    return f"{kind} (trusted)" if hop and _host(hop) in trusted else kind
 
 
 def _host(hop: str) -> str:

@@ -69,7 +69,7 @@ def test_a_stamp_names_an_address_only_as_this_server_made_it():
 def test_the_proxy_check_names_the_shape_of_the_header_and_no_address():
     trusted = TrustedProxies(SPACE_PROXIES)
     line = forwarded_shape("203.0.113.9, 198.51.100.7, 10.16.0.4", "198.51.100.7", trusted)
-    assert "3 hops [public, public, private, trusted]" in line and "hop 2 of 3 (public)" in line, line
+    assert "3 hops [public, public, private (trusted)]" in line and "hop 2 of 3 (public)" in line, line
     ignored = forwarded_shape("203.0.113.9", "127.0.0.1", TrustedProxies(""))
     assert "1 hop [public]" in ignored and "ignored" in ignored, ignored
     for text in (line, ignored):
