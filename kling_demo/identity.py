@@ -63,14 +63,15 @@ class TrustedProxies:
             if part == "*":
                 raise ValueError("FORWARDED_ALLOW_IPS=* would let every client choose its own address (and budget); "
                                  "name your proxies' addresses or networks instead")
-            try:
-                self._networks.append(ipaddress.ip_network(part, strict=False))
+            try:  # strict, as uvicorn parses it: "10.0.0.1/8" would match nothing there
+                self._networks.append(ipaddress.ip_network(part))
             except ValueError:
                 raise ValueError(f"FORWARDED_ALLOW_IPS must be IP addresses or networks separated by commas, "
                                  f"got {part!r}") from None
 
     def __contains__(self, host: object) -> bool:
-        address = _address(str(host or ""))
+        """Whether uvicorn trusts `host` (its own test: the address as written, an IPv4-mapped one unmapped not)."""
+        address = _address(str(host or ""), unmap=False)
         return address is not None and any(address in network for network in self._networks)
 
     def __bool__(self) -> bool:
@@ -135,11 +136,18 @@ def forwarded_shape(forwarded: str, visitor: str | None, trusted: TrustedProxies
     ignored because the connection came from no trusted proxy."""
     hops = [hop.strip() for hop in forwarded.split(",")]
     kinds = [_kind(hop, trusted) for hop in hops]
-    taken = next((n for n in range(len(hops) - 1, -1, -1) if _host(hops[n]) == visitor), None)
+    taken = next((n for n in range(len(hops) - 1, -1, -1) if _host(hops[n]) == visitor and _host(hops[n]) not in
+                  trusted), None)
+    if taken is None and hops and _host(hops[0]) == visitor:  # uvicorn's answer when every hop is trusted
+        taken = 0
+    if not trusted:  # nothing is trusted: a hop equal to the connection's address is a coincidence
+        taken = None
     shape = f"X-Forwarded-For with {len(hops)} hop{'s' if len(hops) != 1 else ''} [{', '.join(kinds)}]"
     if taken is None:
         return (f"{shape} from a connection that is not a trusted proxy (FORWARDED_ALLOW_IPS): the header is "
                 "ignored and the visitor is the connection's own address")
+    if _host(hops[taken]) in trusted:
+        return f"{shape}: every hop is a trusted proxy, so the visitor is the first hop ({kinds[taken]})"
     return (f"{shape}: the visitor is hop {taken + 1} of {len(hops)} ({kinds[taken]}), the rightmost that is not "
             "a trusted proxy")
 
@@ -163,11 +171,11 @@ def _host(hop: str) -> str:
     return text
 
 
-def _address(raw: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def _address(raw: str, *, unmap: bool = True) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         address = ipaddress.ip_address(_host(raw))
     except ValueError:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+    if unmap and isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         return address.ipv4_mapped
     return address

@@ -38,7 +38,7 @@ def test_locally_no_proxy_is_trusted_and_on_a_space_the_private_ranges_are():
     assert trusted_proxies({"KLING_DEMO_TRUSTED_PROXY": "true"}) == SPACE_PROXIES
     assert trusted_proxies({"SPACE_ID": "me/app", "KLING_DEMO_TRUSTED_PROXY": "false"}) == ""
     assert Settings.from_env({"SPACE_ID": "me/app"}, None).trusted_proxies == SPACE_PROXIES
-    for bad in ("*", "proxy.example", "10.0.0.0/33"):
+    for bad in ("*", "proxy.example", "10.0.0.0/33", "10.0.0.1/8"):
         with pytest.raises(ValueError, match="FORWARDED_ALLOW_IPS"):
             Settings.from_env({"FORWARDED_ALLOW_IPS": bad}, None)
 
@@ -70,8 +70,11 @@ def test_the_proxy_check_names_the_shape_of_the_header_and_no_address():
     trusted = TrustedProxies(SPACE_PROXIES)
     line = forwarded_shape("203.0.113.9, 198.51.100.7, 10.16.0.4", "198.51.100.7", trusted)
     assert "3 hops [public, public, private (trusted)]" in line and "hop 2 of 3 (public)" in line, line
+    inside = forwarded_shape("10.1.2.3, 10.16.0.4", "10.1.2.3", trusted)
+    assert "every hop is a trusted proxy, so the visitor is the first hop (private (trusted))" in inside, inside
     ignored = forwarded_shape("203.0.113.9", "127.0.0.1", TrustedProxies(""))
     assert "1 hop [public]" in ignored and "ignored" in ignored, ignored
+    assert "ignored" in forwarded_shape("127.0.0.1", "127.0.0.1", TrustedProxies(""))
     for text in (line, ignored):
         assert "203.0.113" not in text and "198.51.100" not in text and "10.16" not in text
 
