@@ -7,7 +7,8 @@ then `--workers` threads from one address call the REST API (`/gradio_api/call/g
 `/api/v3/model/price`, and the app's peak RSS from `/proc/<pid>/status` (VmHWM).
 
 Run: python bench/flood.py [--seconds 60] [--workers 8] [--visitor-budget USD] [--daily-budget USD]
-                           [--per-minute N] [--inference-seconds 2]. Figures only, no asserts.
+                           [--per-minute N] [--inference-seconds 2] [--forge-forwarded]. Figures only, no asserts.
+`--forge-forwarded` has every call name another address in X-Forwarded-For and carry an `oauth_token`.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ def memory_mb(pid: int, field: str) -> float:
         return next(int(line.split()[1]) for line in status if line.startswith(field + ":")) / 1024
 
 
-def one_call(url: str, file_data: dict, n: int) -> str:
+def one_call(url: str, file_data: dict, n: int, forge: bool = False) -> str:
     """One /generate call to its end: "paid" (a video came back), "refused: <which limit>", or "other: …"."""
-    call = requests.post(url + "gradio_api/call/generate", timeout=30,
-                         json={"data": [file_data, f"flood {n}", "", 0.5, 5, None]})
+    forged = {"X-Forwarded-For": f"203.0.113.{n % 250 + 1}"} if forge else {}
+    call = requests.post(url + "gradio_api/call/generate", timeout=30, headers=forged,
+                         json={"data": [file_data, f"flood {n}", "", 0.5, 5, None],
+                               **({"oauth_token": f"hf_forged_{n}"} if forge else {})})
     if call.status_code != 200:
         return f"other: HTTP {call.status_code}"
     text = requests.get(f"{url}gradio_api/call/generate/{call.json()['event_id']}", timeout=300).text
@@ -60,6 +63,8 @@ def main() -> None:
     parser.add_argument("--daily-budget", default="", help="KLING_DEMO_DAILY_BUDGET_USD (default: the app's)")
     parser.add_argument("--per-minute", default="", help="KLING_DEMO_SUBMITS_PER_MINUTE (default: the app's)")
     parser.add_argument("--inference-seconds", type=float, default=2.0)
+    parser.add_argument("--forge-forwarded", action="store_true",
+                        help="each call names another address in X-Forwarded-For and carries an oauth_token")
     args = parser.parse_args()
 
     env = {"WAVESPEED_API_KEY": "server-key", "KLING_DEMO_LOG_LEVEL": "WARNING",
@@ -93,7 +98,7 @@ def main() -> None:
             def worker() -> None:
                 while time.monotonic() < deadline:
                     try:
-                        result = one_call(app.url, file_data, next(counter))
+                        result = one_call(app.url, file_data, next(counter), args.forge_forwarded)
                     except requests.RequestException as error:
                         result = f"other: {type(error).__name__}"
                     with lock:
@@ -117,7 +122,8 @@ def main() -> None:
     def limit(value: float | int | None, unit: str = "$") -> str:
         return "off" if value is None else (f"${value:.2f}" if unit == "$" else f"{value}")
 
-    print(f"flood: {args.seconds:.0f} s asked, {wall:.1f} s run, {args.workers} calls at once from one address")
+    forged = ", each forging X-Forwarded-For and oauth_token" if args.forge_forwarded else ""
+    print(f"flood: {args.seconds:.0f} s asked, {wall:.1f} s run, {args.workers} calls at once from one address{forged}")
     print(f"budgets: visitor {limit(settings.visitor_budget_usd)} / 24 h, app {limit(settings.daily_budget_usd)} "
           f"/ 24 h, {limit(settings.submits_per_minute, '')} submits a minute; price ${price:.2f} per 5 s video")
     print(f"requests: {sum(outcomes.values())} in all; refused {refused}; outcomes {dict(outcomes)}")

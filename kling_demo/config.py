@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from .identity import TrustedProxies
 from .storage import DEFAULT_MIN_FREE_MB
 
 DEFAULT_BASE_URL = "https://api.wavespeed.ai"
@@ -91,6 +92,22 @@ def _bool(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     return raw in ("1", "true", "yes", "on")
 
 
+# Where a Spaces proxy reaches the app from: the private ranges (RFC 1918), loopback, IPv6 unique-local and loopback.
+SPACE_PROXIES = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,127.0.0.0/8,::1,fc00::/7"
+
+
+def trusted_proxies(env: Mapping[str, str]) -> str:
+    """The proxies whose X-Forwarded-For names the visitor, in uvicorn's `FORWARDED_ALLOW_IPS` form.
+
+    `FORWARDED_ALLOW_IPS` when set (even empty). Otherwise the private ranges on a Space (`SPACE_ID`), or
+    wherever `KLING_DEMO_TRUSTED_PROXY=true` (its older spelling); else nothing: the socket peer is the
+    visitor and forwarded headers are ignored, whatever uvicorn would trust by default."""
+    if "FORWARDED_ALLOW_IPS" in env:
+        return TrustedProxies(env["FORWARDED_ALLOW_IPS"]).spec
+    on_a_space = bool(env.get("SPACE_ID", "").strip())
+    return SPACE_PROXIES if _bool(env, "KLING_DEMO_TRUSTED_PROXY", default=on_a_space) else ""
+
+
 def _budgets(env: Mapping[str, str], *, server_key: bool) -> dict[str, float | int | None]:
     """The three spending limits; their defaults apply only when a real key pays (not the sandbox)."""
     per_minute = _limit(env, "KLING_DEMO_SUBMITS_PER_MINUTE", DEFAULT_SUBMITS_PER_MINUTE if server_key else None)
@@ -130,7 +147,10 @@ class Settings:
     visitor_budget_usd: float | None = None  # per visitor per rolling 24 h
     daily_budget_usd: float | None = None  # the whole app per rolling 24 h
     submits_per_minute: int | None = None  # per visitor
-    trusted_proxy: bool = False  # the first X-Forwarded-For hop is the caller (true on a Space)
+    # FORWARDED_ALLOW_IPS for uvicorn: the visitor is the rightmost X-Forwarded-For hop not in it ("": the peer)
+    trusted_proxies: str = ""
+    upload_mb_per_hour: float = 1000.0  # what one address may upload into Gradio's cache per rolling hour
+    upload_cache_gb: float = 10.0  # the most Gradio's upload cache may hold; then uploads are refused
     public_url: str | None = None  # where WaveSpeed can reach this app (webhooks); None: polling only
     webhook_secret: str | None = field(default=None, repr=False)  # WaveSpeed's `whsec_…`, verifies webhooks
     show_balance: bool = False  # visitors see the server key's WaveSpeed balance (a visitor's own key: always)
@@ -182,7 +202,9 @@ class Settings:
             show_balance=_bool(merged, "KLING_DEMO_SHOW_BALANCE"),
             public_url=public_url(merged),
             webhook_secret=merged.get("WAVESPEED_WEBHOOK_SECRET", "").strip() or None,
-            trusted_proxy=_bool(merged, "KLING_DEMO_TRUSTED_PROXY", default=bool(merged.get("SPACE_ID", "").strip())),
+            trusted_proxies=trusted_proxies(merged),
+            upload_mb_per_hour=max(0.0, _float(merged, "KLING_DEMO_UPLOAD_MB_PER_HOUR", cls.upload_mb_per_hour)),
+            upload_cache_gb=max(0.0, _float(merged, "KLING_DEMO_UPLOAD_CACHE_GB", cls.upload_cache_gb)),
             **_budgets(merged, server_key=bool(merged.get("WAVESPEED_API_KEY", "").strip())),
         )
 

@@ -31,11 +31,14 @@ from .poller import Poller
 from .polling import InferenceHistory
 from .prices import FREE_IN_SANDBOX, PRICE_UNAVAILABLE, QuoteCache, money, price_guard, quoted_cost
 from .recovery import Recovery
-from .visitors import JobSlots
+from .visitors import JobSlots, Throttle
 from .webhooks import Receiver
 
 log = logging.getLogger(__name__)
 RECENT_TASKS = 20  # tasks shown under "Your WaveSpeed tasks"
+# Keys checked against WaveSpeed a minute, per browser and per address: a person pastes a key, maybe fixes it
+# once; a script trying keys gets a handful a minute from each address.
+KEY_CHECKS_PER_MINUTE = {"owner": 5, "address": 10}
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,7 @@ class Service:
         self.followers = Followers()
         self.connections = Connections()  # every job of a key shares its connections (and keyless ones for files)
         self.slots = JobSlots()
+        self.key_checks = Throttle(KEY_CHECKS_PER_MINUTE)
         # Webhooks, when the app knows its public URL and the secret: a verified one wakes the task's follower.
         self.notices = Notices()
         self.poller = Poller()  # polls every running task on its schedule; jobs subscribe to their task
@@ -237,8 +241,9 @@ class Service:
         """Start a job for the visitor (not yet run: iterate the returned `Job`)."""
         self._require_key(visitor)
         on_close = contextlib.ExitStack()
-        # The cap guards the server's key; the free sandbox and a visitor's own key have none.
-        on_close.enter_context(self.slots.hold(visitor.owner, None if visitor.api_key or self.is_sandbox
+        # The cap guards the server's key, per spender (the budgets' visitor, not a browser id anyone can mint);
+        # the free sandbox and a visitor's own key have none.
+        on_close.enter_context(self.slots.hold(self.spender(visitor), None if visitor.api_key or self.is_sandbox
                                                else self.settings.max_jobs_per_visitor))
         ctx = self.context(visitor.owner, visitor.api_key, None if visitor.operator else self.spender(visitor),
                            operator=visitor.operator)
@@ -332,12 +337,19 @@ class Service:
                 log.info("price line: no balance (%s)", type(error).__name__)
         return line
 
-    def key_status(self, api_key: str | None) -> str:
-        """What the page says as soon as a visitor enters their own key (never the key itself)."""
+    def key_status(self, api_key: str | None, *, owner: str | None = None, address: str | None = None) -> str:
+        """What the page says as soon as a visitor enters their own key (never the key itself).
+
+        Checks are limited per `owner` and per `address` (KEY_CHECKS_PER_MINUTE), so the page is no oracle for
+        guessing keys: past the limit WaveSpeed is asked nothing."""
         if not api_key:
             return ""
         if self.is_sandbox:
             return "Sandbox mode: nothing is billed, so keys are not checked."
+        wait = self.key_checks.take(owner=owner, address=address)
+        if wait is not None:
+            return (f"Too many keys were checked from this browser or address in the last minute. This key was not "
+                    f"checked; enter it again in {wait} s, or just generate: it is used when you do.")
         try:
             held = self.balance(Visitor("", api_key))
         except AuthenticationFailed:

@@ -17,19 +17,23 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
 import anyio
 import gradio as gr
+from gradio.utils import get_upload_folder
 from PIL import Image
+from starlette.middleware import Middleware
 
 from . import history_view, media, ticks, webhooks, wording
 from .backend import Backend
 from .config import Settings
 from .errors import InputRejected, KlingDemoError
-from .identity import client_address, oauth_enabled, spender_id
+from .front_door import FrontDoor
+from .identity import TrustedProxies, oauth_enabled, spender_id, visitor_address
 from .inputs import check_duration, check_guidance, check_prompt, check_task_id
 from .jobs import JobRequest, JobUpdate, Stage, format_seconds
 from .models import DEFAULT_MODEL
 from .progress import Estimate, EstimateSource, ProgressView, Tracker, estimate
 from .service import FormFill, Job, Service, Visitor
 from .stepping import step_updates
+from .upload_bounds import GB, MB, UploadBounds
 from .visitors import (OWNER_STORAGE_KEY, OWNER_STORAGE_OBFUSCATION, new_owner_id, resolve_owner, sign_owner,
                        verified_owner, visitor_key)
 
@@ -357,9 +361,10 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         return Visitor(resolve_owner(owner_id, secret=secret, api_key=api_key, ip=_ip(request)))
 
     def _ip(request: gr.Request | None) -> str:
+        """The caller's address: uvicorn's answer under the app's trusted proxies (see guard_launch), or the one
+        a signed stamp names for an MCP call replayed by Gradio's own client."""
         peer = request.client.host if request is not None and request.client is not None else None
-        return client_address(request.headers if request is not None else None, peer,
-                              trust_forwarded=settings.trusted_proxy)
+        return visitor_address(request.headers if request is not None else None, peer, secret=secret)
 
     def validate(image: str | None, prompt: str | None, negative_prompt: str | None, guidance_scale: float,
                  duration: int, end_image: str | None, owner_id: str | None = None,
@@ -532,13 +537,15 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         return words(service.price_line(Visitor("", key_for_lines(typed, request)), duration))
 
     @plain_errors()
-    def show_key_status(typed: str | None) -> str:
-        """As soon as a key is entered: accepted (with its balance) or rejected; the key itself is never shown."""
+    def show_key_status(typed: str | None, owner_id: str | None, request: gr.Request) -> str:
+        """As soon as a key is entered: accepted (with its balance) or rejected; the key itself is never shown.
+        Limited per browser and per address (Service.key_status)."""
         try:
             api_key = visitor_key(typed, None)
         except KlingDemoError as error:
             return words(str(error))
-        return words(service.key_status(api_key))
+        owner = verified_owner(owner_id, secret)
+        return words(service.key_status(api_key, owner=f"browser:{owner}" if owner else None, address=_ip(request)))
 
     @plain_errors()
     def show_spend(owner_id: str | None, request: gr.Request) -> str:
@@ -795,7 +802,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         demo.load(show_price, inputs=[duration, key_box], outputs=price, **quiet)
         duration.change(show_price, inputs=[duration, key_box], outputs=price, **quiet)
         key_box.change(show_price, inputs=[duration, key_box], outputs=price, **quiet)
-        key_box.change(show_key_status, inputs=key_box, outputs=key_status, **quiet)
+        key_box.change(show_key_status, inputs=[key_box, owner_id], outputs=key_status, **quiet)
         gallery.change(show_spend, inputs=owner_id, outputs=spend, **quiet)
 
         # -- "Your WaveSpeed tasks": with one's own key, its recent tasks, each brought into the history by a pick
@@ -877,8 +884,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                                  outputs=[*selected_out, gallery, history_ids], queue=False, **private)
 
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
-    if service.webhooks is not None:
-        serve_beside(demo, webhooks.route(service.webhooks))
+    guard_launch(demo, settings, secret, *([webhooks.route(service.webhooks)] if service.webhooks else []))
     hold_queue_limit(demo)
     run_more_than_forty(demo, settings.concurrency)
     demo.service = service  # type: ignore[attr-defined]  # tests reach the journal and the sandbox through it
@@ -899,17 +905,31 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     return demo
 
 
-def serve_beside(demo: gr.Blocks, *routes: Any) -> None:
-    """Serve extra FastAPI routes beside the page, however `demo` is launched.
+def guard_launch(demo: gr.Blocks, settings: Settings, secret: str, *routes: Any) -> None:
+    """Launch `demo`, however it is launched, behind the app's front door and with extra routes beside it.
 
-    Gradio 6.31 builds its FastAPI app inside `launch()`, and a Space may call `demo.launch()` itself without
-    our options, so the instance's `launch` is wrapped to pass the routes in `app_kwargs` (FastAPI's `routes`,
-    registered ahead of Gradio's own). Wrapped per instance, like `frame_input`."""
+    - uvicorn trusts exactly `settings.trusted_proxies`: it reads `FORWARDED_ALLOW_IPS` inside `launch()`
+      (`uvicorn.Config`) and rewrites `request.client.host` to the rightmost X-Forwarded-For address not in it;
+      left alone it would trust loopback, where any local proxy, tunnel or share link arrives.
+    - `front_door.FrontDoor` (FastAPI `middleware`) stamps MCP callers and bounds uploads; `num_workers=0` keeps
+      uploads in this process, so no static worker serves them around it.
+    - `routes` (FastAPI `routes`) are registered ahead of Gradio's own.
+    Gradio 6.31 builds its FastAPI app inside `launch()`, and a Space may call `demo.launch()` itself without our
+    options, so the instance's `launch` is wrapped. Wrapped per instance, like `frame_input`."""
     stock_launch = demo.launch
 
     def launch(*args: Any, **kwargs: Any) -> Any:
+        uploads = UploadBounds(get_upload_folder(), per_address_bytes=int(settings.upload_mb_per_hour * MB),
+                               total_bytes=int(settings.upload_cache_gb * GB))
+        door = Middleware(FrontDoor, secret=secret, trusted=TrustedProxies(settings.trusted_proxies), uploads=uploads)
         app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
         app_kwargs["routes"] = [*routes, *(app_kwargs.get("routes") or [])]
+        app_kwargs["middleware"] = [door, *(app_kwargs.get("middleware") or [])]
+        kwargs["num_workers"] = 0
+        os.environ["FORWARDED_ALLOW_IPS"] = settings.trusted_proxies
+        log.info("a visitor's address is %s", f"the rightmost X-Forwarded-For hop that is not a trusted proxy "
+                 f"({settings.trusted_proxies})" if settings.trusted_proxies else
+                 "the connection's own (no proxy is trusted; X-Forwarded-For is ignored)")
         return stock_launch(*args, app_kwargs=app_kwargs, **kwargs)
 
     demo.launch = launch  # type: ignore[method-assign]

@@ -1,4 +1,4 @@
-"""Who is asking: each browser's owner id, the key a visitor brings, and per-visitor job caps.
+"""Who is asking: each browser's owner id, the key a visitor brings, per-visitor job caps and key checks.
 
 A browser keeps a *signed* owner id (`owner_id.HMAC`): the server secret never leaves the server, so a
 visitor cannot forge another's id. Callers without one (scripts, MCP agents) are known by their key's keyed
@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import threading
+import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from contextlib import contextmanager
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 from .errors import InputRejected, VisitorCapReached
 from .identity import key_id
@@ -95,24 +97,69 @@ def check_key_characters(key: str) -> None:
 
 
 class JobSlots:
-    """Caps how many jobs one visitor runs at once on the server's key."""
+    """Caps how many jobs one spender (identity.spender_id: their address, or HF account) runs at once on the
+    server's key: a browser's owner id costs nothing to mint, so it cannot be what the cap counts."""
 
     def __init__(self) -> None:
         self._running: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     @contextmanager
-    def hold(self, owner: str, limit: int | None) -> Iterator[None]:
+    def hold(self, spender: str, limit: int | None) -> Iterator[None]:
         with self._lock:
-            if limit is not None and self._running[owner] >= limit:
+            if limit is not None and self._running[spender] >= limit:
                 raise VisitorCapReached(
-                    f"You already have {self._running[owner]} generation(s) running, the most one visitor may run "
-                    f"at once on this Space's key ({limit}). Wait for one to finish, or enter your own WaveSpeed key.")
-            self._running[owner] += 1
+                    f"{self._running[spender]} generation(s) are already running for you on this Space's key (counted "
+                    f"by your address, or by your Hugging Face account when signed in), the most one visitor may run "
+                    f"at once ({limit}). Wait for one to finish, or enter your own WaveSpeed key.")
+            self._running[spender] += 1
         try:
             yield
         finally:
             with self._lock:
-                self._running[owner] -= 1
-                if self._running[owner] <= 0:
-                    del self._running[owner]
+                self._running[spender] -= 1
+                if self._running[spender] <= 0:
+                    del self._running[spender]
+
+
+class Throttle:
+    """At most `limits[kind]` events per `window` seconds for each name of each kind (e.g. per owner and per
+    address); an event counts for all its names or for none. Memory: `limit` times per name, and names idle
+    for a window are forgotten."""
+
+    def __init__(self, limits: Mapping[str, int], window: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = dict(limits)
+        self.window = window
+        self._clock = clock
+        self._events: dict[tuple[str, str], deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, **names: str | None) -> int | None:
+        """Count one event for every given `kind=name` (None: not counted); if one is at its limit, count
+        nothing and return the whole seconds until it is not."""
+        with self._lock:
+            now = self._clock()
+            if len(self._events) > 10_000:
+                self._forget_idle(now)
+            keys = [(kind, name) for kind, name in names.items() if name is not None]
+            wait = 0.0
+            for key in keys:
+                times = self._recent(key, now)
+                if len(times) >= self.limits[key[0]]:
+                    wait = max(wait, (times[0] if times else now) + self.window - now)
+            if wait > 0:
+                return max(1, math.ceil(wait))
+            for key in keys:
+                self._events[key].append(now)
+            return None
+
+    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
+        times = self._events.setdefault(key, deque())
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        return times
+
+    def _forget_idle(self, now: float) -> None:
+        for key in [key for key, times in self._events.items() if not times or times[-1] <= now - self.window]:
+            del self._events[key]

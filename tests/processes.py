@@ -17,8 +17,10 @@ import requests
 from tests import warm_start
 
 ROOT = Path(__file__).resolve().parent.parent
-# Settings a developer's shell may carry: never let them reach a process under test.
-FOREIGN_SETTINGS = ("WAVESPEED_", "KLING_DEMO_", "GRADIO_")
+# Settings a developer's shell (or an app launched in the test process) may carry: never let them reach a process
+# under test. The proxy, Space and sign-in ones change who a visitor is.
+FOREIGN_SETTINGS = ("WAVESPEED_", "KLING_DEMO_", "GRADIO_", "FORWARDED_ALLOW_IPS", "SPACE_", "SYSTEM", "OAUTH_",
+                    "OPENID_PROVIDER_URL")
 # Spending limits off: tests of other things run many jobs from one address; the budget tests set them.
 NO_BUDGETS = {"KLING_DEMO_VISITOR_BUDGET_USD": "off", "KLING_DEMO_DAILY_BUDGET_USD": "off",
               "KLING_DEMO_SUBMITS_PER_MINUTE": "off"}

@@ -91,8 +91,8 @@ def _all(journal: Journal):
 
 
 def test_two_visitors_never_see_or_resume_each_others_tasks(tmp_path, external_sandbox, make_image):
-    # API callers are told apart by their address (behind a trusted proxy, the first forwarded hop).
-    app = start_app_process(tmp_path / "data", env={**live_env(external_sandbox.url), "KLING_DEMO_TRUSTED_PROXY": "true"},
+    # API callers are told apart by their address (behind a trusted proxy, the hop it appended: here the only one).
+    app = start_app_process(tmp_path / "data", env={**live_env(external_sandbox.url), "FORWARDED_ALLOW_IPS": "127.0.0.1"},
                             log_path=tmp_path / "app.log")
     try:
         alice = Client(app.url, verbose=False, headers={"X-Forwarded-For": "203.0.113.10"})

@@ -7,8 +7,11 @@ canary as KLING_DEMO_SECRET so a test can tell whether it leaked.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import re
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -17,9 +20,10 @@ import requests
 from gradio_client import Client, handle_file
 
 from kling_demo.errors import InputRejected
-from kling_demo.identity import client_address, key_id
+from kling_demo.identity import CALLER_HEADER, key_id, stamp_caller
 from kling_demo.visitors import (OWNER_STORAGE_OBFUSCATION, resolve_owner,
                                  sign_owner, verified_owner)
+from tests.callers import Caller
 from tests.page_session import PageSession, error_of
 from tests.processes import Served, start_app_process, start_sandbox_process
 from tests.test_mcp import call_tool, needs_mcp
@@ -54,24 +58,18 @@ def test_callers_without_a_page_are_their_keys_hash_else_their_ip():
         resolve_owner("", secret=SECRET, api_key="k", from_page=True)
 
 
-def test_the_forwarded_ip_counts_only_behind_a_trusted_proxy():
-    headers = {"x-forwarded-for": "203.0.113.7, 10.0.0.1"}
-    assert client_address(headers, "10.0.0.2", trust_forwarded=True) == "203.0.113.7"
-    assert client_address(headers, "10.0.0.2", trust_forwarded=False) == "10.0.0.2"
-    assert client_address({}, "10.0.0.2", trust_forwarded=True) == "10.0.0.2"
-
-
 # --- the running app ------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def production(tmp_path_factory):
-    """Sandbox (any key is an account) + app on its server key, behind a 'proxy', MCP on, a known secret."""
+    """Sandbox (any key is an account) + app on its server key, behind a 'proxy' on loopback (with an inner
+    proxy at 10.0.0.1), MCP on, a known secret."""
     folder = tmp_path_factory.mktemp("production")
     sandbox = start_sandbox_process("--inference-seconds", "1", log_path=folder / "sandbox.log")
     app = start_app_process(folder / "data", log_path=folder / "app.log",
                             env={"WAVESPEED_API_KEY": "server-key", "WAVESPEED_BASE_URL": sandbox.url,
-                                 "KLING_DEMO_SECRET": SECRET, "KLING_DEMO_TRUSTED_PROXY": "true",
+                                 "KLING_DEMO_SECRET": SECRET, "FORWARDED_ALLOW_IPS": "127.0.0.1,10.0.0.0/8",
                                  "KLING_DEMO_MCP": "1"})
     yield app, sandbox
     app.stop()
@@ -160,6 +158,64 @@ def test_two_mcp_clients_cannot_see_each_others_tasks(production, make_image):
         assert "not in your history" in text(stolen) or "not found" in text(stolen), text(stolen)
         again = run_async(call_tool(app, "resume", {"task_id": task_id}, one))  # a new MCP session, same agent
         assert not again.isError and "already in your history" in text(again), text(again)
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    """The app on its server key with MCP on and no proxy trusted: the connection's own address is the caller."""
+    folder = tmp_path_factory.mktemp("local")
+    sandbox = start_sandbox_process("--inference-seconds", "1", log_path=folder / "sandbox.log")
+    app = start_app_process(folder / "data", log_path=folder / "app.log",
+                            env={"WAVESPEED_API_KEY": "server-key", "WAVESPEED_BASE_URL": sandbox.url,
+                                 "KLING_DEMO_SECRET": SECRET, "KLING_DEMO_MCP": "1"})
+    yield app, sandbox
+    app.stop()
+    sandbox.stop()
+
+
+async def call_tool_from(source: str, app: Served, name: str, arguments: dict, headers: dict[str, str]):
+    """One MCP tool call over Streamable HTTP from a connection that leaves from `source` (a loopback address)."""
+    import httpx
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    transport = httpx.AsyncHTTPTransport(local_address=source)
+    async with httpx.AsyncClient(headers=headers, transport=transport, timeout=httpx.Timeout(30, read=300)) as http:
+        async with streamable_http_client(app.url + "gradio_api/mcp/", http_client=http) as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                return await asyncio.wait_for(session.call_tool(name, arguments), timeout=60)
+
+
+def tool_text(result) -> str:
+    return " ".join(part.text for part in result.content if hasattr(part, "text"))
+
+
+@needs_mcp
+def test_keyless_mcp_agents_cannot_name_each_others_address(local, make_image):
+    """Gradio replays every queued MCP call through one client on loopback with the agent's own headers: what
+    the MCP route saw of the agent (127.0.0.2 here) survives as a stamp only the server makes, used once."""
+    app, sandbox = local
+    picture = "data:image/png;base64," + base64.b64encode(make_image(size=(720, 480)).read_bytes()).decode()
+    made = run_async(call_tool_from("127.0.0.2", app, "generate", {"image": picture, "prompt": "a kite"}, {}))
+    assert not made.isError and "Done" in tool_text(made), tool_text(made)
+    task_id = TASK_ID.findall(tool_text(made))[0]
+
+    genuine = stamp_caller("127.0.0.2", SECRET, time.time())  # as the server would make it: copied, not issued
+    posers = [{"X-Forwarded-For": "127.0.0.2"}, {CALLER_HEADER: genuine},
+              {CALLER_HEADER: stamp_caller("127.0.0.2", "a guessed secret", time.time())}, {}]
+    for headers in posers:  # from 127.0.0.1, which before this change was every keyless agent's identity
+        stolen = run_async(call_tool_from("127.0.0.1", app, "resume", {"task_id": task_id}, headers))
+        assert stolen.isError and ".mp4" not in tool_text(stolen), (headers, tool_text(stolen))
+        assert "not in your history" in tool_text(stolen), tool_text(stolen)
+    # The copied stamp through Gradio's own API, without MCP: the door lets in only stamps it made, once.
+    resume = next(d for d in Caller(app.url).config["dependencies"] if d.get("api_name") == "resume")
+    direct = Caller(app.url, headers={CALLER_HEADER: genuine}).join(resume["id"], [task_id, None, None, None])
+    assert not direct["success"] and "not in your history" in str(direct["output"]["error"]), direct["output"]
+
+    again = run_async(call_tool_from("127.0.0.2", app, "resume", {"task_id": task_id}, {}))
+    assert not again.isError and "already in your history" in tool_text(again), tool_text(again)
+    assert requests.get(sandbox.url + "/sandbox/stats", timeout=5).json()["submissions"] == 1
 
 
 # --- sandbox mode: tasks stay with the key that made them --------------------------------------------------------

@@ -187,8 +187,8 @@ def test_a_space_that_requires_your_own_key_refuses_a_request_without_one(proces
 
 def test_one_visitor_runs_at_most_the_cap_on_the_servers_key(processes, make_image):
     sandbox, app, _ = processes(("--inference-seconds", "8"), {"KLING_DEMO_MAX_JOBS_PER_VISITOR": "1",
-                                                                "KLING_DEMO_TRUSTED_PROXY": "true"})
-    # Without a page, a visitor is their IP (the first X-Forwarded-For hop behind the Space's proxy).
+                                                                "FORWARDED_ALLOW_IPS": "127.0.0.1"})
+    # Without a page, a visitor is their IP (the X-Forwarded-For hop the trusted proxy on loopback appended).
     visitor = Client(app.url, verbose=False, headers={"X-Forwarded-For": "198.51.100.1"})
     other = Client(app.url, verbose=False, headers={"X-Forwarded-For": "198.51.100.2"})
     own_key = client(app, canary())

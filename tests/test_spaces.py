@@ -126,9 +126,9 @@ def front_matter() -> dict:
 
 def pinned_gradio() -> str:
     for line in (ROOT / "requirements.txt").read_text().splitlines():
-        match = re.fullmatch(r"\s*gradio\s*==\s*([\w.]+)\s*(#.*)?", line)
+        match = re.fullmatch(r"\s*gradio(\[[\w,\s]+\])?\s*==\s*([\w.]+)\s*(#.*)?", line)
         if match:
-            return match.group(1)
+            return match.group(2)
     pytest.fail("requirements.txt does not pin gradio with ==")
 
 
