@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -56,6 +57,9 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (owner, created_at DESC);
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status);
 """
+BASE_COLUMNS = frozenset({"task_id", "owner", "model", "api_base", "key_source", "params", "first_frame", "status",
+                          "created_at", "updated_at", "finished_at", "inference_ms", "video_path", "error"})
+OWN_TABLES = frozenset({"tasks", "spend"})  # the budgets' ledger keeps `spend` in the same file
 # Columns added after the first release, each nullable, added to an older file when it is opened.
 ADDED_COLUMNS = (
     ("price", "REAL"),  # WaveSpeed's quote at submission (None: not known, e.g. a task fetched by id, the sandbox)
@@ -130,24 +134,37 @@ class Journal:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._connections = ThreadConnections(self.path, check=check_header)
         self._lock = threading.Lock()
         self._prepare_lock = threading.Lock()
         self._ready = False
+        self._read_trouble = ""  # the last read failure logged, so a broken journal is not logged on every read
         try:
             self._prepare()
+        except _Unusable as error:  # a path that is not a file: one plain sentence, no traceback
+            log.error("journal: %s", error)
+            self._read_trouble = str(error)
         except sqlite3.OperationalError as error:  # full or read-only disk: start anyway, retry on each use
             log.error("journal: %s cannot be opened (%s); the app runs without history and refuses new jobs "
                       "until the data dir can be written again", self.path.name, error)
+            self._read_trouble = str(error)
 
     def _prepare(self) -> None:
-        """Open the journal for use; a file that is not a sound database is moved aside and started afresh."""
+        """Open the journal for use; a file that is not a sound database, or not this app's journal, is moved
+        aside and started afresh. Raises sqlite3.OperationalError while it cannot be opened (full or read-only
+        disk, a directory in its place)."""
         with self._prepare_lock:
             if self._ready:
                 return
+            if self.path.is_dir():
+                raise _Unusable(f"{self.path.name} in the data dir (KLING_DEMO_DATA_DIR) is a directory, not the "
+                                "journal file; the app runs without history and refuses new jobs until that "
+                                "directory is moved elsewhere")
             try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._open()
+            except OSError as error:  # the data dir cannot be made, or the file read: as SQLite's own failures
+                raise sqlite3.OperationalError(os.strerror(error.errno) if error.errno else str(error)) from error
             except sqlite3.OperationalError:
                 raise
             except sqlite3.DatabaseError as error:
@@ -158,10 +175,12 @@ class Journal:
             self._ready = True
 
     def _open(self) -> None:
-        """Create the table if needed and check the file is a sound database (raises DatabaseError if not)."""
+        """Create the tables if needed and check the file is a sound database of this app (raises DatabaseError
+        if not)."""
         check_header(self._connections.head())  # before SQLite opens it, as closing would delete its WAL
         with self._session() as db:
             db.execute("PRAGMA journal_mode=WAL")
+            _check_schema(db)
             db.executescript(SCHEMA)
             _add_columns(db)
             verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
@@ -169,10 +188,12 @@ class Journal:
             raise _CorruptJournal(f"quick_check: {verdict}")
 
     def _move_aside(self, error: sqlite3.DatabaseError) -> None:
-        """Keep an unreadable journal (and its -wal/-shm) under a dated name; the next open starts afresh."""
+        """Keep an unreadable or foreign journal (and its -wal/-shm) under a dated name; the next open starts
+        afresh."""
         self._connections.reset()  # every thread's connection points at the file being moved
+        foreign = isinstance(error, _ForeignJournal)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        aside = self.path.with_name(f"{self.path.name}.{'foreign' if foreign else 'corrupt'}-{stamp}")
         while aside.exists():
             aside = aside.with_name(aside.name + "x")
         for suffix in ("-wal", "-shm", ""):  # the main file last: a half-done move still looks corrupt
@@ -180,8 +201,9 @@ class Journal:
             if source.exists():
                 source.replace(Path(f"{aside}{suffix}"))
         reason = " ".join(str(error).split())  # one line, whatever SQLite said
-        log.warning("journal: %s was not a readable database (%s); moved it aside as %s and started a fresh "
-                    "journal (the history it held is not shown)", self.path.name, reason, aside.name)
+        what = "is not this app's journal" if foreign else "was not a readable database"
+        log.warning("journal: %s %s (%s); moved it aside as %s and started a fresh journal (the history it held "
+                    "is not shown)", self.path.name, what, reason, aside.name)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -192,13 +214,18 @@ class Journal:
             yield db
 
     def _rows(self, query: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
-        """A read that never fails: an unusable journal (full disk, damaged file) reads as empty, and is logged."""
+        """A read that never fails: an unusable journal (full disk, damaged file) reads as empty, and is logged
+        (once until it reads again, not on every refresh of every page)."""
         try:
             with self._connect() as db:
-                return db.execute(query, args).fetchall()
+                rows = db.execute(query, args).fetchall()
         except sqlite3.DatabaseError as error:
-            log.warning("journal: cannot be read right now (%s); showing nothing from it", error)
+            if str(error) != self._read_trouble:
+                self._read_trouble = str(error)
+                log.warning("journal: cannot be read right now (%s); showing nothing from it", error)
             return []
+        self._read_trouble = ""
+        return rows
 
     def _session(self) -> AbstractContextManager[sqlite3.Connection]:
         """This thread's connection in one transaction: commit on success, roll back on error."""
@@ -383,6 +410,33 @@ class _CorruptJournal(sqlite3.DatabaseError):
     """The file is not an SQLite database, or fails SQLite's own integrity check."""
 
     sqlite_errorcode = 11
+
+
+class _ForeignJournal(sqlite3.DatabaseError):
+    """A sound SQLite file that is not this app's journal: another program's, or a `tasks` table of other columns."""
+
+    sqlite_errorcode = 26  # SQLITE_NOTADB: not a journal, so moved aside as a damaged one is
+
+
+class _Unusable(sqlite3.OperationalError):
+    """The journal's path cannot hold it (a directory): said in one sentence, and tried again at each use."""
+
+
+def _check_schema(db: sqlite3.Connection) -> None:
+    """Raise `_ForeignJournal` for a file whose `tasks` table lacks this app's columns, or that holds other tables
+    and no `tasks` table (a file with this app's tables and more is a newer version's journal: kept)."""
+    tables = {str(row[0]) for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "tasks" in tables:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+        missing = sorted(BASE_COLUMNS - columns)
+        if missing:
+            raise _ForeignJournal(f"its tasks table has other columns: no {', '.join(missing[:4])}"
+                                  f"{' and more' if len(missing) > 4 else ''}")
+        return
+    others = sorted(name for name in tables - OWN_TABLES if not name.startswith("sqlite_"))
+    if others:
+        shown = ", ".join(name[:40] for name in others[:3])
+        raise _ForeignJournal(f"it holds other tables ({shown}{', …' if len(others) > 3 else ''}) and no tasks table")
 
 
 def _add_columns(db: sqlite3.Connection) -> None:

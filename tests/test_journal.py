@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from kling_demo.journal import Journal
 
 
@@ -260,3 +262,64 @@ def test_a_missing_duration_is_filled_in_without_touching_other_params(tmp_path)
     assert journal.get("alice", "resumed").params == {"prompt": "", "duration": 10, "resumed": True}
     assert journal.get("alice", "broken").duration == 5
     assert journal.inference_times("m") == [(10, 90.0), (5, 90.0)]
+
+
+# --- a journal of another schema, or a path that is not a file ---------------------------------------------------
+
+
+def foreign_tasks_table(path: Path) -> None:
+    """A `tasks` table some other program made, with columns of its own."""
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE tasks (id INTEGER PRIMARY KEY, title TEXT, done INTEGER)")
+        db.execute("INSERT INTO tasks (title, done) VALUES ('buy milk', 0)")
+
+
+def foreign_database(path: Path) -> None:
+    """Another program's SQLite file, with no `tasks` table at all."""
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        db.execute("INSERT INTO notes (body) VALUES ('not a journal')")
+
+
+@pytest.mark.parametrize("make_foreign", [foreign_tasks_table, foreign_database])
+def test_a_journal_of_another_schema_is_moved_aside_and_a_fresh_one_takes_jobs(tmp_path, caplog, make_foreign):
+    import sqlite3
+
+    path = tmp_path / "journal.sqlite3"
+    make_foreign(path)
+    with caplog.at_level("WARNING", logger="kling_demo.journal"):
+        journal = Journal(path)
+    (aside,) = tmp_path.glob("journal.sqlite3.foreign-*[0-9Z]")
+    with sqlite3.connect(aside) as db:  # kept as it was, for its owner to look at
+        assert db.execute("SELECT COUNT(*) FROM " + ("tasks" if make_foreign is foreign_tasks_table
+                                                      else "notes")).fetchone()[0] == 1
+    intent_id = intent(journal)
+    assert [r.task_id for r in journal.for_owner("alice")] == [intent_id]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "moved it aside" in line and aside.name in line and "not this app's journal" in line
+    assert "\n" not in line and str(tmp_path) not in line
+
+
+def test_a_journal_path_that_is_a_directory_reads_empty_refuses_writes_and_says_what_to_do(tmp_path, caplog):
+    import sqlite3
+
+    path = tmp_path / "journal.sqlite3"
+    path.mkdir()
+    with caplog.at_level("WARNING", logger="kling_demo.journal"):
+        journal = Journal(path)  # no traceback: the app starts without a history
+        assert journal.for_owner("alice") == [] and journal.running() == []
+        with pytest.raises(sqlite3.Error):
+            intent(journal)
+    sentences = {r.getMessage() for r in caplog.records if "is a directory" in r.getMessage()}
+    assert len(sentences) == 1, caplog.text
+    (sentence,) = sentences
+    assert "journal.sqlite3" in sentence and "KLING_DEMO_DATA_DIR" in sentence and "move" in sentence
+    assert str(tmp_path) not in sentence
+    assert path.is_dir(), "an operator's directory is never moved"
+    path.rmdir()  # once it is moved away, the journal works without a restart
+    intent(journal)
+    assert len(journal.for_owner("alice")) == 1
