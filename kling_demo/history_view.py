@@ -82,6 +82,21 @@ def items(records: list[TaskRecord], placeholder: Path) -> list[tuple[str, str]]
     return entries
 
 
+def placeholder(path: Path, bundled: Path) -> Path:
+    """`path`, a plain tile made there once (whole or not at all); `bundled` when the data dir cannot keep it."""
+    if path.exists():
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with storage.partial_file(path) as out:
+            Image.new("RGB", (320, 180), (226, 232, 240)).save(out, "PNG")
+    except OSError as error:
+        log.warning("history: the data dir cannot keep the placeholder tile (%s); using the bundled one",
+                    type(error).__name__)
+        return bundled
+    return path
+
+
 def badged(picture: Path, state: TileState, words: str) -> Path:
     """`picture` for a done task; otherwise a small copy with a band naming the state (cached beside it)."""
     if state is TileState.DONE:

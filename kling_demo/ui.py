@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 
 import anyio
 import gradio as gr
-from PIL import Image
 
 from . import history_view, media, ticks, webhooks, wording
 from .backend import Backend
@@ -322,11 +321,9 @@ def history_items(records: list[TaskRecord], placeholder: str,
 
 
 def pending_picture(folder: Path) -> Path:
-    """A plain tile for history entries that have no picture yet."""
-    path = folder / "pending.png"
-    if not path.exists():
-        Image.new("RGB", (320, 180), (226, 232, 240)).save(path)
-    return path
+    """A plain tile for history entries that have no picture yet (the bundled copy when the data dir cannot keep
+    one: a full or read-only disk)."""
+    return history_view.placeholder(folder / "pending.png", ASSETS / "pending.png")
 
 
 def build_app(settings: Settings, backend: Backend | None = None, service: Service | None = None) -> gr.Blocks:
