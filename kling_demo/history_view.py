@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from . import storage, videos
 from .jobs import format_seconds
-from .journal import OUTCOME_UNKNOWN, SUBMITTING, TaskRecord
+from .journal import OUTCOME_UNKNOWN, PREPARED, SUBMITTING, TaskRecord
 from .models import TaskStatus
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ SYMBOLS = {TileState.DONE: "✓", TileState.RENDERING: "⟳", TileState.FAILED: 
 BAND_COLOURS = {TileState.RENDERING: (37, 99, 235), TileState.FAILED: (200, 30, 30),
                 TileState.UNKNOWN: (217, 119, 6)}
 STATUS_WORDS = {"completed": "Done", "failed": "Failed", "lost": "Lost", "created": "Queued",
-                "processing": "Rendering", SUBMITTING: "Submitting", OUTCOME_UNKNOWN: "Outcome unknown",
+                "processing": "Rendering", PREPARED: "Preparing", SUBMITTING: "Submitting", OUTCOME_UNKNOWN: "Outcome unknown",
                 "cancelled": "Cancelled by WaveSpeed", "timeout": "Timed out at WaveSpeed",
                 "deleted": "Deleted at WaveSpeed"}
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
@@ -47,7 +47,7 @@ _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
 def tile_state(record: TaskRecord) -> TileState:
     if record.status == TaskStatus.COMPLETED:
         return TileState.DONE
-    if record.is_running or record.status == SUBMITTING:
+    if record.in_flight:
         return TileState.RENDERING
     if record.status == OUTCOME_UNKNOWN:
         return TileState.UNKNOWN

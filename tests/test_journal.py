@@ -231,7 +231,11 @@ def test_an_intent_becomes_an_ordinary_task_once_the_api_answers(tmp_path):
     journal = Journal(tmp_path / "j.sqlite3")
     intent_id = intent(journal)
     (record,) = journal.for_owner("alice")
-    assert record.status == "submitting" and record.is_intent and record.first_frame == "/preview.jpg"
+    assert record.status == "prepared" and record.is_intent and record.first_frame == "/preview.jpg"
+    assert record.sent_at is None and record.sent == {}, "nothing sent yet"
+    journal.mark_sending("alice", intent_id, {"image": "https://files.example/a.png"}, at=1234.5)
+    (record,) = journal.for_owner("alice")
+    assert (record.status, record.sent_at, record.sent) == ("submitting", 1234.5, {"image": "https://files.example/a.png"})
     assert journal.running() == [], "recovery never polls a placeholder id"
     journal.attach_task("alice", intent_id, "real-task", "created")
     (record,) = journal.for_owner("alice")
@@ -239,16 +243,32 @@ def test_an_intent_becomes_an_ordinary_task_once_the_api_answers(tmp_path):
     assert [r.task_id for r in journal.running()] == ["real-task"]
 
 
-def test_intents_left_by_a_stopped_run_are_settled_as_outcome_unknown(tmp_path):
+def test_only_intents_whose_post_began_are_settled_as_outcome_unknown_at_start(tmp_path):
     journal = Journal(tmp_path / "j.sqlite3")
-    left = intent(journal)
+    sent = intent(journal)
+    journal.mark_sending("alice", sent, {"image": "https://files.example/a.png"})
+    preview = tmp_path / "unsent-preview.jpg"
+    preview.write_bytes(b"a preview")
+    never_sent = journal.record_intent(owner="alice", model="m", api_base="a", key_source="server",
+                                       params={"prompt": "p", "duration": 5}, first_frame=str(preview))
     withdrawn = intent(journal)
     journal.withdraw_intent("alice", withdrawn)
     assert Journal(tmp_path / "j.sqlite3").settle_intents() == 1
     (record,) = journal.for_owner("alice")
-    assert record.task_id == left and record.status == "unknown" and record.finished_at
+    assert record.task_id == sent and record.status == "unknown" and record.finished_at
     assert "outcome is unknown" in record.error and "dashboard" in record.error
+    assert journal.get("alice", never_sent) is None and not preview.exists(), "nothing was sent: nothing to settle"
     assert journal.running() == []
+
+
+def test_a_deleted_task_is_still_known_as_someones(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite3")
+    submit(journal, "bob", "bobs-cat")
+    journal.fail("bob", "bobs-cat", "it ended")
+    assert journal.has_task("bobs-cat") and not journal.has_task("nobodys")
+    assert journal.forget("bob", "bobs-cat") and journal.get("bob", "bobs-cat") is None
+    assert journal.has_task("bobs-cat"), "a deleted task must never be adopted by another row"
+    assert Journal(tmp_path / "j.sqlite3").has_task("bobs-cat"), "also after a restart"
 
 
 def test_a_missing_duration_is_filled_in_without_touching_other_params(tmp_path):
