@@ -42,6 +42,8 @@ STATUS_WORDS = {"completed": "Done", "failed": "Failed", "lost": "Lost", "create
                 "cancelled": "Cancelled by WaveSpeed", "timeout": "Timed out at WaveSpeed",
                 "deleted": "Deleted at WaveSpeed"}
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+_INLINE_MARKUP = re.compile(r"([\\`*_\[\]<>&~|])")
+_AUTOLINK = re.compile(r"(?i):(?:\\?/){2}|\bwww(?:\\?\.)")  # what GFM turns into a link without any markup
 
 
 def tile_state(record: TaskRecord) -> TileState:
@@ -169,8 +171,19 @@ def detail(record: TaskRecord, cost: str = "", end_frame_shown: bool = False) ->
 
 
 def escape(text: str) -> str:
-    """Visitor text shown literally in Markdown, on one line."""
-    return _MARKDOWN_SPECIALS.sub(r"\\\1", " ".join(text.split()))
+    """Visitor text (or the API's) shown literally in Markdown, on one line: no markup, no bare link."""
+    return _unlinked(_MARKDOWN_SPECIALS.sub(r"\\\1", " ".join(text.split())))
+
+
+def literal(sentence: str) -> str:
+    """A sentence shown as text inside a line of Markdown, on one line: what could start markup is escaped (HTML,
+    emphasis, code, links, bare links), and nothing else, so a status stays readable to API clients."""
+    return _unlinked(_INLINE_MARKUP.sub(r"\\\1", " ".join(sentence.split())))
+
+
+def _unlinked(text: str) -> str:
+    """Escaped Markdown with `://` and `www.` broken up, so GFM makes no link of a bare address."""
+    return _AUTOLINK.sub(lambda found: ":\\/\\/" if found.group(0).startswith(":") else found.group(0)[:3] + "\\.", text)
 
 
 def _times(record: TaskRecord) -> str:

@@ -158,6 +158,13 @@ def without_paths(message: str) -> str:
     return _ABSOLUTE_PATH.sub("", message)
 
 
+def shown_error(error: KlingDemoError) -> gr.Error:
+    """One of our errors as a toast: plain text (paths cut; `<`, `>` and `&` escaped, since Gradio renders a toast
+    as HTML and the sentence may quote the API), and no traceback printed (an expected ending, not a bug; Gradio's
+    printed tracebacks bypass the log's masking)."""
+    return gr.Error(html.escape(without_paths(str(error)), quote=False), duration=None, print_exception=False)
+
+
 @contextmanager
 def plain_errors() -> Iterator[None]:
     """Whatever fails reaches the page as a plain sentence: ours as they are (paths cut), anything else as a
@@ -168,7 +175,7 @@ def plain_errors() -> Iterator[None]:
         error.message = without_paths(str(error.message))
         raise
     except KlingDemoError as error:
-        raise gr.Error(without_paths(str(error)), duration=None) from error
+        raise shown_error(error) from error
     except Exception:
         reference = secrets.token_hex(3)
         log.exception("unexpected error, reference %s", reference)
@@ -285,10 +292,11 @@ def counter_js(cap: int) -> str:
 
 
 def status_markdown(update: JobUpdate, fixes: tuple[str, ...] = ()) -> str:
-    """The stage and its message; what was fixed in the input stays visible until the end."""
-    text = f"**{STAGE_LABELS[update.stage]}** — {update.message}"
+    """The stage and its message, as text (a sentence quoting the API never becomes markup); what was fixed in the
+    input stays visible until the end."""
+    text = f"**{STAGE_LABELS[update.stage]}** — {history_view.literal(update.message)}"
     if fixes and update.stage is not Stage.UPLOADING:  # the upload message already lists them
-        text += "\n\n*Fixed before upload:* " + "; ".join(fixes) + "."
+        text += "\n\n*Fixed before upload:* " + "; ".join(history_view.literal(fix) for fix in fixes) + "."
     return text
 
 
@@ -565,8 +573,8 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                     phase = JobPhase.ENDED if update.is_final else JobPhase.SUBMITTED if task else JobPhase.STARTED
                     yield (words(status_markdown(update, fixes)), task, str(update.video_path or "") or None,
                            progress_html(tracker.view(update)), phase)
-        except gr.Error as error:
-            message = words(str(error.message))
+        except gr.Error as error:  # its message is the toast's (HTML-escaped): shown here as Markdown text
+            message = words(history_view.literal(html.unescape(str(error.message))))
             label = "Failed" if task else "Not started"
             ended = JobUpdate(Stage.FAILED, message, last.elapsed if last else 0.0, task_id=task or None)
             yield (f"**{label}** — {message}", task, None, progress_html(tracker.view(ended)) if last else "",
@@ -978,7 +986,7 @@ async def job_updates(job: Job) -> AsyncIterator[JobUpdate]:
         async for update in step_updates(job, anyio.to_thread.run_sync):
             yield update
     except KlingDemoError as error:
-        raise gr.Error(without_paths(str(error)), duration=None) from error
+        raise shown_error(error) from error
     finally:
         job.close()
 

@@ -159,8 +159,8 @@ def test_a_directory_in_the_journals_place_is_one_sentence_not_a_traceback(tmp_p
         app.stop()
     log = log_path.read_text()
     assert "Traceback" not in log
-    (sentence,) = {line.split(": ", 1)[1] for line in log.splitlines() if "is a directory" in line}
-    assert "journal.sqlite3" in sentence and "moved elsewhere" in sentence and str(tmp_path) not in sentence
+    (line,) = [line for line in log.splitlines() if "kling_demo.journal:" in line and "is a directory" in line]
+    assert "journal.sqlite3" in line and "moved elsewhere" in line and str(tmp_path) not in line
 
 
 # --- a refusal on a nearly full disk leaves nothing that says "Outcome unknown" ------------------------------
