@@ -381,8 +381,8 @@ class _Intent:
     """The journal row of a submission in flight: written before the upload ("prepared"), told what the POST
     carries right before it is sent ("submitting"), given the task id after it."""
 
-    def __init__(self, ctx: JobContext, intent_id: str | None) -> None:
-        self.ctx, self.intent_id = ctx, intent_id
+    def __init__(self, ctx: JobContext, intent_id: str | None, preview: Path | None = None) -> None:
+        self.ctx, self.intent_id, self.preview = ctx, intent_id, preview
 
     @classmethod
     def write(cls, ctx: JobContext, params: dict[str, Any], first: media.PreparedImage,
@@ -403,7 +403,7 @@ class _Intent:
             if preview is not None:
                 videos.remove_files([preview])
             raise StorageUnavailable(storage.NO_ROOM_MESSAGE) from error
-        return cls(ctx, intent_id)
+        return cls(ctx, intent_id, preview)
 
     def attach(self, prediction: Prediction) -> None:
         """Give the row its task id. If that fails the job goes on (the visitor sees the id); the log keeps it."""
@@ -452,10 +452,9 @@ class _Intent:
         """Nothing was created: the entry goes (at once, or at a later write if the disk is full: hidden till then)."""
         if self.ctx.journal is None or self.intent_id is None:
             return
-        record = self.ctx.journal.get(self.ctx.owner, self.intent_id)
         self.ctx.journal.withdraw_intent(self.ctx.owner, self.intent_id)
-        if record is not None and record.first_frame:
-            videos.remove_files([Path(record.first_frame)])  # with the frames kept beside it
+        if self.preview is not None:
+            videos.remove_files([self.preview])  # with the frames kept beside it
 
 
 def _declared_duration(prediction: Prediction, spec: ModelSpec) -> int | None:

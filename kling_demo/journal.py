@@ -4,7 +4,7 @@ An intent row (under a placeholder id) is written before anything is uploaded ("
 what the submit POST carries and when it began right before it is sent ("submitting"), and is given the task id
 when the answer arrives, so a task that was paid for is never forgotten: not by a closed tab, a crash, or a
 restart; and nothing is submitted that could not be recorded. Only a row whose POST began can become "outcome
-unknown"; one that was never sent is dropped. Keys are never stored; `key_source` only says whose key paid
+unknown"; one that was never sent is set aside unseen. Keys are never stored; `key_source` only says whose key paid
 ("server" or "visitor"). Reading never fails on an odd row, and a file that is not a database, or not this app's
 journal, is moved aside at start.
 """
@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 RUNNING_STATUSES = ("created", "processing")
 PREPARED = "prepared"  # an intent row whose submit POST has not begun: nothing was sent
+# A prepared row a stopped run left (settled at start-up): never shown, adopted or called "outcome unknown", and
+# deleted an hour later. A job of another process still running (the app while the command line starts) may still
+# send it: `mark_sending` takes it back.
+NOT_SENT = "unsent"
+NOT_SENT_KEEP_SECONDS = 3600.0
 SUBMITTING = "submitting"  # an intent row whose submit POST began: a task may exist, its id not yet known
 OUTCOME_UNKNOWN = "unknown"  # the submit answer never arrived: a task may exist and be billed
 INTENT_PREFIX = "intent-"
@@ -277,8 +282,9 @@ class Journal:
         now = time.time()
         with self._connect() as db:
             cursor = db.execute("UPDATE tasks SET status = ?, sent_at = ?, sent = ?, updated_at = ? WHERE owner = ?"
-                                " AND task_id = ? AND status = ?", (SUBMITTING, now if at is None else at,
-                                                                    json.dumps(images), now, owner, intent_id, PREPARED))
+                                " AND task_id = ? AND status IN (?, ?)",
+                                (SUBMITTING, now if at is None else at, json.dumps(images), now, owner, intent_id,
+                                 PREPARED, NOT_SENT))
             if cursor.rowcount != 1:
                 raise sqlite3.OperationalError("the submission's journal row is gone")
 
@@ -310,24 +316,27 @@ class Journal:
         for owner, intent_id in list(self._withdrawn):
             try:
                 with self._connect() as db:
-                    db.execute(f"DELETE FROM tasks WHERE owner = ? AND task_id = ? AND status IN {UNSENT_OR_SENDING!r}",
+                    db.execute(f"DELETE FROM tasks WHERE owner = ? AND task_id = ? AND status IN {INTENT_STATUSES!r}",
                                (owner, intent_id))  # the statuses are constants, not input
             except sqlite3.Error:
                 return  # the disk is still full: try again at the next write
             self._withdrawn.discard((owner, intent_id))
 
     def settle_intents(self) -> int:
-        """At start-up: drop the intents a stopped process never sent, and mark those whose submit POST began as
-        outcome unknown; returns how many were marked so.
+        """At start-up: set aside the intents a stopped process never sent (`NOT_SENT`), and mark those whose
+        submit POST began as outcome unknown; returns how many were marked so.
 
         Called at start-up (one app process per data dir): no submission of this process is on its way yet.
-        A live job elsewhere that does get its answer still attaches its task id to the row."""
+        A live job elsewhere (the app, when the command line starts) still sends its row or attaches its task id."""
         self._retry_withdrawals()
         now = time.time()
         try:
             with self._connect() as db:
-                unsent = db.execute("SELECT first_frame FROM tasks WHERE status = ?", (PREPARED,)).fetchall()
-                db.execute("DELETE FROM tasks WHERE status = ?", (PREPARED,))
+                unsent = db.execute("SELECT first_frame FROM tasks WHERE status = ? AND updated_at < ?",
+                                    (NOT_SENT, now - NOT_SENT_KEEP_SECONDS)).fetchall()
+                db.execute("DELETE FROM tasks WHERE status = ? AND updated_at < ?", (NOT_SENT, now - NOT_SENT_KEEP_SECONDS))
+                set_aside = db.execute("UPDATE tasks SET status = ?, updated_at = ? WHERE status = ?",
+                                       (NOT_SENT, now, PREPARED)).rowcount
                 cursor = db.execute("UPDATE tasks SET status = ?, error = ?, updated_at = ?, finished_at = ?"
                                     " WHERE status = ?", (OUTCOME_UNKNOWN, UNKNOWN_OUTCOME_ERROR, now, now, SUBMITTING))
         except sqlite3.DatabaseError as error:
@@ -336,8 +345,8 @@ class Journal:
                             error)
             return 0
         videos.remove_files([Path(row["first_frame"]) for row in unsent if row["first_frame"]])
-        if unsent:
-            log.info("journal: dropped %d submission(s) a stopped run prepared but never sent", len(unsent))
+        if set_aside:
+            log.info("journal: %d submission(s) a stopped run prepared but never sent are not shown", set_aside)
         if cursor.rowcount:
             log.warning("journal: %d submission(s) were interrupted before their answer arrived; marked as outcome "
                         "unknown", cursor.rowcount)
@@ -384,7 +393,7 @@ class Journal:
 
     def forget(self, owner: str, task_id: str) -> bool:
         """Delete one of the owner's ended tasks from the journal; False if none (or it is still running)."""
-        unfinished = (*RUNNING_STATUSES, *UNSENT_OR_SENDING)
+        unfinished = (*RUNNING_STATUSES, *INTENT_STATUSES)
         now = time.time()
         with self._connect() as db:
             cursor = db.execute(f"DELETE FROM tasks WHERE owner = ? AND task_id = ? AND status NOT IN {unfinished!r}",
@@ -396,7 +405,8 @@ class Journal:
 
     def get(self, owner: str, task_id: str) -> TaskRecord | None:
         """The owner's task, or None: another owner's task is indistinguishable from a missing one."""
-        rows = self._rows("SELECT * FROM tasks WHERE task_id = ? AND owner = ?", (task_id, owner))
+        rows = self._rows("SELECT * FROM tasks WHERE task_id = ? AND owner = ? AND status != ?",
+                          (task_id, owner, NOT_SENT))
         return next(iter(self._shown(_records(rows))), None)
 
     def has_task(self, task_id: str) -> bool:
@@ -411,7 +421,8 @@ class Journal:
 
     def for_owner(self, owner: str, limit: int = 50) -> list[TaskRecord]:
         """The owner's tasks, newest first."""
-        rows = self._rows("SELECT * FROM tasks WHERE owner = ? ORDER BY created_at DESC LIMIT ?", (owner, limit))
+        rows = self._rows("SELECT * FROM tasks WHERE owner = ? AND status != ? ORDER BY created_at DESC LIMIT ?",
+                          (owner, NOT_SENT, limit))
         return self._shown(_records(rows))
 
     def _shown(self, records: list[TaskRecord]) -> list[TaskRecord]:
@@ -540,7 +551,7 @@ def _is_corrupt(error: sqlite3.DatabaseError) -> bool:
 
 _TEXT_FIELDS = ("task_id", "owner", "model", "api_base", "key_source", "status", "error")
 _OPTIONAL_TEXT_FIELDS = ("first_frame", "video_path", "currency")
-UNSENT_OR_SENDING = (PREPARED, SUBMITTING)
+INTENT_STATUSES = (PREPARED, SUBMITTING, NOT_SENT)
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(TaskRecord))
 
 

@@ -257,8 +257,31 @@ def test_only_intents_whose_post_began_are_settled_as_outcome_unknown_at_start(t
     (record,) = journal.for_owner("alice")
     assert record.task_id == sent and record.status == "unknown" and record.finished_at
     assert "outcome is unknown" in record.error and "dashboard" in record.error
-    assert journal.get("alice", never_sent) is None and not preview.exists(), "nothing was sent: nothing to settle"
-    assert journal.running() == []
+    assert journal.get("alice", never_sent) is None, "nothing was sent: nothing to settle, nothing shown"
+    assert journal.running() == [] and journal.unknown_outcomes() == [record]
+
+    # The app's job may still be on its way when the command line starts: it sends its row all the same.
+    journal.mark_sending("alice", never_sent, {"image": "https://files.example/b.png"})
+    assert journal.get("alice", never_sent).status == "submitting"
+    journal.withdraw_intent("alice", never_sent)
+
+
+def test_rows_never_sent_are_deleted_with_their_preview_an_hour_after_they_were_set_aside(tmp_path):
+    import sqlite3
+
+    journal = Journal(tmp_path / "j.sqlite3")
+    preview = tmp_path / "unsent-preview.jpg"
+    preview.write_bytes(b"a preview")
+    never_sent = journal.record_intent(owner="alice", model="m", api_base="a", key_source="server",
+                                       params={"prompt": "p", "duration": 5}, first_frame=str(preview))
+    journal.settle_intents()
+    assert preview.exists(), "kept while a job elsewhere might still send it"
+    with sqlite3.connect(journal.path) as db:
+        db.execute("UPDATE tasks SET updated_at = updated_at - 3601 WHERE task_id = ?", (never_sent,))
+    journal.settle_intents()
+    assert not preview.exists()
+    with sqlite3.connect(journal.path) as db:
+        assert db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == 0
 
 
 def test_a_deleted_task_is_still_known_as_someones(tmp_path):
