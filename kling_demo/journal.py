@@ -318,7 +318,7 @@ class Journal:
                 with self._connect() as db:
                     db.execute(f"DELETE FROM tasks WHERE owner = ? AND task_id = ? AND status IN {INTENT_STATUSES!r}",
                                (owner, intent_id))  # the statuses are constants, not input
-            except sqlite3.Error:
+            except (sqlite3.Error, OSError):
                 return  # the disk is still full: try again at the next write
             self._withdrawn.discard((owner, intent_id))
 
