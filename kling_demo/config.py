@@ -298,9 +298,10 @@ def _sync_folder(folder: Path) -> None:
 
 
 def _cannot_store(error: OSError) -> None:
+    reason = os.strerror(error.errno) if error.errno else type(error).__name__
     log.warning("owner ids: the data dir cannot keep a signing secret (%s), so this run signs with a secret for this "
                 "run only: browsers get a new, empty history after a restart. Free room in the data dir or make it "
-                "writable, or set KLING_DEMO_SECRET.", os.strerror(error.errno) if error.errno else type(error).__name__)
+                "writable, or set KLING_DEMO_SECRET.", reason)
 
 
 def _run_secret(path: Path) -> str:

@@ -38,7 +38,8 @@ SYMBOLS = {TileState.DONE: "✓", TileState.RENDERING: "⟳", TileState.FAILED: 
 BAND_COLOURS = {TileState.RENDERING: (37, 99, 235), TileState.FAILED: (200, 30, 30),
                 TileState.UNKNOWN: (217, 119, 6)}
 STATUS_WORDS = {"completed": "Done", "failed": "Failed", "lost": "Lost", "created": "Queued",
-                "processing": "Rendering", PREPARED: "Preparing", SUBMITTING: "Submitting", OUTCOME_UNKNOWN: "Outcome unknown",
+                "processing": "Rendering", PREPARED: "Preparing", SUBMITTING: "Submitting",
+                OUTCOME_UNKNOWN: "Outcome unknown",
                 "cancelled": "Cancelled by WaveSpeed", "timeout": "Timed out at WaveSpeed",
                 "deleted": "Deleted at WaveSpeed"}
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
@@ -183,7 +184,8 @@ def literal(sentence: str) -> str:
 
 def _unlinked(text: str) -> str:
     """Escaped Markdown with `://` and `www.` broken up, so GFM makes no link of a bare address."""
-    return _AUTOLINK.sub(lambda found: ":\\/\\/" if found.group(0).startswith(":") else found.group(0)[:3] + "\\.", text)
+    return _AUTOLINK.sub(lambda found: ":\\/\\/" if found.group(0).startswith(":") else found.group(0)[:3] + "\\.",
+                         text)
 
 
 def _times(record: TaskRecord) -> str:

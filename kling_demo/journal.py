@@ -307,7 +307,7 @@ class Journal:
         self._retry_withdrawals()
         if (owner, intent_id) in self._withdrawn:
             log.warning("journal: could not remove an unsent submission now; it is hidden and removed at a later "
-                        "write (or dropped at the next start)")
+                        "write (or set aside unseen at the next start)")
             return False
         return True
 
@@ -332,9 +332,10 @@ class Journal:
         now = time.time()
         try:
             with self._connect() as db:
+                expired = (NOT_SENT, now - NOT_SENT_KEEP_SECONDS)
                 unsent = db.execute("SELECT first_frame FROM tasks WHERE status = ? AND updated_at < ?",
-                                    (NOT_SENT, now - NOT_SENT_KEEP_SECONDS)).fetchall()
-                db.execute("DELETE FROM tasks WHERE status = ? AND updated_at < ?", (NOT_SENT, now - NOT_SENT_KEEP_SECONDS))
+                                    expired).fetchall()
+                db.execute("DELETE FROM tasks WHERE status = ? AND updated_at < ?", expired)
                 set_aside = db.execute("UPDATE tasks SET status = ?, updated_at = ? WHERE status = ?",
                                        (NOT_SENT, now, PREPARED)).rowcount
                 cursor = db.execute("UPDATE tasks SET status = ?, error = ?, updated_at = ?, finished_at = ?"

@@ -235,7 +235,8 @@ def test_an_intent_becomes_an_ordinary_task_once_the_api_answers(tmp_path):
     assert record.sent_at is None and record.sent == {}, "nothing sent yet"
     journal.mark_sending("alice", intent_id, {"image": "https://files.example/a.png"}, at=1234.5)
     (record,) = journal.for_owner("alice")
-    assert (record.status, record.sent_at, record.sent) == ("submitting", 1234.5, {"image": "https://files.example/a.png"})
+    assert (record.status, record.sent_at, record.sent) == ("submitting", 1234.5,
+                                                             {"image": "https://files.example/a.png"})
     assert journal.running() == [], "recovery never polls a placeholder id"
     journal.attach_task("alice", intent_id, "real-task", "created")
     (record,) = journal.for_owner("alice")
