@@ -124,10 +124,13 @@ class Prediction:
         return moment.timestamp() if moment.tzinfo is not None else None
 
     @classmethod
-    def from_envelope(cls, envelope: dict[str, Any]) -> "Prediction":
+    def from_envelope(cls, envelope: dict[str, Any], secrets: tuple[str, ...] = ()) -> "Prediction":
+        """The prediction in an API answer; its texts (the error, or the body of an answer without a task id) are
+        masked for `secrets` (the key the request carried) and the app's own secrets before anyone sees them."""
         data = envelope.get("data") or {}
         if not data.get("id"):
-            raise ServiceUnavailable(f"The API answered without a task id: {mask_secrets(str(envelope))[:200]}")
+            raise ServiceUnavailable(f"The API answered without a task id: "
+                                     f"{mask_secrets(str(envelope), secrets)[:200]}")
         inference = (data.get("timings") or {}).get("inference")
         return cls(
             task_id=str(data["id"]),
@@ -135,7 +138,7 @@ class Prediction:
             model=str(data.get("model") or ""),
             outputs=tuple(data.get("outputs") or ()),
             has_nsfw_contents=tuple(bool(x) for x in data.get("has_nsfw_contents") or ()),
-            error=str(data.get("error") or ""),
+            error=mask_secrets(str(data.get("error") or ""), secrets),
             inference_ms=int(inference) if inference else None,
             created_at=str(data.get("created_at") or ""),
             raw=data,
@@ -400,7 +403,7 @@ class WaveSpeedClient:
                     "billed, so it was not resubmitted: check your WaveSpeed dashboard before trying again."
                 )
             self._raise_for_status(response, "submission")
-            return Prediction.from_envelope(self._decode(response))
+            return Prediction.from_envelope(self._decode(response), (self._api_key,))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def price(self, spec: ModelSpec, inputs: dict[str, Any], *, attempts: int = 3) -> Quote:
@@ -430,7 +433,7 @@ class WaveSpeedClient:
         answer = self._json("POST", "/api/v3/predictions", json=body, attempts=attempts)
         data = answer.get("data") if isinstance(answer.get("data"), dict) else {}
         raw_items = data.get("items") if isinstance(data.get("items"), list) else []
-        items = tuple(Prediction.from_envelope({"data": item}) for item in raw_items
+        items = tuple(Prediction.from_envelope({"data": item}, (self._api_key,)) for item in raw_items
                       if isinstance(item, dict) and item.get("id"))
         total = data.get("total")
         return PredictionPage(page=page, items=items, total=total if isinstance(total, int) else None)
@@ -473,7 +476,7 @@ class WaveSpeedClient:
 
         A follower that does its own waiting asks for one attempt, so no worker thread sleeps in here."""
         envelope = self._json("GET", f"/api/v3/predictions/{quote(task_id, safe='')}/result", task_id=task_id, attempts=attempts)
-        return Prediction.from_envelope(envelope)
+        return Prediction.from_envelope(envelope, (self._api_key,))
 
     def download(self, url: str, dest_dir: str | Path, *, max_bytes: int, deadline_seconds: float = 300.0,
                  suffix: str = ".mp4", attempts: int | None = None) -> Path:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
 import secrets
+import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -13,6 +18,8 @@ from dotenv import dotenv_values
 
 from .identity import TrustedProxies
 from .storage import DEFAULT_MIN_FREE_MB
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.wavespeed.ai"
 WEBHOOK_PATH = "/webhooks/wavespeed"
@@ -209,19 +216,117 @@ class Settings:
         )
 
     def owner_secret(self) -> str:
-        """KLING_DEMO_SECRET, else a secret generated once into the data dir, so owner ids survive restarts."""
-        if self.secret:
+        """KLING_DEMO_SECRET, else a secret generated once into the data dir, so owner ids survive restarts.
+
+        When none can be stored there (a full or read-only disk) the run signs with a secret of its own, and the log
+        says so: the app starts, but owner ids do not outlive the run. An empty or short secret is refused."""
+        if self.secret is not None:
+            if len(self.secret) < MIN_SECRET_CHARS:
+                raise ValueError(f"KLING_DEMO_SECRET has {len(self.secret)} characters; it must have at least "
+                                 f"{MIN_SECRET_CHARS} (a long random string, e.g. from `openssl rand -hex 32`).")
             return self.secret
-        path = self.data_dir / "owner-secret"
+        path = self.data_dir / OWNER_SECRET_FILE
+        with _run_secrets_lock:
+            if path in _run_secrets:  # this run signs with its own already: tokens it gave out stay valid
+                return _run_secrets[path]
+        stored = _read_secret(path)
+        if stored is None:
+            stored = _store_secret(path)
+        if stored is None:
+            return _run_secret(path)
+        if len(stored) < MIN_SECRET_CHARS:
+            raise ValueError(
+                f"{OWNER_SECRET_FILE} in the data dir (KLING_DEMO_DATA_DIR) holds {len(stored)} characters, fewer "
+                f"than the {MIN_SECRET_CHARS} a signing secret needs (an earlier start may have been cut short by a "
+                f"full disk): delete it so that a new one is made (every browser then starts with a new, empty "
+                f"history), or set KLING_DEMO_SECRET to a random string of {MIN_SECRET_CHARS} or more characters.")
+        return stored
+
+
+OWNER_SECRET_FILE = "owner-secret"
+MIN_SECRET_CHARS = 32  # a generated secret has 43; anything shorter is a typo, a cut-off write or guessable
+_run_secrets: dict[Path, str] = {}  # per data dir whose secret could not be stored: this process's own
+_run_secrets_lock = threading.Lock()
+
+
+def _read_secret(path: Path) -> str | None:
+    """The stored secret, stripped; None when there is none. A file that cannot be read is refused plainly."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeError) as error:
+        why = os.strerror(error.errno) if isinstance(error, OSError) and error.errno else "not text"
+        raise ValueError(f"{OWNER_SECRET_FILE} in the data dir (KLING_DEMO_DATA_DIR) cannot be read ({why}): make "
+                         f"it a readable file, delete it so that a new one is made (every browser then starts with a "
+                         f"new, empty history), or set KLING_DEMO_SECRET.") from None
+
+
+def _store_secret(path: Path) -> str | None:
+    """Store a new secret whole (a temporary file, synced, then linked into place: the first writer wins and no
+    reader ever sees part of one); returns the stored secret, or None when the data dir cannot keep one."""
+    fresh = secrets.token_urlsafe(32)
+    temp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{OWNER_SECRET_FILE}-")  # mode 0600
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+            out.write(fresh)
+            out.flush()
+            os.fsync(out.fileno())
         try:
-            return path.read_text().strip()
-        except FileNotFoundError:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            fresh = secrets.token_urlsafe(32)
-            try:
-                with path.open("x") as out:  # first writer wins when several processes start at once
-                    out.write(fresh)
-                path.chmod(0o600)
-            except FileExistsError:
-                pass
-            return path.read_text().strip()
+            os.link(temp, path)
+        except FileExistsError:
+            pass  # another process stored one first: that one is read below
+        except OSError as error:
+            if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+                raise
+            _store_without_links(path, fresh)  # a file system without hard links
+        _sync_folder(path.parent)
+    except OSError as error:
+        _cannot_store(error)
+        return None
+    finally:
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+    return _read_secret(path)
+
+
+def _store_without_links(path: Path, fresh: str) -> None:
+    """The secret written in place, created exclusively; a write that fails removes the file it began."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+            out.write(fresh)
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the new name survive a power cut (where the platform can sync a folder)."""
+    with contextlib.suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _cannot_store(error: OSError) -> None:
+    reason = os.strerror(error.errno) if error.errno else type(error).__name__
+    log.warning("owner ids: the data dir cannot keep a signing secret (%s), so this run signs with a secret for this "
+                "run only: browsers get a new, empty history after a restart. Free room in the data dir or make it "
+                "writable, or set KLING_DEMO_SECRET.", reason)
+
+
+def _run_secret(path: Path) -> str:
+    """This process's secret for a data dir that cannot keep one: the same for every call of the run."""
+    with _run_secrets_lock:
+        return _run_secrets.setdefault(path, secrets.token_urlsafe(32))

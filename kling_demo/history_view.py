@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from . import storage, videos
 from .jobs import format_seconds
-from .journal import OUTCOME_UNKNOWN, SUBMITTING, TaskRecord
+from .journal import OUTCOME_UNKNOWN, PREPARED, SUBMITTING, TaskRecord
 from .models import TaskStatus
 
 log = logging.getLogger(__name__)
@@ -38,16 +38,19 @@ SYMBOLS = {TileState.DONE: "✓", TileState.RENDERING: "⟳", TileState.FAILED: 
 BAND_COLOURS = {TileState.RENDERING: (37, 99, 235), TileState.FAILED: (200, 30, 30),
                 TileState.UNKNOWN: (217, 119, 6)}
 STATUS_WORDS = {"completed": "Done", "failed": "Failed", "lost": "Lost", "created": "Queued",
-                "processing": "Rendering", SUBMITTING: "Submitting", OUTCOME_UNKNOWN: "Outcome unknown",
+                "processing": "Rendering", PREPARED: "Preparing", SUBMITTING: "Submitting",
+                OUTCOME_UNKNOWN: "Outcome unknown",
                 "cancelled": "Cancelled by WaveSpeed", "timeout": "Timed out at WaveSpeed",
                 "deleted": "Deleted at WaveSpeed"}
 _MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+_INLINE_MARKUP = re.compile(r"([\\`*_\[\]<>&~|])")
+_AUTOLINK = re.compile(r"(?i):(?:\\?/){2}|\bwww(?:\\?\.)")  # what GFM turns into a link without any markup
 
 
 def tile_state(record: TaskRecord) -> TileState:
     if record.status == TaskStatus.COMPLETED:
         return TileState.DONE
-    if record.is_running or record.status == SUBMITTING:
+    if record.in_flight:
         return TileState.RENDERING
     if record.status == OUTCOME_UNKNOWN:
         return TileState.UNKNOWN
@@ -80,6 +83,21 @@ def items(records: list[TaskRecord], placeholder: Path) -> list[tuple[str, str]]
             picture = str(badged(placeholder, state, status_words(record)))
         entries.append((picture, caption(record)))
     return entries
+
+
+def placeholder(path: Path, bundled: Path) -> Path:
+    """`path`, a plain tile made there once (whole or not at all); `bundled` when the data dir cannot keep it."""
+    if path.exists():
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with storage.partial_file(path) as out:
+            Image.new("RGB", (320, 180), (226, 232, 240)).save(out, "PNG")
+    except OSError as error:
+        log.warning("history: the data dir cannot keep the placeholder tile (%s); using the bundled one",
+                    type(error).__name__)
+        return bundled
+    return path
 
 
 def badged(picture: Path, state: TileState, words: str) -> Path:
@@ -154,8 +172,20 @@ def detail(record: TaskRecord, cost: str = "", end_frame_shown: bool = False) ->
 
 
 def escape(text: str) -> str:
-    """Visitor text shown literally in Markdown, on one line."""
-    return _MARKDOWN_SPECIALS.sub(r"\\\1", " ".join(text.split()))
+    """Visitor text (or the API's) shown literally in Markdown, on one line: no markup, no bare link."""
+    return _unlinked(_MARKDOWN_SPECIALS.sub(r"\\\1", " ".join(text.split())))
+
+
+def literal(sentence: str) -> str:
+    """A sentence shown as text inside a line of Markdown, on one line: what could start markup is escaped (HTML,
+    emphasis, code, links, bare links), and nothing else, so a status stays readable to API clients."""
+    return _unlinked(_INLINE_MARKUP.sub(r"\\\1", " ".join(sentence.split())))
+
+
+def _unlinked(text: str) -> str:
+    """Escaped Markdown with `://` and `www.` broken up, so GFM makes no link of a bare address."""
+    return _AUTOLINK.sub(lambda found: ":\\/\\/" if found.group(0).startswith(":") else found.group(0)[:3] + "\\.",
+                         text)
 
 
 def _times(record: TaskRecord) -> str:

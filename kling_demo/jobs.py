@@ -216,6 +216,7 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
                 if end:
                     payload["end_image"] = ctx.client.upload(end.path, end.mime_type)
                 _check_stop(ctx, task_id)
+                intent.sending(payload)  # the row says what is sent, and when, before it is (or nothing is sent)
                 sent_at = time.time()
                 try:
                     prediction = yield from _submit(payload, ctx, started)
@@ -384,10 +385,11 @@ def _remember(ctx: JobContext, prediction: Prediction, params: dict[str, object]
 
 
 class _Intent:
-    """The journal row of a submission in flight: written before the POST, given the task id after it."""
+    """The journal row of a submission in flight: written before the upload ("prepared"), told what the POST
+    carries right before it is sent ("submitting"), given the task id after it."""
 
-    def __init__(self, ctx: JobContext, intent_id: str | None) -> None:
-        self.ctx, self.intent_id = ctx, intent_id
+    def __init__(self, ctx: JobContext, intent_id: str | None, preview: Path | None = None) -> None:
+        self.ctx, self.intent_id, self.preview = ctx, intent_id, preview
 
     @classmethod
     def write(cls, ctx: JobContext, params: dict[str, Any], first: media.PreparedImage,
@@ -408,7 +410,7 @@ class _Intent:
             if preview is not None:
                 videos.remove_files([preview])
             raise StorageUnavailable(storage.NO_ROOM_MESSAGE) from error
-        return cls(ctx, intent_id)
+        return cls(ctx, intent_id, preview)
 
     def attach(self, prediction: Prediction) -> None:
         """Give the row its task id. If that fails the job goes on (the visitor sees the id); the log keeps it."""
@@ -420,6 +422,20 @@ class _Intent:
             log.error("journal: task %s was submitted but could not be recorded (%s: %s); it is followed without "
                       "the journal", prediction.task_id, type(error).__name__, error)
             self.ctx.journal = None  # this job only: its later journal writes would fail the same way
+
+    def sending(self, payload: dict[str, object]) -> None:
+        """Right before the submit POST: record when it began and which uploaded images it carries, so that only
+        this very task can be adopted if its answer is lost. Raises `StorageUnavailable` (nothing is sent) if the
+        journal cannot take it."""
+        if self.ctx.journal is None or self.intent_id is None:
+            return
+        images = {name: str(payload[name]) for name in ("image", "end_image") if payload.get(name)}
+        try:
+            self.ctx.journal.mark_sending(self.ctx.owner, self.intent_id, images)
+        except (OSError, sqlite3.Error) as error:
+            log.warning("journal: cannot record the submission about to be sent (%s: %s); refusing it before "
+                        "anything is paid for", type(error).__name__, error)
+            raise StorageUnavailable(storage.NO_ROOM_MESSAGE) from error
 
     def priced(self, quote: Quote | None) -> None:
         """Keep WaveSpeed's quote with the entry; without it the task only lacks its cost in the history."""
@@ -440,16 +456,12 @@ class _Intent:
             log.warning("journal: could not mark a submission as outcome unknown (%s)", type(error).__name__)
 
     def withdraw(self) -> None:
+        """Nothing was created: the entry goes (at once, or at a later write if the disk is full: hidden till then)."""
         if self.ctx.journal is None or self.intent_id is None:
             return
-        try:
-            record = self.ctx.journal.get(self.ctx.owner, self.intent_id)
-            self.ctx.journal.withdraw_intent(self.ctx.owner, self.intent_id)
-        except (OSError, sqlite3.Error) as error:
-            log.warning("journal: could not remove an unsent submission (%s)", type(error).__name__)
-            return
-        if record is not None and record.first_frame:
-            videos.remove_files([Path(record.first_frame)])  # with the frames kept beside it
+        self.ctx.journal.withdraw_intent(self.ctx.owner, self.intent_id)
+        if self.preview is not None:
+            videos.remove_files([self.preview])  # with the frames kept beside it
 
 
 def _declared_duration(prediction: Prediction, spec: ModelSpec) -> int | None:

@@ -1,10 +1,12 @@
 """Durable record of every submitted task (stdlib sqlite3, WAL), each row scoped to its owner.
 
-An intent row ("submitting", under a placeholder id) is written before the submit POST and
-given the task id when the answer arrives, so a task that was paid for is never forgotten:
-not by a closed tab, a crash, or a restart; and nothing is submitted that could not be
-recorded. Keys are never stored; `key_source` only says whose key paid ("server" or "visitor").
-Reading never fails on an odd row, and a file that is not a database is moved aside at start.
+An intent row (under a placeholder id) is written before anything is uploaded ("prepared": nothing sent), says
+what the submit POST carries and when it began right before it is sent ("submitting"), and is given the task id
+when the answer arrives, so a task that was paid for is never forgotten: not by a closed tab, a crash, or a
+restart; and nothing is submitted that could not be recorded. Only a row whose POST began can become "outcome
+unknown"; one that was never sent is set aside unseen. Keys are never stored; `key_source` only says whose key paid
+("server" or "visitor"). Reading never fails on an odd row, and a file that is not a database, or not this app's
+journal, is moved aside at start.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -28,7 +31,13 @@ from .sqlite_threads import ThreadConnections
 log = logging.getLogger(__name__)
 
 RUNNING_STATUSES = ("created", "processing")
-SUBMITTING = "submitting"  # an intent row: the submit POST is on its way, the task id not yet known
+PREPARED = "prepared"  # an intent row whose submit POST has not begun: nothing was sent
+# A prepared row a stopped run left (settled at start-up): never shown, adopted or called "outcome unknown", and
+# deleted an hour later. A job of another process still running (the app while the command line starts) may still
+# send it: `mark_sending` takes it back.
+NOT_SENT = "unsent"
+NOT_SENT_KEEP_SECONDS = 3600.0
+SUBMITTING = "submitting"  # an intent row whose submit POST began: a task may exist, its id not yet known
 OUTCOME_UNKNOWN = "unknown"  # the submit answer never arrived: a task may exist and be billed
 INTENT_PREFIX = "intent-"
 UNKNOWN_OUTCOME_ERROR = ("The submission outcome is unknown: the app stopped before WaveSpeed's answer arrived, so "
@@ -55,11 +64,21 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks (owner, created_at DESC);
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status);
+CREATE TABLE IF NOT EXISTS forgotten (
+    task_id      TEXT PRIMARY KEY,
+    forgotten_at REAL NOT NULL
+);
 """
+FORGOTTEN_DAYS = 8  # a deleted task's id is kept this long: past the listing's 7 days it cannot be found again
+BASE_COLUMNS = frozenset({"task_id", "owner", "model", "api_base", "key_source", "params", "first_frame", "status",
+                          "created_at", "updated_at", "finished_at", "inference_ms", "video_path", "error"})
+OWN_TABLES = frozenset({"tasks", "forgotten", "spend"})  # the budgets' ledger keeps `spend` in the same file
 # Columns added after the first release, each nullable, added to an older file when it is opened.
 ADDED_COLUMNS = (
     ("price", "REAL"),  # WaveSpeed's quote at submission (None: not known, e.g. a task fetched by id, the sandbox)
     ("currency", "TEXT"),  # the quote's currency, as the API answered it
+    ("sent_at", "REAL"),  # when the submit POST began (None: never sent, or a row of an older version)
+    ("sent", "TEXT"),  # JSON: the uploaded image (and end image) URLs the submit POST carried
 )
 
 
@@ -83,10 +102,17 @@ class TaskRecord:
     error: str
     price: float | None = None
     currency: str | None = None
+    sent_at: float | None = None
+    sent: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def is_running(self) -> bool:
         return self.status in RUNNING_STATUSES
+
+    @property
+    def in_flight(self) -> bool:
+        """Not ended: running at WaveSpeed, or a submission being prepared or sent."""
+        return self.is_running or self.status in (PREPARED, SUBMITTING)
 
     @property
     def prompt(self) -> str:
@@ -130,24 +156,38 @@ class Journal:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._connections = ThreadConnections(self.path, check=check_header)
         self._lock = threading.Lock()
         self._prepare_lock = threading.Lock()
         self._ready = False
+        self._read_trouble = ""  # the last read failure logged, so a broken journal is not logged on every read
+        self._withdrawn: set[tuple[str, str]] = set()  # intents withdrawn while the file could not be written
         try:
             self._prepare()
+        except _Unusable as error:  # a path that is not a file: one plain sentence, no traceback
+            log.error("journal: %s", error)
+            self._read_trouble = str(error)
         except sqlite3.OperationalError as error:  # full or read-only disk: start anyway, retry on each use
             log.error("journal: %s cannot be opened (%s); the app runs without history and refuses new jobs "
                       "until the data dir can be written again", self.path.name, error)
+            self._read_trouble = str(error)
 
     def _prepare(self) -> None:
-        """Open the journal for use; a file that is not a sound database is moved aside and started afresh."""
+        """Open the journal for use; a file that is not a sound database, or not this app's journal, is moved
+        aside and started afresh. Raises sqlite3.OperationalError while it cannot be opened (full or read-only
+        disk, a directory in its place)."""
         with self._prepare_lock:
             if self._ready:
                 return
+            if self.path.is_dir():
+                raise _Unusable(f"{self.path.name} in the data dir (KLING_DEMO_DATA_DIR) is a directory, not the "
+                                "journal file; the app runs without history and refuses new jobs until that "
+                                "directory is moved elsewhere")
             try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._open()
+            except OSError as error:  # the data dir cannot be made, or the file read: as SQLite's own failures
+                raise sqlite3.OperationalError(os.strerror(error.errno) if error.errno else str(error)) from error
             except sqlite3.OperationalError:
                 raise
             except sqlite3.DatabaseError as error:
@@ -158,10 +198,12 @@ class Journal:
             self._ready = True
 
     def _open(self) -> None:
-        """Create the table if needed and check the file is a sound database (raises DatabaseError if not)."""
+        """Create the tables if needed and check the file is a sound database of this app (raises DatabaseError
+        if not)."""
         check_header(self._connections.head())  # before SQLite opens it, as closing would delete its WAL
         with self._session() as db:
             db.execute("PRAGMA journal_mode=WAL")
+            _check_schema(db)
             db.executescript(SCHEMA)
             _add_columns(db)
             verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
@@ -169,10 +211,12 @@ class Journal:
             raise _CorruptJournal(f"quick_check: {verdict}")
 
     def _move_aside(self, error: sqlite3.DatabaseError) -> None:
-        """Keep an unreadable journal (and its -wal/-shm) under a dated name; the next open starts afresh."""
+        """Keep an unreadable or foreign journal (and its -wal/-shm) under a dated name; the next open starts
+        afresh."""
         self._connections.reset()  # every thread's connection points at the file being moved
+        foreign = isinstance(error, _ForeignJournal)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        aside = self.path.with_name(f"{self.path.name}.{'foreign' if foreign else 'corrupt'}-{stamp}")
         while aside.exists():
             aside = aside.with_name(aside.name + "x")
         for suffix in ("-wal", "-shm", ""):  # the main file last: a half-done move still looks corrupt
@@ -180,8 +224,9 @@ class Journal:
             if source.exists():
                 source.replace(Path(f"{aside}{suffix}"))
         reason = " ".join(str(error).split())  # one line, whatever SQLite said
-        log.warning("journal: %s was not a readable database (%s); moved it aside as %s and started a fresh "
-                    "journal (the history it held is not shown)", self.path.name, reason, aside.name)
+        what = "is not this app's journal" if foreign else "was not a readable database"
+        log.warning("journal: %s %s (%s); moved it aside as %s and started a fresh journal (the history it held "
+                    "is not shown)", self.path.name, what, reason, aside.name)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -192,13 +237,18 @@ class Journal:
             yield db
 
     def _rows(self, query: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
-        """A read that never fails: an unusable journal (full disk, damaged file) reads as empty, and is logged."""
+        """A read that never fails: an unusable journal (full disk, damaged file) reads as empty, and is logged
+        (once until it reads again, not on every refresh of every page)."""
         try:
             with self._connect() as db:
-                return db.execute(query, args).fetchall()
+                rows = db.execute(query, args).fetchall()
         except sqlite3.DatabaseError as error:
-            log.warning("journal: cannot be read right now (%s); showing nothing from it", error)
+            if str(error) != self._read_trouble:
+                self._read_trouble = str(error)
+                log.warning("journal: cannot be read right now (%s); showing nothing from it", error)
             return []
+        self._read_trouble = ""
+        return rows
 
     def _session(self) -> AbstractContextManager[sqlite3.Connection]:
         """This thread's connection in one transaction: commit on success, roll back on error."""
@@ -217,11 +267,26 @@ class Journal:
 
     def record_intent(self, *, owner: str, model: str, api_base: str, key_source: str, params: dict[str, Any],
                       first_frame: str | None = None) -> str:
-        """Remember a submission before it is sent; returns the intent id that `attach_task` replaces."""
+        """Remember a submission before anything is uploaded ("prepared": nothing sent yet); returns the intent id
+        that `mark_sending` and `attach_task` refer to."""
+        self._retry_withdrawals()
         intent_id = INTENT_PREFIX + uuid.uuid4().hex
         self.record_submission(owner=owner, task_id=intent_id, model=model, api_base=api_base,
-                               key_source=key_source, params=params, first_frame=first_frame, status=SUBMITTING)
+                               key_source=key_source, params=params, first_frame=first_frame, status=PREPARED)
         return intent_id
+
+    def mark_sending(self, owner: str, intent_id: str, images: dict[str, str], *, at: float | None = None) -> None:
+        """Right before the submit POST: the row says when it began (`at`, default now) and which uploaded images it
+        carries, so a lost answer's task can be told apart from anyone else's. Raises sqlite3.Error if the row
+        cannot say so (then nothing may be sent)."""
+        now = time.time()
+        with self._connect() as db:
+            cursor = db.execute("UPDATE tasks SET status = ?, sent_at = ?, sent = ?, updated_at = ? WHERE owner = ?"
+                                " AND task_id = ? AND status IN (?, ?)",
+                                (SUBMITTING, now if at is None else at, json.dumps(images), now, owner, intent_id,
+                                 PREPARED, NOT_SENT))
+            if cursor.rowcount != 1:
+                raise sqlite3.OperationalError("the submission's journal row is gone")
 
     def set_price(self, owner: str, task_id: str, price: float, currency: str) -> None:
         """Keep WaveSpeed's quote for a task (asked right before its submission)."""
@@ -235,24 +300,54 @@ class Journal:
             db.execute("UPDATE tasks SET task_id = ?, status = ?, error = '', updated_at = ?, finished_at = NULL"
                        " WHERE owner = ? AND task_id = ?", (task_id, status, time.time(), owner, intent_id))
 
-    def withdraw_intent(self, owner: str, intent_id: str) -> None:
-        """Forget an intent whose submission certainly created nothing."""
-        with self._connect() as db:
-            db.execute("DELETE FROM tasks WHERE owner = ? AND task_id = ?", (owner, intent_id))
+    def withdraw_intent(self, owner: str, intent_id: str) -> bool:
+        """Forget an intent whose submission certainly created nothing. If the file cannot be written now (a full
+        disk) the entry is hidden at once and deleted at a later write: returns False then, and logs it."""
+        self._withdrawn.add((owner, intent_id))
+        self._retry_withdrawals()
+        if (owner, intent_id) in self._withdrawn:
+            log.warning("journal: could not remove an unsent submission now; it is hidden and removed at a later "
+                        "write (or set aside unseen at the next start)")
+            return False
+        return True
+
+    def _retry_withdrawals(self) -> None:
+        """Delete the intents withdrawn earlier that the file could not take then."""
+        for owner, intent_id in list(self._withdrawn):
+            try:
+                with self._connect() as db:
+                    db.execute(f"DELETE FROM tasks WHERE owner = ? AND task_id = ? AND status IN {INTENT_STATUSES!r}",
+                               (owner, intent_id))  # the statuses are constants, not input
+            except (sqlite3.Error, OSError):
+                return  # the disk is still full: try again at the next write
+            self._withdrawn.discard((owner, intent_id))
 
     def settle_intents(self) -> int:
-        """Mark intents a stopped process left behind as outcome unknown; returns how many.
+        """At start-up: set aside the intents a stopped process never sent (`NOT_SENT`), and mark those whose
+        submit POST began as outcome unknown; returns how many were marked so.
 
         Called at start-up (one app process per data dir): no submission of this process is on its way yet.
-        A live job elsewhere that does get its answer still attaches its task id to the row."""
+        A live job elsewhere (the app, when the command line starts) still sends its row or attaches its task id."""
+        self._retry_withdrawals()
         now = time.time()
         try:
             with self._connect() as db:
+                expired = (NOT_SENT, now - NOT_SENT_KEEP_SECONDS)
+                unsent = db.execute("SELECT first_frame FROM tasks WHERE status = ? AND updated_at < ?",
+                                    expired).fetchall()
+                db.execute("DELETE FROM tasks WHERE status = ? AND updated_at < ?", expired)
+                set_aside = db.execute("UPDATE tasks SET status = ?, updated_at = ? WHERE status = ?",
+                                       (NOT_SENT, now, PREPARED)).rowcount
                 cursor = db.execute("UPDATE tasks SET status = ?, error = ?, updated_at = ?, finished_at = ?"
                                     " WHERE status = ?", (OUTCOME_UNKNOWN, UNKNOWN_OUTCOME_ERROR, now, now, SUBMITTING))
         except sqlite3.DatabaseError as error:
-            log.warning("journal: could not settle interrupted submissions now (%s); they stay as submitting", error)
+            if str(error) != self._read_trouble:  # an unusable journal was said once already
+                log.warning("journal: could not settle interrupted submissions now (%s); they stay as they are",
+                            error)
             return 0
+        videos.remove_files([Path(row["first_frame"]) for row in unsent if row["first_frame"]])
+        if set_aside:
+            log.info("journal: %d submission(s) a stopped run prepared but never sent are not shown", set_aside)
         if cursor.rowcount:
             log.warning("journal: %d submission(s) were interrupted before their answer arrived; marked as outcome "
                         "unknown", cursor.rowcount)
@@ -299,20 +394,27 @@ class Journal:
 
     def forget(self, owner: str, task_id: str) -> bool:
         """Delete one of the owner's ended tasks from the journal; False if none (or it is still running)."""
-        unfinished = (*RUNNING_STATUSES, SUBMITTING)
+        unfinished = (*RUNNING_STATUSES, *INTENT_STATUSES)
+        now = time.time()
         with self._connect() as db:
             cursor = db.execute(f"DELETE FROM tasks WHERE owner = ? AND task_id = ? AND status NOT IN {unfinished!r}",
                                 (owner, task_id))  # the statuses are constants, not input
+            if cursor.rowcount and not is_intent_id(task_id):  # never adopted again by anyone (see `has_task`)
+                db.execute("INSERT OR REPLACE INTO forgotten (task_id, forgotten_at) VALUES (?, ?)", (task_id, now))
+                db.execute("DELETE FROM forgotten WHERE forgotten_at < ?", (now - FORGOTTEN_DAYS * 86400,))
         return cursor.rowcount > 0
 
     def get(self, owner: str, task_id: str) -> TaskRecord | None:
         """The owner's task, or None: another owner's task is indistinguishable from a missing one."""
-        rows = self._rows("SELECT * FROM tasks WHERE task_id = ? AND owner = ?", (task_id, owner))
-        return next(iter(_records(rows)), None)
+        rows = self._rows("SELECT * FROM tasks WHERE task_id = ? AND owner = ? AND status != ?",
+                          (task_id, owner, NOT_SENT))
+        return next(iter(self._shown(_records(rows))), None)
 
     def has_task(self, task_id: str) -> bool:
-        """Whether any owner's history holds this task id (a listed task that is someone's already)."""
-        return bool(self._rows("SELECT 1 FROM tasks WHERE task_id = ? LIMIT 1", (task_id,)))
+        """Whether this task id is, or ever was, in some history: a listed task that is someone's, or was and was
+        deleted (its id is kept `FORGOTTEN_DAYS`), is never the task of a lost answer."""
+        return bool(self._rows("SELECT 1 FROM tasks WHERE task_id = ? UNION ALL SELECT 1 FROM forgotten"
+                               " WHERE task_id = ? LIMIT 1", (task_id, task_id)))
 
     def unknown_outcomes(self) -> list[TaskRecord]:
         """Submissions whose answer was lost (outcome unknown), oldest first."""
@@ -320,8 +422,15 @@ class Journal:
 
     def for_owner(self, owner: str, limit: int = 50) -> list[TaskRecord]:
         """The owner's tasks, newest first."""
-        rows = self._rows("SELECT * FROM tasks WHERE owner = ? ORDER BY created_at DESC LIMIT ?", (owner, limit))
-        return _records(rows)
+        rows = self._rows("SELECT * FROM tasks WHERE owner = ? AND status != ? ORDER BY created_at DESC LIMIT ?",
+                          (owner, NOT_SENT, limit))
+        return self._shown(_records(rows))
+
+    def _shown(self, records: list[TaskRecord]) -> list[TaskRecord]:
+        """`records` without the intents withdrawn while the file could not be written (they are gone for good)."""
+        withdrawn = self._withdrawn
+        return [record for record in records if (record.owner, record.task_id) not in withdrawn] if withdrawn \
+            else records
 
     def spend(self, owner: str) -> dict[str, tuple[float, int]]:
         """What the owner's completed tasks were quoted, per currency: {currency: (total, how many)}."""
@@ -385,6 +494,33 @@ class _CorruptJournal(sqlite3.DatabaseError):
     sqlite_errorcode = 11
 
 
+class _ForeignJournal(sqlite3.DatabaseError):
+    """A sound SQLite file that is not this app's journal: another program's, or a `tasks` table of other columns."""
+
+    sqlite_errorcode = 26  # SQLITE_NOTADB: not a journal, so moved aside as a damaged one is
+
+
+class _Unusable(sqlite3.OperationalError):
+    """The journal's path cannot hold it (a directory): said in one sentence, and tried again at each use."""
+
+
+def _check_schema(db: sqlite3.Connection) -> None:
+    """Raise `_ForeignJournal` for a file whose `tasks` table lacks this app's columns, or that holds other tables
+    and no `tasks` table (a file with this app's tables and more is a newer version's journal: kept)."""
+    tables = {str(row[0]) for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "tasks" in tables:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+        missing = sorted(BASE_COLUMNS - columns)
+        if missing:
+            raise _ForeignJournal(f"its tasks table has other columns: no {', '.join(missing[:4])}"
+                                  f"{' and more' if len(missing) > 4 else ''}")
+        return
+    others = sorted(name for name in tables - OWN_TABLES if not name.startswith("sqlite_"))
+    if others:
+        shown = ", ".join(name[:40] for name in others[:3])
+        raise _ForeignJournal(f"it holds other tables ({shown}{', …' if len(others) > 3 else ''}) and no tasks table")
+
+
 def _add_columns(db: sqlite3.Connection) -> None:
     """Give a journal written by an older version the columns added since (nullable: old rows stay as they are)."""
     present = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
@@ -416,6 +552,7 @@ def _is_corrupt(error: sqlite3.DatabaseError) -> bool:
 
 _TEXT_FIELDS = ("task_id", "owner", "model", "api_base", "key_source", "status", "error")
 _OPTIONAL_TEXT_FIELDS = ("first_frame", "video_path", "currency")
+INTENT_STATUSES = (PREPARED, SUBMITTING, NOT_SENT)
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(TaskRecord))
 
 
@@ -445,6 +582,9 @@ def _record(row: sqlite3.Row) -> TaskRecord:
     fields["inference_ms"] = int(milliseconds) if milliseconds and milliseconds > 0 else None
     price = _number(fields.get("price"))
     fields["price"] = price if price is not None and price >= 0 else None
+    fields["sent_at"] = _number(fields.get("sent_at"))
+    fields["sent"] = {str(name): str(url) for name, url in _params(fields.get("sent")).items()
+                      if isinstance(url, str) and url}
     if not fields["task_id"]:
         raise ValueError("a row without a task id")
     return TaskRecord(**fields)

@@ -1,4 +1,8 @@
-"""Logging set-up for the app's entry points, with a filter that keeps API keys out of every record."""
+"""Logging set-up for the app's entry points, with a filter that keeps API keys out of every record.
+
+`mask_secrets` is also what every text from the API passes before it reaches a visitor or a log: it masks the key
+the caller names (the one its request carried), the app's own secrets (`remember_secrets`, done by
+`configure_logging`) and the environment's WAVESPEED_API_KEY, so either key is masked whichever paid."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import re
 from typing import Iterable
 
 MASK = "***"
+_remembered: set[str] = set()  # the app's own secrets (its key, its webhook secret): masked in every text
 # A bearer token, and the value of a header or field that carries a credential, as an error body echoing our
 # request shows it: `Authorization: Basic abc`, `'x-wavespeed-key': 'abc'`, `api_key=abc`.
 _BEARER = re.compile(r"\b(Bearer\s+)[^\s'\",;}\]]+", re.IGNORECASE)
@@ -15,11 +20,17 @@ _FIELD = re.compile(r"((?:authorization|x-wavespeed-key|api[-_ ]?key)[\"']?\s*[:
                     r"(?:(?:Bearer|Basic|Token)\s+)?)[^\s'\",;}\]]+", re.IGNORECASE)
 
 
+def remember_secrets(*secrets: str | None) -> None:
+    """Mask these in every text `mask_secrets` handles from now on (the server's key, the webhook secret)."""
+    _remembered.update(secret for secret in secrets if secret)
+
+
 def mask_secrets(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """`text` with bearer tokens, echoed credential headers and each of `secrets` replaced by ***."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, MASK)
+    """`text` with bearer tokens, echoed credential headers, each of `secrets` and the app's own secrets replaced
+    by ***."""
+    known = {*(secret for secret in secrets if secret), *_remembered, os.environ.get("WAVESPEED_API_KEY", "").strip()}
+    for secret in sorted(filter(None, known), key=len, reverse=True):  # a longer secret before one inside it
+        text = text.replace(secret, MASK)
     text = _BEARER.sub(rf"\1{MASK}", text)
     return _FIELD.sub(rf"\1{MASK}", text)
 
@@ -46,6 +57,7 @@ class RedactSecrets(logging.Filter):
 
 def configure_logging(level: str | None = None, secrets: tuple[str, ...] = ()) -> None:
     """Plain timestamped logs on stderr, with bearer tokens and `secrets` masked."""
+    remember_secrets(*secrets)
     logging.basicConfig(level=level or os.environ.get("KLING_DEMO_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:

@@ -36,15 +36,17 @@ class Lookup:
 
 
 def find_submitted(client: WaveSpeedClient, spec: ModelSpec, sent: dict[str, Any], *, since: float, until: float,
-                   known: Callable[[str], bool] = lambda task_id: False) -> Lookup:
+                   known: Callable[[str], bool] = lambda task_id: False, required: tuple[str, ...] = ()) -> Lookup:
     """Look for the one task of `spec` created between `since` and `until` (Unix seconds, widened by a small
-    margin) whose inputs agree with `sent`; tasks `known` already (in some history) are left out."""
+    margin) whose inputs agree with `sent`; tasks `known` already (in some history) are left out. Fields named in
+    `required` must be echoed by the listing (and agree), not only compared when they are."""
     after = max(since - CLOCK_MARGIN_SECONDS, until + CLOCK_MARGIN_SECONDS - MAX_WINDOW_SECONDS + 1)
     matches: list[Prediction] = []
     for page in range(1, MAX_PAGES + 1):
         listing = client.predictions(page, PAGE_SIZE, model=spec.model_id, created_after=after,
                                      created_before=until + CLOCK_MARGIN_SECONDS)
-        matches += [item for item in listing.items if same_request(item.inputs, sent) and not known(item.task_id)]
+        matches += [item for item in listing.items
+                    if same_request(item.inputs, sent, required) and not known(item.task_id)]
         if len(listing.items) < PAGE_SIZE:
             break
     found = matches[0] if len(matches) == 1 else None
@@ -54,10 +56,11 @@ def find_submitted(client: WaveSpeedClient, spec: ModelSpec, sent: dict[str, Any
     return Lookup(found, len(matches))
 
 
-def same_request(echoed: dict[str, Any], sent: dict[str, Any]) -> bool:
-    """True when the task's echoed inputs show the prompt and duration and agree on every field both sides have
-    (a listing may leave out an inline image). Pass an empty negative prompt as "", so a task with one differs."""
-    if any(name not in echoed for name in REQUIRED_FIELDS):
+def same_request(echoed: dict[str, Any], sent: dict[str, Any], required: tuple[str, ...] = ()) -> bool:
+    """True when the task's echoed inputs show the prompt, the duration and every field in `required`, and agree
+    on every field both sides have (a listing may leave out an inline image). Pass an empty negative prompt as "",
+    so a task with one differs."""
+    if any(name not in echoed for name in (*REQUIRED_FIELDS, *required)):
         return False
     return all(_same(echoed[name], sent[name]) for name in COMPARED_FIELDS if name in sent and name in echoed)
 

@@ -76,23 +76,31 @@ class Recovery:
 
     def find_lost(self) -> int:
         """Look in the background for the tasks of submissions whose answer was lost (paid with the server's key,
-        at this API, within the listing's 7 days); a task found gets its row and is followed. Returns how many."""
+        at this API, within the listing's 7 days); a task found gets its row and is followed. Returns how many.
+
+        Only rows that say when their POST began and which uploaded image it carried are looked for: a task is
+        theirs only if it was created while that POST could have been answered and shows that very image."""
         horizon = time.time() - lost_tasks.MAX_WINDOW_SECONDS + lost_tasks.CLOCK_MARGIN_SECONDS
         records = [record for record in self.journal.unknown_outcomes()
                    if record.key_source == KeySource.SERVER and record.api_base == self.api_base
-                   and record.created_at > horizon]
+                   and record.sent_at is not None and record.sent_at > horizon and record.sent.get("image")]
         for record in records:
             self._pool.submit(self._find_lost, record)
         return len(records)
 
     def _find_lost(self, record: TaskRecord) -> None:
-        """Find one lost submission's task by its model, time and inputs; adopt it if exactly one fits."""
+        """Find one lost submission's task by its model, the time its POST began and its inputs, uploaded images
+        included; adopt it if exactly one fits that no history holds or held."""
         ctx = self.make_context(record.owner, None)
         sent = {name: record.params[name] for name in ("prompt", "negative_prompt", "guidance_scale", "duration")
                 if name in record.params}
+        sent.update(record.sent)  # the image (and end image) URLs, as the POST carried them
+        began = record.sent_at or 0.0
         try:
-            lookup = lost_tasks.find_submitted(ctx.client, ctx.spec, sent, since=record.created_at,
-                                               until=record.updated_at, known=self.journal.has_task)
+            # The task was created while the POST could still be answered: from its start to its timeouts.
+            lookup = lost_tasks.find_submitted(ctx.client, ctx.spec, sent, since=began,
+                                               until=began + sum(ctx.client.timeout), known=self.journal.has_task,
+                                               required=tuple(record.sent))
             found = lookup.prediction
             if found is None:
                 log.info("no task found for lost submission %s (%d matched)", record.task_id, lookup.matches)

@@ -159,7 +159,7 @@ class Service:
         self.spec = spec
         self.backend = backend or open_backend(settings)
         self.videos_dir = settings.videos_dir
-        self.videos_dir.mkdir(parents=True, exist_ok=True)
+        storage.make_folder(self.videos_dir)  # a full or read-only disk: the app starts, refusing new jobs
         self.journal = Journal(settings.data_dir / "journal.sqlite3")  # an unreadable file is moved aside
         self.journal.settle_intents()  # submissions a stopped run left without an answer: outcome unknown
         storage.remove_orphan_parts(self.videos_dir)  # downloads a killed run left half-written

@@ -53,6 +53,18 @@ def check_room(folder: Path, min_free_bytes: int) -> None:
         raise StorageUnavailable(NO_ROOM_MESSAGE) from error
 
 
+def make_folder(folder: Path) -> bool:
+    """Create `folder` if needed; False (logged) when the disk is full or read-only: the app starts without it, and
+    `check_room` refuses each job until it can be made."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        log.error("storage: the data dir cannot be created (%s); the app starts, with an empty history, and refuses "
+                  "new jobs until it can be written", errno.errorcode.get(error.errno or 0, type(error).__name__))
+        return False
+    return True
+
+
 def is_disk_full(error: BaseException) -> bool:
     """True for an OSError that means no room (or no writing) on the disk."""
     return isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator
 import anyio
 import gradio as gr
 from gradio.utils import get_upload_folder
-from PIL import Image
 from starlette.middleware import Middleware
 
 from . import history_view, media, ticks, webhooks, wording
@@ -163,6 +162,13 @@ def without_paths(message: str) -> str:
     return _ABSOLUTE_PATH.sub("", message)
 
 
+def shown_error(error: KlingDemoError) -> gr.Error:
+    """One of our errors as a toast: plain text (paths cut; `<`, `>` and `&` escaped, since Gradio renders a toast
+    as HTML and the sentence may quote the API), and no traceback printed (an expected ending, not a bug; Gradio's
+    printed tracebacks bypass the log's masking)."""
+    return gr.Error(html.escape(without_paths(str(error)), quote=False), duration=None, print_exception=False)
+
+
 @contextmanager
 def plain_errors() -> Iterator[None]:
     """Whatever fails reaches the page as a plain sentence: ours as they are (paths cut), anything else as a
@@ -173,7 +179,7 @@ def plain_errors() -> Iterator[None]:
         error.message = without_paths(str(error.message))
         raise
     except KlingDemoError as error:
-        raise gr.Error(without_paths(str(error)), duration=None) from error
+        raise shown_error(error) from error
     except Exception:
         reference = secrets.token_hex(3)
         log.exception("unexpected error, reference %s", reference)
@@ -290,10 +296,11 @@ def counter_js(cap: int) -> str:
 
 
 def status_markdown(update: JobUpdate, fixes: tuple[str, ...] = ()) -> str:
-    """The stage and its message; what was fixed in the input stays visible until the end."""
-    text = f"**{STAGE_LABELS[update.stage]}** — {update.message}"
+    """The stage and its message, as text (a sentence quoting the API never becomes markup); what was fixed in the
+    input stays visible until the end."""
+    text = f"**{STAGE_LABELS[update.stage]}** — {history_view.literal(update.message)}"
     if fixes and update.stage is not Stage.UPLOADING:  # the upload message already lists them
-        text += "\n\n*Fixed before upload:* " + "; ".join(fixes) + "."
+        text += "\n\n*Fixed before upload:* " + "; ".join(history_view.literal(fix) for fix in fixes) + "."
     return text
 
 
@@ -326,11 +333,9 @@ def history_items(records: list[TaskRecord], placeholder: str,
 
 
 def pending_picture(folder: Path) -> Path:
-    """A plain tile for history entries that have no picture yet."""
-    path = folder / "pending.png"
-    if not path.exists():
-        Image.new("RGB", (320, 180), (226, 232, 240)).save(path)
-    return path
+    """A plain tile for history entries that have no picture yet (the bundled copy when the data dir cannot keep
+    one: a full or read-only disk)."""
+    return history_view.placeholder(folder / "pending.png", ASSETS / "pending.png")
 
 
 def build_app(settings: Settings, backend: Backend | None = None, service: Service | None = None) -> gr.Blocks:
@@ -575,8 +580,8 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                     phase = JobPhase.ENDED if update.is_final else JobPhase.SUBMITTED if task else JobPhase.STARTED
                     yield (words(status_markdown(update, fixes)), task, str(update.video_path or "") or None,
                            progress_html(tracker.view(update)), phase)
-        except gr.Error as error:
-            message = words(str(error.message))
+        except gr.Error as error:  # its message is the toast's (HTML-escaped): shown here as Markdown text
+            message = words(history_view.literal(html.unescape(str(error.message))))
             label = "Failed" if task else "Not started"
             ended = JobUpdate(Stage.FAILED, message, last.elapsed if last else 0.0, task_id=task or None)
             yield (f"**{label}** — {message}", task, None, progress_html(tracker.view(ended)) if last else "",
@@ -1001,7 +1006,7 @@ async def job_updates(job: Job) -> AsyncIterator[JobUpdate]:
         async for update in step_updates(job, anyio.to_thread.run_sync):
             yield update
     except KlingDemoError as error:
-        raise gr.Error(without_paths(str(error)), duration=None) from error
+        raise shown_error(error) from error
     finally:
         job.close()
 

@@ -4,7 +4,8 @@ Each delivery carries `webhook-id`, `webhook-timestamp` and `webhook-signature: 
 HMAC-SHA256 over `"{id}.{timestamp}.{raw body}"` keyed by the account's secret without its `whsec_` prefix,
 used as text (not base64-decoded, so the `standardwebhooks` package does not match). The body is the bare
 prediction object, as the result endpoint's `data`. Anything unsigned, older or newer than five minutes, or
-seen before is refused with 401 and changes nothing.
+seen before is refused with 401 and changes nothing. Refusals are logged at a bounded rate (a flood of forged
+webhooks must not flood the log): the first, then at most one line a minute with how many came since.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 SECRET_PREFIX = "whsec_"
 TOLERANCE_SECONDS = 300.0
 MAX_BODY_BYTES = 1024 * 1024  # a prediction is a few kB; anything bigger is not WaveSpeed's
+REFUSAL_LOG_INTERVAL_SECONDS = 60.0
 
 
 def signature(secret: str, message_id: str, timestamp: str, body: bytes) -> str:
@@ -109,8 +111,37 @@ class Receiver:
         return prediction
 
 
-def route(receiver: Receiver) -> APIRoute:
-    """`POST /webhooks/wavespeed`, served beside the page."""
+class Refusals:
+    """Logs refused webhooks at a bounded rate: a refusal after a quiet interval gets its own line; those within
+    `interval_seconds` of the last line are only counted, and the next line says how many there were."""
+
+    def __init__(self, interval_seconds: float = REFUSAL_LOG_INTERVAL_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._quiet_until: float | None = None  # no line before this, only a count
+        self._unlogged = 0
+
+    def refused(self, host: str, reason: str) -> None:
+        now = self._clock()
+        with self._lock:
+            if self._quiet_until is not None and now < self._quiet_until:
+                self._unlogged += 1
+                return
+            unlogged, self._unlogged = self._unlogged, 0
+            self._quiet_until = now + self._interval
+        if unlogged:
+            log.warning("refused a webhook from %s: %s (%d more refused since the last such line, not logged one by "
+                        "one)", host, reason, unlogged)
+        else:
+            log.warning("refused a webhook from %s: %s", host, reason)
+
+
+def route(receiver: Receiver, refusals: Refusals | None = None) -> APIRoute:
+    """`POST /webhooks/wavespeed`, served beside the page; `refusals` logs what it refuses (default: a line a
+    minute at most)."""
+    refusals = refusals or Refusals()
 
     async def wavespeed_webhook(request: Request) -> JSONResponse:
         body = b""
@@ -121,8 +152,7 @@ def route(receiver: Receiver) -> APIRoute:
         try:
             prediction = await run_in_threadpool(receiver.receive, request.headers, body)
         except WebhookRejected as refusal:
-            log.warning("refused a webhook from %s: %s", request.client.host if request.client else "?",
-                        refusal.message)
+            refusals.refused(request.client.host if request.client else "?", refusal.message)
             return JSONResponse({"error": refusal.message}, status_code=401)
         return JSONResponse({"received": prediction["id"]})
 

@@ -140,7 +140,7 @@ def test_the_journal_row_is_written_before_the_submission_and_completed_after(sa
     for update in generate(JobRequest(image=make_image(), prompt="a lighthouse"), ctx):
         if update.stage is Stage.UPLOADING:
             (row,) = journal.for_owner("alice")
-            assert row.status == "submitting" and row.prompt == "a lighthouse" and Path(row.first_frame).is_file()
+            assert row.status == "prepared" and row.prompt == "a lighthouse" and Path(row.first_frame).is_file()
             assert sandbox.stats()["submissions"] == 0
         updates.append(update)
     assert updates[-1].stage is Stage.DONE
@@ -204,19 +204,20 @@ def test_a_submission_that_created_nothing_leaves_no_row(make_sandbox, make_imag
     assert journal.for_owner("a") == [] and list((tmp_path / "videos").glob("*.jpg")) == []
 
 
-def test_a_row_that_cannot_be_completed_still_shows_the_task_id_and_logs_it(sandbox, make_image, job_context,
+def test_a_row_that_cannot_be_completed_still_shows_the_task_id_and_logs_it(make_sandbox, make_image, job_context,
                                                                             tmp_path, caplog):
+    sandbox = make_sandbox(lost_answer_rate=1.0, seed=1)  # the answer is lost: the task id comes from the listing
     journal = Journal(tmp_path / "journal.sqlite3")
     ctx = job_context(sandbox, journal=journal, owner="alice")
     updates = []
     with caplog.at_level("ERROR", logger="kling_demo.jobs"):
         for update in generate(JobRequest(image=make_image(), prompt="waves"), ctx):
-            if update.stage is Stage.UPLOADING:
-                corrupt(journal)  # after the intent row, before the submit answer
+            if update.stage is Stage.SUBMITTED and not update.task_id and updates[-1].stage is not Stage.SUBMITTED:
+                corrupt(journal)  # the POST went out, its task id not yet recorded
             updates.append(update)
     final = updates[-1]
     assert final.stage is Stage.DONE and final.task_id and final.video_path.is_file()
-    assert {u.task_id for u in updates[2:]} == {final.task_id}
+    assert {u.task_id for u in updates if u.stage in (Stage.QUEUED, Stage.PROCESSING, Stage.DONE)} == {final.task_id}
     (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert final.task_id in line and "could not be recorded" in line
     assert sandbox.stats()["submissions"] == 1

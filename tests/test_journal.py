@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from kling_demo.journal import Journal
 
 
@@ -229,7 +231,12 @@ def test_an_intent_becomes_an_ordinary_task_once_the_api_answers(tmp_path):
     journal = Journal(tmp_path / "j.sqlite3")
     intent_id = intent(journal)
     (record,) = journal.for_owner("alice")
-    assert record.status == "submitting" and record.is_intent and record.first_frame == "/preview.jpg"
+    assert record.status == "prepared" and record.is_intent and record.first_frame == "/preview.jpg"
+    assert record.sent_at is None and record.sent == {}, "nothing sent yet"
+    journal.mark_sending("alice", intent_id, {"image": "https://files.example/a.png"}, at=1234.5)
+    (record,) = journal.for_owner("alice")
+    assert (record.status, record.sent_at, record.sent) == ("submitting", 1234.5,
+                                                             {"image": "https://files.example/a.png"})
     assert journal.running() == [], "recovery never polls a placeholder id"
     journal.attach_task("alice", intent_id, "real-task", "created")
     (record,) = journal.for_owner("alice")
@@ -237,16 +244,55 @@ def test_an_intent_becomes_an_ordinary_task_once_the_api_answers(tmp_path):
     assert [r.task_id for r in journal.running()] == ["real-task"]
 
 
-def test_intents_left_by_a_stopped_run_are_settled_as_outcome_unknown(tmp_path):
+def test_only_intents_whose_post_began_are_settled_as_outcome_unknown_at_start(tmp_path):
     journal = Journal(tmp_path / "j.sqlite3")
-    left = intent(journal)
+    sent = intent(journal)
+    journal.mark_sending("alice", sent, {"image": "https://files.example/a.png"})
+    preview = tmp_path / "unsent-preview.jpg"
+    preview.write_bytes(b"a preview")
+    never_sent = journal.record_intent(owner="alice", model="m", api_base="a", key_source="server",
+                                       params={"prompt": "p", "duration": 5}, first_frame=str(preview))
     withdrawn = intent(journal)
     journal.withdraw_intent("alice", withdrawn)
     assert Journal(tmp_path / "j.sqlite3").settle_intents() == 1
     (record,) = journal.for_owner("alice")
-    assert record.task_id == left and record.status == "unknown" and record.finished_at
+    assert record.task_id == sent and record.status == "unknown" and record.finished_at
     assert "outcome is unknown" in record.error and "dashboard" in record.error
-    assert journal.running() == []
+    assert journal.get("alice", never_sent) is None, "nothing was sent: nothing to settle, nothing shown"
+    assert journal.running() == [] and journal.unknown_outcomes() == [record]
+
+    # The app's job may still be on its way when the command line starts: it sends its row all the same.
+    journal.mark_sending("alice", never_sent, {"image": "https://files.example/b.png"})
+    assert journal.get("alice", never_sent).status == "submitting"
+    journal.withdraw_intent("alice", never_sent)
+
+
+def test_rows_never_sent_are_deleted_with_their_preview_an_hour_after_they_were_set_aside(tmp_path):
+    import sqlite3
+
+    journal = Journal(tmp_path / "j.sqlite3")
+    preview = tmp_path / "unsent-preview.jpg"
+    preview.write_bytes(b"a preview")
+    never_sent = journal.record_intent(owner="alice", model="m", api_base="a", key_source="server",
+                                       params={"prompt": "p", "duration": 5}, first_frame=str(preview))
+    journal.settle_intents()
+    assert preview.exists(), "kept while a job elsewhere might still send it"
+    with sqlite3.connect(journal.path) as db:
+        db.execute("UPDATE tasks SET updated_at = updated_at - 3601 WHERE task_id = ?", (never_sent,))
+    journal.settle_intents()
+    assert not preview.exists()
+    with sqlite3.connect(journal.path) as db:
+        assert db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == 0
+
+
+def test_a_deleted_task_is_still_known_as_someones(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite3")
+    submit(journal, "bob", "bobs-cat")
+    journal.fail("bob", "bobs-cat", "it ended")
+    assert journal.has_task("bobs-cat") and not journal.has_task("nobodys")
+    assert journal.forget("bob", "bobs-cat") and journal.get("bob", "bobs-cat") is None
+    assert journal.has_task("bobs-cat"), "a deleted task must never be adopted by another row"
+    assert Journal(tmp_path / "j.sqlite3").has_task("bobs-cat"), "also after a restart"
 
 
 def test_a_missing_duration_is_filled_in_without_touching_other_params(tmp_path):
@@ -260,3 +306,64 @@ def test_a_missing_duration_is_filled_in_without_touching_other_params(tmp_path)
     assert journal.get("alice", "resumed").params == {"prompt": "", "duration": 10, "resumed": True}
     assert journal.get("alice", "broken").duration == 5
     assert journal.inference_times("m") == [(10, 90.0), (5, 90.0)]
+
+
+# --- a journal of another schema, or a path that is not a file ---------------------------------------------------
+
+
+def foreign_tasks_table(path: Path) -> None:
+    """A `tasks` table some other program made, with columns of its own."""
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE tasks (id INTEGER PRIMARY KEY, title TEXT, done INTEGER)")
+        db.execute("INSERT INTO tasks (title, done) VALUES ('buy milk', 0)")
+
+
+def foreign_database(path: Path) -> None:
+    """Another program's SQLite file, with no `tasks` table at all."""
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        db.execute("INSERT INTO notes (body) VALUES ('not a journal')")
+
+
+@pytest.mark.parametrize("make_foreign", [foreign_tasks_table, foreign_database])
+def test_a_journal_of_another_schema_is_moved_aside_and_a_fresh_one_takes_jobs(tmp_path, caplog, make_foreign):
+    import sqlite3
+
+    path = tmp_path / "journal.sqlite3"
+    make_foreign(path)
+    with caplog.at_level("WARNING", logger="kling_demo.journal"):
+        journal = Journal(path)
+    (aside,) = tmp_path.glob("journal.sqlite3.foreign-*[0-9Z]")
+    with sqlite3.connect(aside) as db:  # kept as it was, for its owner to look at
+        assert db.execute("SELECT COUNT(*) FROM " + ("tasks" if make_foreign is foreign_tasks_table
+                                                      else "notes")).fetchone()[0] == 1
+    intent_id = intent(journal)
+    assert [r.task_id for r in journal.for_owner("alice")] == [intent_id]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "moved it aside" in line and aside.name in line and "not this app's journal" in line
+    assert "\n" not in line and str(tmp_path) not in line
+
+
+def test_a_journal_path_that_is_a_directory_reads_empty_refuses_writes_and_says_what_to_do(tmp_path, caplog):
+    import sqlite3
+
+    path = tmp_path / "journal.sqlite3"
+    path.mkdir()
+    with caplog.at_level("WARNING", logger="kling_demo.journal"):
+        journal = Journal(path)  # no traceback: the app starts without a history
+        assert journal.for_owner("alice") == [] and journal.running() == []
+        with pytest.raises(sqlite3.Error):
+            intent(journal)
+    sentences = {r.getMessage() for r in caplog.records if "is a directory" in r.getMessage()}
+    assert len(sentences) == 1, caplog.text
+    (sentence,) = sentences
+    assert "journal.sqlite3" in sentence and "KLING_DEMO_DATA_DIR" in sentence and "move" in sentence
+    assert str(tmp_path) not in sentence
+    assert path.is_dir(), "an operator's directory is never moved"
+    path.rmdir()  # once it is moved away, the journal works without a restart
+    intent(journal)
+    assert len(journal.for_owner("alice")) == 1

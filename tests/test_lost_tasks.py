@@ -18,6 +18,7 @@ from kling_demo.journal import Journal
 from kling_demo.lost_tasks import find_submitted
 from kling_demo.models import DEFAULT_MODEL, KeySource, TaskStatus
 from kling_demo.service import Visitor
+from tests.conftest import SERVER_KEY
 from tests.test_service import ALICE, BOB, run_to_end, submitted_elsewhere
 from tests.waiting import wait_for
 
@@ -106,7 +107,9 @@ def test_a_submission_cut_off_by_a_restart_is_found_at_the_next_start(make_sandb
     intent = journal.record_intent(owner=ALICE.owner, model=DEFAULT_MODEL.model_id, api_base=sandbox.base_url,
                                    key_source=KeySource.SERVER, params=params)
     with WaveSpeedClient(sandbox.base_url, "server-key") as client:  # the POST that went out before the crash
-        sent = client.submit(DEFAULT_MODEL, {"image": client.upload(make_image(), "image/png"),
+        image_url = client.upload(make_image(), "image/png")
+        journal.mark_sending(ALICE.owner, intent, {"image": image_url})
+        sent = client.submit(DEFAULT_MODEL, {"image": image_url,
                                              **{k: params[k] for k in ("prompt", "guidance_scale", "duration")}})
     service = make_service(sandbox)  # settles the intent as outcome unknown, then looks for its task
     record = wait_for(lambda: (r := service.task(ALICE, sent.task_id)) and r.status == TaskStatus.COMPLETED and r)
@@ -135,3 +138,108 @@ def test_your_wavespeed_tasks_need_your_own_key_and_bring_a_task_into_your_histo
                                                                   KeySource.VISITOR)
     assert record.video_path == str(final.video_path)
     assert sandbox.stats()["submissions"] == 1
+
+
+# --- adoption at start-up takes only the very task the lost POST created --------------------------------------
+
+CAT = {"prompt": "A cat stretches in the sun", "negative_prompt": "", "guidance_scale": 0.5, "duration": 5}
+
+
+def alices_intent(journal: Journal, sandbox) -> str:
+    """Alice's "Cat" submission as the journal holds it before its POST (the same settings as Bob's)."""
+    return journal.record_intent(owner=ALICE.owner, model=DEFAULT_MODEL.model_id, api_base=sandbox.base_url,
+                                 key_source=KeySource.SERVER, params={**CAT, "end_image": False})
+
+
+def submitted_on_the_server_key(sandbox, image_url: str) -> str:
+    """A "Cat" task on the server's key that no lost POST of Alice's created (another job, another program)."""
+    with WaveSpeedClient(sandbox.base_url, SERVER_KEY) as client:
+        return client.submit(DEFAULT_MODEL, {"image": image_url, **{k: v for k, v in CAT.items() if v != ""}}).task_id
+
+
+def upload(sandbox, image) -> str:
+    with WaveSpeedClient(sandbox.base_url, SERVER_KEY) as client:
+        return client.upload(image, "image/png")
+
+
+def looked_for(caplog, intent_id: str) -> bool:
+    return any(intent_id in r.getMessage() and "no task found" in r.getMessage() for r in caplog.records)
+
+
+def test_a_restart_never_gives_an_unsent_submission_another_visitors_deleted_task(make_sandbox, make_service,
+                                                                                  make_image):
+    sandbox = make_sandbox()
+    service = make_service(sandbox)
+    cat = make_image(color=(200, 120, 40))
+    bobs = run_to_end(service.generate(JobRequest(image=cat, **CAT), BOB))[-1]
+    assert bobs.stage is Stage.DONE
+    service.delete(BOB, bobs.task_id)
+    unsent = alices_intent(service.journal, sandbox)  # the app stopped before Alice's POST
+    service.close()
+
+    restarted = make_service(sandbox)
+    assert restarted.tasks(ALICE) == [], "nothing was sent, so there is no outcome to be unsure of"
+    assert restarted.task(ALICE, unsent) is None and restarted.task(ALICE, bobs.task_id) is None
+    assert restarted.journal.unknown_outcomes() == []
+    assert sandbox.stats()["submissions"] == 1
+
+
+def test_a_lost_submission_is_matched_by_the_image_its_post_carried(make_sandbox, make_service, make_image,
+                                                                    caplog):
+    sandbox = make_sandbox()
+    service = make_service(sandbox)
+    someone_elses = submitted_on_the_server_key(sandbox, upload(sandbox, make_image(color=(200, 120, 40))))
+    with WaveSpeedClient(sandbox.base_url, SERVER_KEY) as client:
+        (listed,) = client.predictions().items
+    assert listed.task_id == someone_elses and listed.inputs["image"].startswith("http"), \
+        "the listing echoes the uploaded image's URL, as WaveSpeed's does"
+    lost = alices_intent(service.journal, sandbox)
+    service.journal.mark_sending(ALICE.owner, lost, {"image": upload(sandbox, make_image(color=(20, 60, 200)))})
+    service.close()  # Alice's POST never reached WaveSpeed, and the app stopped
+
+    caplog.set_level("INFO", logger="kling_demo.recovery")
+    restarted = make_service(sandbox)
+    wait_for(lambda: looked_for(caplog, lost), what="the start-up search for Alice's task")
+    (record,) = restarted.tasks(ALICE)
+    assert (record.task_id, record.status, record.video_path) == (lost, "unknown", None)
+    assert not restarted.journal.has_task(someone_elses), "a task with another image is not Alice's"
+
+
+def test_a_lost_submission_is_looked_for_around_its_post_not_over_the_downtime(make_sandbox, make_service,
+                                                                               make_image, caplog):
+    sandbox = make_sandbox()
+    service = make_service(sandbox)
+    image_url = upload(sandbox, make_image())
+    lost = alices_intent(service.journal, sandbox)
+    # Her POST began ten minutes ago and its answer was lost; the app was down since.
+    service.journal.mark_sending(ALICE.owner, lost, {"image": image_url}, at=time.time() - 600)
+    service.close()
+    later = submitted_on_the_server_key(sandbox, image_url)  # made during the downtime, long after her POST
+
+    caplog.set_level("INFO", logger="kling_demo.recovery")
+    restarted = make_service(sandbox)
+    wait_for(lambda: looked_for(caplog, lost), what="the start-up search for Alice's task")
+    (record,) = restarted.tasks(ALICE)
+    assert (record.task_id, record.status) == (lost, "unknown")
+    assert not restarted.journal.has_task(later)
+
+
+def test_a_task_deleted_from_a_history_is_never_adopted(make_sandbox, make_service, make_image, caplog):
+    sandbox = make_sandbox()
+    service = make_service(sandbox)
+    image_url = upload(sandbox, make_image())
+    lost = alices_intent(service.journal, sandbox)
+    service.journal.mark_sending(ALICE.owner, lost, {"image": image_url})
+    task_id = submitted_on_the_server_key(sandbox, image_url)
+    service.journal.record_submission(owner=BOB.owner, task_id=task_id, model=DEFAULT_MODEL.model_id,
+                                      api_base=sandbox.base_url, key_source=KeySource.SERVER, params=dict(CAT))
+    service.journal.fail(BOB.owner, task_id, "ended")
+    service.delete(BOB, task_id)  # in Bob's history once: it is Bob's, deleted or not
+    service.close()
+
+    caplog.set_level("INFO", logger="kling_demo.recovery")
+    restarted = make_service(sandbox)
+    wait_for(lambda: looked_for(caplog, lost), what="the start-up search for Alice's task")
+    (record,) = restarted.tasks(ALICE)
+    assert (record.task_id, record.status) == (lost, "unknown")
+    assert restarted.task(ALICE, task_id) is None

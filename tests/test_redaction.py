@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from kling_demo.client import WaveSpeedClient
-from kling_demo.errors import ApiInputRefused, InputRejected, KlingDemoError
+from kling_demo.errors import ApiInputRefused, InputRejected, KlingDemoError, ServiceUnavailable
 from kling_demo.logs import RedactSecrets
 from kling_demo.inputs import check_task_id
 from kling_demo.models import KLING_V2_I2V_MASTER as SPEC
@@ -40,6 +40,8 @@ class EchoingApi(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         echoed = f"Authorization: {self.headers['Authorization']}, X-Upstream: Bearer {OTHER_TOKEN}"
+        if self.style == "no-id":  # a 200 without a task id, quoting the bare key (no header name, no "Bearer")
+            return self._answer(200, {"code": 200, "data": {"note": f"queued for {self._key()}"}})
         if self.style == "json":
             body = json.dumps({"code": 400, "message": f"invalid request; headers were {{{echoed}}}"})
         elif self.style == "text":
@@ -50,6 +52,22 @@ class EchoingApi(BaseHTTPRequestHandler):
         data = body.encode()
         self.send_response(400)
         self.send_header("Content-Type", "application/json" if self.style != "text" else "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        """A result poll: the task failed, and its error quotes the bare key."""
+        self._answer(200, {"code": 200, "data": {"id": "t1", "status": "failed", "outputs": [],
+                                                 "error": f"quota of account {self._key()} exceeded"}})
+
+    def _key(self) -> str:
+        return self.headers["Authorization"].removeprefix("Bearer ")
+
+    def _answer(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -83,6 +101,30 @@ def test_an_error_body_that_echoes_credentials_is_masked(echoing_api, style, cap
     for secret in (KEY, OTHER_TOKEN):
         for piece in pieces(secret):
             assert piece not in shown_and_logged, f"{piece!r} of a credential reached the message or the log"
+
+
+def test_a_task_error_and_an_answer_without_a_task_id_that_quote_the_bare_key_are_masked(echoing_api, caplog):
+    url, handler = echoing_api
+    caplog.set_level(logging.DEBUG)
+    with WaveSpeedClient(url, KEY, max_attempts=1) as client:
+        handler.style = "no-id"
+        with pytest.raises(ServiceUnavailable) as no_id:
+            client.submit(SPEC, {"image": "https://example.com/a.png", "prompt": "a lighthouse"})
+        failed = client.result("t1")
+    assert "answered without a task id" in str(no_id.value) and "***" in str(no_id.value)
+    assert failed.error == "quota of account *** exceeded"
+    for text in (str(no_id.value), failed.error, caplog.text):
+        assert not [piece for piece in pieces(KEY) if piece in text]
+
+
+def test_the_servers_own_key_is_masked_in_any_api_text_once_remembered():
+    from kling_demo.client import Prediction
+    from kling_demo.logs import remember_secrets
+
+    server_key = f"ws-{OTHER_TOKEN}-server"
+    remember_secrets(server_key)  # what configure_logging does for the app's own secrets
+    pushed = Prediction.from_envelope({"data": {"id": "t1", "status": "failed", "error": f"bad key {server_key}"}})
+    assert pushed.error == "bad key ***", "a webhook's prediction (no client involved) is masked too"
 
 
 def test_the_log_masks_bearer_tokens_and_keys_in_tracebacks_too(caplog):

@@ -9,7 +9,9 @@ import sys
 import pytest
 
 from kling_demo.client import WaveSpeedClient
-from kling_demo.errors import DownloadFailed, StorageUnavailable
+from kling_demo.errors import AuthenticationFailed, DownloadFailed, StorageUnavailable
+from kling_demo.jobs import JobContext, JobRequest, Stage, generate
+from kling_demo.journal import Journal
 from kling_demo.media import probe_video
 from kling_demo.storage import NO_ROOM_MESSAGE, check_room, partial_file, remove_orphan_parts
 from tests.conftest import fill
@@ -99,3 +101,135 @@ def test_a_full_disk_fails_the_download_in_a_plain_sentence_and_leaves_no_part(s
     assert "storage is full" in message and "resume it later by its task id" in message
     assert "Errno" not in message and str(tiny_disk) not in message
     assert list((tiny_disk / "videos").iterdir()) == []
+
+
+# --- a data dir the app cannot write: it starts, shows an empty history and refuses jobs ----------------------
+
+
+@pytest.fixture
+def unwritable_data_dir(request, tiny_disk):
+    """A fresh data dir on a disk without a byte free, or on a read-only one (root ignores file modes, so a
+    read-only mount it is)."""
+    if request.param == "full":
+        fill(tiny_disk)
+    else:
+        subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
+    return tiny_disk / "kling_demo"
+
+
+@pytest.mark.parametrize("unwritable_data_dir", ["full", "read-only"], indirect=True)
+def test_the_app_starts_on_a_fresh_data_dir_it_cannot_write(tmp_path, unwritable_data_dir, make_image):
+    from gradio_client import Client, handle_file
+
+    from tests.processes import start_app_process
+
+    log_path = tmp_path / "app.log"
+    app = start_app_process(tmp_path / "elsewhere", log_path=log_path,
+                            env={"KLING_DEMO_DATA_DIR": str(unwritable_data_dir)})
+    try:
+        client = Client(app.url, verbose=False)
+        assert client.predict(api_name="/history") == []
+        with pytest.raises(Exception, match="cannot save your video right now"):
+            client.predict(handle_file(str(make_image())), "nowhere to keep it", "", 0.5, 5, None,
+                           api_name="/generate")
+        log = log_path.read_text()
+        assert "for this run only" in log and "KLING_DEMO_SECRET" in log
+        assert "Traceback" not in log
+        assert app.process.poll() is None
+    finally:
+        app.stop()
+    assert not (unwritable_data_dir / "owner-secret").exists()
+
+
+def test_a_directory_in_the_journals_place_is_one_sentence_not_a_traceback(tmp_path, make_image):
+    from gradio_client import Client, handle_file
+
+    from tests.processes import start_app_process
+
+    data = tmp_path / "data"
+    (data / "journal.sqlite3").mkdir(parents=True)
+    log_path = tmp_path / "app.log"
+    app = start_app_process(data, log_path=log_path)
+    try:
+        client = Client(app.url, verbose=False)
+        assert client.predict(api_name="/history") == []
+        with pytest.raises(Exception, match="nothing was submitted"):
+            client.predict(handle_file(str(make_image())), "no journal", "", 0.5, 5, None, api_name="/generate")
+    finally:
+        app.stop()
+    log = log_path.read_text()
+    assert "Traceback" not in log
+    (line,) = [line for line in log.splitlines() if "kling_demo.journal:" in line and "is a directory" in line]
+    assert "journal.sqlite3" in line and "moved elsewhere" in line and str(tmp_path) not in line
+
+
+# --- a refusal on a nearly full disk leaves nothing that says "Outcome unknown" ------------------------------
+
+
+def test_refusals_on_a_full_disk_never_leave_an_outcome_unknown_row(make_sandbox, make_image, tiny_disk, tmp_path):
+    """The intent row fits, the disk fills, the job is refused (a key WaveSpeed rejects): the row cannot be
+    deleted then. It must not become "Outcome unknown" at the next start: nothing was sent."""
+    sandbox = make_sandbox(api_key="the-right-key")
+    journal = Journal(tiny_disk / "journal.sqlite3")
+    refused = []
+    for attempt in range(4):
+        ctx = JobContext(client=WaveSpeedClient(sandbox.base_url, "a-wrong-key"), videos_dir=tmp_path / "videos",
+                         journal=journal, owner="alice", min_free_bytes=0)
+        try:
+            for update in generate(JobRequest(image=make_image(), prompt=f"refused {attempt}"), ctx):
+                if update.stage is Stage.UPLOADING and attempt % 2 == 0:
+                    fill(tiny_disk)  # the last room went to this row: its withdrawal cannot be written
+        except (AuthenticationFailed, StorageUnavailable) as error:
+            refused.append(type(error).__name__)
+        finally:
+            ctx.client.close()
+        if attempt % 2 == 0:
+            assert journal.for_owner("alice") == [], "a refused job leaves no entry in the history"
+            for filler in tiny_disk.glob("filler-*"):
+                filler.unlink()
+    assert refused.count("AuthenticationFailed") == 4
+    assert sandbox.stats()["submissions"] == 0
+    assert list((tmp_path / "videos").glob("*.jpg")) == [], "no preview of a refused job is kept"
+
+    # A restart: nothing refused is "Outcome unknown", nothing is left in the file either.
+    restarted = Journal(tiny_disk / "journal.sqlite3")
+    assert restarted.settle_intents() == 0
+    assert restarted.for_owner("alice") == []
+    import sqlite3
+
+    with sqlite3.connect(tiny_disk / "journal.sqlite3") as db:  # at most set aside as never sent
+        assert db.execute("SELECT COUNT(*) FROM tasks WHERE status != 'unsent'").fetchone()[0] == 0
+
+
+def test_a_withdrawal_the_disk_refused_is_done_at_the_next_write(tiny_disk):
+    import sqlite3
+
+    journal = Journal(tiny_disk / "journal.sqlite3")
+    first = journal.record_intent(owner="alice", model="m", api_base="a", key_source="server", params={"prompt": "p"})
+    fill(tiny_disk)
+    assert journal.withdraw_intent("alice", first) is False and journal.for_owner("alice") == []
+    for filler in tiny_disk.glob("filler-*"):
+        filler.unlink()
+    second = journal.record_intent(owner="alice", model="m", api_base="a", key_source="server", params={"prompt": "q"})
+    with sqlite3.connect(tiny_disk / "journal.sqlite3") as db:
+        assert [row[0] for row in db.execute("SELECT task_id FROM tasks")] == [second]
+
+
+def test_a_submission_the_journal_cannot_mark_as_sent_is_never_sent(sandbox, make_image, tiny_disk, tmp_path):
+    """The row must say what the POST carries before it goes; a full disk refuses the job instead (nothing is
+    sent, nothing billed), and the next start drops the row rather than call its outcome unknown."""
+    journal = Journal(tiny_disk / "journal.sqlite3")
+    ctx = JobContext(client=WaveSpeedClient(sandbox.base_url, "k"), videos_dir=tmp_path / "videos", journal=journal,
+                     owner="alice", min_free_bytes=0)
+    with pytest.raises(StorageUnavailable) as refused:
+        for update in generate(JobRequest(image=make_image(), prompt="no room to say it"), ctx):
+            if update.stage is Stage.UPLOADING:
+                fill(tiny_disk)
+    ctx.client.close()
+    assert str(refused.value) == NO_ROOM_MESSAGE
+    assert (sandbox.stats()["uploads"], sandbox.stats()["submissions"]) == (1, 0)
+    assert journal.for_owner("alice") == []
+    for filler in tiny_disk.glob("filler-*"):
+        filler.unlink()
+    restarted = Journal(tiny_disk / "journal.sqlite3")
+    assert restarted.settle_intents() == 0 and restarted.for_owner("alice") == []

@@ -296,3 +296,84 @@ def test_the_webhook_route_exists_when_demo_is_launched_without_our_options(tmp_
         app.stop()
     assert unsigned.status_code == 401 and "webhook-signature" in unsigned.json()["error"]
     assert genuine.status_code == 200 and genuine.json() == {"received": "not-a-task-here"}
+
+
+# --- refusals are logged at a bounded rate ------------------------------------------------------------------
+
+
+@pytest.fixture
+def serve_route():
+    """`serve_route(route)`: the webhook route alone, served by uvicorn on a free loopback port; its URL."""
+    import socket
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    servers = []
+
+    def start(api_route) -> str:
+        app = FastAPI()
+        app.router.routes.append(api_route)
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", access_log=False))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        wait_for(lambda: server.started, 15, "the route to be served")
+        return f"http://127.0.0.1:{listener.getsockname()[1]}/"
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def refusal_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "kling_demo.webhooks" and "refused" in r.getMessage()]
+
+
+def test_a_burst_of_refused_webhooks_writes_a_line_or_two_not_one_each(serve_route, caplog):
+    from kling_demo.webhooks import route
+
+    url = serve_route(route(Receiver(SECRET, lambda prediction: None)))
+    caplog.set_level("INFO", logger="kling_demo.webhooks")
+    with requests.Session() as session:
+        for _ in range(300):  # unsigned, as a scanner or a flood sends them
+            answer = session.post(url + "webhooks/wavespeed", data=b"{}", timeout=10,
+                                  headers={"content-type": "application/json"})
+            assert answer.status_code == 401
+    lines = refusal_lines(caplog)
+    assert 1 <= len(lines) <= 2, f"{len(lines)} lines for 300 refusals"
+    assert "webhook-signature" in lines[0]
+
+
+def test_refusals_after_the_first_are_counted_into_one_line_per_interval(serve_route, caplog):
+    from kling_demo.webhooks import Refusals, route
+
+    now = [1000.0]
+    url = serve_route(route(Receiver(SECRET, lambda prediction: None),
+                            refusals=Refusals(interval_seconds=60.0, clock=lambda: now[0])))
+    caplog.set_level("INFO", logger="kling_demo.webhooks")
+
+    def refuse(times: int) -> None:
+        for _ in range(times):
+            assert post_webhook_to(url, {}, b"{}").status_code == 401
+
+    refuse(50)
+    assert len(refusal_lines(caplog)) == 1
+    now[0] += 59.0
+    refuse(10)
+    assert len(refusal_lines(caplog)) == 1, "still inside the interval"
+    now[0] += 2.0
+    refuse(1)
+    first, second = refusal_lines(caplog)
+    assert "59 more" in second and "webhook-signature" in second
+    now[0] += 61.0
+    refuse(1)
+    assert "more" not in refusal_lines(caplog)[2], "a lone refusal after a quiet interval is a plain line"
+
+
+def post_webhook_to(url: str, headers: dict[str, str], body: bytes) -> requests.Response:
+    return requests.post(url + "webhooks/wavespeed", data=body, timeout=10,
+                         headers={"content-type": "application/json", **headers})

@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--listing-lag", type=float, default=0.0, metavar="SECONDS",
                         help="a new task shows in the predictions listing only after this long (default 0)")
     parser.add_argument("--task-failure-rate", type=_share, default=0.0, help="share of tasks that end 'failed'")
+    parser.add_argument("--failure-message", default="", metavar="TEXT",
+                        help="the error text of those failed tasks; {api_key} becomes the submitting key (default: "
+                             "a plain sandbox sentence)")
     parser.add_argument("--api-key", default=None, help="accept only this bearer token (default: any non-empty one)")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible faults and failures")
     parser.add_argument("--price-per-second", type=_amount, default=SandboxConfig.price_per_second, metavar="USD",
@@ -87,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         lost_answer_rate=args.lost_answer_rate,
         listing_lag_seconds=args.listing_lag,
         task_failure_rate=args.task_failure_rate,
+        failure_message=args.failure_message,
         api_key=args.api_key,
         seed=args.seed,
         price_per_second=args.price_per_second,

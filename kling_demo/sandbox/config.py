@@ -15,6 +15,9 @@ class SandboxConfig:
     lost_answer_rate: float = 0.0
     listing_lag_seconds: float = 0.0  # a new task shows in POST /api/v3/predictions only after this long
     task_failure_rate: float = 0.0
+    # The error text of a task failed by task_failure_rate; "{api_key}" in it becomes the submitting key, as an API
+    # that echoes credentials would say it (tests of masking and of text shown as text). "": the usual sentence.
+    failure_message: str = ""
     api_key: str | None = None  # None: any non-empty bearer token passes; set: only this one
     seed: int | None = None
     data_dir: Path | None = None  # where uploads/outputs live; None → a temp dir removed on stop

@@ -42,11 +42,13 @@ class Faults:
         task_failure_rate: float,
         seed: int | None,
         status_fault_rate: float = 0.0,
+        failure_message: str = "",
     ) -> None:
         self.fault_rate = fault_rate
         self.lost_answer_rate = lost_answer_rate
         self.task_failure_rate = task_failure_rate
         self.status_fault_rate = status_fault_rate
+        self.failure_message = failure_message
         self.counts = FaultCounts()
         self._lock = threading.Lock()
         self._faults = random.Random(None if seed is None else f"{seed}:faults")
@@ -92,11 +94,13 @@ class Faults:
         with self._lock:
             return asdict(self.counts)
 
-    def task_ending(self) -> Ending | None:
-        """Roll for how a new task ends if not by its render: failed, cancelled, timeout, or None."""
+    def task_ending(self, api_key: str = "") -> Ending | None:
+        """Roll for how a new task ends if not by its render: failed, cancelled, timeout, or None. A failure says
+        `failure_message` when one is set, with the submitting `api_key` in place of "{api_key}"."""
         with self._lock:
             if self.task_failure_rate > 0 and self._task_failures.random() < self.task_failure_rate:
-                return Ending("failed", "sandbox: simulated failure (task_failure_rate)")
+                said = self.failure_message.replace("{api_key}", api_key)
+                return Ending("failed", said or "sandbox: simulated failure (task_failure_rate)")
             if self.status_fault_rate > 0 and self._status_faults.random() < self.status_fault_rate:
                 if self._status_faults.random() < 0.5:
                     return Ending("cancelled", "sandbox: simulated cancellation: the task was cancelled (status_fault_rate)")

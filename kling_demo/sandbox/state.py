@@ -40,7 +40,8 @@ class SandboxState:
         self.uploads = UploadStore(self.data_dir / "uploads")
         self.renders = RenderCache(self.data_dir / "outputs", config.render_store)
         self.faults = Faults(
-            config.fault_rate, config.lost_answer_rate, config.task_failure_rate, config.seed, config.status_fault_rate
+            config.fault_rate, config.lost_answer_rate, config.task_failure_rate, config.seed, config.status_fault_rate,
+            config.failure_message,
         )
         self.connections = Connections()
         self.accounts = Accounts(config.price_per_second, config.balance)
@@ -70,7 +71,7 @@ class SandboxState:
             now = time.time()
             self._advance(now)
             self._admit(owner, task_id, spec.model_id, price, now)
-            ending = self.faults.task_ending()
+            ending = self.faults.task_ending(owner)
             render = None if ending else self.renders.render_for(submission.first_frame, submission.end_frame, submission.duration)
             task = Task(
                 task_id=task_id,
