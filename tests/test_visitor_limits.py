@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from kling_demo.errors import RateLimited
+from kling_demo.errors import VisitorCapReached
 from kling_demo.jobs import JobRequest
 from kling_demo.service import KEY_CHECKS_PER_MINUTE, Visitor
 from kling_demo.upload_bounds import MB, UploadBounds, cache_bytes
@@ -72,7 +72,7 @@ def test_upload_bounds_hold_per_address_and_in_total(tmp_path):
 def test_the_jobs_at_once_cap_counts_the_spender_not_the_browser(make_sandbox, make_service, make_image):
     service = make_service(make_sandbox(inference_seconds=3), max_jobs_per_visitor=1)
     first = service.generate(JobRequest(image=make_image(), prompt="one"), Visitor("browser:a", spender="ip:1.2.3.4"))
-    with pytest.raises(RateLimited, match="at once"):  # a second browser id minted at the same address
+    with pytest.raises(VisitorCapReached, match="at once"):  # a second browser id minted at the same address
         service.generate(JobRequest(image=make_image(), prompt="two"), Visitor("browser:b", spender="ip:1.2.3.4"))
     other = service.generate(JobRequest(image=make_image(), prompt="elsewhere"),
                              Visitor("browser:c", spender="ip:5.6.7.8"))
