@@ -24,7 +24,7 @@ class SandboxConfig:
     # A stand-in price (the real Kling 2.0 Master price is not published): 5 s = $1.40, 10 s = $2.80.
     price_per_second: float = 0.28
     balance: float = 1000.0  # USD each API key starts with; completed tasks draw it down
-    # Account level (per key; 0 = unlimited). WaveSpeed's Bronze level is 3 at once and 5 videos a minute.
+    # Account level (per key; 0 = unlimited). WaveSpeed's Bronze level is 2 at once and 2 videos a minute.
     max_concurrent_tasks: int = 0  # tasks beyond this wait in "created" until a slot frees
     videos_per_minute: int = 0  # submissions beyond this rate get 429 with Retry-After, creating nothing
     rate_window_seconds: float = 60.0  # the rate's window: WaveSpeed's minute, shorter for quick tests
