@@ -159,8 +159,8 @@ class ApiSlots:
             log.info("WaveSpeed key %s: %d of its tasks run at once; back to the configured %d at once (was %d)",
                      key, running, self.limit, learned.limit)
         else:
-            log.info("WaveSpeed key %s: %d of its tasks run at once; at most %d at once from now on (was %d)",
-                     key, running, running, learned.limit)
+            log.info("WaveSpeed key %s: %d of its tasks run at once, more than the %d it learned; still testing "
+                     "one more", key, running, learned.limit)
             learned.limit = running  # still on test: one more may go, until one waits in `created`
 
     def _limit(self, key: str) -> int:
