@@ -139,7 +139,7 @@ class Settings:
     max_download_bytes: int = 500 * 1024 * 1024
     min_free_mb: float = float(DEFAULT_MIN_FREE_MB)  # below this free space in the data dir, new jobs are refused
     concurrency: int = 1024  # a waiting job is a coroutine and a poll schedule entry, not a thread
-    api_concurrency: int = 3  # tasks one WaveSpeed key runs at once (its account level; Bronze is 3)
+    api_concurrency: int = 2  # tasks one WaveSpeed key runs at once, at most (its account level; Bronze is 2)
     max_queue: int = 1024
     sandbox_inference_seconds: float = 6.0
     sandbox_render_store: Path | None = None  # finished sandbox renders kept and reused across restarts

@@ -262,8 +262,8 @@ def _wait_for_slot(ticket: Ticket, ctx: JobContext, started: float) -> Iterator[
         ahead = place - 1
         line = "you are next" if ahead == 0 else f"{ahead} job{'s' if ahead != 1 else ''} ahead of you"
         wait = max(MIN_INTERVAL, min(SLOT_CHECK_SECONDS, give_up_at - now))
-        yield JobUpdate(Stage.WAITING, f"Waiting for a free WaveSpeed slot: {line}. This key runs {ticket.limit} "
-                                       "tasks at once; nothing has been uploaded or billed yet.",
+        yield JobUpdate(Stage.WAITING, f"Waiting for a free WaveSpeed slot: {line}. This key runs "
+                                       f"{_tasks(ticket.limit)} at once; nothing has been uploaded or billed yet.",
                         now - started, wait_seconds=wait, place=place, wake=ticket.bell)
         _sleep_until(ctx, now + wait, None, ticket.bell)
 
@@ -526,7 +526,7 @@ def _wait_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
     expected = ctx.history.expected(spec.model_id, duration) if duration else None
     hint = f" Renders like this usually take about {format_seconds(expected)}." if expected else ""
     with poller.follow(prediction, ctx.client, expected=expected, notices=ctx.notices, journal=ctx.journal,
-                       owner=ctx.owner) as task:
+                       owner=ctx.owner, on_poll=ctx.slots.seen) as task:  # waiting in `created` teaches the slots
         wait = max(MIN_INTERVAL, poller.next_poll_in(task))
         due = ctx.clock() + wait  # a caller that waited already (the page, on its loop) finds nothing left
         yield update(Stage.SUBMITTED, f"Submitted as task {task_id}. Waiting for WaveSpeed to start…{hint}",
@@ -587,9 +587,15 @@ def _wait_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
 
 
 def _queued_words(ctx: JobContext) -> str:
-    if ctx.slots.limit:
-        return f"Queued at WaveSpeed (the account runs {ctx.slots.limit} tasks at once)"
+    """Only a number WaveSpeed showed (`ApiSlots.learned`), never the configured one, which did not hold."""
+    learned = ctx.slots.learned(ctx.slot_key)
+    if learned:
+        return f"Queued at WaveSpeed (the account runs {_tasks(learned)} at once)"
     return "Queued at WaveSpeed, waiting for a free slot of the account"
+
+
+def _tasks(count: int) -> str:
+    return f"{count} task{'s' if count != 1 else ''}"
 
 
 def _ended_without_video(prediction: Prediction) -> TaskFailed:

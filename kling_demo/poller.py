@@ -49,9 +49,11 @@ class _Watch:
     """One followed task in the poller: its latest state, who follows it, when it is polled next."""
 
     def __init__(self, prediction: Prediction, client: WaveSpeedClient, expected: float | None, pushed: bool,
-                 journal: Journal | None, owner: str, now: float) -> None:
+                 journal: Journal | None, owner: str, now: float,
+                 on_poll: Callable[[str, str], None] | None = None) -> None:
         self.task_id = prediction.task_id
         self.client, self.expected, self.pushed = client, expected, pushed
+        self.on_poll = on_poll
         self.journal, self.owner = journal, owner
         self.submitted_at = now
         self.state = TaskState(prediction, 0.0)
@@ -100,11 +102,13 @@ class Poller:
         self._closed = False
 
     def follow(self, prediction: Prediction, client: WaveSpeedClient, *, expected: float | None = None,
-               notices: Notices | None = None, journal: Journal | None = None, owner: str = "") -> Subscription:
+               notices: Notices | None = None, journal: Journal | None = None, owner: str = "",
+               on_poll: Callable[[str, str], None] | None = None) -> Subscription:
         """Subscribe to `prediction`'s task, polling it with (a clone of) `client` until it ends or nobody follows.
 
         With `notices` (webhooks on) it is polled once soon, then only as a safety net; a webhook that came
-        before this call is taken at once."""
+        before this call is taken at once. `on_poll(task_id, status)` hears every status a poll reads, before
+        the followers do (the key's slots learn from it)."""
         with self._wake:
             if self._closed:
                 raise RuntimeError("the poller is closed")
@@ -112,7 +116,7 @@ class Poller:
             if watch is None:
                 now = self.clock()
                 watch = _Watch(prediction, self._client_for(client), expected, notices is not None, journal, owner,
-                               now)
+                               now, on_poll)
                 self._watches[watch.task_id] = watch
                 self._schedule(watch, now + next_poll_delay(0.0, expected))
             subscription = Subscription(self, watch)
@@ -216,6 +220,11 @@ class Poller:
             log.exception("poller: polling task %s failed unexpectedly", watch.task_id)
             self._failed(watch, ServiceUnavailable("The poll failed unexpectedly.", reason="an unexpected error"))
             return
+        if watch.on_poll is not None:
+            try:
+                watch.on_poll(watch.task_id, prediction.status)
+            except Exception:  # a listener's bug must not stop the task's polls
+                log.exception("poller: the listener of task %s failed", watch.task_id)
         with self._wake:
             watch.polling = False
             previous = watch.state

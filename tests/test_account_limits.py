@@ -3,16 +3,22 @@ status, and the schema's prompt caps. (The 8-job run through the app process is 
 
 from __future__ import annotations
 
-import pytest
+from concurrent.futures import Future, ThreadPoolExecutor
 
-from kling_demo.api_slots import ApiSlots, slot_key
+import pytest
+import requests
+
+from kling_demo.api_slots import RECHECK_SECONDS, SETTLE_SECONDS, ApiSlots, slot_key
 from kling_demo.client import WaveSpeedClient
 from kling_demo.errors import InputRejected, InsufficientBalance, JobStopped, KlingDemoError, TaskFailed
 from kling_demo.jobs import JobRequest, Stage
 from kling_demo.models import DEFAULT_MODEL, TaskStatus
 from kling_demo.service import Visitor
 from kling_demo.history_view import STATUS_WORDS
-from kling_demo.ui import history_items
+from kling_demo.cli import format_update
+from kling_demo.ui import history_items, status_markdown
+from tests.test_sandbox_account import rows
+from tests.waiting import wait_for
 
 SERVER_KEY = "server-key"
 ALICE = Visitor("browser:alice")
@@ -20,14 +26,19 @@ ALICE = Visitor("browser:alice")
 
 def run(job) -> tuple[list, KlingDemoError | None]:
     """Every update of a job to its end, and the error it ended with (if any)."""
-    updates = []
+    updates: list = []
+    return updates, run_into(job, updates)
+
+
+def run_into(job, updates: list) -> KlingDemoError | None:
+    """Drive a job to its end, appending each update to `updates` (others may read it meanwhile)."""
     with job:
         try:
             for update in job:
                 updates.append(update)
         except KlingDemoError as error:
-            return updates, error
-    return updates, None
+            return error
+    return None
 
 
 # --- the slot table ---------------------------------------------------------------------------------
@@ -79,6 +90,98 @@ def test_the_slot_table_never_holds_a_key() -> None:
     assert SERVER_KEY not in slot_key(SERVER_KEY) and slot_key("a") != slot_key("b")
 
 
+class Clock:
+    """The slot table's clock, moved by hand, so a test of what it learns over minutes takes no time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def submitted(slots: ApiSlots, key: str, *task_ids: str) -> None:
+    for task_id in task_ids:
+        ticket = slots.ticket(key)
+        assert ticket.try_acquire() == 0
+        ticket.bind(task_id)
+
+
+def test_a_task_waiting_in_created_lowers_its_keys_limit_to_the_tasks_running_beside_it(caplog) -> None:
+    clock = Clock()
+    slots = ApiSlots(3, clock=clock)
+    submitted(slots, "key", "task-1", "task-2", "task-3")
+    slots.seen("task-1", "processing")
+    slots.seen("task-3", "created")  # a second after its submission: WaveSpeed may just not have started it
+    assert slots.limit_for("key") == 3 and slots.learned("key") is None
+    clock.now += SETTLE_SECONDS
+    with caplog.at_level("INFO", logger="kling_demo.api_slots"):
+        slots.seen("task-3", "created")  # still waiting: the account runs the other two (task-2 not polled yet)
+    assert slots.limit_for("key") == 2 and slots.learned("key") == 2
+    assert slots.limit_for("other key") == 3, "each key learns its own"
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert "key" in line and "at most 2 at once from now on (was 3)" in line
+
+    waiting = slots.ticket("key")
+    slots.finish("task-1")  # the waiting task takes the freed slot at WaveSpeed: nothing to send yet
+    assert waiting.try_acquire() == 1
+    slots.seen("task-3", "processing")  # a hand-over, not more room
+    assert slots.limit_for("key") == 2
+    slots.finish("task-2")
+    assert waiting.try_acquire() == 0
+
+
+def test_a_key_whose_every_task_waits_runs_one_at_a_time() -> None:
+    """Another program holds the account's slots: the app sends one task at a time until it learns more."""
+    clock = Clock()
+    slots = ApiSlots(3, clock=clock)
+    submitted(slots, "key", "task-1", "task-2")
+    clock.now += SETTLE_SECONDS
+    slots.seen("task-1", "created")
+    slots.seen("task-2", "created")
+    assert slots.limit_for("key") == 1 and slots.learned("key") == 1
+
+
+def test_a_learned_limit_is_tried_one_higher_after_a_while_and_settles_on_what_runs() -> None:
+    clock = Clock()
+    slots = ApiSlots(4, clock=clock)
+    submitted(slots, "key", "task-1", "task-2", "task-3")
+    clock.now += SETTLE_SECONDS
+    slots.seen("task-1", "processing")
+    slots.seen("task-2", "processing")
+    slots.seen("task-3", "created")
+    assert slots.limit_for("key") == 2
+    slots.finish("task-3")  # it ran and ended; two are still at WaveSpeed
+
+    clock.now += RECHECK_SECONDS
+    assert slots.limit_for("key") == 3, "one more may go, to see whether the account has more room now"
+    probe, behind = slots.ticket("key"), slots.ticket("key")
+    assert (probe.try_acquire(), behind.try_acquire()) == (0, 1), "only one more"
+    behind.release()
+    probe.bind("task-4")
+    clock.now += SETTLE_SECONDS
+    slots.seen("task-4", "created")  # no more room: settled again, for another while
+    assert slots.limit_for("key") == 2 and slots.learned("key") == 2
+
+    slots.finish("task-4")
+    clock.now += RECHECK_SECONDS
+    submitted(slots, "key", "task-5")
+    slots.seen("task-5", "processing")  # three run at once: the room grew
+    assert slots.learned("key") == 3 and slots.limit_for("key") == 4, "still on test: one more may go"
+    submitted(slots, "key", "task-6")
+    slots.seen("task-6", "processing")
+    assert slots.learned("key") is None and slots.limit_for("key") == 4, "the configured limit holds again"
+
+
+def test_without_a_cap_nothing_is_learned() -> None:
+    clock = Clock()
+    slots = ApiSlots(0, clock=clock)
+    submitted(slots, "key", "task-1", "task-2")
+    clock.now += SETTLE_SECONDS
+    slots.seen("task-2", "created")
+    assert slots.limit_for("key") == 0 and slots.learned("key") is None
+
+
 # --- jobs against the sandbox ------------------------------------------------------------------------
 
 
@@ -115,8 +218,66 @@ def test_a_task_waiting_for_a_slot_at_wavespeed_is_told_apart_from_one_rendering
     updates, error = run(service.generate(JobRequest(image=make_image(), prompt="a kite"), ALICE))
     assert error is None and updates[-1].stage is Stage.DONE
     queued = [update for update in updates if update.stage is Stage.QUEUED]
-    assert queued and "Queued at WaveSpeed (the account runs 5 tasks at once)" in queued[0].message
+    assert queued and "Queued at WaveSpeed, waiting for a free slot of the account" in queued[0].message
+    assert not any("tasks at once" in update.message for update in queued), \
+        "the configured 5 did not hold, and the app has learned no number yet: it names none"
     assert any(update.stage is Stage.PROCESSING and "rendering" in update.message for update in updates)
+
+
+def test_once_a_task_waited_in_created_the_app_runs_what_the_account_runs_and_keeps_the_rest_in_line(
+        make_sandbox, make_service, make_image, caplog) -> None:
+    """The app is told 3 at once; the account runs 2. The third task waits in `created` at WaveSpeed, once: from
+    then on the app runs 2, and a job beyond them waits in the app with its place in line, not blind at WaveSpeed."""
+    sandbox = make_sandbox(max_concurrent_tasks=2, hold_renders=True, inference_seconds=2.0)
+    service = make_service(sandbox, api_concurrency=3)
+    key = slot_key(SERVER_KEY)
+    jobs: dict[int, list] = {}
+    endings: list[Future] = []
+
+    def start(number: int) -> None:
+        jobs[number] = updates = []
+        job = service.generate(JobRequest(image=make_image(), prompt=f"job {number}"),
+                               Visitor(f"browser:visitor-{number}"))  # one job each: no visitor's cap applies
+        endings.append(pool.submit(run_into, job, updates))
+
+    def last(number: int):
+        return jobs[number][-1] if jobs[number] else None
+
+    def release() -> None:
+        requests.post(sandbox.base_url + "/sandbox/release", timeout=10).raise_for_status()
+
+    with ThreadPoolExecutor(5) as pool, caplog.at_level("INFO", logger="kling_demo.api_slots"):
+        try:
+            for number in (1, 2, 3):
+                start(number)
+            wait_for(lambda: len(table := rows(sandbox)) == 3 and sum(row["started_at_epoch"] is None
+                                                                      for row in table) == 1,
+                     30, "two tasks rendering (held) and the third waiting in 'created' at the sandbox")
+            learned = wait_for(lambda: next((update for number in (1, 2, 3) for update in list(jobs[number])
+                                             if "(the account runs 2 tasks at once)" in update.message), None),
+                               30, "the job waiting at WaveSpeed to say what the account runs")
+            assert learned.stage is Stage.QUEUED and service.api_slots.limit_for(key) == 2
+
+            start(4)
+            wait_for(lambda: (update := last(4)) and update.stage is Stage.WAITING, 30, "job 4 to wait in the app")
+            start(5)
+            waiting = wait_for(lambda: (update := last(5)) and update.stage is Stage.WAITING and update, 30,
+                               "job 5 to wait in the app")
+            assert (last(4).place, waiting.place) == (1, 2)
+            assert "This key runs 2 tasks at once; nothing has been uploaded or billed yet." in waiting.message
+            assert sandbox.stats()["submissions"] == 3
+        finally:
+            release()  # also when an assertion failed: the held jobs end instead of waiting out their deadline
+        assert [future.result(timeout=60) for future in endings] == [None] * 5
+    assert all(updates[-1].stage is Stage.DONE for updates in jobs.values())
+
+    by_task = {row["id"]: row for row in rows(sandbox)}
+    (taught,) = [row for row in by_task.values() if row["started_at_epoch"] != row["created_at_epoch"]]
+    fourth, fifth = (by_task[jobs[number][-1].task_id] for number in (4, 5))
+    assert fifth["created_at_epoch"] >= min(taught["completed_at_epoch"], fourth["completed_at_epoch"]), \
+        "job 5 was sent only once one of the two tasks at WaveSpeed had ended, so it never waited there"
+    lines = [record.getMessage() for record in caplog.records if "at once from now on" in record.getMessage()]
+    assert lines and all(key in line and SERVER_KEY not in line for line in lines)
 
 
 def test_cancelled_and_timed_out_tasks_end_clearly_and_land_in_history_as_such(make_sandbox, make_service,
@@ -149,11 +310,17 @@ def test_a_429_on_submit_is_waited_out_in_the_job_and_submitted_once(make_sandbo
         assert error is None and updates[-1].stage is Stage.DONE
         assert [update.stage for update in first][-1] is Stage.DONE
     waits = [update for update in updates if update.stage is Stage.WAITING]
-    assert waits and "WaveSpeed is rate limiting this key (429); trying again in" in waits[0].message
-    assert "Nothing was submitted yet." in waits[0].message and waits[0].wait_seconds >= 1
+    assert len(waits) == 1 and waits[0].wait_seconds >= 1
+    said = f"WaveSpeed is rate limiting this key (429); trying again in {round(waits[0].wait_seconds)} s. Nothing " \
+           "was submitted yet."
+    assert said in waits[0].message, "the wait it announces is the wait it takes"
+    assert said in status_markdown(waits[0]) and said in format_update(waits[0]), "the page and the CLI say so"
     stats = sandbox.stats()
-    assert stats["rate_limited"] >= 1
+    assert stats["rate_limited"] == 1, "it waited out WaveSpeed's Retry-After: an early retry would meet another 429"
     assert stats["submissions"] == 2, "the refused submission was sent again once, never twice"
+    key = slot_key(SERVER_KEY)
+    assert (service.api_slots.limit_for(key), service.api_slots.learned(key)) == (2, None), \
+        "a 429 is the per-minute rate: it says nothing about how many tasks the account runs at once"
     assert [record.status for record in service.tasks(ALICE)] == ["completed", "completed"]
 
 

@@ -63,9 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keep a task that ends without a video charged (default: refunded, an assumption: "
                              "WaveSpeed does not document it; see POST /api/v3/billings/search)")
     parser.add_argument("--max-concurrent-tasks", type=_count, default=0, metavar="N",
-                        help="tasks one key runs at once; more wait in 'created' (default 0: unlimited; Bronze is 3)")
+                        help="tasks one key runs at once; more wait in 'created' (default 0: unlimited; Bronze is 2)")
     parser.add_argument("--videos-per-minute", type=_count, default=0, metavar="N",
-                        help="submissions per key per minute; more get 429 (default 0: unlimited; Bronze is 5)")
+                        help="submissions per key per minute; more get 429 (default 0: unlimited; Bronze is 2)")
     parser.add_argument("--rate-window", type=float, default=SandboxConfig.rate_window_seconds, metavar="SECONDS",
                         help="the window of --videos-per-minute (default 60; shorter for quick tests)")
     parser.add_argument("--hold-renders", action="store_true",

@@ -30,7 +30,7 @@ class SandboxConfig:
     # (?) Undocumented: by default a task that ends without a video (failed, cancelled, timeout) is refunded
     # (a "refund" billing record, net charge 0); True keeps it charged.
     charge_failed_tasks: bool = False
-    # Account level (per key; 0 = unlimited). WaveSpeed's Bronze level is 3 at once and 5 videos a minute.
+    # Account level (per key; 0 = unlimited). WaveSpeed's Bronze level is 2 at once and 2 videos a minute.
     max_concurrent_tasks: int = 0  # tasks beyond this wait in "created" until a slot frees
     videos_per_minute: int = 0  # submissions beyond this rate get 429 with Retry-After, creating nothing
     rate_window_seconds: float = 60.0  # the rate's window: WaveSpeed's minute, shorter for quick tests

@@ -1,6 +1,6 @@
 """Account levels: how many tasks a key runs at once, and how many it may submit per minute.
 
-WaveSpeed caps the whole key (Bronze: 3 at once, 5 videos a minute): "if you submit a 4th, it
+WaveSpeed caps the whole key (Bronze: 2 at once, 2 videos a minute): "if you submit one more, it
 will wait" in `created`, and past the rate the API answers 429 and creates nothing.
 """
 
