@@ -3,7 +3,7 @@
 from kling_demo.config import Settings
 from kling_demo.logs import configure_logging
 from kling_demo.runtime import limit_malloc_arenas, map_large_allocations
-from kling_demo.ui import build_app, launch_options
+from kling_demo.web.page import build_app, launch_options
 
 limit_malloc_arenas()
 map_large_allocations()

@@ -157,7 +157,7 @@ def prewarm_render(sandbox_url: str, image: Path, duration: int = 5) -> float:
     exactly --inference-seconds. Without this, the app's warm-up task would finish when the first
     (slower) render does, and the app's inference history (which times its polls) would start skewed.
     """
-    from kling_demo.client import WaveSpeedClient
+    from kling_demo.wavespeed.client import WaveSpeedClient
     from kling_demo.models import DEFAULT_MODEL as spec
 
     started = time.monotonic()
@@ -273,8 +273,8 @@ class PreSubmit:
 
 def measure_presubmit(sandbox_url: str, big: Path, work: Path, repeat: int) -> PreSubmit:
     """media.prepare_image + WaveSpeedClient.upload (ticket flow) vs building an inline data URI."""
-    from kling_demo import media
-    from kling_demo.client import WaveSpeedClient
+    from kling_demo.jobs import images as media
+    from kling_demo.wavespeed.client import WaveSpeedClient
     from kling_demo.models import DEFAULT_MODEL as spec
 
     client = WaveSpeedClient(sandbox_url, "bench")

@@ -29,7 +29,7 @@ from typing import AsyncIterator
 import gradio as gr
 
 RENDER_SECONDS = float(os.environ.get("FLOOR_RENDER_SECONDS", "30"))
-TICK_SECONDS = 10.0  # kling_demo.ticks.API_TICK_SECONDS: an API caller's running time, at most this often
+TICK_SECONDS = 10.0  # kling_demo.web.ticks.API_TICK_SECONDS: an API caller's running time, at most this often
 TASKS = Path(os.environ["FLOOR_TASKS"]) if os.environ.get("FLOOR_TASKS") else None
 BEFORE_RENDER = ("Checking the image…", "Uploading the image…", "Submitting the task…", "Queued at WaveSpeed.")
 
@@ -90,7 +90,7 @@ with gr.Blocks(title="Floor") as demo:
                  concurrency_limit=None)
 demo.queue(max_size=None)
 if os.environ.get("FLOOR_QUEUE") != "stock":
-    demo._queue.sleep_when_free = 0.02  # as kling_demo.ui.run_more_than_forty sets them
+    demo._queue.sleep_when_free = 0.02  # as kling_demo.web.page.run_more_than_forty sets them
     demo._queue.progress_update_sleep_when_free = 0.2
 
 if __name__ == "__main__":

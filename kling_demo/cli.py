@@ -37,17 +37,19 @@ import time
 from pathlib import Path
 from typing import Callable, TextIO
 
-from . import __version__, videos
-from .backend import SANDBOX_TOKEN, Backend, open_backend
-from .client import WaveSpeedClient
+from . import __version__
+
+from .store import videos
+from .service.backend import SANDBOX_TOKEN, Backend, open_backend
+from .wavespeed.client import WaveSpeedClient
 from .config import Settings
 from .errors import KlingDemoError
-from .jobs import JobRequest, JobUpdate, Stage
-from .journal import Journal
+from .jobs.steps import JobRequest, JobUpdate, Stage
+from .store.journal import Journal
 from .logs import configure_logging
 from .models import DEFAULT_MODEL
-from .prices import FREE_IN_SANDBOX, money
-from .service import Job, Service, Visitor
+from .service.prices import FREE_IN_SANDBOX, money
+from .service.service import Job, Service, Visitor
 
 log = logging.getLogger(__name__)
 

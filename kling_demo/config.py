@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
-from .identity import TrustedProxies
-from .storage import DEFAULT_MIN_FREE_MB
+from .service.identity import TrustedProxies
+from .store.files import DEFAULT_MIN_FREE_MB
 
 log = logging.getLogger(__name__)
 

@@ -112,9 +112,9 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """Factory: `make_service(sandbox or base URL, background=True, **Settings fields)`: a Service that treats
     the sandbox as the real API, paying with SERVER_KEY (live mode: prices, balances and budgets apply, tasks
     are resumable); all are closed at teardown."""
-    from kling_demo.backend import Backend
+    from kling_demo.service.backend import Backend
     from kling_demo.config import Settings
-    from kling_demo.service import Service
+    from kling_demo.service.service import Service
 
     made: list[Service] = []
 

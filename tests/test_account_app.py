@@ -9,7 +9,7 @@ import pytest
 import requests
 from gradio_client import Client, handle_file
 
-from kling_demo.media import probe_video
+from kling_demo.jobs.images import probe_video
 from tests.processes import start_app_process, start_sandbox_process
 
 JOBS = 8

@@ -8,15 +8,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pytest
 import requests
 
-from kling_demo.api_slots import RECHECK_SECONDS, SETTLE_SECONDS, ApiSlots, slot_key
-from kling_demo.client import WaveSpeedClient
+from kling_demo.jobs.slots import RECHECK_SECONDS, SETTLE_SECONDS, ApiSlots, slot_key
+from kling_demo.wavespeed.client import WaveSpeedClient
 from kling_demo.errors import InputRejected, InsufficientBalance, JobStopped, KlingDemoError, TaskFailed
-from kling_demo.jobs import JobRequest, Stage
+from kling_demo.jobs.steps import JobRequest, Stage
 from kling_demo.models import DEFAULT_MODEL, TaskStatus
-from kling_demo.service import Visitor
-from kling_demo.history_view import STATUS_WORDS
+from kling_demo.service.service import Visitor
+from kling_demo.web.history_view import STATUS_WORDS
 from kling_demo.cli import format_update
-from kling_demo.ui import history_items, status_markdown
+from kling_demo.web.page import history_items, status_markdown
 from tests.test_sandbox_account import rows
 from tests.waiting import wait_for
 
@@ -115,7 +115,7 @@ def test_a_task_waiting_in_created_lowers_its_keys_limit_to_the_tasks_running_be
     slots.seen("task-3", "created")  # a second after its submission: WaveSpeed may just not have started it
     assert slots.limit_for("key") == 3 and slots.learned("key") is None
     clock.now += SETTLE_SECONDS
-    with caplog.at_level("INFO", logger="kling_demo.api_slots"):
+    with caplog.at_level("INFO", logger="kling_demo.jobs.slots"):
         slots.seen("task-3", "created")  # still waiting: the account runs the other two (task-2 not polled yet)
     assert slots.limit_for("key") == 2 and slots.learned("key") == 2
     assert slots.limit_for("other key") == 3, "each key learns its own"
@@ -246,7 +246,7 @@ def test_once_a_task_waited_in_created_the_app_runs_what_the_account_runs_and_ke
     def release() -> None:
         requests.post(sandbox.base_url + "/sandbox/release", timeout=10).raise_for_status()
 
-    with ThreadPoolExecutor(5) as pool, caplog.at_level("INFO", logger="kling_demo.api_slots"):
+    with ThreadPoolExecutor(5) as pool, caplog.at_level("INFO", logger="kling_demo.jobs.slots"):
         try:
             for number in (1, 2, 3):
                 start(number)

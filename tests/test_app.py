@@ -12,10 +12,10 @@ from gradio.utils import get_upload_folder
 from gradio_client import Client, handle_file
 from gradio_client.utils import Status
 
-from kling_demo.backend import Backend
+from kling_demo.service.backend import Backend
 from kling_demo.config import Settings
-from kling_demo.media import probe_video
-from kling_demo.ui import build_app, launch_options
+from kling_demo.jobs.images import probe_video
+from kling_demo.web.page import build_app, launch_options
 from tests.processes import free_port
 from tests.waiting import wait_for
 
@@ -97,7 +97,7 @@ def test_a_fixed_input_says_what_was_changed(app_url, make_image):
 
 
 def test_a_task_submitted_elsewhere_is_fetched_by_id_with_your_own_key(app_url, make_image):
-    from kling_demo.client import WaveSpeedClient
+    from kling_demo.wavespeed.client import WaveSpeedClient
     from kling_demo.models import KLING_V2_I2V_MASTER
 
     url, sandbox = app_url

@@ -10,18 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from kling_demo.api_slots import slot_key
-from kling_demo.budgets import PRICE_UNKNOWN, Budgets, Ledger, Limits
-from kling_demo.client import WaveSpeedClient
+from kling_demo.jobs.slots import slot_key
+from kling_demo.service.budgets import PRICE_UNKNOWN, Budgets, Ledger, Limits
+from kling_demo.wavespeed.client import WaveSpeedClient
 from kling_demo.config import Settings
 from kling_demo.errors import (BudgetExceeded, InputRejected, JobStopped, ServiceUnavailable,
                                StorageUnavailable, TryLater)
-from kling_demo.identity import key_id, oauth_enabled, spender_id, visitor_address
-from kling_demo.jobs import JobRequest, Stage
-from kling_demo.journal import Journal
-from kling_demo.media import check_before_decoding, prepare_image
+from kling_demo.service.identity import key_id, oauth_enabled, spender_id, visitor_address
+from kling_demo.jobs.steps import JobRequest, Stage
+from kling_demo.store.journal import Journal
+from kling_demo.jobs.images import check_before_decoding, prepare_image
 from kling_demo.models import DEFAULT_MODEL
-from kling_demo.service import Visitor
+from kling_demo.service.service import Visitor
 from tests.conftest import SERVER_KEY
 from tests.test_media import write_flat_jpeg
 

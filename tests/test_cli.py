@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kling_demo.client import WaveSpeedClient
-from kling_demo.media import probe_video
+from kling_demo.wavespeed.client import WaveSpeedClient
+from kling_demo.jobs.images import probe_video
 from kling_demo.models import DEFAULT_MODEL
 from tests.processes import clean_env
 

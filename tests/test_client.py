@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import requests
 
-from kling_demo.client import Charge, WaveSpeedClient
+from kling_demo.wavespeed.client import Charge, WaveSpeedClient
 from kling_demo.errors import ApiInputRefused, AuthenticationFailed, ServiceUnavailable, SubmissionOutcomeUnknown
-from kling_demo.media import probe_video
+from kling_demo.jobs.images import probe_video
 from kling_demo.models import KLING_V2_I2V_MASTER as SPEC
 from tests.waiting import wait_for
 
@@ -129,7 +129,7 @@ def opened(session, url: str) -> int:
 
 def test_jobs_of_one_key_share_its_connections_and_files_go_over_a_keyless_one(sandbox, make_image, tmp_path):
     """Two jobs' quote, upload, submit, polls and download open one API connection and one keyless one."""
-    from kling_demo.connections import Connections
+    from kling_demo.wavespeed.connections import Connections
 
     connections = Connections()
     first, second = (WaveSpeedClient(sandbox.base_url, "key-a", connections=connections) for _ in range(2))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from kling_demo import media
+from kling_demo.jobs import images as media
 from kling_demo.models import DEFAULT_MODEL
-from kling_demo.ui import ASSETS, EXAMPLES
+from kling_demo.web.page import ASSETS, EXAMPLES
 
 
 def test_every_example_passes_the_checks_is_small_and_is_licensed() -> None:

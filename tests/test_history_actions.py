@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from kling_demo.backend import Backend
+from kling_demo.service.backend import Backend
 from kling_demo.config import Settings
 from kling_demo.errors import InputRejected, NotYours
-from kling_demo.jobs import JobRequest, Stage
-from kling_demo.service import Service, Visitor
+from kling_demo.jobs.steps import JobRequest, Stage
+from kling_demo.service.service import Service, Visitor
 
 ALICE, BOB = Visitor("browser:alice"), Visitor("browser:bob")
 

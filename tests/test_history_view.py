@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from kling_demo import history_view, videos
-from kling_demo.history_view import TileState
-from kling_demo.journal import Journal
+from kling_demo.store import videos
+from kling_demo.web import history_view
+from kling_demo.web.history_view import TileState
+from kling_demo.store.journal import Journal
 
 
 @pytest.fixture

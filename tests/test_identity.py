@@ -20,8 +20,8 @@ import requests
 from gradio_client import Client, handle_file
 
 from kling_demo.errors import InputRejected
-from kling_demo.identity import CALLER_HEADER, key_id, stamp_caller
-from kling_demo.visitors import (OWNER_STORAGE_OBFUSCATION, resolve_owner,
+from kling_demo.service.identity import CALLER_HEADER, key_id, stamp_caller
+from kling_demo.service.visitors import (OWNER_STORAGE_OBFUSCATION, resolve_owner,
                                  sign_owner, verified_owner)
 from tests.callers import Caller
 from tests.page_session import PageSession, error_of

@@ -12,7 +12,7 @@ import requests
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from kling_demo.ui import MAX_UPLOAD
+from kling_demo.web.page import MAX_UPLOAD
 from tests.processes import Served, start_app_process
 from tests.test_media import truncated, write_bilevel_png, write_flat_jpeg, write_flat_png
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kling_demo.client import WaveSpeedClient
+from kling_demo.wavespeed.client import WaveSpeedClient
 from kling_demo.errors import (
     AuthenticationFailed,
     DownloadFailed,
@@ -19,10 +19,10 @@ from kling_demo.errors import (
     TaskFailed,
     TaskTimedOut,
 )
-from kling_demo.jobs import JobContext, JobRequest, Stage, generate, resume
-from kling_demo.journal import Journal
-from kling_demo.media import probe_video
-from kling_demo.storage import NO_ROOM_MESSAGE
+from kling_demo.jobs.steps import JobContext, JobRequest, Stage, generate, resume
+from kling_demo.store.journal import Journal
+from kling_demo.jobs.images import probe_video
+from kling_demo.store.files import NO_ROOM_MESSAGE
 from tests.conftest import fill
 
 
@@ -210,7 +210,7 @@ def test_a_row_that_cannot_be_completed_still_shows_the_task_id_and_logs_it(make
     journal = Journal(tmp_path / "journal.sqlite3")
     ctx = job_context(sandbox, journal=journal, owner="alice")
     updates = []
-    with caplog.at_level("ERROR", logger="kling_demo.jobs"):
+    with caplog.at_level("ERROR", logger="kling_demo.jobs.steps"):
         for update in generate(JobRequest(image=make_image(), prompt="waves"), ctx):
             if update.stage is Stage.SUBMITTED and not update.task_id and updates[-1].stage is not Stage.SUBMITTED:
                 corrupt(journal)  # the POST went out, its task id not yet recorded

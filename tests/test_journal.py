@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kling_demo.journal import Journal
+from kling_demo.store.journal import Journal
 
 
 def submit(journal: Journal, owner: str, task_id: str, **params) -> None:
@@ -91,7 +91,7 @@ def test_retention_removes_old_and_excess_videos_and_reports_it(tmp_path):
 
 WRITER = """
 import sys
-from kling_demo.journal import Journal
+from kling_demo.store.journal import Journal
 journal = Journal(sys.argv[1])
 for index in range(int(sys.argv[3])):
     task = f"{sys.argv[2]}-{index}"
@@ -181,7 +181,7 @@ def test_odd_rows_are_read_leniently_and_never_stop_a_reader(tmp_path):
 
 
 def test_a_task_record_duration_never_raises():
-    from kling_demo.journal import positive_int
+    from kling_demo.store.journal import positive_int
 
     for odd in (None, "abc", [5], {"a": 1}, float("nan"), float("inf"), -5, 0, True):
         assert positive_int(odd) is None, odd
@@ -192,7 +192,7 @@ def test_a_file_that_is_not_a_database_is_moved_aside_and_a_fresh_journal_starts
     path = tmp_path / "journal.sqlite3"
     path.write_bytes(b"\x00garbage, not SQLite" * 500)
     (tmp_path / "journal.sqlite3-wal").write_bytes(b"more garbage")
-    with caplog.at_level("WARNING", logger="kling_demo.journal"):
+    with caplog.at_level("WARNING", logger="kling_demo.store.journal"):
         journal = Journal(path)
     (aside,) = tmp_path.glob("journal.sqlite3.corrupt-*[0-9Z]")
     assert aside.read_bytes().startswith(b"\x00garbage")
@@ -335,7 +335,7 @@ def test_a_journal_of_another_schema_is_moved_aside_and_a_fresh_one_takes_jobs(t
 
     path = tmp_path / "journal.sqlite3"
     make_foreign(path)
-    with caplog.at_level("WARNING", logger="kling_demo.journal"):
+    with caplog.at_level("WARNING", logger="kling_demo.store.journal"):
         journal = Journal(path)
     (aside,) = tmp_path.glob("journal.sqlite3.foreign-*[0-9Z]")
     with sqlite3.connect(aside) as db:  # kept as it was, for its owner to look at
@@ -353,7 +353,7 @@ def test_a_journal_path_that_is_a_directory_reads_empty_refuses_writes_and_says_
 
     path = tmp_path / "journal.sqlite3"
     path.mkdir()
-    with caplog.at_level("WARNING", logger="kling_demo.journal"):
+    with caplog.at_level("WARNING", logger="kling_demo.store.journal"):
         journal = Journal(path)  # no traceback: the app starts without a history
         assert journal.for_owner("alice") == [] and journal.running() == []
         with pytest.raises(sqlite3.Error):

@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-from kling_demo.client import WaveSpeedClient
+from kling_demo.wavespeed.client import WaveSpeedClient
 from kling_demo.errors import KeyRequired, SubmissionOutcomeUnknown
-from kling_demo.jobs import JobRequest, Stage
-from kling_demo.journal import Journal
-from kling_demo.lost_tasks import find_submitted
+from kling_demo.jobs.steps import JobRequest, Stage
+from kling_demo.store.journal import Journal
+from kling_demo.wavespeed.lost_tasks import find_submitted
 from kling_demo.models import DEFAULT_MODEL, KeySource, TaskStatus
-from kling_demo.service import Visitor
+from kling_demo.service.service import Visitor
 from tests.conftest import SERVER_KEY
 from tests.test_service import ALICE, BOB, run_to_end, submitted_elsewhere
 from tests.waiting import wait_for
@@ -197,7 +197,7 @@ def test_a_lost_submission_is_matched_by_the_image_its_post_carried(make_sandbox
     service.journal.mark_sending(ALICE.owner, lost, {"image": upload(sandbox, make_image(color=(20, 60, 200)))})
     service.close()  # Alice's POST never reached WaveSpeed, and the app stopped
 
-    caplog.set_level("INFO", logger="kling_demo.recovery")
+    caplog.set_level("INFO", logger="kling_demo.service.recovery")
     restarted = make_service(sandbox)
     wait_for(lambda: looked_for(caplog, lost), what="the start-up search for Alice's task")
     (record,) = restarted.tasks(ALICE)
@@ -216,7 +216,7 @@ def test_a_lost_submission_is_looked_for_around_its_post_not_over_the_downtime(m
     service.close()
     later = submitted_on_the_server_key(sandbox, image_url)  # made during the downtime, long after her POST
 
-    caplog.set_level("INFO", logger="kling_demo.recovery")
+    caplog.set_level("INFO", logger="kling_demo.service.recovery")
     restarted = make_service(sandbox)
     wait_for(lambda: looked_for(caplog, lost), what="the start-up search for Alice's task")
     (record,) = restarted.tasks(ALICE)
@@ -237,7 +237,7 @@ def test_a_task_deleted_from_a_history_is_never_adopted(make_sandbox, make_servi
     service.delete(BOB, task_id)  # in Bob's history once: it is Bob's, deleted or not
     service.close()
 
-    caplog.set_level("INFO", logger="kling_demo.recovery")
+    caplog.set_level("INFO", logger="kling_demo.service.recovery")
     restarted = make_service(sandbox)
     wait_for(lambda: looked_for(caplog, lost), what="the start-up search for Alice's task")
     (record,) = restarted.tasks(ALICE)

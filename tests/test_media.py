@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from kling_demo.errors import InputRejected
-from kling_demo.inputs import check_duration, check_guidance, check_prompt
-from kling_demo.media import (
+from kling_demo.jobs.inputs import check_duration, check_guidance, check_prompt
+from kling_demo.jobs.images import (
     PreparedImage,
     check_before_decoding,
     prepare_image,
@@ -548,7 +548,7 @@ def test_duration_refuses_anything_else(value: object) -> None:
 
 @pytest.mark.parametrize("orientation, mark_x", [(1, "left"), (6, "right")], ids=["passed-through", "rotated"])
 def test_the_history_preview_is_small_and_upright(tmp_path, orientation, mark_x):
-    from kling_demo.media import save_preview
+    from kling_demo.jobs.images import save_preview
 
     picture = Image.new("RGB", (800, 600), (10, 100, 200))
     picture.paste((255, 0, 0), (0, 0, 80, 60))  # a red mark in the stored top-left corner
@@ -595,7 +595,7 @@ def peak_growth(setup: str, statement: str) -> tuple[float, object]:
 PREPARE = """
 from pathlib import Path
 from kling_demo.errors import InputRejected
-from kling_demo.media import prepare_image
+from kling_demo.jobs.images import prepare_image
 from kling_demo.models import KLING_V2_I2V_MASTER as SPEC
 """
 
@@ -744,8 +744,8 @@ def test_the_structure_check_accepts_what_prepare_accepts(case: str, tmp_path: P
 
 
 JOB = """
-from kling_demo.client import WaveSpeedClient
-from kling_demo.jobs import JobContext, JobRequest, generate
+from kling_demo.wavespeed.client import WaveSpeedClient
+from kling_demo.jobs.steps import JobContext, JobRequest, generate
 from pathlib import Path
 """
 
@@ -775,8 +775,8 @@ def test_a_progressive_jpeg_bomb_is_refused_before_anything_is_uploaded(tmp_path
                                                                        components: int) -> None:
     """A 1 MB progressive JPEG of 9400×9400 would hold 530 MB (RGB) or 707 MB (CMYK) while it decodes, even at 1/8:
     the job refuses it from its header, saying what would do, and nothing reaches the API."""
-    from kling_demo.client import WaveSpeedClient
-    from kling_demo.jobs import JobContext, JobRequest, generate
+    from kling_demo.wavespeed.client import WaveSpeedClient
+    from kling_demo.jobs.steps import JobContext, JobRequest, generate
 
     bomb = write_flat_jpeg(tmp_path / "bomb.jpg", 9400, 9400, components, scans="progressive")
     assert bomb.stat().st_size < 1_500_000

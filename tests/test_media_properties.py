@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from kling_demo.errors import InputRejected
-from kling_demo.media import prepare_image, quick_check_image
+from kling_demo.jobs.images import prepare_image, quick_check_image
 from kling_demo.models import KLING_V2_I2V_MASTER, ImageLimits
 
 FIRST = KLING_V2_I2V_MASTER.first_frame

@@ -7,14 +7,14 @@ import sqlite3
 
 import pytest
 
-from kling_demo.client import WaveSpeedClient
+from kling_demo.wavespeed.client import WaveSpeedClient
 from kling_demo.config import Settings
 from kling_demo.errors import InsufficientBalance, ServiceUnavailable
-from kling_demo.jobs import JobRequest, Stage
-from kling_demo.journal import Journal
+from kling_demo.jobs.steps import JobRequest, Stage
+from kling_demo.store.journal import Journal
 from kling_demo.models import DEFAULT_MODEL
-from kling_demo.prices import QuoteCache, money, price_guard
-from kling_demo.service import Service, Visitor
+from kling_demo.service.prices import QuoteCache, money, price_guard
+from kling_demo.service.service import Service, Visitor
 
 SERVER_KEY = "server-key"
 ALICE = Visitor("browser:alice")

@@ -13,14 +13,14 @@ import requests
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from kling_demo.client import WaveSpeedClient
+from kling_demo.wavespeed.client import WaveSpeedClient
 from kling_demo.errors import JobStopped, ServiceUnavailable
-from kling_demo.jobs import Followers, JobContext, Stage, resume
-from kling_demo.journal import Journal
-from kling_demo.media import probe_video
+from kling_demo.jobs.steps import Followers, JobContext, Stage, resume
+from kling_demo.store.journal import Journal
+from kling_demo.jobs.images import probe_video
 from kling_demo.models import DEFAULT_MODEL
-from kling_demo.polling import RETRY_CAP, retry_delay
-from kling_demo.recovery import Recovery
+from kling_demo.jobs.schedule import RETRY_CAP, retry_delay
+from kling_demo.service.recovery import Recovery
 from tests.processes import start_app_process, start_sandbox_process
 from tests.waiting import wait_for
 

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from kling_demo.config import Settings
-from kling_demo.visitors import sign_owner, verified_owner
+from kling_demo.service.visitors import sign_owner, verified_owner
 from tests.conftest import fill
 from tests.processes import ROOT
 

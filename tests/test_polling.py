@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import example, given, settings, strategies as st
 
-from kling_demo.polling import InferenceHistory, next_poll_delay
+from kling_demo.jobs.schedule import InferenceHistory, next_poll_delay
 
 
 def simulate(expected: float | None, finish: float, horizon: float = 3600.0, lateness: float = 0.0) -> list[float]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 
-from kling_demo.jobs import JobUpdate, Stage
+from kling_demo.jobs.steps import JobUpdate, Stage
 from kling_demo.models import DEFAULT_MODEL
-from kling_demo.progress import EstimateSource, Step, Tracker, estimate
-from kling_demo.ui import progress_html, progress_words
-from kling_demo.wording import for_sandbox
+from kling_demo.jobs.progress import EstimateSource, Step, Tracker, estimate
+from kling_demo.web.page import progress_html, progress_words
+from kling_demo.web.wording import for_sandbox
 
 
 def update(stage: Stage, elapsed: float, **extra: object) -> JobUpdate:

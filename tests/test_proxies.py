@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
 from kling_demo.config import SPACE_PROXIES, Settings, trusted_proxies
-from kling_demo.identity import (CALLER_HEADER, TrustedProxies, forwarded_shape, stamp_caller, stamped_address,
+from kling_demo.service.identity import (CALLER_HEADER, TrustedProxies, forwarded_shape, stamp_caller, stamped_address,
                                  visitor_address)
 from tests.callers import Caller
 from tests.processes import Served, start_app_process, start_sandbox_process

@@ -15,13 +15,13 @@ import gradio as gr
 import pytest
 import requests
 
-from kling_demo.client import WaveSpeedClient
+from kling_demo.wavespeed.client import WaveSpeedClient
 from kling_demo.errors import ApiInputRefused, InputRejected, KlingDemoError, ServiceUnavailable
 from kling_demo.logs import RedactSecrets
-from kling_demo.inputs import check_task_id
+from kling_demo.jobs.inputs import check_task_id
 from kling_demo.models import KLING_V2_I2V_MASTER as SPEC
-from kling_demo.ui import plain_errors
-from kling_demo.visitors import KEY_WITH_CONTROL_CHARACTER, visitor_key
+from kling_demo.web.page import plain_errors
+from kling_demo.service.visitors import KEY_WITH_CONTROL_CHARACTER, visitor_key
 
 KEY = "ws-test-0123456789abcdef0123456789abcdef"
 OTHER_TOKEN = "tok-9f8e7d6c5b4a39281706"
@@ -118,7 +118,7 @@ def test_a_task_error_and_an_answer_without_a_task_id_that_quote_the_bare_key_ar
 
 
 def test_the_servers_own_key_is_masked_in_any_api_text_once_remembered():
-    from kling_demo.client import Prediction
+    from kling_demo.wavespeed.client import Prediction
     from kling_demo.logs import remember_secrets
 
     server_key = f"ws-{OTHER_TOKEN}-server"
@@ -212,9 +212,9 @@ def test_a_path_in_one_of_our_messages_is_cut_to_its_file_name(tmp_path):
 
 @pytest.fixture
 def app_url(make_sandbox, tmp_path):
-    from kling_demo.backend import Backend
+    from kling_demo.service.backend import Backend
     from kling_demo.config import Settings
-    from kling_demo.ui import build_app, launch_options
+    from kling_demo.web.page import build_app, launch_options
     from tests.processes import free_port
 
     sandbox = make_sandbox()

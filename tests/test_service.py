@@ -8,14 +8,14 @@ import threading
 import pytest
 import requests
 
-from kling_demo.backend import Backend
-from kling_demo.client import WaveSpeedClient
+from kling_demo.service.backend import Backend
+from kling_demo.wavespeed.client import WaveSpeedClient
 from kling_demo.config import Settings
-from kling_demo.journal import Journal
+from kling_demo.store.journal import Journal
 from kling_demo.errors import KeyRequired, NotYours, VisitorCapReached
-from kling_demo.jobs import JobRequest, JobUpdate, Stage
+from kling_demo.jobs.steps import JobRequest, JobUpdate, Stage
 from kling_demo.models import DEFAULT_MODEL, KeySource, TaskStatus
-from kling_demo.service import Job, Service, Visitor
+from kling_demo.service.service import Job, Service, Visitor
 from tests.conftest import SERVER_KEY
 from tests.waiting import wait_for
 

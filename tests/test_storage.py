@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from kling_demo.client import WaveSpeedClient
+from kling_demo.wavespeed.client import WaveSpeedClient
 from kling_demo.errors import AuthenticationFailed, DownloadFailed, StorageUnavailable
-from kling_demo.jobs import JobContext, JobRequest, Stage, generate
-from kling_demo.journal import Journal
-from kling_demo.media import probe_video
-from kling_demo.storage import NO_ROOM_MESSAGE, check_room, partial_file, remove_orphan_parts
+from kling_demo.jobs.steps import JobContext, JobRequest, Stage, generate
+from kling_demo.store.journal import Journal
+from kling_demo.jobs.images import probe_video
+from kling_demo.store.files import NO_ROOM_MESSAGE, check_room, partial_file, remove_orphan_parts
 from tests.conftest import fill
 from tests.test_client import run_to_completion
 
@@ -53,7 +53,7 @@ def test_a_partial_file_appears_under_its_name_only_when_complete(tmp_path):
 HOLDER = """
 import sys, time
 from pathlib import Path
-from kling_demo.storage import partial_file
+from kling_demo.store.files import partial_file
 with partial_file(Path(sys.argv[1])) as out:
     out.write(b"downloading")
     out.flush()
@@ -159,7 +159,7 @@ def test_a_directory_in_the_journals_place_is_one_sentence_not_a_traceback(tmp_p
         app.stop()
     log = log_path.read_text()
     assert "Traceback" not in log
-    (line,) = [line for line in log.splitlines() if "kling_demo.journal:" in line and "is a directory" in line]
+    (line,) = [line for line in log.splitlines() if "kling_demo.store.journal:" in line and "is a directory" in line]
     assert "journal.sqlite3" in line and "moved elsewhere" in line and str(tmp_path) not in line
 
 

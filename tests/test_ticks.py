@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kling_demo.jobs import JobUpdate, Stage
-from kling_demo.ticks import API_TICK_SECONDS, worth_sending
+from kling_demo.jobs.steps import JobUpdate, Stage
+from kling_demo.web.ticks import API_TICK_SECONDS, worth_sending
 
 RENDERING = "WaveSpeed is rendering your video… {} s so far. Renders like this usually take about 30 s."
 

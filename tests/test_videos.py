@@ -9,10 +9,10 @@ import av
 import pytest
 from PIL import Image
 
-from kling_demo import videos
-from kling_demo.jobs import JobContext, JobRequest, Stage, generate
-from kling_demo.client import WaveSpeedClient
-from kling_demo.journal import Journal
+from kling_demo.store import videos
+from kling_demo.jobs.steps import JobContext, JobRequest, Stage, generate
+from kling_demo.wavespeed.client import WaveSpeedClient
+from kling_demo.store.journal import Journal
 from kling_demo.sandbox.render import render_video
 
 SECRET_KEY = "ws-canary-key-never-in-a-video"
@@ -142,7 +142,7 @@ def test_a_finished_job_leaves_a_named_tagged_video_and_no_key(sandbox, make_ima
 
 def test_kept_frames_are_the_uploaded_bytes_and_outlive_the_upload(tmp_path: Path, make_image) -> None:
     """The frames kept for "reuse these settings" survive the upload's temp file, and removing them spares it."""
-    from kling_demo import media
+    from kling_demo.jobs import images as media
     from kling_demo.models import DEFAULT_MODEL
 
     upload = Path(make_image(size=(800, 600), format="JPEG"))

@@ -14,10 +14,10 @@ import pytest
 import requests
 
 from kling_demo.errors import VisitorCapReached
-from kling_demo.jobs import JobRequest
-from kling_demo.service import KEY_CHECKS_PER_MINUTE, Visitor
-from kling_demo.upload_bounds import MB, UploadBounds, cache_bytes
-from kling_demo.visitors import Throttle
+from kling_demo.jobs.steps import JobRequest
+from kling_demo.service.service import KEY_CHECKS_PER_MINUTE, Visitor
+from kling_demo.web.upload_bounds import MB, UploadBounds, cache_bytes
+from kling_demo.service.visitors import Throttle
 from tests.callers import Caller
 from tests.counting_proxy import CountingProxy
 from tests.processes import Served, start_app_process, start_sandbox_process

@@ -9,7 +9,7 @@ import time
 
 import requests
 
-from kling_demo.poller import POLL_WORKERS
+from kling_demo.jobs.poller import POLL_WORKERS
 from tests.processes import start_app_process, start_sandbox_process
 from tests.queue_client import QueueClient, http_client
 from tests.waiting import run_async

@@ -19,14 +19,14 @@ import pytest
 import requests
 from gradio_client import Client, handle_file
 
-from kling_demo.client import Prediction
+from kling_demo.wavespeed.client import Prediction
 from kling_demo.config import Settings
 from kling_demo.errors import WebhookRejected
-from kling_demo.journal import Journal
-from kling_demo.media import probe_video
-from kling_demo.notices import Notices
+from kling_demo.store.journal import Journal
+from kling_demo.jobs.images import probe_video
+from kling_demo.jobs.notices import Notices
 from kling_demo.sandbox.webhooks import signature as sandbox_signature
-from kling_demo.webhooks import Receiver, verify
+from kling_demo.wavespeed.webhooks import Receiver, verify
 from tests.processes import free_port, start_app_process, start_sandbox_process
 from tests.waiting import run_async
 
@@ -330,14 +330,14 @@ def serve_route():
 
 
 def refusal_lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "kling_demo.webhooks" and "refused" in r.getMessage()]
+    return [r.getMessage() for r in caplog.records if r.name == "kling_demo.wavespeed.webhooks" and "refused" in r.getMessage()]
 
 
 def test_a_burst_of_refused_webhooks_writes_a_line_or_two_not_one_each(serve_route, caplog):
-    from kling_demo.webhooks import route
+    from kling_demo.wavespeed.webhooks import route
 
     url = serve_route(route(Receiver(SECRET, lambda prediction: None)))
-    caplog.set_level("INFO", logger="kling_demo.webhooks")
+    caplog.set_level("INFO", logger="kling_demo.wavespeed.webhooks")
     with requests.Session() as session:
         for _ in range(300):  # unsigned, as a scanner or a flood sends them
             answer = session.post(url + "webhooks/wavespeed", data=b"{}", timeout=10,
@@ -349,12 +349,12 @@ def test_a_burst_of_refused_webhooks_writes_a_line_or_two_not_one_each(serve_rou
 
 
 def test_refusals_after_the_first_are_counted_into_one_line_per_interval(serve_route, caplog):
-    from kling_demo.webhooks import Refusals, route
+    from kling_demo.wavespeed.webhooks import Refusals, route
 
     now = [1000.0]
     url = serve_route(route(Receiver(SECRET, lambda prediction: None),
                             refusals=Refusals(interval_seconds=60.0, clock=lambda: now[0])))
-    caplog.set_level("INFO", logger="kling_demo.webhooks")
+    caplog.set_level("INFO", logger="kling_demo.wavespeed.webhooks")
 
     def refuse(times: int) -> None:
         for _ in range(times):

@@ -28,7 +28,7 @@ from pathlib import Path
 from tests import import_time_settings
 
 # Imported once in the forkserver; anything else is imported by the child as usual.
-PRELOAD = ["gradio", "kling_demo.ui", "kling_demo.sandbox.app", "kling_demo.sandbox.render", "av"]
+PRELOAD = ["gradio", "kling_demo.web.page", "kling_demo.sandbox.app", "kling_demo.sandbox.render", "av"]
 
 # Warm starts are trusted with the Gradio requirements.txt pins; before pinning another, run
 # tests/test_warm_start.py against it.

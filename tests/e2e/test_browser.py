@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kling_demo.visitors import OWNER_STORAGE_KEY
+from kling_demo.service.visitors import OWNER_STORAGE_KEY
 
 try:
     from playwright.sync_api import expect

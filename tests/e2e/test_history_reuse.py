@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from kling_demo.visitors import OWNER_STORAGE_KEY
+from kling_demo.service.visitors import OWNER_STORAGE_KEY
 from tests.e2e.test_browser import expect, fill_in, task_id_box, wait_for_playing_video
 
 

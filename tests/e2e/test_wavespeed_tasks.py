@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from kling_demo.client import WaveSpeedClient
+from kling_demo.wavespeed.client import WaveSpeedClient
 from kling_demo.models import DEFAULT_MODEL
 from tests.page_session import PageSession, error_of
 from tests.processes import Served

@@ -12,7 +12,7 @@ import asyncio
 import time
 from typing import AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
-from .jobs import JobUpdate
+from .steps import JobUpdate
 
 T = TypeVar("T")
 # Runs one blocking call off the loop and gives its result: anyio.to_thread.run_sync on Gradio's loop,

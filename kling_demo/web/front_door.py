@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable, MutableMapping
 
 import anyio
 
-from .identity import (CALLER_HEADER, UNKNOWN_ADDRESS, TrustedProxies, forwarded_shape, normalized_address,
+from ..service.identity import (CALLER_HEADER, UNKNOWN_ADDRESS, TrustedProxies, forwarded_shape, normalized_address,
                        stamp_caller)
 from .upload_bounds import Refusal, UploadBounds
 

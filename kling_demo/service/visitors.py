@@ -17,7 +17,7 @@ from collections import Counter, deque
 from contextlib import contextmanager
 from typing import Callable, Iterator, Mapping
 
-from .errors import InputRejected, VisitorCapReached
+from ..errors import InputRejected, VisitorCapReached
 from .identity import key_id
 
 OWNER_STORAGE_KEY = "kling_demo_owner"

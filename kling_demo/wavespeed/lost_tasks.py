@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .client import Prediction, WaveSpeedClient
-from .models import ModelSpec
+from ..models import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .api_slots import slot_key
-from .client import Quote, WaveSpeedClient
-from .errors import AuthenticationFailed, InsufficientBalance, KlingDemoError
-from .models import ModelSpec
+from ..jobs.slots import slot_key
+from ..wavespeed.client import Quote, WaveSpeedClient
+from ..errors import AuthenticationFailed, InsufficientBalance, KlingDemoError
+from ..models import ModelSpec
 
 log = logging.getLogger(__name__)
 

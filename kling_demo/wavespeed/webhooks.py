@@ -23,8 +23,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from .config import WEBHOOK_PATH
-from .errors import WebhookRejected
+from ..config import WEBHOOK_PATH
+from ..errors import WebhookRejected
 
 log = logging.getLogger(__name__)
 

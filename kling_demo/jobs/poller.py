@@ -19,11 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from .client import Prediction, WaveSpeedClient
-from .errors import KlingDemoError, ServiceUnavailable
-from .journal import Journal
+from ..wavespeed.client import Prediction, WaveSpeedClient
+from ..errors import KlingDemoError, ServiceUnavailable
+from ..store.journal import Journal
 from .notices import SAFETY_NET_SECONDS, Bell, Notices
-from .polling import next_poll_delay, retry_delay
+from .schedule import next_poll_delay, retry_delay
 
 log = logging.getLogger(__name__)
 POLL_WORKERS = 8  # threads making poll requests; a poll takes milliseconds, so a few serve thousands of tasks

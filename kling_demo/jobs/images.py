@@ -20,8 +20,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputRejected
-from .models import MB, ImageLimits
+from ..errors import InputRejected
+from ..models import MB, ImageLimits
 
 # Opening a video for its packets or tags only: FFmpeg's stream probe otherwise decodes frames to learn their
 # pixel format, 11 ms of CPU for a 5 s 480p video (three quarters of a remux), and nothing here needs it.

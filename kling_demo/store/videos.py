@@ -19,12 +19,12 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from . import storage
-from .media import CONTAINER_ONLY
+from . import files
+from ..jobs.images import CONTAINER_ONLY
 
 if TYPE_CHECKING:
     from .journal import TaskRecord
-    from .media import PreparedImage
+    from ..jobs.images import PreparedImage
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def remux(source: Path, target: Path, tags: dict[str, str]) -> None:
     """Copy the video and audio packets of `source` into a new MP4 at `target` with `tags`; atomic."""
     import av
 
-    with av.open(str(source), options=CONTAINER_ONLY) as given, storage.partial_file(target) as out:
+    with av.open(str(source), options=CONTAINER_ONLY) as given, files.partial_file(target) as out:
         with av.open(out, "w", format="mp4") as tagged:
             tagged.metadata.update(tags)
             streams = {stream.index: tagged.add_stream_from_template(stream)
@@ -163,7 +163,7 @@ def last_frame(video: Path) -> Path:
             picture = frame
     if picture is None:
         raise ValueError("the video has no frames")
-    with storage.partial_file(target) as out:
+    with files.partial_file(target) as out:
         picture.to_image().save(out, "PNG")
     return target
 

@@ -29,7 +29,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Callable
 
-from .models import TaskStatus
+from ..models import TaskStatus
 from .notices import Bell
 
 log = logging.getLogger(__name__)

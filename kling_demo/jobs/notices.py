@@ -13,7 +13,7 @@ import asyncio
 import threading
 from collections import OrderedDict
 
-from .client import Prediction
+from ..wavespeed.client import Prediction
 
 SAFETY_NET_SECONDS = 30.0  # with webhooks on, a task is still polled this often in case its webhook is lost
 STOP_CHECK_SECONDS = 0.25  # how soon a thread waiting on a notice sees Stop

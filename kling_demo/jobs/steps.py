@@ -20,11 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterator, TypeVar
 
-from . import lost_tasks, media, storage, videos
-from .api_slots import ApiSlots, Ticket
-from .budgets import Reservation, SpendGuard
-from .client import Prediction, Quote, WaveSpeedClient
-from .errors import (
+from ..wavespeed import lost_tasks
+
+from . import images
+
+from ..store import files
+
+from ..store import videos
+from .slots import ApiSlots, Ticket
+from ..service.budgets import Reservation, SpendGuard
+from ..wavespeed.client import Prediction, Quote, WaveSpeedClient
+from ..errors import (
     AlreadyFollowing,
     InputRejected,
     JobStopped,
@@ -40,12 +46,12 @@ from .errors import (
     TryLater,
 )
 from .inputs import check_duration, check_guidance, check_prompt, check_task_id
-from .journal import OUTCOME_UNKNOWN, Journal, is_intent_id, positive_int
-from .models import DEFAULT_MODEL, KeySource, ModelSpec, TaskStatus
+from ..store.journal import OUTCOME_UNKNOWN, Journal, is_intent_id, positive_int
+from ..models import DEFAULT_MODEL, KeySource, ModelSpec, TaskStatus
 from .notices import Bell, Notices
 from .poller import Poller
-from .polling import MIN_INTERVAL, InferenceHistory, retry_delay
-from .prices import PriceGuard, money, quoted_cost
+from .schedule import MIN_INTERVAL, InferenceHistory, retry_delay
+from ..service.prices import PriceGuard, money, quoted_cost
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -132,7 +138,7 @@ class JobContext:
     journal: Journal | None = None
     owner: str = ""
     key_source: KeySource = KeySource.SERVER  # whose key pays (the key itself is never kept)
-    min_free_bytes: int = storage.DEFAULT_MIN_FREE_BYTES  # refuse a job when the data dir has less room
+    min_free_bytes: int = files.DEFAULT_MIN_FREE_BYTES  # refuse a job when the data dir has less room
     followers: Followers = field(default_factory=Followers)
     slots: ApiSlots = field(default_factory=lambda: ApiSlots(0))  # tasks at WaveSpeed per key (0: no cap)
     slot_key: str = ""  # `api_slots.slot_key` of the key that pays
@@ -173,9 +179,9 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
             guidance = check_guidance(request.guidance_scale, spec)
             duration = check_duration(request.duration, spec)
             # Both frames pass every check that decodes no pixels before either is decoded.
-            media.check_before_decoding(request.image, spec.first_frame, role="first frame")
+            images.check_before_decoding(request.image, spec.first_frame, role="first frame")
             if request.end_image:
-                media.check_before_decoding(request.end_image, spec.end_frame, role="end frame")
+                images.check_before_decoding(request.end_image, spec.end_frame, role="end frame")
             inputs: dict[str, object] = {"prompt": prompt, "guidance_scale": guidance, "duration": duration}
             if negative:
                 inputs["negative_prompt"] = negative
@@ -188,18 +194,18 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
                 # way out below that submits nothing releases it.
                 if ctx.spend_guard is not None:
                     reservation = ctx.spend_guard(inputs)
-                first = media.prepare_image(request.image, spec.first_frame, role="first frame",
+                first = images.prepare_image(request.image, spec.first_frame, role="first frame",
                                             work_dir=Path(work))
                 end = None
                 if request.end_image:
-                    end = media.prepare_image(request.end_image, spec.end_frame, role="end frame",
+                    end = images.prepare_image(request.end_image, spec.end_frame, role="end frame",
                                               work_dir=Path(work))
                 changes = first.changes + (end.changes if end else ())
                 _check_stop(ctx, task_id)
                 ticket = ctx.slots.ticket(ctx.slot_key)
                 yield from _wait_for_slot(ticket, ctx, started)
                 # Nothing is uploaded or paid for that the app could not record.
-                storage.check_room(ctx.videos_dir, ctx.min_free_bytes)
+                files.check_room(ctx.videos_dir, ctx.min_free_bytes)
                 params = {"prompt": prompt, "negative_prompt": negative, "guidance_scale": guidance,
                           "duration": duration, "end_image": end is not None}
                 intent = _Intent.write(ctx, params, first, end)
@@ -392,14 +398,14 @@ class _Intent:
         self.ctx, self.intent_id, self.preview = ctx, intent_id, preview
 
     @classmethod
-    def write(cls, ctx: JobContext, params: dict[str, Any], first: media.PreparedImage,
-              end: media.PreparedImage | None = None) -> "_Intent":
+    def write(cls, ctx: JobContext, params: dict[str, Any], first: images.PreparedImage,
+              end: images.PreparedImage | None = None) -> "_Intent":
         """Record the submission to come; raises `StorageUnavailable` if the journal cannot take it."""
         if ctx.journal is None:
             return cls(ctx, None)
         preview: Path | None = None
         try:
-            preview = media.save_preview(first, ctx.videos_dir)
+            preview = images.save_preview(first, ctx.videos_dir)
             videos.keep_frames(preview, first, end)  # for "reuse these settings"
             intent_id = ctx.journal.record_intent(owner=ctx.owner, model=ctx.spec.model_id,
                                                   api_base=ctx.client.base_url, key_source=ctx.key_source,
@@ -409,7 +415,7 @@ class _Intent:
                         type(error).__name__, error)
             if preview is not None:
                 videos.remove_files([preview])
-            raise StorageUnavailable(storage.NO_ROOM_MESSAGE) from error
+            raise StorageUnavailable(files.NO_ROOM_MESSAGE) from error
         return cls(ctx, intent_id, preview)
 
     def attach(self, prediction: Prediction) -> None:
@@ -435,7 +441,7 @@ class _Intent:
         except (OSError, sqlite3.Error) as error:
             log.warning("journal: cannot record the submission about to be sent (%s: %s); refusing it before "
                         "anything is paid for", type(error).__name__, error)
-            raise StorageUnavailable(storage.NO_ROOM_MESSAGE) from error
+            raise StorageUnavailable(files.NO_ROOM_MESSAGE) from error
 
     def priced(self, quote: Quote | None) -> None:
         """Keep WaveSpeed's quote with the entry; without it the task only lacks its cost in the history."""
@@ -478,7 +484,7 @@ def _declared_duration(prediction: Prediction, spec: ModelSpec) -> int | None:
 def _video_duration(video: Path, spec: ModelSpec) -> int | None:
     """The task's duration read from its downloaded video: the model's length closest to what plays."""
     try:
-        seconds = media.video_seconds(video)
+        seconds = images.video_seconds(video)
     except Exception as error:  # an unreadable file only means the length stays unknown
         log.info("could not read the length of %s: %s", video.name, error)
         return None

@@ -20,25 +20,33 @@ import gradio as gr
 from gradio.utils import get_upload_folder
 from starlette.middleware import Middleware
 
-from . import history_view, media, ticks, webhooks, wording
-from .backend import Backend
-from .config import Settings
-from .errors import InputRejected, KlingDemoError
+from . import history_view
+
+from ..jobs import images
+
+from . import ticks
+
+from ..wavespeed import webhooks
+
+from . import wording
+from ..service.backend import Backend
+from ..config import Settings
+from ..errors import InputRejected, KlingDemoError
 from .front_door import FrontDoor
-from .identity import TrustedProxies, oauth_enabled, spender_id, visitor_address
-from .inputs import check_duration, check_guidance, check_prompt, check_task_id
-from .jobs import JobRequest, JobUpdate, Stage, format_seconds
-from .models import DEFAULT_MODEL
-from .progress import Estimate, EstimateSource, ProgressView, Tracker, estimate
-from .service import FormFill, Job, Service, Visitor
-from .stepping import step_updates
+from ..service.identity import TrustedProxies, oauth_enabled, spender_id, visitor_address
+from ..jobs.inputs import check_duration, check_guidance, check_prompt, check_task_id
+from ..jobs.steps import JobRequest, JobUpdate, Stage, format_seconds
+from ..models import DEFAULT_MODEL
+from ..jobs.progress import Estimate, EstimateSource, ProgressView, Tracker, estimate
+from ..service.service import FormFill, Job, Service, Visitor
+from ..jobs.runner import step_updates
 from .upload_bounds import GB, MB, UploadBounds
-from .visitors import (OWNER_STORAGE_KEY, OWNER_STORAGE_OBFUSCATION, new_owner_id, resolve_owner, sign_owner,
+from ..service.visitors import (OWNER_STORAGE_KEY, OWNER_STORAGE_OBFUSCATION, new_owner_id, resolve_owner, sign_owner,
                        verified_owner, visitor_key)
 
 if TYPE_CHECKING:
-    from .client import Prediction
-    from .journal import TaskRecord
+    from ..wavespeed.client import Prediction
+    from ..store.journal import TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -376,12 +384,12 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
                  typed_key: str | None = None, from_page: bool = False) -> list[dict[str, Any]]:
         """Instant checks in the page, before anything is uploaded or paid for."""
         return [
-            _verdict(lambda: _refuse_if(media.quick_check_image(image, SPEC.first_frame, role="first frame"))),
+            _verdict(lambda: _refuse_if(images.quick_check_image(image, SPEC.first_frame, role="first frame"))),
             _verdict(lambda: check_prompt(prompt, SPEC)),
             _verdict(lambda: check_prompt(negative_prompt, SPEC, field="negative_prompt", required=False)),
             _verdict(lambda: check_guidance(guidance_scale, SPEC)),
             _verdict(lambda: check_duration(duration, SPEC)),
-            _verdict(lambda: _refuse_if(media.quick_check_image(end_image, SPEC.end_frame, role="end frame",
+            _verdict(lambda: _refuse_if(images.quick_check_image(end_image, SPEC.end_frame, role="end frame",
                                                                  required=False))),
             gr.validate(True, ""),
             gr.validate(True, ""),
@@ -634,7 +642,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
     def own_first_frame(path: str | None, from_example: bool) -> tuple[Any, ...]:
         """A first frame of the visitor's own: checked at once, and an example's end frame and negative
         prompt are cleared so the video does not end on the example's picture."""
-        problem = media.quick_check_image(path, SPEC.first_frame, role="first frame") if path else None
+        problem = images.quick_check_image(path, SPEC.first_frame, role="first frame") if path else None
         note = f"⚠️ {problem}" if problem else ""
         if from_example:
             cleared = "Your own first frame: the example's end frame and negative prompt were cleared."
@@ -642,7 +650,7 @@ def build_app(settings: Settings, backend: Backend | None = None, service: Servi
         return note, gr.skip(), gr.skip(), False
 
     def own_end_frame(path: str | None) -> str:
-        problem = media.quick_check_image(path, SPEC.end_frame, role="end frame", required=False) if path else None
+        problem = images.quick_check_image(path, SPEC.end_frame, role="end frame", required=False) if path else None
         return f"⚠️ {problem}" if problem else ""
 
     def key_section() -> tuple[gr.Textbox, gr.Markdown]:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .errors import StorageUnavailable
+from ..errors import StorageUnavailable
 
 try:
     import fcntl

@@ -14,10 +14,12 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from . import storage, videos
-from .jobs import format_seconds
-from .journal import OUTCOME_UNKNOWN, PREPARED, SUBMITTING, TaskRecord
-from .models import TaskStatus
+from ..store import files
+
+from ..store import videos
+from ..jobs.steps import format_seconds
+from ..store.journal import OUTCOME_UNKNOWN, PREPARED, SUBMITTING, TaskRecord
+from ..models import TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ def placeholder(path: Path, bundled: Path) -> Path:
         return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with storage.partial_file(path) as out:
+        with files.partial_file(path) as out:
             Image.new("RGB", (320, 180), (226, 232, 240)).save(out, "PNG")
     except OSError as error:
         log.warning("history: the data dir cannot keep the placeholder tile (%s); using the bundled one",
@@ -112,7 +114,7 @@ def badged(picture: Path, state: TileState, words: str) -> Path:
             tile = ImageOps.exif_transpose(source).convert("RGB")
         tile.thumbnail((TILE_SIDE, TILE_SIDE))
         tile = _draw_band(tile, state, words)
-        with storage.partial_file(target) as out:
+        with files.partial_file(target) as out:
             tile.save(out, "JPEG", quality=85)
     except OSError as error:  # a tile is a nicety: the plain picture still shows
         log.info("history: could not make the %s tile of %s (%s)", state.value, picture.name, type(error).__name__)

@@ -23,13 +23,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
-from . import jobs, lost_tasks
-from .errors import AlreadyFollowing, KlingDemoError, TaskFailed, TaskTimedOut
-from .jobs import JobContext, format_seconds
-from .journal import Journal, TaskRecord
-from .models import KeySource
-from .polling import retry_delay
-from .stepping import step_updates
+from ..jobs import steps
+
+from ..wavespeed import lost_tasks
+from ..errors import AlreadyFollowing, KlingDemoError, TaskFailed, TaskTimedOut
+from ..jobs.steps import JobContext, format_seconds
+from ..store.journal import Journal, TaskRecord
+from ..models import KeySource
+from ..jobs.schedule import retry_delay
+from ..jobs.runner import step_updates
 
 log = logging.getLogger(__name__)
 MAX_AGE_SECONDS = 24 * 3600.0  # the API keeps tasks 7 days; past a day, wait for a restart or the owner
@@ -167,7 +169,7 @@ class Recovery:
         ctx = self.make_context(record.owner, api_key)
         ctx.stop = self._closing  # close() ends a follow that is waiting on WaveSpeed, so the process can exit
         try:
-            async for _ in step_updates(jobs.resume(record.task_id, ctx, duration=record.duration), self._in_pool):
+            async for _ in step_updates(steps.resume(record.task_id, ctx, duration=record.duration), self._in_pool):
                 pass
             log.info("recovered task %s into its owner's history", record.task_id)
         except AlreadyFollowing:

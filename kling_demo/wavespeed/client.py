@@ -28,23 +28,22 @@ from urllib.parse import quote
 import requests
 from urllib3.exceptions import NewConnectionError
 
-from . import __version__
+from .. import __version__
 from .connections import Connections, new_session
-from .errors import (
+from ..errors import (
     ApiInputRefused,
     AuthenticationFailed,
     DownloadFailed,
     InsufficientBalance,
-    KlingDemoError,
     NotFound,
     NothingSubmitted,
     RateLimited,
     ServiceUnavailable,
     SubmissionOutcomeUnknown,
 )
-from .logs import mask_secrets
-from .models import ModelSpec, TaskStatus
-from .storage import is_disk_full, partial_file
+from ..logs import mask_secrets
+from ..models import ModelSpec, TaskStatus
+from ..store.files import is_disk_full, partial_file
 
 log = logging.getLogger(__name__)
 

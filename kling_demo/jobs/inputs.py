@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 import re
 
-from .errors import InputRejected
-from .models import ModelSpec
+from ..errors import InputRejected
+from ..models import ModelSpec
 
 
 def check_prompt(prompt: object, spec: ModelSpec, *, field: str = "prompt", required: bool = True) -> str:

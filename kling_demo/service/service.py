@@ -14,25 +14,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import jobs, storage, videos
-from .api_slots import ApiSlots, slot_key
+from ..jobs import steps
+
+from ..store import files
+
+from ..store import videos
+from ..jobs.slots import ApiSlots, slot_key
 from .backend import Backend, open_backend
 from .budgets import Budgets, Ledger, Limits
-from .client import Balance, Prediction, Quote, WaveSpeedClient
-from .config import Settings
-from .connections import Connections
-from .errors import AuthenticationFailed, InputRejected, KeyRequired, KlingDemoError, NotYours
-from .jobs import Followers, JobContext, JobRequest, JobUpdate, Stage
-from .inputs import check_duration, check_guidance
-from .journal import Journal, TaskRecord
-from .models import DEFAULT_MODEL, KeySource, ModelSpec
-from .notices import Notices
-from .poller import Poller
-from .polling import InferenceHistory
+from ..wavespeed.client import Balance, Prediction, Quote, WaveSpeedClient
+from ..config import Settings
+from ..wavespeed.connections import Connections
+from ..errors import AuthenticationFailed, InputRejected, KeyRequired, KlingDemoError, NotYours
+from ..jobs.steps import Followers, JobContext, JobRequest, JobUpdate, Stage
+from ..jobs.inputs import check_duration, check_guidance
+from ..store.journal import Journal, TaskRecord
+from ..models import DEFAULT_MODEL, KeySource, ModelSpec
+from ..jobs.notices import Notices
+from ..jobs.poller import Poller
+from ..jobs.schedule import InferenceHistory
 from .prices import FREE_IN_SANDBOX, PRICE_UNAVAILABLE, QuoteCache, money, price_guard, quoted_cost
 from .recovery import Recovery
 from .visitors import JobSlots, Throttle
-from .webhooks import Receiver
+from ..wavespeed.webhooks import Receiver
 
 log = logging.getLogger(__name__)
 RECENT_TASKS = 20  # tasks shown under "Your WaveSpeed tasks"
@@ -159,10 +163,10 @@ class Service:
         self.spec = spec
         self.backend = backend or open_backend(settings)
         self.videos_dir = settings.videos_dir
-        storage.make_folder(self.videos_dir)  # a full or read-only disk: the app starts, refusing new jobs
+        files.make_folder(self.videos_dir)  # a full or read-only disk: the app starts, refusing new jobs
         self.journal = Journal(settings.data_dir / "journal.sqlite3")  # an unreadable file is moved aside
         self.journal.settle_intents()  # submissions a stopped run left without an answer: outcome unknown
-        storage.remove_orphan_parts(self.videos_dir)  # downloads a killed run left half-written
+        files.remove_orphan_parts(self.videos_dir)  # downloads a killed run left half-written
         if settings.retention_days is not None or settings.retention_gb is not None:
             self.journal.prune(max_age_days=settings.retention_days,
                                max_total_bytes=int(settings.retention_gb * 1e9) if settings.retention_gb else None)
@@ -247,7 +251,7 @@ class Service:
                                                else self.settings.max_jobs_per_visitor))
         ctx = self.context(visitor.owner, visitor.api_key, None if visitor.operator else self.spender(visitor),
                            operator=visitor.operator)
-        return Job(jobs.generate(request, ctx), ctx, on_close, lambda: self._hand_over(visitor))
+        return Job(steps.generate(request, ctx), ctx, on_close, lambda: self._hand_over(visitor))
 
     def resume(self, task_id: str, visitor: Visitor, *, duration: int | None = None) -> Job:
         """Follow a task to its video: one of the visitor's, or with their own key one submitted elsewhere.
@@ -265,7 +269,7 @@ class Service:
         use_key = visitor.api_key if record is None or record.key_source == KeySource.VISITOR else None
         ctx = self.context(visitor.owner, use_key)
         payer = Visitor(visitor.owner, use_key)
-        return Job(jobs.resume(task_id, ctx, duration=record.duration if record and record.duration else duration), ctx,
+        return Job(steps.resume(task_id, ctx, duration=record.duration if record and record.duration else duration), ctx,
                    contextlib.ExitStack(), lambda: self._hand_over(payer))
 
     # -- the visitor's own key's tasks at WaveSpeed ("Your WaveSpeed tasks") --------------------------------

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import storage
-from .journal import check_header
-from .sqlite_threads import ThreadConnections
-from .client import WaveSpeedClient
-from .errors import AuthenticationFailed, BudgetExceeded, KlingDemoError, ServiceUnavailable, StorageUnavailable
-from .models import ModelSpec
+from ..store import files
+from ..store.journal import check_header
+from ..store.sqlite_threads import ThreadConnections
+from ..wavespeed.client import WaveSpeedClient
+from ..errors import AuthenticationFailed, BudgetExceeded, KlingDemoError, ServiceUnavailable, StorageUnavailable
+from ..models import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Ledger:
         except sqlite3.Error as error:
             log.warning("budgets: the ledger cannot be written (%s: %s); refusing before anything is paid for",
                         type(error).__name__, error)
-            raise StorageUnavailable(storage.NO_ROOM_MESSAGE) from error
+            raise StorageUnavailable(files.NO_ROOM_MESSAGE) from error
         return Reservation(self, int(row_id or 0), amount)
 
     def release(self, row_id: int) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .jobs import JobUpdate, Stage
+from .steps import JobUpdate, Stage
 
 # Where each stage sits on the bar: a render is most of the wait, so it gets most of the bar.
 RENDER_START = 0.08

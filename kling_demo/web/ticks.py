@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .jobs import JobUpdate, Stage
+from ..jobs.steps import JobUpdate, Stage
 
 API_TICK_SECONDS = 10.0  # how often an API caller's running time is refreshed while nothing else changes
 _WAITING_AT_WAVESPEED = (Stage.QUEUED, Stage.PROCESSING)

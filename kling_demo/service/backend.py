@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from .config import Settings
-from .sandbox import SandboxConfig, SandboxHandle, start_sandbox
+from ..config import Settings
+from ..sandbox import SandboxConfig, SandboxHandle, start_sandbox
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The running app, the only door for front ends: visitors, money, recovery, the backend."""

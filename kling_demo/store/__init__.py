@@ -1,0 +1,1 @@
+"""What lasts on disk: the journal, files and videos."""
