@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import dataclasses
 import shlex
 import shutil
 import sys
@@ -38,18 +39,15 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from . import __version__
-
-from .store import videos
-from .service.backend import SANDBOX_TOKEN, Backend, open_backend
-from .wavespeed.client import WaveSpeedClient
 from .config import Settings
 from .errors import KlingDemoError
-from .jobs.steps import JobRequest, JobUpdate, Stage
-from .store.journal import Journal
 from .logs import configure_logging
-from .models import DEFAULT_MODEL
-from .service.prices import FREE_IN_SANDBOX, money
-from .service.service import Job, Service, Visitor
+from .models import DEFAULT_MODEL, JobRequest, JobUpdate, Stage
+from .service.backend import Backend, open_backend
+from .service.running import Job
+from .service.service import Service, read_history
+from .service.visitors import Visitor
+from .words import Voice, money
 
 log = logging.getLogger(__name__)
 
@@ -203,25 +201,13 @@ def run_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
     _check_generate_args(parser, args)
     try:
         settings, out = _settings_and_progress(args.verbose)
-    except UsageError as error:
-        return _fail(None, f"error: {error}", EXIT_USAGE)
-
-    try:
         _check_local_files(args)
     except UsageError as error:
-        out.say(f"error: {error}")
-        return EXIT_USAGE
-
-    try:
-        backend = _open(settings, args.base_url, out)
-    except KlingDemoError as error:
-        out.say(f"error: {error}")
-        return exit_code_for(error)
-    except (OSError, RuntimeError) as error:
-        out.say(f"error: could not start the local sandbox: {error}")
+        return _fail(None, f"error: {error}", EXIT_USAGE)
+    service = _open(settings, args.base_url, out)
+    if service is None:
         return EXIT_OTHER
-
-    service = Service(settings, backend, background=False)
+    voice = out.voice = dataclasses.replace(service.voice, for_visitors=False)
     visitor = Visitor(CLI_VISITOR_OWNER, operator=True)
     last: JobUpdate | None = None
     job: Job | None = None
@@ -229,32 +215,29 @@ def run_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
         job = _start(args, service, visitor)
         for update in job:
             last = update
-            out.show(update)
-        video = last.video_path if last else None
-        if last is None or last.stage is not Stage.DONE or video is None:
+            if update.stage not in (Stage.FAILED, Stage.STOPPED):  # the error's own line says it
+                out.show(update)
+        if last is None or last.stage is not Stage.DONE or last.video_path is None:
             raise KlingDemoError("The job ended without a video.", task_id=last.task_id if last else None)
-        final = _place(video, args.out, last.task_id, out)
-        if last.task_id and final != video.resolve():
-            service.moved(visitor, last.task_id, final)
+        target = _target(args.out, last.task_id, last.video_path)
+        final = service.place_video(visitor, last.task_id, last.video_path, target)
+        if target is not None and final != target.resolve():
+            out.say(f"warning: could not move the video to {target}; it stays where it was downloaded.")
         _emit(str(final))
         return EXIT_OK
     except KeyboardInterrupt:
-        if job is not None:
-            job.stop()
         out.finish_line()
-        if backend.is_sandbox:
-            out.say("Stopped (Ctrl-C). The local sandbox stops with this command, so its task ends here; "
-                    "nothing was billed.")
-            return EXIT_STOPPED
-        return _interrupted(last, args, out)
+        out.say("Stopped (Ctrl-C). " + _after_stop(job, service, voice, args))
+        return EXIT_STOPPED
     except KlingDemoError as error:
         out.finish_line()
         out.say(f"error: {error}")
-        if error.resumable and not backend.is_sandbox:
+        if error.resumable and not service.is_sandbox:
             out.say(_resume_hint(error.task_id, args))
         elif error.resumable:
-            out.say("(The local sandbox stops with this command, so this task cannot be resumed; nothing was billed.)")
-        return exit_code_for(error)
+            out.say("(The local sandbox stops with this command, so this task cannot be resumed; nothing costs "
+                    "money there.)")
+        return error.exit_code
     except Exception as error:  # a bug, not a job outcome: say so in one line, details with -v
         out.finish_line()
         log.debug("unexpected error", exc_info=True)
@@ -268,6 +251,18 @@ def run_generate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
         service.close()
 
 
+def _after_stop(job: Job | None, service: Service, voice: Voice, args: argparse.Namespace) -> str:
+    """What Ctrl-C did, in the one sentence every front end uses for a stop, with what to do next from here."""
+    if job is None:
+        return "Nothing was submitted."
+    report = job.stop()
+    if service.is_sandbox:
+        return voice.stopped(report, afterwards="the local sandbox stops with this command, so its task ends here.")
+    if report.task_id:
+        return voice.stopped(report, afterwards=f"resume it with: {_resume_command(report.task_id, args)}")
+    return voice.stopped(report, afterwards=f"check your {voice.service} dashboard before trying again.")
+
+
 def run_history(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """`history`: the command line's tasks in this data dir, one tab-separated line each, newest first."""
     configure_logging("WARNING")
@@ -275,14 +270,13 @@ def run_history(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         settings = Settings.from_env()
     except ValueError as error:
         return _fail(None, f"error: bad setting: {error}", EXIT_USAGE)
-    journal = Journal(settings.data_dir / "journal.sqlite3")
-    records = journal.for_owner(CLI_VISITOR_OWNER, limit=max(1, args.limit))
+    records = read_history(settings, CLI_VISITOR_OWNER, limit=max(1, args.limit))
     if not records:
         sys.stderr.write("No tasks yet: `python -m kling_demo generate IMAGE --prompt …` makes one.\n")
     for record in records:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.created_at))
         prompt = " ".join(record.prompt.split()) or "(fetched by task id)"
-        _emit("\t".join((record.task_id, record.status, when, prompt, record.video_path or "")))
+        _emit("\t".join((record.task_id, record.status.value, when, prompt, record.video_path or "")))
     return EXIT_OK
 
 
@@ -292,13 +286,13 @@ def run_history(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
 def run_price(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """`price`: WaveSpeed's quote for one video of --duration seconds; "free (sandbox)" without a key."""
 
-    def ask(client: WaveSpeedClient, backend: Backend, out: Progress) -> None:
-        quote = client.price(DEFAULT_MODEL, {"duration": args.duration})
+    def ask(service: Service, out: Progress) -> None:
+        quote = service.quote(Visitor(CLI_VISITOR_OWNER, operator=True), args.duration)
         amount = money(quote.price, quote.currency)
-        if backend.is_sandbox:  # never pretend a charge; the table price is there for trying the flow
+        if service.is_sandbox:  # never pretend a charge; the table price is there for trying the flow
             out.say(f"Sandbox mode: nothing is billed. The sandbox's stand-in table quotes {amount} for a "
                     f"{args.duration} s video; set WAVESPEED_API_KEY for WaveSpeed's real price.")
-            _emit(FREE_IN_SANDBOX.lower())
+            _emit("free (sandbox)")
             return
         out.say(f"WaveSpeed's quote for one {args.duration} s video of {DEFAULT_MODEL.model_id}:")
         _emit(amount)
@@ -309,39 +303,34 @@ def run_price(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def run_balance(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """`balance`: the account balance of WAVESPEED_API_KEY."""
 
-    def ask(client: WaveSpeedClient, backend: Backend, out: Progress) -> None:
-        if backend.is_sandbox:
+    def ask(service: Service, out: Progress) -> None:
+        if service.is_sandbox:
             out.say("Sandbox mode: nothing is billed, so there is no balance to spend.")
             _emit("unlimited (sandbox)")
             return
-        held = client.balance()
+        held = service.balance(Visitor(CLI_VISITOR_OWNER, operator=True))
         _emit(money(held.amount, held.currency))
 
     return _ask_account(args, ask)
 
 
-def _ask_account(args: argparse.Namespace,
-                 ask: Callable[[WaveSpeedClient, Backend, "Progress"], None]) -> int:
+def _ask_account(args: argparse.Namespace, ask: Callable[[Service, "Progress"], None]) -> int:
     """Open the backend as `generate` does, run one account question, and turn its errors into exit codes."""
     try:
         settings, out = _settings_and_progress()
     except UsageError as error:
         return _fail(None, f"error: {error}", EXIT_USAGE)
-    try:
-        backend = _open(settings, args.base_url, out)
-    except (OSError, RuntimeError) as error:
-        out.say(f"error: could not start the local sandbox: {error}")
+    service = _open(settings, args.base_url, out)
+    if service is None:
         return EXIT_OTHER
     try:
-        with WaveSpeedClient(backend.base_url, backend.api_key, connect_timeout=settings.connect_timeout,
-                             read_timeout=settings.read_timeout, max_attempts=3) as client:
-            ask(client, backend, out)
+        ask(service, out)
         return EXIT_OK
     except KlingDemoError as error:
         out.say(f"error: {error}")
-        return exit_code_for(error)
+        return error.exit_code
     finally:
-        backend.close()
+        service.close()
 
 
 def _emit(line: str) -> None:
@@ -363,21 +352,21 @@ def _check_local_files(args: argparse.Namespace) -> None:
             raise UsageError(f"--out: cannot create the folder {folder}: {error.strerror or error}") from error
 
 
-def _open(settings: Settings, base_url: str | None, out: "Progress") -> Backend:
-    """Pick the server like the app does; --base-url points at a given server instead."""
+def _open(settings: Settings, base_url: str | None, out: "Progress") -> Service | None:
+    """The service over the server the app would use; --base-url points at a given server instead. None (said on
+    stderr) when the local sandbox cannot start."""
+    try:
+        backend: Backend = open_backend(settings, base_url)
+    except (OSError, RuntimeError) as error:
+        out.say(f"error: could not start the local sandbox: {error}")
+        return None
     if base_url:
-        base_url = base_url.rstrip("/")
-        if settings.api_key:
-            out.say(f"Using {base_url} with your WaveSpeed key.")
-            return Backend(base_url=base_url, api_key=settings.api_key)
-        out.say(f"No WAVESPEED_API_KEY: using {base_url} with a placeholder token (only a sandbox accepts it).")
-        return Backend(base_url=base_url, api_key=SANDBOX_TOKEN)
-    if settings.api_key:
-        return open_backend(settings)
-    backend = open_backend(settings)
-    out.say(f"No WAVESPEED_API_KEY: using the local sandbox at {backend.base_url}. "
-            "Sandbox mode — no AI: the video is synthesized locally from your image, at no cost.")
-    return backend
+        out.say(f"Using {backend.base_url} with your WaveSpeed key." if settings.api_key else
+                f"No WAVESPEED_API_KEY: using {backend.base_url} with a placeholder token (only a sandbox accepts it).")
+    elif backend.is_sandbox:
+        out.say(f"No WAVESPEED_API_KEY: using the local sandbox at {backend.base_url}. "
+                "Sandbox mode — no AI: the video is synthesized locally from your image, at no cost.")
+    return Service(settings, backend, background=False)
 
 
 def _start(args: argparse.Namespace, service: Service, visitor: Visitor) -> Job:
@@ -395,22 +384,12 @@ def _start(args: argparse.Namespace, service: Service, visitor: Visitor) -> Job:
     return service.generate(request, visitor)
 
 
-def _place(video: Path, out: str | None, task_id: str | None, progress: "Progress") -> Path:
-    """Move the downloaded video to --out (if given); returns its final absolute path."""
+def _target(out: str | None, task_id: str | None, video: Path) -> Path | None:
+    """Where --out asks the video to go (an existing folder receives TASK_ID.mp4); None to leave it."""
     if not out:
-        return video.resolve()
+        return None
     target = Path(out).expanduser()
-    if target.is_dir():
-        target = target / f"{task_id or video.stem}.mp4"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        shutil.move(str(video), str(target))
-    except OSError as error:
-        progress.say(f"warning: could not move the video to {target} ({error.strerror or error}); "
-                     "it stays where it was downloaded.")
-        return video.resolve()
-    videos.tidy(video)  # its own folder, now empty
-    return target.resolve()
+    return target / f"{task_id or video.stem}.mp4" if target.is_dir() else target
 
 
 def _resume_command(task_id: str, args: argparse.Namespace) -> str:
@@ -422,21 +401,6 @@ def _resume_command(task_id: str, args: argparse.Namespace) -> str:
 
 def _resume_hint(task_id: str, args: argparse.Namespace) -> str:
     return f"Task id: {task_id}. Resume with: {_resume_command(task_id, args)}"
-
-
-def _interrupted(last: JobUpdate | None, args: argparse.Namespace, out: "Progress") -> int:
-    """Ctrl-C: say what may still be billed and how to pick the task up again."""
-    task_id = last.task_id if last else None
-    if task_id:
-        out.say(f"Stopped waiting (Ctrl-C). Task {task_id} was already submitted, so it may still finish "
-                "and be billed.")
-        out.say(_resume_hint(task_id, args))
-    elif last is not None and last.stage is Stage.UPLOADING:
-        out.say("Stopped (Ctrl-C) while uploading or submitting: a task may have been created and billed; "
-                "check your WaveSpeed dashboard before trying again.")
-    else:
-        out.say("Stopped (Ctrl-C) before anything was submitted; nothing was billed.")
-    return EXIT_STOPPED
 
 
 def _settings_and_progress(verbose: int = 0) -> tuple[Settings, "Progress"]:
@@ -466,10 +430,11 @@ class Progress:
         self.stream = stream
         self.secret = secret
         self.rewrite = _isatty(stream) if rewrite is None else rewrite
+        self.voice = Voice(for_visitors=False)  # the service's, once there is one
         self._open_line = False
 
     def show(self, update: JobUpdate) -> None:
-        line = format_update(update)
+        line = format_update(update, self.voice)
         if self.rewrite:
             width = _columns(self.stream)
             if len(line) >= width and not update.is_final:  # the last line keeps the task id whole
@@ -497,10 +462,11 @@ class Progress:
         self.stream.flush()
 
 
-def format_update(update: JobUpdate) -> str:
-    """`[  12.3s] processing  task=abc123  WaveSpeed is rendering…` — one line per update."""
+def format_update(update: JobUpdate, voice: Voice) -> str:
+    """`[  12.3s] processing  task=abc123  WaveSpeed is making your video…` — one line per update."""
     task = f"  task={update.task_id}" if update.task_id else ""
-    return f"[{update.elapsed:7.1f}s] {update.stage.value:<11}{task}  {update.message}"
+    fixed = f" Fixed: {'; '.join(update.fixes)}." if update.fixes and update.stage is Stage.UPLOADING else ""
+    return f"[{update.elapsed:7.1f}s] {update.stage.value:<11}{task}  {voice.status(update)}{fixed}"
 
 
 def _columns(stream: TextIO) -> int:

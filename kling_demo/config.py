@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import ipaddress
 import os
 import secrets
 import tempfile
@@ -16,11 +17,10 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
-from .service.identity import TrustedProxies
-from .store.files import DEFAULT_MIN_FREE_MB
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MIN_FREE_MB = 200  # below this free space in the data dir, new jobs are refused
 DEFAULT_BASE_URL = "https://api.wavespeed.ai"
 WEBHOOK_PATH = "/webhooks/wavespeed"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -161,6 +161,7 @@ class Settings:
     public_url: str | None = None  # where WaveSpeed can reach this app (webhooks); None: polling only
     webhook_secret: str | None = field(default=None, repr=False)  # WaveSpeed's `whsec_…`, verifies webhooks
     show_balance: bool = False  # visitors see the server key's WaveSpeed balance (a visitor's own key: always)
+    on_space: bool = False  # runs as a Hugging Face Space (`SPACE_ID` set): its key is "this Space's key"
 
     @property
     def webhook_url(self) -> str | None:
@@ -207,6 +208,7 @@ class Settings:
             max_jobs_per_visitor=max(1, _int(merged, "KLING_DEMO_MAX_JOBS_PER_VISITOR", cls.max_jobs_per_visitor)),
             mcp_server=_bool(merged, "KLING_DEMO_MCP"),
             show_balance=_bool(merged, "KLING_DEMO_SHOW_BALANCE"),
+            on_space=bool(merged.get("SPACE_ID", "").strip()),
             public_url=public_url(merged),
             webhook_secret=merged.get("WAVESPEED_WEBHOOK_SECRET", "").strip() or None,
             trusted_proxies=trusted_proxies(merged),
@@ -330,3 +332,50 @@ def _run_secret(path: Path) -> str:
     """This process's secret for a data dir that cannot keep one: the same for every call of the run."""
     with _run_secrets_lock:
         return _run_secrets.setdefault(path, secrets.token_urlsafe(32))
+
+
+class TrustedProxies:
+    """The proxies whose `X-Forwarded-For` counts: addresses and networks, comma separated, as uvicorn's
+    `FORWARDED_ALLOW_IPS` names them. Empty trusts nothing. `*` is refused: it lets every client pick its
+    address (uvicorn then takes the first hop)."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = ",".join(part.strip() for part in spec.split(",") if part.strip())
+        self._networks = []
+        for part in filter(None, self.spec.split(",")):
+            if part == "*":
+                raise ValueError("FORWARDED_ALLOW_IPS=* would let every client choose its own address (and budget); "
+                                 "name your proxies' addresses or networks instead")
+            try:  # strict, as uvicorn parses it: "10.0.0.1/8" would match nothing there
+                self._networks.append(ipaddress.ip_network(part))
+            except ValueError:
+                raise ValueError(f"FORWARDED_ALLOW_IPS must be IP addresses or networks separated by commas, "
+                                 f"got {part!r}") from None
+
+    def __contains__(self, host: object) -> bool:
+        """Whether uvicorn trusts `host` (its own test: the address as written, an IPv4-mapped one unmapped not)."""
+        address = parse_address(str(host or ""), unmap=False)
+        return address is not None and any(address in network for network in self._networks)
+
+    def __bool__(self) -> bool:
+        return bool(self._networks)
+
+
+def host_of(hop: str) -> str:
+    """The host part of one hop as uvicorn parses it ("[v6]:port", "v4:port" or a bare address)."""
+    text = hop.strip()
+    if text.startswith("[") and "]" in text:
+        return text[1:text.index("]")]
+    if text.count(":") == 1:
+        return text.split(":")[0]
+    return text
+
+
+def parse_address(raw: str, *, unmap: bool = True) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(host_of(raw))
+    except ValueError:
+        return None
+    if unmap and isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address

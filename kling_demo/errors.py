@@ -19,9 +19,17 @@ front end needs (exit code, whether resuming by id helps, whether a task may hav
 
 from __future__ import annotations
 
+import errno
 from typing import ClassVar
 
 from .models import Submission, TaskStatus
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True for an OSError that means no room (or no writing) on the disk."""
+    return isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS
 
 
 class KlingDemoError(Exception):

@@ -26,7 +26,15 @@ class PageSession:
         return next(c["id"] for c in self.config["components"] if c.get("props", {}).get("elem_id") == elem_id)
 
     def event(self, elem_id: str, trigger: str) -> dict[str, Any]:
-        """The first step the page runs when the component with `elem_id` fires `trigger`."""
+        """The first step the server runs when the component with `elem_id` fires `trigger` (a step the browser
+        runs alone, such as naming the job a click starts, is passed over: `browser_step` gives it)."""
+        step = self.browser_step(elem_id, trigger)
+        while not step["backend_fn"]:
+            step = self.then(step)
+        return step
+
+    def browser_step(self, elem_id: str, trigger: str) -> dict[str, Any]:
+        """The very first step of the event, whoever runs it."""
         target = [self.component(elem_id), trigger]
         return next(d for d in self.config["dependencies"] if target in d["targets"])
 
@@ -70,9 +78,10 @@ class PageSession:
 
 def error_of(message: dict[str, Any]) -> str:
     """The error a step ended with, "" when it succeeded. The page's own job steps raise nothing: they end
-    with the error as their last status ("**Failed** — …" or "**Not started** — …")."""
+    with the error as their last status, under a heading that says what to do next (`JOB_ENDED`), and the stage
+    "failed" as their last output."""
     if not message.get("success"):
         return str((message.get("output") or {}).get("error"))
     data = (message.get("output") or {}).get("data") or []
     status = data[0] if data and isinstance(data[0], str) else ""
-    return status if status.startswith(("**Failed**", "**Not started**")) else ""
+    return status if data and data[-1] == "failed" else ""

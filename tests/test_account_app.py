@@ -9,7 +9,7 @@ import pytest
 import requests
 from gradio_client import Client, handle_file
 
-from kling_demo.jobs.images import probe_video
+from kling_demo.store.videos import probe_video
 from tests.processes import start_app_process, start_sandbox_process
 
 JOBS = 8
@@ -46,8 +46,9 @@ def test_eight_jobs_on_a_bronze_key_wait_in_the_app_and_all_end_with_videos(tmp_
     for status, task_id, video in finals:
         assert status.startswith("**Done**") and task_id
         assert probe_video(Path(video)).frames > 0
-    assert any("Waiting for a free WaveSpeed slot" in status and "ahead of you" in status for status in statuses)
-    assert any("Waiting for a free WaveSpeed slot: you are next" in status for status in statuses)
+    waiting = [status for status in statuses if status.startswith("**Waiting** — ")]
+    assert any("ahead of you in line for a free slot at WaveSpeed" in status for status in waiting)
+    assert any("You are next in line for a free slot at WaveSpeed" in status for status in waiting)
 
     stats = requests.get(bronze_sandbox.url + "/sandbox/stats", timeout=10).json()
     assert stats["submissions"] == JOBS, "every job submitted exactly once, 429s included"
@@ -57,4 +58,4 @@ def test_eight_jobs_on_a_bronze_key_wait_in_the_app_and_all_end_with_videos(tmp_
     assert all(row["started_at_epoch"] == row["created_at_epoch"] for row in rows), \
         "no task waited for a slot at WaveSpeed: the app kept the extra jobs"
     if stats["rate_limited"]:  # a job sent as soon as another ended may meet the rate of the 2 s "minute"
-        assert any("rate limiting this key (429)" in status for status in statuses)
+        assert any("rate limiting this key (HTTP 429)" in status for status in statuses)

@@ -3,6 +3,8 @@ status, and the schema's prompt caps. (The 8-job run through the app process is 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
@@ -11,12 +13,11 @@ import requests
 from kling_demo.jobs.slots import RECHECK_SECONDS, SETTLE_SECONDS, ApiSlots, slot_key
 from kling_demo.wavespeed.client import WaveSpeedClient
 from kling_demo.errors import InputRejected, InsufficientBalance, JobStopped, KlingDemoError, TaskFailed
-from kling_demo.jobs.steps import JobRequest, Stage
-from kling_demo.models import DEFAULT_MODEL, TaskStatus
-from kling_demo.service.service import Visitor
-from kling_demo.web.history_view import STATUS_WORDS
+from kling_demo.models import DEFAULT_MODEL, JobRequest, Stage, Submission, TaskStatus
+from kling_demo.service.visitors import Visitor
+from kling_demo.words import Voice
 from kling_demo.cli import format_update
-from kling_demo.web.page import history_items, status_markdown
+from kling_demo.web.views import caption, status_markdown
 from tests.test_sandbox_account import rows
 from tests.waiting import wait_for
 
@@ -193,17 +194,20 @@ def test_a_job_beyond_the_keys_slots_waits_in_the_app_and_stop_ends_the_wait(mak
     assert busy.try_acquire() == 0  # another job holds the key's only slot
     job = service.generate(JobRequest(image=make_image(), prompt="a lighthouse"), ALICE)
     with job:
-        updates = [next(job), next(job)]
-        assert updates[-1].stage is Stage.WAITING
-        assert "Waiting for a free WaveSpeed slot: you are next" in updates[-1].message
+        steps = iter(job)
+        updates = [next(steps), next(steps)]
+        assert updates[-1].stage is Stage.WAITING and (updates[-1].place, updates[-1].slot_limit) == (1, 1)
+        assert service.voice.status(updates[-1]).startswith("You are next in line for a free slot at WaveSpeed.")
         assert updates[-1].wait_seconds > 0, "the wait is the caller's, so no worker thread sleeps through it"
         assert updates[-1].wake is not None and not updates[-1].wake.is_set
         busy.release()  # the slot frees: the waiting job's wake rings at once
         assert updates[-1].wake.is_set
         busy = service.api_slots.ticket(slot_key(SERVER_KEY))
-        job.stop()
-        with pytest.raises(JobStopped, match="nothing was billed"):
-            list(job)
+        report = job.stop()
+        assert report.submission is Submission.NONE and "nothing was billed" in service.voice.stopped(report)
+        with pytest.raises(JobStopped) as stopped:
+            list(steps)
+        assert stopped.value.submission is Submission.NONE
     assert sandbox.stats()["uploads"] == 0 and sandbox.stats()["submissions"] == 0
     busy.release()
     assert service.api_slots.ticket(slot_key(SERVER_KEY)).try_acquire() == 0, "the stopped job left the queue"
@@ -217,11 +221,16 @@ def test_a_task_waiting_for_a_slot_at_wavespeed_is_told_apart_from_one_rendering
         client.submit(DEFAULT_MODEL, {"image": client.upload(make_image(), "image/png"), "prompt": "elsewhere"})
     updates, error = run(service.generate(JobRequest(image=make_image(), prompt="a kite"), ALICE))
     assert error is None and updates[-1].stage is Stage.DONE
+    voice = service.voice
     queued = [update for update in updates if update.stage is Stage.QUEUED]
-    assert queued and "Queued at WaveSpeed, waiting for a free slot of the account" in queued[0].message
-    assert not any("tasks at once" in update.message for update in queued), \
+    assert queued and voice.heading(queued[0]) == "Queued"
+    assert voice.status(queued[0]).startswith("Waiting for a free slot of the account at WaveSpeed…")
+    assert all(update.slot_limit is None for update in queued), \
         "the configured 5 did not hold, and the app has learned no number yet: it names none"
-    assert any(update.stage is Stage.PROCESSING and "rendering" in update.message for update in updates)
+    rendering = [update for update in updates if update.stage is Stage.PROCESSING]
+    assert rendering and updates.index(rendering[0]) > updates.index(queued[-1])
+    assert voice.heading(rendering[0]) == "Rendering"
+    assert voice.status(rendering[0]).startswith("WaveSpeed is making your video…")
 
 
 def test_once_a_task_waited_in_created_the_app_runs_what_the_account_runs_and_keeps_the_rest_in_line(
@@ -254,9 +263,9 @@ def test_once_a_task_waited_in_created_the_app_runs_what_the_account_runs_and_ke
                                                                       for row in table) == 1,
                      30, "two tasks rendering (held) and the third waiting in 'created' at the sandbox")
             learned = wait_for(lambda: next((update for number in (1, 2, 3) for update in list(jobs[number])
-                                             if "(the account runs 2 tasks at once)" in update.message), None),
+                                             if update.stage is Stage.QUEUED and update.slot_limit), None),
                                30, "the job waiting at WaveSpeed to say what the account runs")
-            assert learned.stage is Stage.QUEUED and service.api_slots.limit_for(key) == 2
+            assert learned.slot_limit == 2 and service.api_slots.limit_for(key) == 2
 
             start(4)
             wait_for(lambda: (update := last(4)) and update.stage is Stage.WAITING, 30, "job 4 to wait in the app")
@@ -264,7 +273,9 @@ def test_once_a_task_waited_in_created_the_app_runs_what_the_account_runs_and_ke
             waiting = wait_for(lambda: (update := last(5)) and update.stage is Stage.WAITING and update, 30,
                                "job 5 to wait in the app")
             assert (last(4).place, waiting.place) == (1, 2)
-            assert "This key runs 2 tasks at once; nothing has been uploaded or billed yet." in waiting.message
+            assert waiting.slot_limit == 2
+            assert "This key runs 2 tasks at once; nothing has been uploaded or billed yet." in \
+                service.voice.status(waiting)
             assert sandbox.stats()["submissions"] == 3
         finally:
             release()  # also when an assertion failed: the held jobs end instead of waiting out their deadline
@@ -287,15 +298,18 @@ def test_cancelled_and_timed_out_tasks_end_clearly_and_land_in_history_as_such(m
     endings = {}
     for prompt in ("first", "second"):
         updates, error = run(service.generate(JobRequest(image=make_image(), prompt=prompt), ALICE))
-        assert isinstance(error, TaskFailed) and updates[-1].stage is not Stage.FAILED
+        assert isinstance(error, TaskFailed)
+        assert updates[-1].stage is Stage.FAILED and updates[-1].error is error  # the last update says how it ended
+        assert service.voice.heading(updates[-1]) == "Failed"
         record = service.task(ALICE, error.task_id)
+        assert record.status is error.status
         endings[record.status] = (str(error), record)
     assert set(endings) == {TaskStatus.TIMEOUT, TaskStatus.CANCELLED}
-    assert "WaveSpeed timed the task out" in endings["timeout"][0]
-    assert "WaveSpeed cancelled the task" in endings["cancelled"][0]
-    captions = [caption for _, caption in history_items(service.tasks(ALICE), "pending.png")]
-    assert any(STATUS_WORDS["timeout"] in caption for caption in captions)
-    assert any(STATUS_WORDS["cancelled"] in caption for caption in captions)
+    assert "WaveSpeed timed the task out" in endings[TaskStatus.TIMEOUT][0]
+    assert "WaveSpeed cancelled the task" in endings[TaskStatus.CANCELLED][0]
+    captions = [caption(record, service.voice) for record in service.tasks(ALICE)]
+    assert any(Voice().task_status(TaskStatus.TIMEOUT) in caption for caption in captions)
+    assert any(Voice().task_status(TaskStatus.CANCELLED) in caption for caption in captions)
     assert service.api_slots.running(slot_key(SERVER_KEY)) == 0, "a task that ended gave its slot back"
 
 
@@ -304,24 +318,28 @@ def test_a_429_on_submit_is_waited_out_in_the_job_and_submitted_once(make_sandbo
     service = make_service(sandbox)
     first = service.generate(JobRequest(image=make_image(), prompt="first"), ALICE)
     with first:
-        while next(first).stage is not Stage.SUBMITTED:  # the key's one video of this window
+        first_steps = iter(first)
+        while next(first_steps).stage is not Stage.SUBMITTED:  # the key's one video of this window
             pass
         updates, error = run(service.generate(JobRequest(image=make_image(), prompt="second"), ALICE))
         assert error is None and updates[-1].stage is Stage.DONE
-        assert [update.stage for update in first][-1] is Stage.DONE
+        assert [update.stage for update in first_steps][-1] is Stage.DONE
     waits = [update for update in updates if update.stage is Stage.WAITING]
-    assert len(waits) == 1 and waits[0].wait_seconds >= 1
-    said = f"WaveSpeed is rate limiting this key (429); trying again in {round(waits[0].wait_seconds)} s. Nothing " \
-           "was submitted yet."
-    assert said in waits[0].message, "the wait it announces is the wait it takes"
-    assert said in status_markdown(waits[0]) and said in format_update(waits[0]), "the page and the CLI say so"
+    assert len(waits) == 1 and waits[0].rate_limited and waits[0].wait_seconds >= 1
+    assert waits[0].retry_in == waits[0].wait_seconds, "the wait it announces is the wait it takes"
+    seconds = math.ceil(waits[0].wait_seconds)
+    precise = dataclasses.replace(service.voice, for_visitors=False)  # the API's and the CLI's words
+    said = f"WaveSpeed is rate limiting this key (HTTP 429); trying again in {seconds} s. Nothing was submitted yet."
+    assert said in format_update(waits[0], precise), "the CLI says so"
+    assert (f"WaveSpeed asked this key to slow down; trying again in {seconds} s. Nothing was submitted yet."
+            in status_markdown(waits[0], service.voice)), "the page says so, without the HTTP code"
     stats = sandbox.stats()
     assert stats["rate_limited"] == 1, "it waited out WaveSpeed's Retry-After: an early retry would meet another 429"
     assert stats["submissions"] == 2, "the refused submission was sent again once, never twice"
     key = slot_key(SERVER_KEY)
     assert (service.api_slots.limit_for(key), service.api_slots.learned(key)) == (2, None), \
         "a 429 is the per-minute rate: it says nothing about how many tasks the account runs at once"
-    assert [record.status for record in service.tasks(ALICE)] == ["completed", "completed"]
+    assert [record.status for record in service.tasks(ALICE)] == [TaskStatus.COMPLETED, TaskStatus.COMPLETED]
 
 
 def test_a_balance_too_low_is_a_plain_refusal_with_nothing_billed(make_sandbox, make_service, make_image) -> None:
@@ -332,13 +350,14 @@ def test_a_balance_too_low_is_a_plain_refusal_with_nothing_billed(make_sandbox, 
     first = service.generate(JobRequest(image=make_image(), prompt="a kite"), ALICE)
     second = service.generate(JobRequest(image=make_image(), prompt="a boat"), Visitor("browser:bob"))
     with first, second:
-        for job in (first, second):  # both past the balance check, neither submitted yet
-            while next(job).stage is not Stage.UPLOADING:
+        first_steps, second_steps = iter(first), iter(second)
+        for steps in (first_steps, second_steps):  # both past the balance check, neither submitted yet
+            while next(steps).stage is not Stage.UPLOADING:
                 pass
-        while next(first).stage is not Stage.SUBMITTED:
+        while next(first_steps).stage is not Stage.SUBMITTED:
             pass
         with pytest.raises(InsufficientBalance) as refused:
-            list(second)
+            list(second_steps)
     assert str(refused.value) == ("WaveSpeed says this key's balance is too low for this video. Top up at "
                                   "wavespeed.ai, or use another key.")
     assert sandbox.stats()["submissions"] == 1 and sandbox.stats()["insufficient_balance"] == 1

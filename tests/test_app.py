@@ -14,7 +14,7 @@ from gradio_client.utils import Status
 
 from kling_demo.service.backend import Backend
 from kling_demo.config import Settings
-from kling_demo.jobs.images import probe_video
+from kling_demo.store.videos import probe_video
 from kling_demo.web.page import build_app, launch_options
 from tests.processes import free_port
 from tests.waiting import wait_for
@@ -105,7 +105,7 @@ def test_a_task_submitted_elsewhere_is_fetched_by_id_with_your_own_key(app_url, 
         image_url = elsewhere.upload(make_image(), "image/png")
         task_id = elsewhere.submit(KLING_V2_I2V_MASTER, {"image": image_url, "prompt": "made elsewhere"}).task_id
     without_key = Client(url, verbose=False)
-    with pytest.raises(Exception, match="own WaveSpeed key"):
+    with pytest.raises(Exception, match="enter your own key"):
         without_key.predict(task_id, api_name="/resume")
     visitor = Client(url, verbose=False, headers={"X-WaveSpeed-Key": "my-own-key"})
     status, resumed_id, video = visitor.predict(task_id, api_name="/resume")

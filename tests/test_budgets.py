@@ -14,14 +14,13 @@ from kling_demo.jobs.slots import slot_key
 from kling_demo.service.budgets import PRICE_UNKNOWN, Budgets, Ledger, Limits
 from kling_demo.wavespeed.client import WaveSpeedClient
 from kling_demo.config import Settings
-from kling_demo.errors import (BudgetExceeded, InputRejected, JobStopped, ServiceUnavailable,
+from kling_demo.errors import (BudgetExceeded, InputRejected, InsufficientBalance, JobStopped, ServiceUnavailable,
                                StorageUnavailable, TryLater)
 from kling_demo.service.identity import key_id, oauth_enabled, spender_id, visitor_address
-from kling_demo.jobs.steps import JobRequest, Stage
 from kling_demo.store.journal import Journal
 from kling_demo.jobs.images import check_before_decoding, prepare_image
-from kling_demo.models import DEFAULT_MODEL
-from kling_demo.service.service import Visitor
+from kling_demo.models import DEFAULT_MODEL, BudgetView, JobRequest, Stage, Submission
+from kling_demo.service.visitors import Visitor
 from tests.conftest import SERVER_KEY
 from tests.test_media import write_flat_jpeg
 
@@ -216,7 +215,10 @@ def test_a_refused_job_uploads_and_submits_nothing(make_sandbox, make_service, m
     service = make_service(sandbox.base_url, background=False, visitor_budget_usd=1.50)
     visitor = Visitor("browser:a", spender="ip:1.2.3.4")
     assert run(service.generate(JobRequest(image=make_image(), prompt="one"), visitor))[-1].stage is Stage.DONE
-    assert service.budget_line(visitor) == "Last 24 h on this Space's key: $1.40 of $1.50 used · your own key lifts this"
+    assert service.budget(visitor) == BudgetView(spent=pytest.approx(1.40), limit=1.50, app_spent=pytest.approx(1.40),
+                                                 app_limit=None)
+    assert service.voice.budget_line(service.budget(visitor)) == ("Last 24 h on this app's key: $1.40 of $1.50 used · "
+                                                                  "your own key lifts this")
     with pytest.raises(BudgetExceeded, match="daily budget"):
         run(service.generate(JobRequest(image=make_image(), prompt="two"), Visitor("browser:b", spender="ip:1.2.3.4")))
     assert sandbox.stats()["uploads"] == 1 and sandbox.stats()["submissions"] == 1
@@ -227,18 +229,23 @@ def test_a_refused_job_uploads_and_submits_nothing(make_sandbox, make_service, m
     operator = Visitor("cli", operator=True)
     assert run(service.generate(JobRequest(image=make_image(), prompt="cli"), operator))[-1].stage is Stage.DONE
     assert service.budgets.ledger.usage("ip:1.2.3.4").app_usd == pytest.approx(1.40)
-    assert service.budget_line(own) == "" and service.budget_line(operator) == ""
+    assert service.budget(own) is None and service.budget(operator) is None
+    assert service.voice.budget_line(service.budget(own)) == ""
 
 
 def test_a_job_stopped_before_its_submit_is_released(make_sandbox, make_service, make_image):
     sandbox = make_sandbox()
     service = make_service(sandbox.base_url, background=False, visitor_budget_usd=5.0)
+    updates = []
     with service.generate(JobRequest(image=make_image(), prompt="x"), Visitor("browser:a", spender="ip:1.2.3.4")) as job:
-        with pytest.raises(JobStopped, match="nothing was billed"):
+        with pytest.raises(JobStopped) as stopped:
             for update in job:
+                updates.append(update)
                 if update.stage is Stage.UPLOADING:  # reserved by now; Stop lands before the submit POST
                     assert service.budgets.ledger.usage("ip:1.2.3.4").spender_usd == pytest.approx(1.40)
-                    job.stop()
+                    assert job.stop().submission is Submission.NONE
+    assert stopped.value.submission is Submission.NONE and not stopped.value.may_be_billed
+    assert updates[-1].stage is Stage.STOPPED and updates[-1].submission is Submission.NONE
     assert sandbox.stats()["submissions"] == 0
     assert service.budgets.ledger.usage("ip:1.2.3.4").spender_usd == 0.0
 
@@ -250,13 +257,14 @@ def test_a_submission_refused_by_the_api_is_released(make_sandbox, make_service,
     first = service.generate(JobRequest(image=make_image(), prompt="one"), visitor)
     second = service.generate(JobRequest(image=make_image(), prompt="two"), visitor)
     with first, second:
-        for job in (first, second):  # both reserved and past the balance check, neither submitted
-            while next(job).stage is not Stage.UPLOADING:
+        first_updates, second_updates = iter(first), iter(second)
+        for updates in (first_updates, second_updates):  # both reserved and past the balance check, neither submitted
+            while next(updates).stage is not Stage.UPLOADING:
                 pass
-        while next(first).stage is not Stage.SUBMITTED:
+        while next(first_updates).stage is not Stage.SUBMITTED:
             pass
-        with pytest.raises(Exception, match="balance is too low"):
-            list(second)
+        with pytest.raises(InsufficientBalance):
+            list(second_updates)
     assert sandbox.stats()["submissions"] == 1
     assert service.budgets.ledger.usage("ip:1.2.3.4").spender_usd == pytest.approx(1.40), "only the first counts"
 
@@ -274,7 +282,7 @@ def test_no_price_no_submission(make_sandbox, make_service, make_image):
 def test_no_limits_no_guard(tmp_path):
     budgets = Budgets(Ledger(tmp_path / "j.sqlite3"), Limits(), DEFAULT_MODEL)
     assert budgets.guard("ip:1.2.3.4", WaveSpeedClient("http://127.0.0.1:9", "k")) is None
-    assert budgets.line("ip:1.2.3.4") == ""
+    assert budgets.view("ip:1.2.3.4") is None
 
 
 # --- the guard comes before anything costs the app ------------------------------------------------------------------
@@ -321,11 +329,12 @@ def _busy_slot(service) -> None:
 
 def _stop_while_waiting(service, job) -> None:
     with job:
-        while next(job).stage is not Stage.WAITING:
+        updates = iter(job)
+        while next(updates).stage is not Stage.WAITING:
             pass
         assert service.budgets.ledger.usage("ip:1.2.3.4").spender_usd == pytest.approx(1.40), "reserved by now"
         job.stop()
-        list(job)
+        list(updates)
 
 
 # way out → (settings, the refusal, what the job is given, how it is run)
@@ -351,11 +360,10 @@ def test_a_job_that_submits_nothing_gives_its_reservation_back(way_out, make_san
     service = make_service(sandbox.base_url, background=False, visitor_budget_usd=5.0, submits_per_minute=1,
                            **settings)
     visitor = Visitor("browser:a", spender="ip:1.2.3.4")
-    line = service.budget_line(visitor)
+    before = service.budget(visitor)
     image = undecodable_jpeg(tmp_path / "broken.jpg") if image_kind == "damaged" else make_image()
     with pytest.raises(refusal):
         go(service, service.generate(JobRequest(image=str(image), prompt="x"), visitor))
     assert spend_rows(service) == [("released", pytest.approx(1.40))], "reserved before, given back after"
-    assert service.budget_line(visitor) == line == ("Last 24 h on this Space's key: $0.00 of $5.00 used · your own "
-                                                    "key lifts this")
+    assert service.budget(visitor) == before == BudgetView(spent=0.0, limit=5.0, app_spent=0.0, app_limit=None)
     assert sandbox.stats()["uploads"] == 0 and sandbox.stats()["submissions"] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from kling_demo.wavespeed.client import WaveSpeedClient
-from kling_demo.jobs.images import probe_video
-from kling_demo.models import DEFAULT_MODEL
+from kling_demo.store.videos import probe_video
+from kling_demo.models import DEFAULT_MODEL, JobUpdate, Stage
+from kling_demo.words import Voice
 from tests.processes import clean_env
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +67,8 @@ def test_generate_writes_the_video_to_out_and_prints_only_its_path(make_sandbox,
     stages = [line.split()[2] for line in result.stderr.splitlines() if line.startswith("[")]
     assert {"submitted", "processing", "done"} <= set(stages), result.stderr
     assert any("submitted" in line and task_id in line for line in result.stderr.splitlines())
-    assert "rendering" in result.stderr
+    rendering = [sentence for stage, sentence in progress_lines(result.stderr) if stage is Stage.PROCESSING]
+    assert rendering and all("WaveSpeed" in sentence for sentence in rendering), result.stderr  # a key: WaveSpeed
     assert CANARY_KEY not in result.stdout + result.stderr
     assert "sandbox" not in result.stderr.lower()  # a key was given: the CLI must not claim sandbox mode
 
@@ -80,6 +83,36 @@ def test_without_a_key_the_embedded_sandbox_renders_a_ten_second_video(make_imag
     assert probe_video(video).duration_seconds == pytest.approx(10)
     assert "sandbox" in result.stderr.lower() and "no ai" in result.stderr.lower()
     assert "done" in result.stderr
+
+
+PROGRESS_LINE = re.compile(r"^\[\s*[\d.]+s\] (?P<stage>[a-z]+) +(?:task=\S+ +)?(?P<sentence>.*)$")
+
+
+def progress_lines(stderr: str) -> list[tuple[Stage, str]]:
+    """The (stage, sentence) of every progress line: `[  12.3s] processing  task=…  <sentence>`."""
+    found = [PROGRESS_LINE.match(line) for line in stderr.splitlines() if line.startswith("[")]
+    assert found and all(found), stderr
+    return [(Stage(match["stage"]), match["sentence"]) for match in found]
+
+
+def test_the_embedded_sandbox_never_says_wavespeed_and_no_line_repeats_its_stage(make_image, tmp_path):
+    """Issue 23: without a key nothing of the run talks of WaveSpeed (it is not involved), and no update says its
+    own stage twice ("Submitted — Submitted", "Queued at the sandbox — Queued at the sandbox")."""
+    result = run_cli(tmp_path, "generate", make_image(), "--prompt", "waves", api_key=None,
+                     KLING_DEMO_SANDBOX_SECONDS="3")
+
+    only_path(result)
+    assert "WaveSpeed" not in result.stderr, result.stderr
+    lines = progress_lines(result.stderr)
+    seen = {stage for stage, _ in lines}
+    assert {Stage.PREPARING, Stage.UPLOADING, Stage.SUBMITTED, Stage.DOWNLOADING, Stage.DONE} <= seen, result.stderr
+    voice = Voice(sandbox=True, for_visitors=False)
+    for stage, sentence in lines:
+        heading = voice.heading(JobUpdate(stage, 0.0))  # what the page puts before the same sentence
+        for said_already in (stage.value, heading):
+            assert not sentence.lower().startswith(said_already.lower()), f"{stage.value}: {sentence}"
+        parts = [part.strip(" .…").lower() for part in sentence.split(" — ")]
+        assert all(a != b for a, b in zip(parts, parts[1:])), f"{stage.value}: {sentence}"
 
 
 def test_a_too_small_image_exits_2_naming_300_px_and_uploads_nothing(sandbox, make_image, tmp_path):
@@ -199,7 +232,7 @@ def test_ctrl_c_while_waiting_exits_5_and_the_printed_command_resumes_the_task(m
     assert f"--resume {task_id}" in resume_line
     assert CANARY_KEY not in stderr
 
-    command = resume_line.split("Resume with: ", 1)[1].split()
+    command = resume_line[resume_line.index("python -m kling_demo"):].split()
     assert command[:3] == ["python", "-m", "kling_demo"]
     resumed = run_cli(tmp_path, *command[3:], api_key=CANARY_KEY, base_url=sandbox.base_url)
     assert only_path(resumed) == out.resolve()

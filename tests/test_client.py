@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 import requests
 
-from kling_demo.wavespeed.client import Charge, WaveSpeedClient
+from kling_demo.wavespeed.client import WaveSpeedClient
 from kling_demo.errors import ApiInputRefused, AuthenticationFailed, ServiceUnavailable, SubmissionOutcomeUnknown
-from kling_demo.jobs.images import probe_video
+from kling_demo.store.videos import probe_video
 from kling_demo.models import KLING_V2_I2V_MASTER as SPEC
+from kling_demo.models import Charge, TaskStatus
 from tests.waiting import wait_for
 
 
@@ -43,7 +44,7 @@ def test_upload_submit_poll_download_gives_a_playable_five_second_video(sandbox,
     with WaveSpeedClient(sandbox.base_url, "any-key") as client:
         url = client.upload(make_image(size=(800, 600)), "image/png")
         prediction = run_to_completion(client, url)
-        assert prediction.status == "completed"
+        assert prediction.status is TaskStatus.COMPLETED
         assert prediction.inference_ms and prediction.inference_ms >= 900
         assert prediction.has_nsfw_contents == (False,)
         video = client.download(prediction.outputs[0], tmp_path / "videos", max_bytes=50_000_000)
@@ -72,7 +73,7 @@ def test_a_netrc_entry_for_the_host_neither_replaces_the_key_nor_reaches_file_ur
     with WaveSpeedClient(sandbox.base_url, "the-right-key") as client:
         prediction = run_to_completion(client, client.upload(make_image(), "image/png"))
         sent = client._keyless().get(prediction.outputs[0], timeout=10).request.headers
-    assert prediction.status == "completed"
+    assert prediction.status is TaskStatus.COMPLETED
     assert "Authorization" not in sent
 
 
@@ -100,7 +101,7 @@ def test_rate_limits_and_transient_faults_are_ridden_out_honouring_retry_after(m
         for _ in range(3):
             url = client.upload(make_image(), "image/png")
             prediction = run_to_completion(client, url)
-            assert prediction.status == "completed"
+            assert prediction.status is TaskStatus.COMPLETED
             video = client.download(prediction.outputs[0], tmp_path, max_bytes=50_000_000)
             assert probe_video(video).frames == 120
     stats = sandbox.stats()
@@ -151,15 +152,15 @@ def test_jobs_of_one_key_share_its_connections_and_files_go_over_a_keyless_one(s
 
 
 @pytest.mark.parametrize("config, status, charge", [
-    ({}, "completed", Charge(amount=1.40, settled=True, currency="USD")),
-    ({"task_failure_rate": 1.0}, "failed", Charge(amount=0.0, settled=True)),
-    ({"task_failure_rate": 1.0, "charge_failed_tasks": True}, "failed", Charge(amount=1.40, settled=True)),
+    ({}, TaskStatus.COMPLETED, Charge(amount=1.40, settled=True, currency="USD")),
+    ({"task_failure_rate": 1.0}, TaskStatus.FAILED, Charge(amount=0.0, settled=True)),
+    ({"task_failure_rate": 1.0, "charge_failed_tasks": True}, TaskStatus.FAILED, Charge(amount=1.40, settled=True)),
 ], ids=["completed: its price", "failed: refunded", "failed, kept charged"])
 def test_billing_states_a_finished_tasks_net_charge(make_sandbox, make_image, config, status, charge):
     sandbox = make_sandbox(**config)
     with WaveSpeedClient(sandbox.base_url, "k") as client:
         prediction = run_to_completion(client, client.upload(make_image(), "image/png"))
-        assert prediction.status == status
+        assert prediction.status is status
         assert client.billing([prediction.task_id]) == {prediction.task_id: charge}
 
 
@@ -178,7 +179,7 @@ def test_billing_reads_every_page_and_leaves_out_tasks_it_has_no_record_of(make_
     with WaveSpeedClient(sandbox.base_url, "k") as client, WaveSpeedClient(sandbox.base_url, "other") as other:
         url = client.upload(make_image(), "image/png")
         finished = [run_to_completion(client, url, duration) for duration in (5, 10, 10)]
-        assert [prediction.status for prediction in finished] == ["completed", "failed", "completed"]
+        assert [prediction.status for prediction in finished] == [TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.COMPLETED]
         theirs = run_to_completion(other, url).task_id
         ids = [prediction.task_id for prediction in finished]
         assert client.billing([]) == {} and sandbox.stats()["billing_searches"] == 0, "nothing to ask: no request"

@@ -12,7 +12,7 @@ import requests
 from gradio_client import Client, handle_file
 
 from kling_demo.store.journal import Journal, TaskRecord
-from kling_demo.jobs.images import probe_video
+from kling_demo.store.videos import probe_video
 from tests.conftest import fill
 from tests.processes import start_app_process, start_sandbox_process
 from tests.test_journal import write_raw_row

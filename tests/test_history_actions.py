@@ -10,8 +10,10 @@ from PIL import Image
 from kling_demo.service.backend import Backend
 from kling_demo.config import Settings
 from kling_demo.errors import InputRejected, NotYours
-from kling_demo.jobs.steps import JobRequest, Stage
-from kling_demo.service.service import Service, Visitor
+from kling_demo.models import JobRequest, Stage
+from kling_demo.service.service import Service
+from kling_demo.service.visitors import Visitor
+from kling_demo.web.views import filled
 
 ALICE, BOB = Visitor("browser:alice"), Visitor("browser:bob")
 
@@ -41,7 +43,8 @@ def test_reuse_gives_back_every_setting_and_both_frames_as_uploaded(service, mak
                                                   guidance_scale=0.35, duration=10, end_image=end))
     fill = service.reuse(ALICE, task_id)
     assert (fill.prompt, fill.negative_prompt, fill.guidance_scale, fill.duration) == ("a red dawn", "fog", 0.35, 10)
-    assert not fill.clear_end_frame and "not kept" not in fill.note
+    assert not fill.clear_end_frame and fill.missing == () and not fill.from_last_frame
+    assert "not kept" not in filled(fill)
     with Image.open(fill.first_frame) as kept_first, Image.open(fill.end_frame) as kept_end:
         assert kept_first.size == (640, 360) and kept_first.convert("RGB").getpixel((5, 5))[0] > 150
         assert kept_end.convert("RGB").getpixel((5, 5))[2] > 150
@@ -52,7 +55,7 @@ def test_continue_takes_the_last_frame_and_keeps_the_prompt(service, make_image)
                                                   prompt="onwards", end_image=make_image(size=(640, 360),
                                                                                          color=(30, 30, 200))))
     fill = service.continue_from(ALICE, task_id)
-    assert fill.prompt == "onwards" and fill.clear_end_frame and fill.end_frame is None
+    assert fill.prompt == "onwards" and fill.clear_end_frame and fill.end_frame is None and fill.from_last_frame
     with Image.open(fill.first_frame) as last:
         red, _, blue = last.convert("RGB").resize((1, 1)).getpixel((0, 0))
     assert blue > red, "the sandbox video ends on the blue end frame"
@@ -74,7 +77,8 @@ def test_delete_removes_the_entry_and_every_local_file_and_says_what_stays_at_wa
                                                   end_image=make_image(color=(0, 0, 200))))
     service.continue_from(ALICE, task_id)  # a last frame exists too
     assert len(files_under(service.videos_dir) - before) >= 4
-    message = service.delete(ALICE, task_id)
+    assert service.delete(ALICE, task_id) is None
+    message = service.voice.deleted()  # what the page says once it is done (a live backend: the charge stays)
     assert "WaveSpeed" in message and "charge stands" in message
     assert service.task(ALICE, task_id) is None and service.tasks(ALICE) == []
     assert files_under(service.videos_dir) - before == set()
@@ -96,6 +100,7 @@ def test_reuse_of_a_task_from_before_frames_were_kept_says_what_is_missing(servi
     fill = service.reuse(ALICE, "old1")
     assert fill.first_frame is None and fill.end_frame is None
     assert (fill.guidance_scale, fill.duration) == (0.5, 5)  # odd values fall back to the defaults
-    assert "first frame and end frame were not kept" in fill.note
+    assert fill.missing == ("first frame", "end frame")
+    assert "first frame and end frame were not kept" in filled(fill)
     with pytest.raises(InputRejected, match="no video"):
         service.continue_from(ALICE, "old1")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from kling_demo.models import TaskStatus
 from kling_demo.store.journal import Journal
 
 
@@ -25,7 +26,7 @@ def test_rows_are_scoped_to_their_owner(tmp_path):
     assert [r.task_id for r in journal.for_owner("alice")] == ["t1"]
     assert journal.get("bob", "t1") is None, "another owner's task looks exactly like a missing one"
     journal.complete("bob", "t1", video_path="/x.mp4", inference_ms=5)  # not bob's: changes nothing
-    assert journal.get("alice", "t1").status == "created"
+    assert journal.get("alice", "t1").status is TaskStatus.CREATED
 
 
 def test_lifecycle_is_recorded_and_never_stores_a_key(tmp_path):
@@ -35,7 +36,7 @@ def test_lifecycle_is_recorded_and_never_stores_a_key(tmp_path):
     assert [r.task_id for r in journal.running()] == ["t1"]
     journal.complete("alice", "t1", video_path=str(tmp_path / "v.mp4"), inference_ms=93_000)
     record = journal.get("alice", "t1")
-    assert record.status == "completed" and record.inference_ms == 93_000 and record.finished_at
+    assert record.status is TaskStatus.COMPLETED and record.inference_ms == 93_000 and record.finished_at
     assert journal.running() == []
     assert journal.inference_times("m") == [(5, 93.0)]
     columns = {row[1] for row in __import__("sqlite3").connect(journal.path).execute("PRAGMA table_info(tasks)")}
@@ -49,7 +50,7 @@ def test_a_late_running_status_never_reopens_a_task_that_ended(tmp_path):
     submit(journal, "alice", "t1")
     journal.complete("alice", "t1", video_path=str(tmp_path / "v.mp4"), inference_ms=1_000)
     journal.set_status("alice", "t1", "created")
-    assert journal.get("alice", "t1").status == "completed" and journal.running() == []
+    assert journal.get("alice", "t1").status is TaskStatus.COMPLETED and journal.running() == []
 
 
 def test_a_write_is_never_lost_when_another_process_closes_the_file(tmp_path):
@@ -111,7 +112,7 @@ def test_concurrent_writers_in_separate_processes_lose_no_rows(tmp_path):
     for n in range(6):
         records = journal.for_owner(f"owner{n}", limit=1000)
         assert len(records) == 60
-        assert all(record.status == "completed" for record in records)
+        assert all(record.status is TaskStatus.COMPLETED for record in records)
 
 
 def test_threads_sharing_one_journal_and_other_processes_lose_no_rows_and_see_each_other(tmp_path):
@@ -136,7 +137,7 @@ def test_threads_sharing_one_journal_and_other_processes_lose_no_rows_and_see_ea
     assert all(writer.wait(timeout=120) == 0 for writer in writers)
     for owner in [f"thread{n}" for n in range(6)] + [f"proc{n}" for n in range(3)]:
         records = journal.for_owner(owner, limit=1000)  # read on this thread's reused connection
-        assert len(records) == 40 and all(record.status == "completed" for record in records), owner
+        assert len(records) == 40 and all(record.status is TaskStatus.COMPLETED for record in records), owner
 
 
 # --- start-up survives any journal content ----------------------------------------------------
@@ -174,14 +175,15 @@ def test_odd_rows_are_read_leniently_and_never_stop_a_reader(tmp_path):
     assert records["bad-json"].params == {} and records["a-list"].params == {}
     assert records["text-duration"].inference_ms is None
     assert records["huge"].created_at == 0.0 and records["huge"].finished_at is None
-    assert records["strange-status"].status == "exploded" and not records["strange-status"].is_running
+    # A status nobody knows is read as an ending (shown, never followed), not passed on as text.
+    assert records["strange-status"].status is TaskStatus.FAILED and not records["strange-status"].is_running
     assert [r.task_id for r in journal.running()] == ["running-odd"]
     assert journal.get("alice", "bad-json").task_id == "bad-json"
     assert journal.prune(max_age_days=0).videos_removed == 0  # rows without videos are left alone
 
 
 def test_a_task_record_duration_never_raises():
-    from kling_demo.store.journal import positive_int
+    from kling_demo.models import positive_int
 
     for odd in (None, "abc", [5], {"a": 1}, float("nan"), float("inf"), -5, 0, True):
         assert positive_int(odd) is None, odd
@@ -231,16 +233,16 @@ def test_an_intent_becomes_an_ordinary_task_once_the_api_answers(tmp_path):
     journal = Journal(tmp_path / "j.sqlite3")
     intent_id = intent(journal)
     (record,) = journal.for_owner("alice")
-    assert record.status == "prepared" and record.is_intent and record.first_frame == "/preview.jpg"
+    assert record.status is TaskStatus.PREPARED and record.is_intent and record.first_frame == "/preview.jpg"
     assert record.sent_at is None and record.sent == {}, "nothing sent yet"
     journal.mark_sending("alice", intent_id, {"image": "https://files.example/a.png"}, at=1234.5)
     (record,) = journal.for_owner("alice")
-    assert (record.status, record.sent_at, record.sent) == ("submitting", 1234.5,
+    assert (record.status, record.sent_at, record.sent) == (TaskStatus.SUBMITTING, 1234.5,
                                                              {"image": "https://files.example/a.png"})
     assert journal.running() == [], "recovery never polls a placeholder id"
     journal.attach_task("alice", intent_id, "real-task", "created")
     (record,) = journal.for_owner("alice")
-    assert (record.task_id, record.status, record.is_intent, record.duration) == ("real-task", "created", False, 5)
+    assert (record.task_id, record.status, record.is_intent, record.duration) == ("real-task", TaskStatus.CREATED, False, 5)
     assert [r.task_id for r in journal.running()] == ["real-task"]
 
 
@@ -256,14 +258,14 @@ def test_only_intents_whose_post_began_are_settled_as_outcome_unknown_at_start(t
     journal.withdraw_intent("alice", withdrawn)
     assert Journal(tmp_path / "j.sqlite3").settle_intents() == 1
     (record,) = journal.for_owner("alice")
-    assert record.task_id == sent and record.status == "unknown" and record.finished_at
+    assert record.task_id == sent and record.status is TaskStatus.UNKNOWN and record.finished_at
     assert "outcome is unknown" in record.error and "dashboard" in record.error
     assert journal.get("alice", never_sent) is None, "nothing was sent: nothing to settle, nothing shown"
     assert journal.running() == [] and journal.unknown_outcomes() == [record]
 
     # The app's job may still be on its way when the command line starts: it sends its row all the same.
     journal.mark_sending("alice", never_sent, {"image": "https://files.example/b.png"})
-    assert journal.get("alice", never_sent).status == "submitting"
+    assert journal.get("alice", never_sent).status is TaskStatus.SUBMITTING
     journal.withdraw_intent("alice", never_sent)
 
 

@@ -16,7 +16,7 @@ import pytest
 import requests
 from gradio_client import Client, handle_file
 
-from kling_demo.jobs.images import probe_video
+from kling_demo.store.videos import probe_video
 from tests.page_session import PageSession
 from tests.page_session import error_of as error_of_step
 from tests.processes import Served, start_app_process, start_sandbox_process

@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-from kling_demo.wavespeed.client import WaveSpeedClient
 from kling_demo.errors import KeyRequired, SubmissionOutcomeUnknown
 from kling_demo.jobs.steps import JobRequest, Stage
-from kling_demo.store.journal import Journal
-from kling_demo.wavespeed.lost_tasks import find_submitted
 from kling_demo.models import DEFAULT_MODEL, KeySource, TaskStatus
-from kling_demo.service.service import Visitor
+from kling_demo.service.visitors import Visitor
+from kling_demo.store.journal import Journal
+from kling_demo.wavespeed.client import WaveSpeedClient
+from kling_demo.wavespeed.lost_tasks import find_submitted
 from tests.conftest import SERVER_KEY
 from tests.test_service import ALICE, BOB, run_to_end, submitted_elsewhere
 from tests.waiting import wait_for
@@ -62,10 +62,10 @@ def test_a_lost_submit_answer_finds_its_task_and_lands_in_the_history_with_one_s
     updates = run(service.generate(JobRequest(image=make_image(), prompt="a storm", duration=10), ALICE))
     final = updates[-1]
     assert final.stage is Stage.DONE and final.video_path.is_file(), final
-    assert any("answer to the submission was lost" in u.message for u in updates if hasattr(u, "message"))
+    assert any(u.stage is Stage.SEARCHING for u in updates[:-1]), "the visitor is told the task is looked for"
     (record,) = service.tasks(ALICE)
     assert not record.is_intent and record.task_id == final.task_id
-    assert record.status == TaskStatus.COMPLETED and record.video_path == str(final.video_path)
+    assert record.status is TaskStatus.COMPLETED and record.video_path == str(final.video_path)
     assert (record.prompt, record.duration) == ("a storm", 10)
     assert sandbox.stats()["submissions"] == 1
 
@@ -78,7 +78,7 @@ def test_a_lost_answer_whose_task_is_not_listed_stays_outcome_unknown(make_sandb
     assert isinstance(error, SubmissionOutcomeUnknown)
     assert "no matching task was found" in str(error) and "not resubmitted" in str(error)
     (record,) = service.tasks(ALICE)
-    assert record.is_intent and record.status == "unknown" and "no matching task was found" in record.error
+    assert record.is_intent and record.status is TaskStatus.UNKNOWN and "no matching task was found" in record.error
     assert sandbox.stats()["submissions"] == 1
 
 
@@ -112,7 +112,7 @@ def test_a_submission_cut_off_by_a_restart_is_found_at_the_next_start(make_sandb
         sent = client.submit(DEFAULT_MODEL, {"image": image_url,
                                              **{k: params[k] for k in ("prompt", "guidance_scale", "duration")}})
     service = make_service(sandbox)  # settles the intent as outcome unknown, then looks for its task
-    record = wait_for(lambda: (r := service.task(ALICE, sent.task_id)) and r.status == TaskStatus.COMPLETED and r)
+    record = wait_for(lambda: (r := service.task(ALICE, sent.task_id)) and r.status is TaskStatus.COMPLETED and r)
     assert record.video_path and record.prompt == "before the crash"
     assert service.task(ALICE, intent) is None and len(service.tasks(ALICE)) == 1
     assert sandbox.stats()["submissions"] == 1
@@ -129,7 +129,7 @@ def test_your_wavespeed_tasks_need_your_own_key_and_bring_a_task_into_your_histo
         service.adopt(made_elsewhere, BOB)
     bob = Visitor(BOB.owner, BOBS_KEY)
     (listed,) = service.recent_tasks(bob)
-    assert listed.task_id == made_elsewhere and listed.inputs["prompt"] == "elsewhere"
+    assert listed.task_id == made_elsewhere and listed.prompt == "elsewhere" and not listed.in_history
     assert service.recent_tasks(Visitor(ALICE.owner, "alice's key")) == []
     final = run_to_end(service.adopt(listed.task_id, bob))[-1]
     assert final.stage is Stage.DONE and final.video_path.is_file()
@@ -137,6 +137,7 @@ def test_your_wavespeed_tasks_need_your_own_key_and_bring_a_task_into_your_histo
     assert (record.task_id, record.status, record.key_source) == (made_elsewhere, TaskStatus.COMPLETED,
                                                                   KeySource.VISITOR)
     assert record.video_path == str(final.video_path)
+    assert [task.in_history for task in service.recent_tasks(bob)] == [True]
     assert sandbox.stats()["submissions"] == 1
 
 
@@ -201,7 +202,7 @@ def test_a_lost_submission_is_matched_by_the_image_its_post_carried(make_sandbox
     restarted = make_service(sandbox)
     wait_for(lambda: looked_for(caplog, lost), what="the start-up search for Alice's task")
     (record,) = restarted.tasks(ALICE)
-    assert (record.task_id, record.status, record.video_path) == (lost, "unknown", None)
+    assert (record.task_id, record.status, record.video_path) == (lost, TaskStatus.UNKNOWN, None)
     assert not restarted.journal.has_task(someone_elses), "a task with another image is not Alice's"
 
 
@@ -220,7 +221,7 @@ def test_a_lost_submission_is_looked_for_around_its_post_not_over_the_downtime(m
     restarted = make_service(sandbox)
     wait_for(lambda: looked_for(caplog, lost), what="the start-up search for Alice's task")
     (record,) = restarted.tasks(ALICE)
-    assert (record.task_id, record.status) == (lost, "unknown")
+    assert (record.task_id, record.status) == (lost, TaskStatus.UNKNOWN)
     assert not restarted.journal.has_task(later)
 
 
@@ -241,5 +242,5 @@ def test_a_task_deleted_from_a_history_is_never_adopted(make_sandbox, make_servi
     restarted = make_service(sandbox)
     wait_for(lambda: looked_for(caplog, lost), what="the start-up search for Alice's task")
     (record,) = restarted.tasks(ALICE)
-    assert (record.task_id, record.status) == (lost, "unknown")
+    assert (record.task_id, record.status) == (lost, TaskStatus.UNKNOWN)
     assert restarted.task(ALICE, task_id) is None

@@ -17,13 +17,13 @@ import pytest
 from PIL import Image
 
 from kling_demo.errors import InputRejected
-from kling_demo.jobs.inputs import check_duration, check_guidance, check_prompt
 from kling_demo.jobs.images import (
     PreparedImage,
     check_before_decoding,
     prepare_image,
     quick_check_image,
 )
+from kling_demo.jobs.inputs import check_duration, check_guidance, check_prompt
 from kling_demo.models import KLING_V2_I2V_MASTER, MB, ImageLimits
 
 SPEC = KLING_V2_I2V_MASTER
@@ -745,6 +745,7 @@ def test_the_structure_check_accepts_what_prepare_accepts(case: str, tmp_path: P
 
 JOB = """
 from kling_demo.wavespeed.client import WaveSpeedClient
+from kling_demo.jobs.runner import run
 from kling_demo.jobs.steps import JobContext, JobRequest, generate
 from pathlib import Path
 """
@@ -758,14 +759,16 @@ def test_a_truncated_end_frame_is_refused_before_the_first_frame_is_decoded(tmp_
 ctx = JobContext(client=WaveSpeedClient({sandbox.base_url!r}, "k"), videos_dir=Path({str(tmp_path / "videos")!r}))
 updates = []
 try:
-    for update in generate(JobRequest(image={str(first)!r}, prompt="dusk", end_image={str(end)!r}), ctx):
-        updates.append(update.message)
+    for update in run(generate(JobRequest(image={str(first)!r}, prompt="dusk", end_image={str(end)!r}), ctx),
+                      ctx.stop):
+        updates.append(update.stage.value)
 except Exception as error:
     updates.append(type(error).__name__ + ": " + str(error))
 outcome = updates
 """)
     assert updates[-1] == ("InputRejected: The end frame image is damaged or incomplete — export it again as JPEG "
                            "or PNG.")
+    assert updates[:-1] == ["preparing"], "refused while the inputs were checked"
     assert grew_mb < 32, f"the first frame was decoded: the peak RSS rose by {grew_mb:.0f} MB"
     assert sandbox.stats()["uploads"] == 0 and sandbox.stats()["submissions"] == 0
 
@@ -775,14 +778,15 @@ def test_a_progressive_jpeg_bomb_is_refused_before_anything_is_uploaded(tmp_path
                                                                        components: int) -> None:
     """A 1 MB progressive JPEG of 9400×9400 would hold 530 MB (RGB) or 707 MB (CMYK) while it decodes, even at 1/8:
     the job refuses it from its header, saying what would do, and nothing reaches the API."""
-    from kling_demo.wavespeed.client import WaveSpeedClient
+    from kling_demo.jobs.runner import run
     from kling_demo.jobs.steps import JobContext, JobRequest, generate
+    from kling_demo.wavespeed.client import WaveSpeedClient
 
     bomb = write_flat_jpeg(tmp_path / "bomb.jpg", 9400, 9400, components, scans="progressive")
     assert bomb.stat().st_size < 1_500_000
     ctx = JobContext(client=WaveSpeedClient(sandbox.base_url, "k"), videos_dir=tmp_path / "videos")
     with pytest.raises(InputRejected) as refusal:
-        for _ in generate(JobRequest(image=str(bomb), prompt="dusk"), ctx):
+        for _ in run(generate(JobRequest(image=str(bomb), prompt="dusk"), ctx), ctx.stop):
             pass
     largest = {3: "4000×4000", 4: "3464×3464"}[components]
     assert refusal.value.message == (

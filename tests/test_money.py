@@ -10,11 +10,13 @@ import pytest
 from kling_demo.wavespeed.client import WaveSpeedClient
 from kling_demo.config import Settings
 from kling_demo.errors import InsufficientBalance, ServiceUnavailable
-from kling_demo.jobs.steps import JobRequest, Stage
 from kling_demo.store.journal import Journal
-from kling_demo.models import DEFAULT_MODEL
-from kling_demo.service.prices import QuoteCache, money, price_guard
-from kling_demo.service.service import Service, Visitor
+from kling_demo.models import (DEFAULT_MODEL, Balance, JobRequest, KeyCheck, KeyState, Payer, PriceView, Quote,
+                               Stage)
+from kling_demo.service.prices import QuoteCache, price_guard
+from kling_demo.service.service import Service
+from kling_demo.service.visitors import Visitor
+from kling_demo.words import money
 
 SERVER_KEY = "server-key"
 ALICE = Visitor("browser:alice")
@@ -57,13 +59,20 @@ def test_quotes_are_cached_briefly_per_key_and_duration(make_sandbox):
 def test_the_price_line_shows_the_apis_quote_or_says_it_is_unavailable(make_sandbox, make_service):
     sandbox = make_sandbox(price_per_second=0.5)
     service = make_service(sandbox, background=False, show_balance=True)
-    assert service.price_line(ALICE, 5) == ("Price: $2.50 for this 5 s video, billed to this Space's WaveSpeed key. "
-                                            "Its balance: $1,000.00.")
+    server_paid = service.price(ALICE, 5)
+    assert server_paid == PriceView(5, Payer.SERVER_KEY, Quote(pytest.approx(2.50), "USD"),
+                                    balance=Balance(pytest.approx(1000.0), "USD"))
+    assert service.voice.price_line(server_paid) == ("Price: $2.50 for this 5 s video, billed to this app's key at "
+                                                     "WaveSpeed. Its balance: $1,000.00.")
     own = Visitor("browser:alice", "own-key")
-    assert service.price_line(own, 10) == "Price: $5.00 for this 10 s video, billed to your WaveSpeed key."
+    own_paid = service.price(own, 10)
+    assert own_paid == PriceView(10, Payer.OWN_KEY, Quote(pytest.approx(5.00), "USD"))  # no balance of theirs shown
+    assert service.voice.price_line(own_paid) == "Price: $5.00 for this 10 s video, billed to your WaveSpeed key."
     service.quotes.ttl = 0  # nothing cached: the next line must ask the API, which is gone
     sandbox.stop()
-    assert service.price_line(ALICE, 10).startswith("Price unavailable")
+    gone = service.price(ALICE, 10)
+    assert gone == PriceView(10, Payer.SERVER_KEY)  # no quote, and none made up
+    assert service.voice.price_line(gone).startswith("Price unavailable")
 
 
 def test_a_balance_below_the_price_is_refused_with_both_amounts_and_nothing_submitted(make_sandbox, make_service,
@@ -96,37 +105,52 @@ def test_a_balance_that_cannot_be_had_does_not_block(make_sandbox, make_service)
 def test_the_quote_is_kept_with_the_task_and_shown_when_it_is_done(make_sandbox, make_service, make_image):
     sandbox = make_sandbox()
     service = make_service(sandbox, background=False)
+    voice = service.voice
     updates = run(service.generate(JobRequest(image=make_image(), prompt="a kite", duration=10), ALICE))
-    assert "Price: $2.80." in next(u.message for u in updates if u.stage is Stage.UPLOADING)
+    uploading = next(u for u in updates if u.stage is Stage.UPLOADING)
+    assert uploading.price == Quote(pytest.approx(2.80), "USD") and "Price: $2.80." in voice.status(uploading)
     done = updates[-1]
-    assert done.stage is Stage.DONE and "cost $2.80 (WaveSpeed's quote at submission)" in done.message
+    assert done.stage is Stage.DONE and done.price == Quote(pytest.approx(2.80), "USD")
+    assert "cost $2.80 (quoted at submission)" in voice.status(done)
     (record,) = service.tasks(ALICE)
-    assert (record.price, record.currency) == (pytest.approx(2.80), "USD")
-    assert service.cost(record) == "cost $2.80 (WaveSpeed's quote at submission)"
+    assert record.quote == Quote(pytest.approx(2.80), "USD")
+    assert voice.cost(record.quote) == "cost $2.80 (quoted at submission)"
     run(service.generate(JobRequest(image=make_image(), prompt="again"), ALICE))
-    assert service.spend_line(ALICE) == "Spent so far: $4.20 on 2 videos (WaveSpeed's quotes at submission)."
-    assert service.spend_line(Visitor("browser:bob")) == "Spent so far: nothing yet."
+    assert service.spend(ALICE) == {"USD": (pytest.approx(4.20), 2)}
+    assert voice.spend_line(service.spend(ALICE)) == ("Spent so far: $4.20 on 2 videos (WaveSpeed's quotes at "
+                                                      "submission).")
+    assert service.spend(Visitor("browser:bob")) == {}
+    assert voice.spend_line(service.spend(Visitor("browser:bob"))) == "Spent so far: nothing yet."
     assert sandbox.stats()["submissions"] == 2
 
 
 def test_an_entered_key_is_checked_at_once_and_never_echoed(make_sandbox, make_service):
     sandbox = make_sandbox(api_key=SERVER_KEY, balance=12.4)
     service = make_service(sandbox, background=False)
-    assert service.key_status(SERVER_KEY) == "Key accepted · balance $12.40"
-    rejected = service.key_status("not-a-real-key")
+    accepted = service.check_key(SERVER_KEY, ALICE)
+    assert accepted == KeyCheck(KeyState.ACCEPTED, balance=Balance(pytest.approx(12.4), "USD"))
+    assert service.voice.key_status(accepted) == "Key accepted · balance $12.40"
+    refused = service.check_key("not-a-real-key", ALICE)
+    assert refused == KeyCheck(KeyState.REFUSED)
+    rejected = service.voice.key_status(refused)
     assert rejected.startswith("WaveSpeed rejected this key.") and "not-a-real-key" not in rejected
-    assert service.key_status(None) == ""
+    assert service.check_key(None, ALICE) is None and service.voice.key_status(None) == ""
     assert sandbox.stats()["submissions"] == 0
 
 
 def test_the_sandbox_never_pretends_a_charge(tmp_path, make_image):
     service = Service(Settings(data_dir=tmp_path / "data", sandbox_inference_seconds=1.0), background=False)
+    voice = service.voice
     try:
-        assert service.price_line(ALICE, 10) == "Free (sandbox): nothing is billed."
-        assert run(service.generate(JobRequest(image=make_image(), prompt="x"), ALICE))[-1].stage is Stage.DONE
+        assert service.price(ALICE, 10) is None
+        assert voice.price_line(service.price(ALICE, 10)) == "Free (sandbox): nothing here costs money."
+        updates = run(service.generate(JobRequest(image=make_image(), prompt="x"), ALICE))
+        assert updates[-1].stage is Stage.DONE and all(update.price is None for update in updates)
+        assert "cost" not in voice.status(updates[-1]) and "$" not in voice.status(updates[-1])
         (record,) = service.tasks(ALICE)
-        assert record.price is None and service.cost(record) == "free (sandbox)"
-        assert service.spend_line(ALICE) == "Sandbox mode: nothing you make here is billed."
+        assert record.price is None and record.quote is None and voice.cost(record.quote) == ""
+        assert service.spend(ALICE) == {}
+        assert voice.spend_line(service.spend(ALICE)) == "Sandbox mode: nothing you make here costs money."
     finally:
         service.close()
 

@@ -3,6 +3,8 @@ real sandboxes on loopback, whose stand-in table is $0.28 a second unless a test
 
 from __future__ import annotations
 
+from kling_demo.models import Quote
+from kling_demo.words import Voice, money
 from tests.test_cli import CANARY_KEY, run_cli
 
 
@@ -37,5 +39,6 @@ def test_generate_shows_the_price_in_its_progress(make_sandbox, make_image, tmp_
                      api_key=CANARY_KEY, base_url=sandbox.base_url)
     assert result.returncode == 0, result.stderr
     uploading = next(line for line in result.stderr.splitlines() if "uploading" in line)
-    assert "Price: $2.80." in uploading
-    assert "cost $2.80 (WaveSpeed's quote at submission)" in result.stderr
+    assert f"Price: {money(2.80)}." in uploading
+    done = next(line for line in result.stderr.splitlines() if "] done" in line)
+    assert Voice(for_visitors=False).cost(Quote(2.80)) in done  # the quote, said to be one

@@ -13,14 +13,16 @@ import requests
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from kling_demo.wavespeed.client import WaveSpeedClient
 from kling_demo.errors import JobStopped, ServiceUnavailable
+from kling_demo.jobs.record import Records
+from kling_demo.jobs.runner import run
 from kling_demo.jobs.steps import Followers, JobContext, Stage, resume
-from kling_demo.store.journal import Journal
-from kling_demo.jobs.images import probe_video
-from kling_demo.models import DEFAULT_MODEL
-from kling_demo.jobs.schedule import RETRY_CAP, retry_delay
+from kling_demo.models import DEFAULT_MODEL, KeySource, Submission, TaskStatus
 from kling_demo.service.recovery import Recovery
+from kling_demo.store.journal import Journal
+from kling_demo.store.videos import probe_video
+from kling_demo.wavespeed.client import WaveSpeedClient
+from kling_demo.wavespeed.retry import RETRY_CAP, retry_delay
 from tests.processes import start_app_process, start_sandbox_process
 from tests.waiting import wait_for
 
@@ -217,7 +219,7 @@ def test_a_job_that_gives_up_hands_its_task_to_recovery(tmp_path, sandbox_proces
 
     journal = Journal(tmp_path / "data" / "journal.sqlite3")
     record = wait_for(lambda: next((r for r in _all_records(journal) if r.task_id == task_id
-                                    and r.status == "completed"), None), 40, "recovery to finish the task")
+                                    and r.status is TaskStatus.COMPLETED), None), 40, "recovery to finish the task")
     assert probe_video(record.video_path).duration_seconds == pytest.approx(5.0)
     assert submissions(sandbox_process.url) == 1
 
@@ -238,13 +240,17 @@ def test_a_refused_poll_says_how_it_failed_and_never_asks_to_submit_again(dead_a
 
 def test_stop_ends_the_wait_for_an_unreachable_api_at_once(dead_api, tmp_path):
     ctx = JobContext(client=WaveSpeedClient(dead_api, "k"), videos_dir=tmp_path / "videos")
-    job = resume("task-1", ctx)
+    job = run(resume("task-1", ctx), ctx.stop)
     waiting = [next(job), next(job), next(job)]  # three failed tries, each followed by a wait
-    assert all(u.stage is Stage.SUBMITTED and "not answering" in u.message and u.wait_seconds > 0 for u in waiting)
+    assert all(u.stage is Stage.SUBMITTED and u.task_id == "task-1" and u.outage == "connection refused"
+               and u.wait_seconds > 0 for u in waiting)
     assert waiting[2].wait_seconds > waiting[0].wait_seconds, "the waits grow while the outage lasts"
     threading.Timer(0.2, ctx.stop.set).start()
-    with pytest.raises(JobStopped, match="Stopped waiting"):  # would sleep off the wait; Stop cuts it short
+    began = time.monotonic()
+    with pytest.raises(JobStopped) as caught:  # the runner would wait the retry off; Stop cuts it short
         next(job)
+    assert time.monotonic() - began < waiting[2].wait_seconds, "Stop ended the wait before it was over"
+    assert caught.value.task_id == "task-1" and caught.value.submission is Submission.EXISTS
     assert ctx.followers.claim("task-1"), "a stopped follow releases its task"
     ctx.client.close()
 
@@ -254,15 +260,17 @@ def test_a_download_cut_off_by_an_outage_is_retried(local_proxy, sandbox, make_i
     task = client.submit(DEFAULT_MODEL, {"image": client.upload(make_image(), "image/png"), "prompt": "rain"})
     updates = []
     with client:
-        for update in resume(task.task_id, JobContext(client=client, videos_dir=tmp_path / "videos"), duration=5):
+        ctx = JobContext(client=client, videos_dir=tmp_path / "videos")
+        for update in run(resume(task.task_id, ctx, duration=5), ctx.stop):
             updates.append(update)
             # The download starts when the job is asked for its next step: cut it off once, then let it through.
-            if update.stage is Stage.DOWNLOADING and "not answering" in update.message:
+            if update.stage is Stage.DOWNLOADING and update.outage:
                 local_proxy.allow()
             elif update.stage is Stage.DOWNLOADING:
                 local_proxy.refuse()
-    downloading = [u.message for u in updates if u.stage is Stage.DOWNLOADING]
-    assert len(downloading) == 2 and "not answering" in downloading[1] and task.task_id in downloading[1]
+    downloading = [u for u in updates if u.stage is Stage.DOWNLOADING]
+    assert len(downloading) == 2 and not downloading[0].outage
+    assert downloading[1].outage and downloading[1].task_id == task.task_id and downloading[1].retry_in
     assert updates[-1].stage is Stage.DONE and probe_video(updates[-1].video_path).frames == 120
     assert sandbox.stats()["submissions"] == 1
 
@@ -271,7 +279,9 @@ def recovery_for(journal: Journal, api_base: str, tmp_path: Path, **options) -> 
     """Background recovery against `api_base`, with jobs that give up after a second."""
     def make_context(owner: str, api_key: str | None) -> JobContext:
         return JobContext(client=WaveSpeedClient(api_base, "k"), videos_dir=tmp_path / "videos",
-                          deadline_seconds=1.0, journal=journal, owner=owner, followers=followers)
+                          deadline_seconds=1.0, followers=followers,
+                          records=Records(journal, owner, DEFAULT_MODEL.model_id, api_base, KeySource.SERVER,
+                                          tmp_path / "videos"))
     followers = Followers()
     return Recovery(journal, make_context, api_base=api_base, sandbox=False, **options)
 
@@ -280,7 +290,7 @@ def recovery_for(journal: Journal, api_base: str, tmp_path: Path, **options) -> 
 def test_background_recovery_logs_every_give_up_with_the_task_id(cause, dead_api, sandbox, tmp_path, caplog):
     api_base = dead_api if cause == "outage past the max age" else sandbox.base_url
     journal = Journal(tmp_path / "journal.sqlite3")
-    journal.record_submission(owner="alice", task_id="task-404", model="m", api_base=api_base, key_source="server",
+    journal.record_submission(owner="alice", task_id="task-404", model="m", api_base=api_base, key_source=KeySource.SERVER,
                               params={"prompt": "x", "duration": 5})
     recovery = recovery_for(journal, api_base, tmp_path, max_age_seconds=0.0)
     caplog.set_level("INFO", logger="kling_demo")

@@ -2,17 +2,39 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
-from kling_demo.jobs.steps import JobUpdate, Stage
-from kling_demo.models import DEFAULT_MODEL
+from kling_demo.errors import (
+    InputRejected,
+    JobStopped,
+    KeyRequired,
+    NothingSubmitted,
+    SubmissionOutcomeUnknown,
+    TaskFailed,
+    TaskOutOfReach,
+)
 from kling_demo.jobs.progress import EstimateSource, Step, Tracker, estimate
-from kling_demo.web.page import progress_html, progress_words
-from kling_demo.web.wording import for_sandbox
+from kling_demo.models import (
+    DEFAULT_MODEL,
+    Balance,
+    BudgetView,
+    JobUpdate,
+    KeyCheck,
+    KeyState,
+    Payer,
+    PriceView,
+    Quote,
+    Stage,
+    StopReport,
+    Submission,
+)
+from kling_demo.web.views import progress_html, progress_words
+from kling_demo.words import Voice
 
 
-def update(stage: Stage, elapsed: float, **extra: object) -> JobUpdate:
-    return JobUpdate(stage, "…", elapsed, **extra)  # type: ignore[arg-type]
+def update(stage: Stage, elapsed: float, **facts: object) -> JobUpdate:
+    return JobUpdate(stage, elapsed, **facts)  # type: ignore[arg-type]
 
 
 def test_a_first_run_is_estimated_from_the_models_typical_time_and_then_from_this_apps_own_renders() -> None:
@@ -47,8 +69,23 @@ def test_a_render_past_its_expectation_says_it_runs_longer_than_usual_and_never_
     tracker.view(update(Stage.SUBMITTED, 0.0, task_id="t"))
     late = tracker.view(update(Stage.PROCESSING, 200.0, task_id="t"))
     assert late.late and late.remaining is None and late.fraction < 0.95
-    assert "running longer than usual" in progress_words(late)
+    assert "taking longer than usual" in progress_words(late) and "to go" not in progress_words(late)
     assert 'class="kd-progress late"' in progress_html(late)
+
+
+def test_a_render_just_past_its_estimate_but_not_yet_late_never_says_0s_to_go() -> None:
+    """Issue 25: between the estimate and "late" nothing is left of the estimate, and the words stay true."""
+    tracker = Tracker(estimate(60.0, None))
+    tracker.view(update(Stage.SUBMITTED, 0.0, task_id="t"))
+    for rendering_for in (59.6, 60.0, 65.0, 80.0):  # under a second left, on time, and past it but not yet late
+        view = tracker.view(update(Stage.PROCESSING, rendering_for, task_id="t"))
+        words = progress_words(view)
+        assert not view.late and view.remaining is not None and view.remaining < 1, (rendering_for, view)
+        assert "to go" not in words, words
+        assert "any moment now" in words and "about 1m 00s" in words, words
+        assert view.fraction < 0.95, "the bar is never full before the video is there"
+    late = tracker.view(update(Stage.PROCESSING, 90.0, task_id="t"))
+    assert late.late and "taking longer than usual" in progress_words(late)
 
 
 def test_waiting_in_the_apps_line_shows_the_place() -> None:
@@ -59,18 +96,72 @@ def test_waiting_in_the_apps_line_shows_the_place() -> None:
     assert Step.WAIT in [step for step, _, _ in view.steps]
 
 
-def test_sandbox_words_speak_of_no_billing_and_no_wavespeed() -> None:
-    stopped = ("Stopped waiting. The task was already submitted, so it may still finish and be billed; resume it "
-               "later by its task id.")
-    assert for_sandbox(stopped) == ("Stopped waiting. The task was already submitted, so it may still finish; "
-                                    "resume it later by its task id.")
-    assert "billed" not in for_sandbox("Stopped before anything was submitted; nothing was billed.")
-    assert for_sandbox("WaveSpeed is rendering your video") == "The sandbox is rendering your video"
-    assert "Space's key" not in for_sandbox("the most one visitor may run at once on this Space's key (2)")
-    # The page's money lines and the refused resume fit the sandbox too (no billing, no WaveSpeed key to enter).
-    for line in ("Free (sandbox): nothing is billed.", "Sandbox mode: nothing is billed, so keys are not checked.",
-                 "Sandbox mode: nothing you make here is billed.",
-                 "This task is not in your history. To fetch a task submitted elsewhere, enter your own WaveSpeed "
-                 "key first.", "The WaveSpeed key contains a space or a character outside plain ASCII letters."):
-        words = for_sandbox(line)
-        assert not re.search(r"billed|spent|WaveSpeed|the sandbox key", words) and words[0].isupper(), words
+def test_a_stopped_job_says_so_not_that_it_failed() -> None:
+    tracker = Tracker(estimate(60.0, None))
+    tracker.view(update(Stage.SUBMITTED, 0.0, task_id="t"))
+    stopped = tracker.view(update(Stage.STOPPED, 12.0, task_id="t", submission=Submission.EXISTS))
+    assert progress_words(stopped) == "Stopped after 12s."
+
+
+# --- the sandbox's voice: no billing, no WaveSpeed, no Space's key --------------------------------------------
+
+# Nothing there may be billed ("nothing was billed" is true, and allowed), nothing is WaveSpeed's, no key pays.
+NOT_IN_THE_SANDBOX = re.compile(r"(?<!nothing was )billed|spent|WaveSpeed|Space's key|\$")
+QUOTE = Quote(1.4)
+
+
+def every_update() -> list[JobUpdate]:
+    """One update of each kind a job yields, with the facts that change its words."""
+    return [
+        update(Stage.PREPARING, 0.0),
+        update(Stage.WAITING, 1.0, place=1, slot_limit=2),
+        update(Stage.WAITING, 1.0, place=3),
+        update(Stage.WAITING, 1.0, rate_limited=True, retry_in=5.0),
+        update(Stage.WAITING, 1.0, outage="connection refused", retry_in=2.0),
+        update(Stage.UPLOADING, 2.0, frames=2, upload_mb=0.3, price=QUOTE),
+        update(Stage.SEARCHING, 3.0, submission=Submission.MAY_EXIST),
+        update(Stage.SEARCHING, 4.0, submission=Submission.MAY_EXIST, retry_in=2.0),
+        update(Stage.SUBMITTED, 4.0, task_id="t1", submission=Submission.EXISTS, expected=30.0),
+        update(Stage.QUEUED, 5.0, task_id="t1", submission=Submission.EXISTS, running_for=1.0, queued_behind=2),
+        update(Stage.PROCESSING, 9.0, task_id="t1", submission=Submission.EXISTS, running_for=5.0, expected=30.0),
+        update(Stage.PROCESSING, 9.0, task_id="t1", submission=Submission.EXISTS, outage="HTTP 503", retry_in=4.0),
+        update(Stage.DOWNLOADING, 40.0, task_id="t1", submission=Submission.EXISTS, inference_ms=6000),
+        update(Stage.DONE, 41.0, task_id="t1", submission=Submission.EXISTS, inference_ms=6000, price=QUOTE,
+               nsfw=True),
+        update(Stage.STOPPED, 12.0, task_id="t1", submission=Submission.EXISTS),
+        update(Stage.STOPPED, 3.0, submission=Submission.MAY_EXIST),
+        update(Stage.STOPPED, 1.0),
+    ]
+
+
+ENDINGS = [TaskFailed("The sandbox failed the task.", task_id="t1"), SubmissionOutcomeUnknown("lost", task_id=None),
+           TaskOutOfReach("out of reach", task_id="t1"), InputRejected("too small"), KeyRequired("a key"),
+           NothingSubmitted("down"), JobStopped("Stopped.", task_id="t1")]
+
+
+def test_the_sandbox_voice_speaks_of_no_billing_no_wavespeed_and_no_spaces_key() -> None:
+    for for_visitors in (True, False):
+        voice = Voice(sandbox=True, on_space=True, for_visitors=for_visitors)
+        # The service keeps no quote in sandbox mode, so no update there carries a price.
+        said = [voice.line(dataclasses.replace(each, price=None)) for each in every_update()]
+        said += [voice.stopped(StopReport(submission, "t1" if submission is Submission.EXISTS else None))
+                 for submission in Submission]
+        said += [voice.error_heading(error) for error in ENDINGS]
+        said += [voice.price_line(PriceView(5, Payer.SERVER_KEY, QUOTE, balance=Balance(20.0))),
+                 voice.key_status(KeyCheck(KeyState.NOT_USED)), voice.spend_line({"USD": (2.8, 2)}),
+                 voice.cost(QUOTE), voice.deleted()]
+        for words in said:
+            assert not NOT_IN_THE_SANDBOX.search(words) and (words == "" or words[0].isupper()), words
+        assert "The sandbox is making your video" in voice.status(every_update()[10])
+
+
+def test_the_live_voice_says_what_may_be_billed_and_names_wavespeed() -> None:
+    """The same facts in the live voice: so the sandbox test above cannot pass by saying nothing at all."""
+    voice = Voice(on_space=True)
+    assert "and be billed" in voice.stopped(StopReport(Submission.EXISTS, "t1"))
+    assert "and be billed" in voice.stopped(StopReport(Submission.MAY_EXIST))
+    assert "nothing was billed" in voice.stopped(StopReport(Submission.NONE))
+    assert "WaveSpeed is making your video" in voice.status(every_update()[10])
+    assert "this Space's key" in voice.price_line(PriceView(5, Payer.SERVER_KEY, QUOTE))
+    assert "$1.40" in voice.line(every_update()[13])
+    assert voice.budget_line(BudgetView(1.0, 5.0, 1.0, None)).startswith("Last 24 h on this Space's key")

@@ -20,7 +20,7 @@ from kling_demo.errors import ApiInputRefused, InputRejected, KlingDemoError, Se
 from kling_demo.logs import RedactSecrets
 from kling_demo.jobs.inputs import check_task_id
 from kling_demo.models import KLING_V2_I2V_MASTER as SPEC
-from kling_demo.web.page import plain_errors
+from kling_demo.web.api import plain_errors
 from kling_demo.service.visitors import KEY_WITH_CONTROL_CHARACTER, visitor_key
 
 KEY = "ws-test-0123456789abcdef0123456789abcdef"

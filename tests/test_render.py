@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageChops, ImageStat
 
-from kling_demo.jobs.images import probe_video
+from kling_demo.store.videos import probe_video
 from kling_demo.models import KLING_V2_I2V_MASTER
 from kling_demo.sandbox.render import FPS, SHORT_SIDE, RenderedVideo, output_size, render_video
 

@@ -14,7 +14,7 @@ import pytest
 import requests
 import wavespeed
 
-from kling_demo.jobs.images import probe_video
+from kling_demo.store.videos import probe_video
 from kling_demo.models import KLING_V2_I2V_MASTER
 from tests.processes import ROOT, clean_env, free_port
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 
 import pytest
@@ -13,9 +12,10 @@ from kling_demo.wavespeed.client import WaveSpeedClient
 from kling_demo.config import Settings
 from kling_demo.store.journal import Journal
 from kling_demo.errors import KeyRequired, NotYours, VisitorCapReached
-from kling_demo.jobs.steps import JobRequest, JobUpdate, Stage
-from kling_demo.models import DEFAULT_MODEL, KeySource, TaskStatus
-from kling_demo.service.service import Job, Service, Visitor
+from kling_demo.models import DEFAULT_MODEL, JobRequest, JobUpdate, KeySource, Stage, TaskStatus
+from kling_demo.service.running import Job
+from kling_demo.service.service import Service
+from kling_demo.service.visitors import Visitor
 from tests.conftest import SERVER_KEY
 from tests.waiting import wait_for
 
@@ -39,7 +39,7 @@ def test_a_job_lands_in_its_owners_history_only(make_sandbox, make_service, make
     updates = run_to_end(service.generate(JobRequest(image=make_image(), prompt="a kite"), ALICE))
     assert updates[-1].stage is Stage.DONE
     (record,) = service.tasks(ALICE)
-    assert record.status == TaskStatus.COMPLETED and record.key_source == KeySource.SERVER
+    assert record.status is TaskStatus.COMPLETED and record.key_source is KeySource.SERVER
     assert record.prompt == "a kite"
     assert service.tasks(BOB) == [] and service.task(BOB, record.task_id) is None
 
@@ -62,7 +62,7 @@ def test_resume_rules(make_sandbox, make_service, make_image):
     elsewhere = submitted_elsewhere(sandbox, make_image())
     bob_with_key = Visitor(BOB.owner, "bob's key")
     assert run_to_end(service.resume(elsewhere, bob_with_key))[-1].stage is Stage.DONE
-    assert service.task(BOB, elsewhere).key_source == KeySource.VISITOR
+    assert service.task(BOB, elsewhere).key_source is KeySource.VISITOR
     assert service.task(ALICE, elsewhere) is None
 
 
@@ -98,15 +98,44 @@ def test_slots_cap_one_visitor_on_the_servers_key_and_free_up(make_sandbox, make
 
 
 def test_the_free_sandbox_caps_no_visitor(make_sandbox, tmp_path, make_image):
-    sandbox = make_sandbox(inference_seconds=3)
-    service = Service(Settings(data_dir=tmp_path / "sandboxed", max_jobs_per_visitor=1),
+    """In sandbox mode nothing is paid for, so one visitor runs more jobs at once than `max_jobs_per_visitor`:
+    three jobs of one visitor are all rendering at the sandbox together (held there), none is refused, and each
+    ends with its video."""
+    sandbox = make_sandbox(inference_seconds=0.5, hold_renders=True)
+    service = Service(Settings(data_dir=tmp_path / "sandboxed", max_jobs_per_visitor=1, api_concurrency=3),
                       Backend(base_url=sandbox.base_url, api_key="sandbox-local", sandbox=sandbox))
+    assert service.is_sandbox
+    ended: dict[int, list] = {}
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            ended[n] = run_to_end(service.generate(JobRequest(image=make_image(), prompt=f"job {n}"), ALICE))
+        except BaseException as error:  # VisitorCapReached or anything else: the assert below names it
+            errors.append(error)
+
+    def at_the_sandbox() -> list[dict]:
+        return requests.get(sandbox.base_url + "/sandbox/tasks", timeout=10).json()
+
+    workers = [threading.Thread(target=run, args=(n,)) for n in range(3)]
     try:
-        jobs = [service.generate(JobRequest(image=make_image(), prompt=f"job {n}"), ALICE) for n in range(3)]
-        for job in jobs:
-            job.close()
+        for worker in workers:
+            worker.start()
+        # Held renders never end, so three tasks there at one moment were three jobs of ALICE running at once.
+        running = wait_for(lambda: errors or ((rows := at_the_sandbox()) and len(rows) == 3
+                                              and all(row["status"] == "processing" for row in rows) and rows),
+                           30, "three jobs of one visitor to run at the sandbox at once")
+        assert errors == [] and len(running) == 3
+        requests.post(sandbox.base_url + "/sandbox/release", timeout=10).raise_for_status()
+        for worker in workers:
+            worker.join(60)
     finally:
-        service.recovery.close()  # the sandbox itself is the fixture's to stop
+        requests.post(sandbox.base_url + "/sandbox/release", timeout=10)
+        service.close()  # stops the sandbox too; the fixture's stop then does nothing
+    assert errors == []
+    assert sorted(ended) == [0, 1, 2] and all(updates[-1].stage is Stage.DONE for updates in ended.values())
+    assert sandbox.stats()["submissions"] == 3
+    assert {record.status for record in service.tasks(ALICE)} == {TaskStatus.COMPLETED}
 
 
 def test_closing_a_job_after_submission_hands_the_task_to_recovery(make_sandbox, make_service, make_image):
@@ -115,7 +144,7 @@ def test_closing_a_job_after_submission_hands_the_task_to_recovery(make_sandbox,
     job = service.generate(JobRequest(image=make_image(), prompt="left behind"), ALICE)
     task_id = next(u.task_id for u in job if u.stage is Stage.SUBMITTED)
     job.close()  # the tab went away
-    record = wait_for(lambda: (r := service.task(ALICE, task_id)) and r.status == TaskStatus.COMPLETED and r)
+    record = wait_for(lambda: (r := service.task(ALICE, task_id)) and r.status is TaskStatus.COMPLETED and r)
     assert record.video_path and sandbox.stats()["submissions"] == 1
 
 
@@ -141,7 +170,7 @@ def test_after_a_restart_recovery_follows_more_tasks_at_once_than_it_has_threads
 
     wait_for(lambda: polled() == set(task_ids), 30, "every held task to be polled twice")
     requests.post(sandbox.base_url + "/sandbox/release", timeout=10).raise_for_status()
-    wait_for(lambda: all(r.status == TaskStatus.COMPLETED and r.video_path for r in service.tasks(ALICE)), 60,
+    wait_for(lambda: all(r.status is TaskStatus.COMPLETED and r.video_path for r in service.tasks(ALICE)), 60,
              "every task to land in the history")
     assert len(service.tasks(ALICE)) == 12 and sandbox.stats()["submissions"] == 12
 
@@ -163,17 +192,19 @@ def test_a_job_closed_while_a_step_runs_in_a_worker_closes_once_the_step_returns
     def steps():
         entered.set()
         release.wait(30)
-        yield JobUpdate(Stage.PREPARING, "checked", 0.0)
-        yield JobUpdate(Stage.UPLOADING, "never reached", 0.0)
+        yield JobUpdate(Stage.PREPARING, 0.0)
+        yield JobUpdate(Stage.UPLOADING, 0.0, frames=1)
 
     ctx = service.context(ALICE.owner)
-    job = Job(steps(), ctx, contextlib.ExitStack(), lambda: handed.append(True))
-    worker = threading.Thread(target=lambda: results.append(job.next_update()))
+    job = Job(steps(), ctx, hand_over=lambda: handed.append(True))
+    worker = threading.Thread(target=lambda: results.extend(job))
     worker.start()
     assert entered.wait(30)
     job.close()  # from the event loop's thread, while the worker is inside the generator
     assert ctx.stop.is_set() and handed == []
     release.set()
     worker.join(30)
-    assert results[0].message == "checked" and handed == [True]
-    assert job.next_update() is None
+    assert not worker.is_alive()
+    # The step under way ends with its update; the job then ends, handed over, and nothing more is stepped.
+    assert [update.stage for update in results] == [Stage.PREPARING] and handed == [True]
+    assert job.error is None and list(job) == []

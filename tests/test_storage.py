@@ -5,17 +5,33 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from kling_demo.wavespeed.client import WaveSpeedClient
 from kling_demo.errors import AuthenticationFailed, DownloadFailed, StorageUnavailable
+from kling_demo.jobs.record import Records
+from kling_demo.jobs.runner import run
 from kling_demo.jobs.steps import JobContext, JobRequest, Stage, generate
+from kling_demo.models import DEFAULT_MODEL, KeySource
+from kling_demo.store.files import (
+    NO_ROOM_MESSAGE,
+    check_room,
+    partial_file,
+    remove_orphan_parts,
+)
 from kling_demo.store.journal import Journal
-from kling_demo.jobs.images import probe_video
-from kling_demo.store.files import NO_ROOM_MESSAGE, check_room, partial_file, remove_orphan_parts
+from kling_demo.store.videos import probe_video
+from kling_demo.wavespeed.client import WaveSpeedClient
 from tests.conftest import fill
 from tests.test_client import run_to_completion
+
+
+def job_context(sandbox, api_key: str, journal: Journal, owner: str, videos_dir: Path, **fields) -> JobContext:
+    """A job's surroundings that keep its rows in `journal`, under `owner`."""
+    client = WaveSpeedClient(sandbox.base_url, api_key)
+    records = Records(journal, owner, DEFAULT_MODEL.model_id, client.base_url, KeySource.SERVER, videos_dir)
+    return JobContext(client=client, videos_dir=videos_dir, records=records, **fields)
 
 
 def test_a_floor_above_the_free_space_refuses_in_a_plain_sentence(tmp_path):
@@ -173,10 +189,9 @@ def test_refusals_on_a_full_disk_never_leave_an_outcome_unknown_row(make_sandbox
     journal = Journal(tiny_disk / "journal.sqlite3")
     refused = []
     for attempt in range(4):
-        ctx = JobContext(client=WaveSpeedClient(sandbox.base_url, "a-wrong-key"), videos_dir=tmp_path / "videos",
-                         journal=journal, owner="alice", min_free_bytes=0)
+        ctx = job_context(sandbox, "a-wrong-key", journal, "alice", tmp_path / "videos", min_free_bytes=0)
         try:
-            for update in generate(JobRequest(image=make_image(), prompt=f"refused {attempt}"), ctx):
+            for update in run(generate(JobRequest(image=make_image(), prompt=f"refused {attempt}"), ctx), ctx.stop):
                 if update.stage is Stage.UPLOADING and attempt % 2 == 0:
                     fill(tiny_disk)  # the last room went to this row: its withdrawal cannot be written
         except (AuthenticationFailed, StorageUnavailable) as error:
@@ -205,12 +220,12 @@ def test_a_withdrawal_the_disk_refused_is_done_at_the_next_write(tiny_disk):
     import sqlite3
 
     journal = Journal(tiny_disk / "journal.sqlite3")
-    first = journal.record_intent(owner="alice", model="m", api_base="a", key_source="server", params={"prompt": "p"})
+    first = journal.record_intent(owner="alice", model="m", api_base="a", key_source=KeySource.SERVER, params={"prompt": "p"})
     fill(tiny_disk)
     assert journal.withdraw_intent("alice", first) is False and journal.for_owner("alice") == []
     for filler in tiny_disk.glob("filler-*"):
         filler.unlink()
-    second = journal.record_intent(owner="alice", model="m", api_base="a", key_source="server", params={"prompt": "q"})
+    second = journal.record_intent(owner="alice", model="m", api_base="a", key_source=KeySource.SERVER, params={"prompt": "q"})
     with sqlite3.connect(tiny_disk / "journal.sqlite3") as db:
         assert [row[0] for row in db.execute("SELECT task_id FROM tasks")] == [second]
 
@@ -219,10 +234,9 @@ def test_a_submission_the_journal_cannot_mark_as_sent_is_never_sent(sandbox, mak
     """The row must say what the POST carries before it goes; a full disk refuses the job instead (nothing is
     sent, nothing billed), and the next start drops the row rather than call its outcome unknown."""
     journal = Journal(tiny_disk / "journal.sqlite3")
-    ctx = JobContext(client=WaveSpeedClient(sandbox.base_url, "k"), videos_dir=tmp_path / "videos", journal=journal,
-                     owner="alice", min_free_bytes=0)
+    ctx = job_context(sandbox, "k", journal, "alice", tmp_path / "videos", min_free_bytes=0)
     with pytest.raises(StorageUnavailable) as refused:
-        for update in generate(JobRequest(image=make_image(), prompt="no room to say it"), ctx):
+        for update in run(generate(JobRequest(image=make_image(), prompt="no room to say it"), ctx), ctx.stop):
             if update.stage is Stage.UPLOADING:
                 fill(tiny_disk)
     ctx.client.close()

@@ -9,11 +9,14 @@ import av
 import pytest
 from PIL import Image
 
-from kling_demo.store import videos
+from kling_demo.jobs.record import Records
+from kling_demo.jobs.runner import run
 from kling_demo.jobs.steps import JobContext, JobRequest, Stage, generate
-from kling_demo.wavespeed.client import WaveSpeedClient
-from kling_demo.store.journal import Journal
+from kling_demo.models import DEFAULT_MODEL, KeySource
 from kling_demo.sandbox.render import render_video
+from kling_demo.store import files, videos
+from kling_demo.store.journal import Journal
+from kling_demo.wavespeed.client import WaveSpeedClient
 
 SECRET_KEY = "ws-canary-key-never-in-a-video"
 
@@ -31,7 +34,7 @@ def downloaded(tmp_path: Path) -> Path:
 
 
 def record_for(journal: Journal, task_id: str, **params) -> object:
-    journal.record_submission(owner="a", task_id=task_id, model="m", api_base="http://x", key_source="server",
+    journal.record_submission(owner="a", task_id=task_id, model="m", api_base="http://x", key_source=KeySource.SERVER,
                               params={"prompt": "A cat walks on the beach at dawn, waves rolling in slowly",
                                       "negative_prompt": "blurry", "guidance_scale": 0.7, "duration": 5,
                                       "end_image": True, **params})
@@ -117,17 +120,19 @@ def test_the_last_frame_is_the_end_of_the_video_and_is_made_once(downloaded):
 def test_removing_a_video_takes_its_last_frame_and_its_folder(downloaded):
     labelled = videos.label(downloaded, "t1", "m", None)
     videos.last_frame(labelled)
-    assert videos.remove_files([labelled]) == 2
+    assert files.remove_files([labelled]) == 2
     assert not labelled.parent.exists() and downloaded.parent.exists()
 
 
 def test_a_finished_job_leaves_a_named_tagged_video_and_no_key(sandbox, make_image, tmp_path):
     journal = Journal(tmp_path / "journal.sqlite3")
-    ctx = JobContext(client=WaveSpeedClient(sandbox.base_url, SECRET_KEY), videos_dir=tmp_path / "videos",
-                     journal=journal, owner="a")
+    client = WaveSpeedClient(sandbox.base_url, SECRET_KEY)
+    ctx = JobContext(client=client, videos_dir=tmp_path / "videos",
+                     records=Records(journal, "a", DEFAULT_MODEL.model_id, client.base_url, KeySource.SERVER,
+                                     tmp_path / "videos"))
     try:
-        updates = list(generate(JobRequest(image=make_image(), prompt="Waves roll in", negative_prompt="fog",
-                                           guidance_scale=0.3, duration=5), ctx))
+        updates = list(run(generate(JobRequest(image=make_image(), prompt="Waves roll in", negative_prompt="fog",
+                                               guidance_scale=0.3, duration=5), ctx), ctx.stop))
     finally:
         ctx.client.close()
     done = updates[-1]
@@ -143,8 +148,6 @@ def test_a_finished_job_leaves_a_named_tagged_video_and_no_key(sandbox, make_ima
 def test_kept_frames_are_the_uploaded_bytes_and_outlive_the_upload(tmp_path: Path, make_image) -> None:
     """The frames kept for "reuse these settings" survive the upload's temp file, and removing them spares it."""
     from kling_demo.jobs import images as media
-    from kling_demo.models import DEFAULT_MODEL
-
     upload = Path(make_image(size=(800, 600), format="JPEG"))
     original = upload.read_bytes()
     prepared = media.prepare_image(upload, DEFAULT_MODEL.first_frame, work_dir=tmp_path / "work")
@@ -152,7 +155,7 @@ def test_kept_frames_are_the_uploaded_bytes_and_outlive_the_upload(tmp_path: Pat
     videos.keep_frames(preview, prepared, None)
     first, end = videos.kept_frames(preview)
     assert end is None and first is not None and first.read_bytes() == original
-    videos.remove_files([preview])
+    files.remove_files([preview])
     assert upload.read_bytes() == original, "deleting the history entry leaves the visitor's upload alone"
     prepared2 = media.prepare_image(upload, DEFAULT_MODEL.first_frame, work_dir=tmp_path / "work")
     preview2 = media.save_preview(prepared2, tmp_path / "videos")

@@ -14,8 +14,9 @@ import pytest
 import requests
 
 from kling_demo.errors import VisitorCapReached
-from kling_demo.jobs.steps import JobRequest
-from kling_demo.service.service import KEY_CHECKS_PER_MINUTE, Visitor
+from kling_demo.models import JobRequest
+from kling_demo.service.service import KEY_CHECKS_PER_MINUTE
+from kling_demo.service.visitors import Visitor
 from kling_demo.web.upload_bounds import MB, UploadBounds, cache_bytes
 from kling_demo.service.visitors import Throttle
 from tests.callers import Caller

@@ -17,7 +17,7 @@ import sys
 import pytest
 import requests
 
-from kling_demo.jobs.images import probe_video
+from kling_demo.store.videos import probe_video
 from kling_demo.models import DEFAULT_MODEL
 from tests.processes import start_sandbox_process
 from tests.waiting import run_async

@@ -23,8 +23,9 @@ from kling_demo.wavespeed.client import Prediction
 from kling_demo.config import Settings
 from kling_demo.errors import WebhookRejected
 from kling_demo.store.journal import Journal
-from kling_demo.jobs.images import probe_video
+from kling_demo.store.videos import probe_video
 from kling_demo.jobs.notices import Notices
+from kling_demo.jobs.runner import Stop
 from kling_demo.sandbox.webhooks import signature as sandbox_signature
 from kling_demo.wavespeed.webhooks import Receiver, verify
 from tests.processes import free_port, start_app_process, start_sandbox_process
@@ -165,9 +166,11 @@ def test_a_notice_that_came_before_its_follower_is_waiting_for_it():
 
 
 def test_a_thread_waiting_on_a_notice_sees_stop():
-    notice, stop = Notices().watch("task-1"), threading.Event()
+    notice, stop = Notices().watch("task-1"), Stop()
     threading.Timer(0.05, stop.set).start()
-    assert notice.wait(60.0, stop) is False
+    with stop.watching(notice):
+        assert notice.wait(60.0) is True  # woken by the Stop, not after a minute
+    assert notice.prediction is None  # and no webhook came
 
 
 # --- settings ----------------------------------------------------------------------------------------------
@@ -330,14 +333,14 @@ def serve_route():
 
 
 def refusal_lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "kling_demo.wavespeed.webhooks" and "refused" in r.getMessage()]
+    return [r.getMessage() for r in caplog.records if r.name == "kling_demo.web.api" and "refused" in r.getMessage()]
 
 
 def test_a_burst_of_refused_webhooks_writes_a_line_or_two_not_one_each(serve_route, caplog):
-    from kling_demo.wavespeed.webhooks import route
+    from kling_demo.web.api import webhook_route
 
-    url = serve_route(route(Receiver(SECRET, lambda prediction: None)))
-    caplog.set_level("INFO", logger="kling_demo.wavespeed.webhooks")
+    url = serve_route(webhook_route(Receiver(SECRET, lambda prediction: None).receive))
+    caplog.set_level("INFO", logger="kling_demo.web.api")
     with requests.Session() as session:
         for _ in range(300):  # unsigned, as a scanner or a flood sends them
             answer = session.post(url + "webhooks/wavespeed", data=b"{}", timeout=10,
@@ -349,12 +352,12 @@ def test_a_burst_of_refused_webhooks_writes_a_line_or_two_not_one_each(serve_rou
 
 
 def test_refusals_after_the_first_are_counted_into_one_line_per_interval(serve_route, caplog):
-    from kling_demo.wavespeed.webhooks import Refusals, route
+    from kling_demo.web.api import Refusals, webhook_route
 
     now = [1000.0]
-    url = serve_route(route(Receiver(SECRET, lambda prediction: None),
-                            refusals=Refusals(interval_seconds=60.0, clock=lambda: now[0])))
-    caplog.set_level("INFO", logger="kling_demo.wavespeed.webhooks")
+    url = serve_route(webhook_route(Receiver(SECRET, lambda prediction: None).receive,
+                                    refusals=Refusals(interval_seconds=60.0, clock=lambda: now[0])))
+    caplog.set_level("INFO", logger="kling_demo.web.api")
 
     def refuse(times: int) -> None:
         for _ in range(times):

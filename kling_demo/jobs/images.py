@@ -1,4 +1,4 @@
-"""Image checks and fix-ups against a model's documented limits, and video probing."""
+"""Image checks and fix-ups against a model's documented limits, before anything is uploaded or paid for."""
 
 from __future__ import annotations
 
@@ -15,63 +15,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from fractions import Fraction
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import InputRejected
 from ..models import MB, ImageLimits
-
-# Opening a video for its packets or tags only: FFmpeg's stream probe otherwise decodes frames to learn their
-# pixel format, 11 ms of CPU for a 5 s 480p video (three quarters of a remux), and nothing here needs it.
-CONTAINER_ONLY = {"skip_frame": "all"}
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What a viewer would notice about a video file."""
-
-    duration_seconds: float
-    frames: int
-    fps: float
-    width: int
-    height: int
-    codec: str
-    pixel_format: str
-
-
-def probe_video(path: str | Path) -> VideoInfo:
-    """Decode every frame of the video, so the duration reflects what actually plays."""
-    import av  # imported here: PyAV costs ~1 s of cold start and only probing needs it
-
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate or Fraction(24)
-        frames = sum(1 for _ in container.decode(stream))
-        return VideoInfo(
-            duration_seconds=frames / float(rate),
-            frames=frames,
-            fps=float(rate),
-            width=stream.codec_context.width,
-            height=stream.codec_context.height,
-            codec=stream.codec_context.name,
-            pixel_format=stream.codec_context.pix_fmt or "",
-        )
-
-
-def video_seconds(path: str | Path) -> float:
-    """The video's length from its container, without decoding a frame (cheap enough for any size)."""
-    import av
-
-    with av.open(str(path), options=CONTAINER_ONLY) as container:
-        if container.duration:
-            return container.duration / av.time_base
-        stream = container.streams.video[0]
-        if stream.duration and stream.time_base:
-            return float(stream.duration * stream.time_base)
-    return probe_video(path).duration_seconds
-
 
 # ---------------------------------------------------------------------------
 # Image checks and fix-ups, applied before anything is uploaded or paid for.

@@ -16,7 +16,6 @@ from collections import OrderedDict
 from ..wavespeed.client import Prediction
 
 SAFETY_NET_SECONDS = 30.0  # with webhooks on, a task is still polled this often in case its webhook is lost
-STOP_CHECK_SECONDS = 0.25  # how soon a thread waiting on a notice sees Stop
 MAX_UNCLAIMED = 256  # notices for tasks nobody here follows yet, kept for a follower that starts later
 
 
@@ -47,17 +46,9 @@ class Bell:
     def clear(self) -> None:
         self._rung.clear()
 
-    def wait(self, timeout: float, stop: threading.Event | None = None) -> bool:
-        """Block up to `timeout` seconds for a ring; True once rung. Returns early when `stop` is set."""
-        remaining = timeout
-        while remaining > 0:
-            step = min(remaining, STOP_CHECK_SECONDS) if stop is not None else remaining
-            if self._rung.wait(step):
-                return True
-            if stop is not None and stop.is_set():
-                return False
-            remaining -= step
-        return self._rung.is_set()
+    def wait(self, timeout: float) -> bool:
+        """Block up to `timeout` seconds for a ring; True once rung (a Stop rings the bell a job waits on)."""
+        return self._rung.wait(max(0.0, timeout))
 
     async def wait_async(self, timeout: float) -> bool:
         """Wait on the running event loop, holding no thread, up to `timeout` seconds; True once rung."""

@@ -3,9 +3,9 @@
 A waiting job is then an entry in the poller's schedule, not a thread: the page waits on the event loop
 (`Subscription.wait_async`), the CLI and recovery block in `Subscription.wait`. One scheduler thread keeps a
 heap of due polls and hands each to a small pool (the HTTP call blocks), polling a task on its own schedule
-(`polling.next_poll_delay`; every SAFETY_NET_SECONDS when a webhook will say it ended) however many followers
-it has. It writes the journal and rings its subscribers only when the status changes, an outage begins or
-grows, or the task ends; a task nobody follows any more is dropped from the schedule.
+(`schedule.next_poll_delay`; every SAFETY_NET_SECONDS when a webhook will say it ended) however many followers
+it has. It tells the task's row (`on_status`) and rings its subscribers only when the status changes, an outage
+begins or grows, or the task ends; a task nobody follows any more is dropped from the schedule.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-from ..wavespeed.client import Prediction, WaveSpeedClient
 from ..errors import KlingDemoError, ServiceUnavailable
-from ..store.journal import Journal
+from ..models import TaskStatus
+from ..wavespeed.client import Prediction, WaveSpeedClient
 from .notices import SAFETY_NET_SECONDS, Bell, Notices
-from .schedule import next_poll_delay, retry_delay
+from ..wavespeed.retry import retry_delay
+from .schedule import next_poll_delay
 
 log = logging.getLogger(__name__)
 POLL_WORKERS = 8  # threads making poll requests; a poll takes milliseconds, so a few serve thousands of tasks
@@ -49,12 +50,12 @@ class _Watch:
     """One followed task in the poller: its latest state, who follows it, when it is polled next."""
 
     def __init__(self, prediction: Prediction, client: WaveSpeedClient, expected: float | None, pushed: bool,
-                 journal: Journal | None, owner: str, now: float,
-                 on_poll: Callable[[str, str], None] | None = None) -> None:
+                 on_status: Callable[[TaskStatus], None] | None, now: float,
+                 on_poll: Callable[[str, TaskStatus], None] | None = None) -> None:
         self.task_id = prediction.task_id
         self.client, self.expected, self.pushed = client, expected, pushed
         self.on_poll = on_poll
-        self.journal, self.owner = journal, owner
+        self.on_status = on_status
         self.submitted_at = now
         self.state = TaskState(prediction, 0.0)
         self.due = now
@@ -102,8 +103,8 @@ class Poller:
         self._closed = False
 
     def follow(self, prediction: Prediction, client: WaveSpeedClient, *, expected: float | None = None,
-               notices: Notices | None = None, journal: Journal | None = None, owner: str = "",
-               on_poll: Callable[[str, str], None] | None = None) -> Subscription:
+               notices: Notices | None = None, on_status: Callable[[TaskStatus], None] | None = None,
+               on_poll: Callable[[str, TaskStatus], None] | None = None) -> Subscription:
         """Subscribe to `prediction`'s task, polling it with (a clone of) `client` until it ends or nobody follows.
 
         With `notices` (webhooks on) it is polled once soon, then only as a safety net; a webhook that came
@@ -115,8 +116,8 @@ class Poller:
             watch = self._watches.get(prediction.task_id)
             if watch is None:
                 now = self.clock()
-                watch = _Watch(prediction, self._client_for(client), expected, notices is not None, journal, owner,
-                               now, on_poll)
+                watch = _Watch(prediction, self._client_for(client), expected, notices is not None, on_status, now,
+                               on_poll)
                 self._watches[watch.task_id] = watch
                 self._schedule(watch, now + next_poll_delay(0.0, expected))
             subscription = Subscription(self, watch)
@@ -240,7 +241,7 @@ class Poller:
                 self._publish(watch, state)
             else:
                 watch.state = state
-        if changed and not prediction.is_final and watch.journal is not None:
+        if changed and not prediction.is_final and watch.on_status is not None:
             self._record(watch, prediction.status)
 
     def _failed(self, watch: _Watch, error: ServiceUnavailable) -> None:
@@ -262,8 +263,8 @@ class Poller:
         for subscriber in watch.subscribers:
             subscriber.ring()
 
-    def _record(self, watch: _Watch, status: str) -> None:
+    def _record(self, watch: _Watch, status: TaskStatus) -> None:
         try:
-            watch.journal.set_status(watch.owner, watch.task_id, status)  # type: ignore[union-attr]
+            watch.on_status(status)  # type: ignore[misc]
         except Exception as error:  # noqa: BLE001 - the history's status lags; the task is still followed
             log.warning("journal: could not record the status of task %s (%s)", watch.task_id, type(error).__name__)

@@ -8,49 +8,24 @@ and the bar stops short of the end until the video is really there.
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
-
-from .steps import JobUpdate, Stage
+from ..models import Estimate, EstimateSource, JobUpdate, ProgressView, Stage, Step
 
 # Where each stage sits on the bar: a render is most of the wait, so it gets most of the bar.
 RENDER_START = 0.08
 RENDER_END = 0.92
 STAGE_FLOOR = {
-    Stage.PREPARING: 0.0, Stage.WAITING: 0.02, Stage.UPLOADING: 0.04, Stage.SUBMITTED: RENDER_START,
-    Stage.QUEUED: RENDER_START, Stage.PROCESSING: RENDER_START, Stage.DOWNLOADING: RENDER_END,
-    Stage.DONE: 1.0, Stage.FAILED: 0.0,
+    Stage.PREPARING: 0.0, Stage.WAITING: 0.02, Stage.UPLOADING: 0.04, Stage.SEARCHING: RENDER_START,
+    Stage.SUBMITTED: RENDER_START, Stage.QUEUED: RENDER_START, Stage.PROCESSING: RENDER_START,
+    Stage.DOWNLOADING: RENDER_END, Stage.DONE: 1.0, Stage.FAILED: 0.0, Stage.STOPPED: 0.0,
 }
 LATE_FACTOR = 1.25  # a render this much past its expectation (plus LATE_GRACE) runs longer than usual
 LATE_GRACE = 10.0
-
-
-class Step(str, enum.Enum):
-    """The steps a visitor sees in order; each stays on screen, ticked, once it is passed."""
-
-    CHECK = "Check"
-    WAIT = "Wait for a slot"
-    UPLOAD = "Upload"
-    RENDER = "Render"
-    DOWNLOAD = "Download"
-
-
 STEP_OF = {
-    Stage.PREPARING: Step.CHECK, Stage.WAITING: Step.WAIT, Stage.UPLOADING: Step.UPLOAD,
+    Stage.PREPARING: Step.CHECK, Stage.WAITING: Step.WAIT, Stage.UPLOADING: Step.UPLOAD, Stage.SEARCHING: Step.RENDER,
     Stage.SUBMITTED: Step.RENDER, Stage.QUEUED: Step.RENDER, Stage.PROCESSING: Step.RENDER,
     Stage.DOWNLOADING: Step.DOWNLOAD,
 }
-
-
-class EstimateSource(str, enum.Enum):
-    TYPICAL = "typical"  # the model's documented typical time (or the sandbox's setting)
-    HISTORY = "history"  # the median of this app's recent renders of the same model and duration
-
-
-@dataclass(frozen=True)
-class Estimate:
-    seconds: float
-    source: EstimateSource
+RENDERING = (Stage.SUBMITTED, Stage.QUEUED, Stage.PROCESSING)
 
 
 def estimate(typical: float | None, recent: float | None) -> Estimate | None:
@@ -60,25 +35,6 @@ def estimate(typical: float | None, recent: float | None) -> Estimate | None:
     if typical:
         return Estimate(typical, EstimateSource.TYPICAL)
     return None
-
-
-@dataclass(frozen=True)
-class ProgressView:
-    """What the progress display shows at one moment."""
-
-    fraction: float  # 0..1 of the bar
-    stage: Stage
-    elapsed: float  # since the job started
-    rendering_for: float | None  # since submission, once submitted
-    remaining: float | None  # expected seconds left, None when unknown or already late
-    late: bool  # running longer than usual
-    place: int | None  # place in this app's line while waiting for a slot (1: next)
-    steps: tuple[tuple[Step, bool, bool], ...]  # (step, passed, current)
-    estimate: Estimate | None
-
-    @property
-    def ended(self) -> bool:
-        return self.stage in (Stage.DONE, Stage.FAILED)
 
 
 class Tracker:
@@ -91,14 +47,14 @@ class Tracker:
 
     def view(self, update: JobUpdate) -> ProgressView:
         stage = update.stage
-        if stage in (Stage.SUBMITTED, Stage.QUEUED, Stage.PROCESSING) and self.submitted_at is None:
+        if stage in RENDERING and self.submitted_at is None:
             self.submitted_at = update.elapsed
         step = STEP_OF.get(stage)
         if step is not None and step not in self.seen:
             self.seen.append(step)
         rendering_for = update.elapsed - self.submitted_at if self.submitted_at is not None else None
         fraction, remaining, late = self._where(stage, rendering_for)
-        current = step if stage not in (Stage.DONE, Stage.FAILED) else None
+        current = step if not stage.is_final else None
         done = stage is Stage.DONE  # every step is behind a finished video, also one fetched already done
         steps = tuple((s, done or (s in self.seen and s is not current), s is current) for s in self._shown_steps())
         return ProgressView(fraction, stage, update.elapsed, rendering_for, remaining, late,
@@ -113,7 +69,7 @@ class Tracker:
         floor = STAGE_FLOOR[stage]
         if stage is Stage.DONE:
             return 1.0, 0.0, False
-        if stage not in (Stage.SUBMITTED, Stage.QUEUED, Stage.PROCESSING) or rendering_for is None:
+        if stage not in RENDERING or rendering_for is None:
             remaining = self.expected.seconds if self.expected and stage in (
                 Stage.PREPARING, Stage.WAITING, Stage.UPLOADING) else None
             return floor, remaining, False

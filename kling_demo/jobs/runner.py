@@ -1,18 +1,20 @@
-"""Drive a job's updates from an event loop: its blocking steps in worker threads, its waits on the loop.
+"""The one place a job waits: its steps run, then the runner waits as long as the last update asks.
 
-A job's generator yields an update that says how long to wait (`wait_seconds`) and, when a poller or a
-webhook can end the wait early, a `wake` bell. Waiting here is a timer on the loop (or the bell's async
-wait), so a thousand waiting jobs hold no thread; only a step that does I/O takes a worker for its duration.
-The page (ui.py, on Gradio's loop) and background recovery (on its own loop) both follow tasks this way.
+A job's generator never sleeps: each update says how long until its next step (`wait_seconds`) and what may end
+that wait early (`wake`: the poller's subscription to its task, or its place in a key's line). The runner waits
+in the caller's thread (`run`, the command line) or as a coroutine holding no thread (`run_async`, the page and
+background recovery, with each step in a worker thread), and `Stop` rings whatever the job waits on at once.
 """
 
 from __future__ import annotations
 
-import asyncio
+import threading
 import time
+from contextlib import contextmanager
 from typing import AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
-from .steps import JobUpdate
+from ..models import JobUpdate, Wake
+from .notices import Bell
 
 T = TypeVar("T")
 # Runs one blocking call off the loop and gives its result: anyio.to_thread.run_sync on Gradio's loop,
@@ -20,16 +22,61 @@ T = TypeVar("T")
 InThread = Callable[[Callable[[], T]], Awaitable[T]]
 
 
-async def step_updates(updates: Iterator[JobUpdate], in_thread: InThread) -> AsyncIterator[JobUpdate]:
-    """Each update of `updates`, waiting between them on this loop for as long as each one asks."""
+class Stop:
+    """Set once (Stop pressed, a tab closed, the app closing); wakes every wait of the jobs it belongs to at once."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._waits: set[Wake] = set()
+        self.bell = Bell()  # what a job waits on when nothing else can end its wait early
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def set(self) -> None:
+        with self._lock:
+            self._event.set()
+            waits = list(self._waits)
+        self.bell.ring()
+        for wait in waits:
+            wait.ring()  # type: ignore[attr-defined]
+
+    @contextmanager
+    def watching(self, wake: Wake) -> Iterator[Wake]:
+        """While a job waits on `wake`, a stop rings it too."""
+        with self._lock:
+            self._waits.add(wake)
+            stopped = self._event.is_set()
+        if stopped:
+            wake.ring()  # type: ignore[attr-defined]
+        try:
+            yield wake
+        finally:
+            with self._lock:
+                self._waits.discard(wake)
+
+
+def run(updates: Iterator[JobUpdate], stop: Stop, clock: Callable[[], float] = time.monotonic) -> Iterator[JobUpdate]:
+    """Each update of `updates`, waiting in this thread between them as long as each asks (Stop ends it)."""
+    for update in updates:
+        due = clock() + update.wait_seconds
+        yield update
+        pause = due - clock()
+        if pause > 0 and not stop.is_set():
+            with stop.watching(update.wake or stop.bell) as wake:
+                wake.wait(pause)
+
+
+async def run_async(updates: Iterator[JobUpdate], in_thread: InThread, stop: Stop,
+                    clock: Callable[[], float] = time.monotonic) -> AsyncIterator[JobUpdate]:
+    """Each update of `updates`, its step in a worker thread, waiting on this loop between steps."""
     while True:
         update = await in_thread(lambda: next(updates, None))
         if update is None:
             return
-        next_step = time.monotonic() + update.wait_seconds  # before the consumer spends time on it
+        due = clock() + update.wait_seconds  # before the consumer spends time on it
         yield update
-        pause = max(0.0, next_step - time.monotonic())
-        if update.wake is not None:
-            await update.wake.wait_async(pause)
-        else:
-            await asyncio.sleep(pause)  # 0 s too: other jobs on this loop get their turn
+        pause = max(0.0, due - clock())
+        with stop.watching(update.wake or stop.bell) as wake:
+            await wake.wait_async(0.0 if stop.is_set() else pause)  # 0 s too: other jobs on this loop get a turn

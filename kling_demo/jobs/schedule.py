@@ -11,11 +11,10 @@ duration. With no history yet we poll every second, then back off on long render
 from __future__ import annotations
 
 import math
-import random
 import statistics
 import threading
 from collections import defaultdict, deque
-from typing import Callable
+
 
 MIN_INTERVAL = 1.0
 MAX_INTERVAL_FAR = 10.0  # while the expected end is still far away
@@ -26,11 +25,6 @@ GRID_OFFSET = 0.05  # poll just after the expected end, not just before it
 # grid point run late, so the next grid point is kept (not skipped, which would leave a 2 s gap
 # right where the render is expected to end).
 GRID_SLACK = 0.2
-# While WaveSpeed is unreachable: 1 s, doubling to 15 s, each ±20 %, so many waiting jobs do not retry in step.
-RETRY_FIRST = 1.0
-RETRY_CAP = 15.0
-RETRY_JITTER = 0.2
-MAX_RETRY_AFTER = 60.0  # a longer Retry-After is honoured only this far
 
 
 def next_poll_delay(elapsed: float, expected: float | None) -> float:
@@ -66,17 +60,6 @@ def next_poll_delay(elapsed: float, expected: float | None) -> float:
 def _grid_at_or_after(moment: float, anchor: float) -> float:
     """The first point of the 1 s grid through `anchor` at or after `moment`."""
     return anchor + math.ceil(moment - anchor - 1e-9)
-
-
-def retry_delay(failures: int, retry_after: float | None = None, *,
-                rng: Callable[[], float] = random.random) -> float:
-    """Seconds to wait after `failures` failed requests in a row: capped doubling with jitter, and never
-    sooner than the server's Retry-After (up to a minute)."""
-    base = RETRY_FIRST * 2.0 ** min(max(failures, 1) - 1, 16)
-    delay = min(RETRY_CAP, base * (1.0 + RETRY_JITTER * (2.0 * rng() - 1.0)))
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
-    return delay
 
 
 class InferenceHistory:

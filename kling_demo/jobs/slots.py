@@ -101,6 +101,11 @@ class ApiSlots:
             learned = self._learned.get(key)
             return learned.limit if learned is not None else None
 
+    def others(self, key: str, task_id: str) -> int:
+        """How many other tasks of `key` this app has at WaveSpeed besides `task_id` (running or waiting there)."""
+        with self._lock:
+            return sum(1 for other, task in self._tasks.items() if task.key == key and other != task_id)
+
     def adopt(self, key: str, task_id: str) -> None:
         """Count a task already at WaveSpeed (resumed, or recovered after a restart) until it ends."""
         with self._lock:

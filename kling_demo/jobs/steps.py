@@ -1,35 +1,24 @@
-"""One generation job, start to finish: prepare → upload → submit → poll → download.
+"""One job, request to video: check → reserve → prepare → wait for a slot → record → upload → submit → follow →
+download.
 
-`generate()` is the one place that knows the order of steps. It yields a `JobUpdate` at
-every step and never sleeps longer than it must: each update says how long to wait
-(`wait_seconds`) and, once submitted, what ends the wait early (`wake`, its subscription to
-the service's one poller, which polls every task), so an async caller waits without holding
-a thread, while a plain `for` loop still works because the generator sleeps off what is left.
+`generate()` is the one place that knows the order of the steps; `resume()` follows a task submitted earlier.
+Both yield `JobUpdate`s (facts, worded at the edge) and never sleep: each update says how long until the next
+step and what may end the wait early, and the runner (runner.py) does all the waiting. Every write of the task's
+journal row goes through its `TaskRow` (record.py). `Sending` knows at every moment whether the submit request
+may have left this process, which is what Stop reports.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
-import sqlite3
 import tempfile
 import threading
 import time
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generator, Iterator, TypeVar
+from typing import Any, Callable, Generator, Iterator, Protocol, TypeVar
 
-from ..wavespeed import lost_tasks
-
-from . import images
-
-from ..store import files
-
-from ..store import videos
-from .slots import ApiSlots, Ticket
-from ..service.budgets import Reservation, SpendGuard
-from ..wavespeed.client import Prediction, Quote, WaveSpeedClient
 from ..errors import (
     AlreadyFollowing,
     InputRejected,
@@ -38,20 +27,28 @@ from ..errors import (
     NothingSubmitted,
     RateLimited,
     ServiceUnavailable,
-    StorageUnavailable,
     SubmissionOutcomeUnknown,
     TaskFailed,
     TaskOutOfReach,
     TaskTimedOut,
     TryLater,
 )
+from ..models import (DEFAULT_MODEL, JobRequest, JobUpdate, KeySource, ModelSpec, Quote, Stage, StopReport, Submission,
+                      TaskStatus)
+from ..store import files, videos
+from ..store.journal import is_intent_id, positive_int
+from ..wavespeed import lost_tasks
+from ..wavespeed.client import Prediction, WaveSpeedClient
+from ..words import Voice, duration as format_seconds
+from . import images
 from .inputs import check_duration, check_guidance, check_prompt, check_task_id
-from ..store.journal import OUTCOME_UNKNOWN, Journal, is_intent_id, positive_int
-from ..models import DEFAULT_MODEL, KeySource, ModelSpec, TaskStatus
-from .notices import Bell, Notices
+from .notices import Notices
 from .poller import Poller
-from .schedule import MIN_INTERVAL, InferenceHistory, retry_delay
-from ..service.prices import PriceGuard, money, quoted_cost
+from .record import Records, TaskRow
+from .runner import Stop
+from ..wavespeed.retry import retry_delay
+from .schedule import MIN_INTERVAL, InferenceHistory
+from .slots import ApiSlots, Ticket
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,51 +56,16 @@ SLOT_CHECK_SECONDS = 15.0  # a job waiting for a free WaveSpeed slot is woken wh
 LOST_LOOKUP_DELAYS = (1.0, 2.0, 4.0)  # after a lost submit answer, the listing is read again after these waits
 
 
-class Stage(str, enum.Enum):
-    PREPARING = "preparing"
-    WAITING = "waiting"  # in the app, before anything is sent: for a free slot of the key, or after a 429
-    UPLOADING = "uploading"
-    SUBMITTED = "submitted"
-    QUEUED = "queued"  # at WaveSpeed, status `created`: waiting for a slot of the account
-    PROCESSING = "processing"
-    DOWNLOADING = "downloading"
-    DONE = "done"
-    FAILED = "failed"
+class Reservation(Protocol):
+    """An amount counted against the budgets (service.budgets): released if nothing was submitted."""
+
+    def release(self) -> None: ...
+
+    def attach(self, task_id: str) -> None: ...
 
 
-@dataclass(frozen=True)
-class JobRequest:
-    """What the visitor asked for, exactly as submitted (checked by `generate`)."""
-
-    image: str | Path | None
-    prompt: str | None
-    negative_prompt: str | None = ""
-    guidance_scale: object = 0.5
-    duration: object = 5
-    end_image: str | Path | None = None
-
-
-@dataclass(frozen=True)
-class JobUpdate:
-    """One step of a job, ready to show to a person."""
-
-    stage: Stage
-    message: str
-    elapsed: float
-    task_id: str | None = None
-    video_path: Path | None = None
-    wait_seconds: float = 0.0
-    inference_ms: int | None = None
-    nsfw: bool | None = None
-    changes: tuple[str, ...] = ()
-    place: int | None = None  # while waiting in the app for a slot: 1 is next
-    # Set while the poller or a webhook may end the wait early: an async caller awaits
-    # `wake.wait_async(wait_seconds)` (a `poller.Subscription`), holding no thread.
-    wake: Bell | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def is_final(self) -> bool:
-        return self.stage in (Stage.DONE, Stage.FAILED)
+SpendGuard = Callable[[dict[str, Any]], Reservation]  # quote and reserve on the server's key, or BudgetExceeded
+PriceGuard = Callable[[dict[str, Any]], "Quote | None"]  # the quote to keep, or InsufficientBalance
 
 
 class Followers:
@@ -125,53 +87,101 @@ class Followers:
             self._task_ids.discard(task_id)
 
 
+class Sending:
+    """Whether this job's submission may have left the process: what Stop reports, exact at any moment."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.submission = Submission.NONE
+        self.task_id: str | None = None
+
+    def begin(self, stop: Stop) -> None:
+        """Right before the submit request: refused if Stop came first (then certainly nothing was sent)."""
+        with self._lock:
+            if stop.is_set():
+                raise JobStopped("Stopped before anything was submitted.")
+            self.submission = Submission.MAY_EXIST
+
+    def answered(self, task_id: str) -> None:
+        with self._lock:
+            self.submission, self.task_id = Submission.EXISTS, task_id
+
+    def nothing_created(self) -> None:
+        """A 429, or a connection that never opened: the request certainly created nothing."""
+        with self._lock:
+            if self.submission is Submission.MAY_EXIST:
+                self.submission = Submission.NONE
+
+    def stop(self, stop: Stop) -> StopReport:
+        """Stop the job and say what may exist at this very moment."""
+        with self._lock:
+            stop.set()
+            return StopReport(self.submission, self.task_id)
+
+
 @dataclass
 class JobContext:
-    """What a job needs from its surroundings. `journal` and `owner` make it durable."""
+    """What a job needs from its surroundings; `records` makes it durable (its journal rows, under an owner)."""
 
     client: WaveSpeedClient
     videos_dir: Path
+    records: Records | None = None  # None: a job that keeps no journal (a script's, a test's)
     deadline_seconds: float = 30 * 60.0
     max_download_bytes: int = 500 * 1024 * 1024
     spec: ModelSpec = DEFAULT_MODEL
     history: InferenceHistory = field(default_factory=InferenceHistory)
-    journal: Journal | None = None
-    owner: str = ""
-    key_source: KeySource = KeySource.SERVER  # whose key pays (the key itself is never kept)
     min_free_bytes: int = files.DEFAULT_MIN_FREE_BYTES  # refuse a job when the data dir has less room
     followers: Followers = field(default_factory=Followers)
     slots: ApiSlots = field(default_factory=lambda: ApiSlots(0))  # tasks at WaveSpeed per key (0: no cap)
-    slot_key: str = ""  # `api_slots.slot_key` of the key that pays
-    stop: threading.Event = field(default_factory=threading.Event)
+    slot_key: str = ""  # `slots.slot_key` of the key that pays
+    stop: Stop = field(default_factory=Stop)
+    sending: Sending = field(default_factory=Sending)
     clock: Callable[[], float] = time.monotonic
+    voice: Voice = field(default_factory=Voice)  # names the backend in the job's error messages
     # With webhooks on (and the server's key paying, whose account secret signs them): where WaveSpeed
     # reports the end of the task, and the registry that hands its notice to this job.
     webhook_url: str | None = None
     notices: Notices | None = None
-    # On the server's key: quotes the price and reserves it against the budgets, or raises BudgetExceeded.
-    spend_guard: SpendGuard | None = None
-    # Live mode: quotes the price (kept with the task) and refuses when the paying key's balance is below it.
-    price_guard: PriceGuard | None = None
-    # The service's one poller for all running tasks; None: the job starts one of its own.
-    poller: Poller | None = None
+    spend_guard: SpendGuard | None = None  # on the server's key: budgets and the per-minute rate
+    price_guard: PriceGuard | None = None  # live mode: the quote to keep; no submission the balance cannot pay
+    poller: Poller | None = None  # the service's one poller; None: the job runs one of its own
+
+    def __post_init__(self) -> None:
+        if self.records is None:
+            self.records = Records(None, "", self.spec.model_id, self.client.base_url, KeySource.SERVER,
+                                   self.videos_dir)
+
+    @property
+    def owner(self) -> str:
+        return self.records.owner  # type: ignore[union-attr]
 
 
-def format_seconds(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+class _Facts:
+    """What the job knows so far, carried on every update it yields."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        self.ctx = ctx
+        self.started = ctx.clock()
+        self.task_id: str | None = None
+        self.fixes: tuple[str, ...] = ()
+        self.price: Quote | None = None
+
+    def update(self, stage: Stage, **facts: Any) -> JobUpdate:
+        return JobUpdate(stage, self.ctx.clock() - self.started, task_id=self.task_id,
+                         submission=self.ctx.sending.submission, fixes=self.fixes, price=self.price, **facts)
+
+    def check_stop(self) -> None:
+        if self.ctx.stop.is_set():
+            raise JobStopped("Stopped.", task_id=self.task_id, submission=self.ctx.sending.submission)
 
 
 def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
-    """Run one job, yielding its progress; raises a `KlingDemoError` after a final FAILED update."""
-    started = ctx.clock()
-    task_id: str | None = None
+    """Run one job, yielding its progress; raises a `KlingDemoError` when it ends without a video."""
+    job = _Facts(ctx)
     ticket: Ticket | None = None
-
-    def update(stage: Stage, message: str, **extra: object) -> JobUpdate:
-        return JobUpdate(stage, message, ctx.clock() - started, task_id=task_id, **extra)  # type: ignore[arg-type]
-
     try:
-        yield update(Stage.PREPARING, "Checking your inputs…")
+        job.check_stop()  # stopped before it started (a page's Stop can overtake its Generate): nothing happens
+        yield job.update(Stage.PREPARING)
         with tempfile.TemporaryDirectory(prefix="kling-prep-") as work:
             spec = ctx.spec
             prompt = check_prompt(request.prompt, spec)
@@ -186,7 +196,7 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
             if negative:
                 inputs["negative_prompt"] = negative
 
-            intent = _Intent(ctx, None)  # no row yet: withdrawing it is a no-op
+            row = TaskRow(ctx.records, None)  # type: ignore[arg-type]  # no row yet: withdrawing it is a no-op
             reservation: Reservation | None = None
             answer_lost: SubmissionOutcomeUnknown | None = None  # set once a task may exist: never withdrawn
             try:
@@ -195,122 +205,117 @@ def generate(request: JobRequest, ctx: JobContext) -> Iterator[JobUpdate]:
                 if ctx.spend_guard is not None:
                     reservation = ctx.spend_guard(inputs)
                 first = images.prepare_image(request.image, spec.first_frame, role="first frame",
-                                            work_dir=Path(work))
+                                             work_dir=Path(work))
                 end = None
                 if request.end_image:
                     end = images.prepare_image(request.end_image, spec.end_frame, role="end frame",
-                                              work_dir=Path(work))
-                changes = first.changes + (end.changes if end else ())
-                _check_stop(ctx, task_id)
+                                               work_dir=Path(work))
+                job.fixes = first.changes + (end.changes if end else ())
+                job.check_stop()
                 ticket = ctx.slots.ticket(ctx.slot_key)
-                yield from _wait_for_slot(ticket, ctx, started)
+                yield from _wait_for_slot(ticket, job)
                 # Nothing is uploaded or paid for that the app could not record.
                 files.check_room(ctx.videos_dir, ctx.min_free_bytes)
                 params = {"prompt": prompt, "negative_prompt": negative, "guidance_scale": guidance,
                           "duration": duration, "end_image": end is not None}
-                intent = _Intent.write(ctx, params, first, end)
+                row = ctx.records.intend(params, first, end)  # type: ignore[union-attr]
                 # After the budgets (a refused budget asks nothing more): the price to keep with the task, and
                 # no upload or submission the paying key's balance cannot cover.
-                quote = ctx.price_guard(inputs) if ctx.price_guard is not None else None
-                intent.priced(quote)
-                size_mb = (first.size_bytes + (end.size_bytes if end else 0)) / 1e6
-                fixed = (" Fixed: " + "; ".join(changes) + ".") if changes else ""
-                priced = f" Price: {money(quote.price, quote.currency)}." if quote else ""
-                yield update(Stage.UPLOADING, f"Uploading {'both frames' if end else 'the first frame'} "
-                                              f"({size_mb:.1f} MB)…{priced}{fixed}", changes=changes)
+                job.price = ctx.price_guard(inputs) if ctx.price_guard is not None else None
+                row.priced(job.price)
+                yield job.update(Stage.UPLOADING, frames=2 if end else 1,
+                                 upload_mb=(first.size_bytes + (end.size_bytes if end else 0)) / 1e6)
                 payload: dict[str, object] = {"image": ctx.client.upload(first.path, first.mime_type), **inputs}
                 if end:
                     payload["end_image"] = ctx.client.upload(end.path, end.mime_type)
-                _check_stop(ctx, task_id)
-                intent.sending(payload)  # the row says what is sent, and when, before it is (or nothing is sent)
+                job.check_stop()
+                row.sending(payload)  # the row says what is sent, and when, before it is (or nothing is sent)
                 sent_at = time.time()
                 try:
-                    prediction = yield from _submit(payload, ctx, started)
+                    prediction = yield from _submit(payload, job)
                 except SubmissionOutcomeUnknown as error:
                     answer_lost = error
-                    prediction = yield from _find_lost({"negative_prompt": "", **payload}, ctx, started, sent_at)
+                    prediction = yield from _find_lost({"negative_prompt": "", **payload}, job, sent_at)
             except BaseException as error:
                 if answer_lost is not None:  # not found, or the search was cut short: the row says so
-                    intent.outcome_unknown(error.message if isinstance(error, SubmissionOutcomeUnknown)
-                                           else answer_lost.message)
+                    row.outcome_unknown(error.message if isinstance(error, SubmissionOutcomeUnknown)
+                                        else answer_lost.message)
                     raise
-                intent.withdraw()  # refused, unreachable, or stopped: nothing was created
+                row.withdraw()  # refused, unreachable, or stopped: nothing was created
                 if reservation is not None:
                     reservation.release()
                 raise
-            task_id = prediction.task_id
+            job.task_id = prediction.task_id
+            ctx.sending.answered(prediction.task_id)
             if reservation is not None:
-                reservation.attach(task_id)
-            ticket.bind(task_id)  # the slot is the task's now, until it ends (whoever follows it)
-            ctx.followers.claim(task_id)  # before the journal row has the task id, so recovery never races us
-            intent.attach(prediction)
-        yield from _follow(prediction, duration, ctx, started)
+                reservation.attach(job.task_id)
+            ticket.bind(job.task_id)  # the slot is the task's now, until it ends (whoever follows it)
+            ctx.followers.claim(job.task_id)  # before the row has the task id, so recovery never races us
+            row.attach(prediction.task_id, prediction.status)
+        yield from _follow(prediction, duration, row, job)
     except KlingDemoError as error:
-        if task_id and not error.task_id:
-            error.task_id = task_id
+        if job.task_id and not error.task_id:
+            error.task_id = job.task_id
         raise
     finally:
         if ticket is not None:
             ticket.release()  # nothing was submitted: the slot goes to the next job (a no-op once bound)
 
 
-def _wait_for_slot(ticket: Ticket, ctx: JobContext, started: float) -> Iterator[JobUpdate]:
-    """Wait in the app, first come first served, until the key has a free slot at WaveSpeed.
-
-    No thread sleeps here for an async caller: each update carries the ticket's bell as `wake` (rung when a
-    slot frees or the line moves) and the deadline as `wait_seconds`; Stop ends the wait."""
-    give_up_at = started + ctx.deadline_seconds
+def _wait_for_slot(ticket: Ticket, job: _Facts) -> Iterator[JobUpdate]:
+    """Wait in the app, first come first served, until the key has a free slot at WaveSpeed. Each update carries
+    the ticket's bell as `wake` (rung when a slot frees or the line moves); Stop ends the wait."""
+    ctx = job.ctx
+    give_up_at = job.started + ctx.deadline_seconds
     while place := ticket.try_acquire():
         now = ctx.clock()
         if now >= give_up_at:
-            raise TryLater(f"Every WaveSpeed slot of this key stayed busy for {format_seconds(now - started)}. "
-                           "Nothing was uploaded or billed; try again later.")
-        ahead = place - 1
-        line = "you are next" if ahead == 0 else f"{ahead} job{'s' if ahead != 1 else ''} ahead of you"
+            raise TryLater(f"Every {ctx.voice.service} slot of this key stayed busy for "
+                           f"{format_seconds(now - job.started)}. Nothing was uploaded"
+                           f"{ctx.voice.billed(' or billed')}; try again later.")
         wait = max(MIN_INTERVAL, min(SLOT_CHECK_SECONDS, give_up_at - now))
-        yield JobUpdate(Stage.WAITING, f"Waiting for a free WaveSpeed slot: {line}. This key runs "
-                                       f"{_tasks(ticket.limit)} at once; nothing has been uploaded or billed yet.",
-                        now - started, wait_seconds=wait, place=place, wake=ticket.bell)
-        _sleep_until(ctx, now + wait, None, ticket.bell)
+        yield job.update(Stage.WAITING, place=place, slot_limit=ticket.limit, wait_seconds=wait, wake=ticket.bell)
+        job.check_stop()
 
 
-def _submit(payload: dict[str, object], ctx: JobContext, started: float) -> Generator[JobUpdate, None, Prediction]:
+def _submit(payload: dict[str, object], job: _Facts) -> Generator[JobUpdate, None, Prediction]:
     """Submit once; after a 429 or a connection that never opened (both certainly created nothing), wait as
     told and submit again. Any other failure is final: a lost answer may have created a billed task."""
-    give_up_at, failures = started + ctx.deadline_seconds, 0
+    ctx = job.ctx
+    give_up_at, failures = job.started + ctx.deadline_seconds, 0
     while True:
+        ctx.sending.begin(ctx.stop)
         try:
             return ctx.client.submit(ctx.spec, payload, attempts=1, webhook=ctx.webhook_url)
         except (RateLimited, NothingSubmitted) as error:
+            ctx.sending.nothing_created()
             failures += 1
-            now = ctx.clock()
             wait = retry_delay(failures, error.retry_after)
-            if now + wait >= give_up_at:
+            if ctx.clock() + wait >= give_up_at:
                 raise
-            if isinstance(error, RateLimited):
-                why = "WaveSpeed is rate limiting this key (429)"
-            else:
-                why = f"WaveSpeed could not be reached ({error.reason or 'no connection'})"
-            log.info("submit: %s; trying again in %.1f s (try %d)", why, wait, failures + 1)
-            yield JobUpdate(Stage.WAITING, f"{why}; trying again in {max(1, round(wait))} s. Nothing was "
-                                           "submitted yet.", now - started, wait_seconds=wait)
-            _sleep_until(ctx, now + wait, None)
+            limited = isinstance(error, RateLimited)
+            log.info("submit: %s; trying again in %.1f s (try %d)",
+                     "rate limited (429)" if limited else f"unreachable ({error.reason})", wait, failures + 1)
+            yield job.update(Stage.WAITING, rate_limited=limited, retry_in=wait, wait_seconds=wait,
+                             outage=None if limited else (getattr(error, "reason", "") or "no connection"))
+            job.check_stop()
+        except KlingDemoError as error:
+            if not isinstance(error, SubmissionOutcomeUnknown):
+                ctx.sending.nothing_created()  # a refusal (400, 401, 402): the API created nothing
+            raise
 
 
-def _find_lost(sent: dict[str, object], ctx: JobContext, started: float,
-               sent_at: float) -> Generator[JobUpdate, None, Prediction]:
+def _find_lost(sent: dict[str, object], job: _Facts, sent_at: float) -> Generator[JobUpdate, None, Prediction]:
     """The submit answer was lost: find the task among the key's recent tasks and return it, looking again after
     short waits (the listing may lag the submission). Raises SubmissionOutcomeUnknown when none, or several, fit."""
-    yield JobUpdate(Stage.SUBMITTED, "WaveSpeed's answer to the submission was lost. Looking for the task among "
-                                     "this key's recent tasks; nothing is submitted again.", ctx.clock() - started)
+    ctx, voice = job.ctx, job.ctx.voice
+    yield job.update(Stage.SEARCHING)
     matches = 0
     try:
         for delay in (0.0, *LOST_LOOKUP_DELAYS):
             if delay:
-                now = ctx.clock()
-                yield JobUpdate(Stage.SUBMITTED, f"The task is not listed yet; looking again in {delay:.0f} s. "
-                                                 "Nothing is submitted again.", now - started, wait_seconds=delay)
-                _sleep_until(ctx, now + delay, None)
+                yield job.update(Stage.SEARCHING, retry_in=delay, wait_seconds=delay)
+                job.check_stop()
             try:
                 lookup = lost_tasks.find_submitted(ctx.client, ctx.spec, sent, since=sent_at, until=time.time(),
                                                    known=_known_task(ctx))
@@ -324,150 +329,66 @@ def _find_lost(sent: dict[str, object], ctx: JobContext, started: float,
             if matches > 1:
                 break  # waiting will not make two candidates one
     except JobStopped as stopped:
-        raise SubmissionOutcomeUnknown("Stopped while looking for the task whose submission answer was lost. It "
-                                       "may exist and be billed, so it was not resubmitted: check your WaveSpeed "
-                                       "dashboard before trying again.") from stopped
-    if matches > 1:
-        why = f"{matches} recent tasks of this key match it, so none was picked"
-    else:
-        why = "no matching task was found among this key's recent tasks"
-    raise SubmissionOutcomeUnknown(f"WaveSpeed's answer to the submission was lost, and {why}. The task may still "
-                                   "exist and be billed, so it was not resubmitted: check your WaveSpeed dashboard "
-                                   "before trying again.")
+        raise SubmissionOutcomeUnknown(
+            "Stopped while looking for the task whose submission answer was lost. It may exist"
+            f"{voice.billed(' and be billed')}, so it was not resubmitted; it is looked for in the background and "
+            "appears in your history if it is found.") from stopped
+    why = (f"{matches} recent tasks of this key match it, so none was picked" if matches > 1
+           else "no matching task was found among this key's recent tasks")
+    raise SubmissionOutcomeUnknown(
+        f"{voice.service_first}'s answer to the submission was lost, and {why}. The task may still exist"
+        f"{voice.billed(' and be billed')}, so it was not resubmitted: check your {voice.service} dashboard before "
+        "trying again.")
 
 
 def _known_task(ctx: JobContext) -> Callable[[str], bool]:
-    """Whether a task id is in the journal already (any owner's): such a task is someone's, not the lost one."""
-    journal = ctx.journal
+    """Whether a task id is in the journal already (any owner's, deleted ones too): such a task is someone's."""
+    journal = ctx.records.journal  # type: ignore[union-attr]
     return (lambda task_id: journal.has_task(task_id)) if journal is not None else (lambda task_id: False)
 
 
 def resume(task_id: str, ctx: JobContext, *, duration: int | None = None) -> Iterator[JobUpdate]:
-    """Follow a task submitted earlier (here or elsewhere) to its video; same updates as `generate`."""
+    """Follow a task submitted earlier (here or elsewhere) to its video; the same updates as `generate`."""
     task_id = check_task_id(task_id)  # refused before it goes into an API path
-    started = ctx.clock()
+    job = _Facts(ctx)
+    job.task_id = task_id
+    ctx.sending.answered(task_id)
     try:
         if not ctx.followers.claim(task_id):
             raise AlreadyFollowing("This task is already being followed here; it will appear in your history when "
                                    "it finishes.", task_id=task_id)
         try:
             if is_intent_id(task_id):
-                raise InputRejected("This entry never received a task id from WaveSpeed, so there is nothing to "
-                                    "resume. Check your WaveSpeed dashboard for the task.", task_id=task_id)
-            prediction = yield from _patiently(lambda: ctx.client.result(task_id, attempts=1), ctx, task_id,
-                                               Stage.SUBMITTED, started, started + ctx.deadline_seconds)
+                raise InputRejected(f"This entry never received a task id from {ctx.voice.service}, so there is "
+                                    f"nothing to resume. Check your {ctx.voice.service} dashboard for the task.",
+                                    task_id=task_id)
+            prediction = yield from _patiently(lambda: ctx.client.result(task_id, attempts=1), job, Stage.SUBMITTED,
+                                               job.started + ctx.deadline_seconds)
             if not prediction.is_final:
                 ctx.slots.adopt(ctx.slot_key, task_id)  # it runs at WaveSpeed: it counts until it ends
             known = duration or _declared_duration(prediction, ctx.spec)
             # A task fetched by id joins the visitor's history; an existing row stays as it is.
-            _remember(ctx, prediction, {"prompt": "", "duration": known, "resumed": True})
+            row = ctx.records.fetched(task_id, prediction.status,  # type: ignore[union-attr]
+                                      {"prompt": "", "duration": known, "resumed": True})
+            job.price = _kept_price(row)
             if known and not duration:
-                _fill_duration(ctx, task_id, known)
+                row.fill_duration(known)
         except BaseException:  # also a Stop or a closed page while WaveSpeed was not answering
             ctx.followers.release(task_id)
             raise
-        with closing(_follow(prediction, known, ctx, started)) as updates:
+        with closing(_follow(prediction, known, row, job)) as updates:
             for update in updates:
                 if update.stage is Stage.DONE and not known and update.video_path:
-                    _fill_duration(ctx, task_id, _video_duration(update.video_path, ctx.spec))
+                    row.fill_duration(_video_duration(update.video_path, ctx.spec))
                 yield update
     except KlingDemoError as error:
         error.task_id = error.task_id or task_id
         raise
 
 
-def _remember(ctx: JobContext, prediction: Prediction, params: dict[str, object]) -> None:
-    """Write the task's journal row for its owner, if the job keeps one (an existing row is kept)."""
-    if ctx.journal is None:
-        return
-    try:
-        ctx.journal.record_submission(owner=ctx.owner, task_id=prediction.task_id, model=ctx.spec.model_id,
-                                      api_base=ctx.client.base_url, key_source=ctx.key_source,
-                                      status=prediction.status, params=params)
-    except (OSError, sqlite3.Error) as error:  # the task is paid already: follow it anyway, without a row
-        log.error("journal: task %s could not be recorded (%s: %s); it is followed without the journal",
-                  prediction.task_id, type(error).__name__, error)
-        ctx.journal = None
-
-
-class _Intent:
-    """The journal row of a submission in flight: written before the upload ("prepared"), told what the POST
-    carries right before it is sent ("submitting"), given the task id after it."""
-
-    def __init__(self, ctx: JobContext, intent_id: str | None, preview: Path | None = None) -> None:
-        self.ctx, self.intent_id, self.preview = ctx, intent_id, preview
-
-    @classmethod
-    def write(cls, ctx: JobContext, params: dict[str, Any], first: images.PreparedImage,
-              end: images.PreparedImage | None = None) -> "_Intent":
-        """Record the submission to come; raises `StorageUnavailable` if the journal cannot take it."""
-        if ctx.journal is None:
-            return cls(ctx, None)
-        preview: Path | None = None
-        try:
-            preview = images.save_preview(first, ctx.videos_dir)
-            videos.keep_frames(preview, first, end)  # for "reuse these settings"
-            intent_id = ctx.journal.record_intent(owner=ctx.owner, model=ctx.spec.model_id,
-                                                  api_base=ctx.client.base_url, key_source=ctx.key_source,
-                                                  params=params, first_frame=str(preview))
-        except (OSError, sqlite3.Error) as error:
-            log.warning("journal: cannot record a new submission (%s: %s); refusing it before anything is paid for",
-                        type(error).__name__, error)
-            if preview is not None:
-                videos.remove_files([preview])
-            raise StorageUnavailable(files.NO_ROOM_MESSAGE) from error
-        return cls(ctx, intent_id, preview)
-
-    def attach(self, prediction: Prediction) -> None:
-        """Give the row its task id. If that fails the job goes on (the visitor sees the id); the log keeps it."""
-        if self.ctx.journal is None or self.intent_id is None:
-            return
-        try:
-            self.ctx.journal.attach_task(self.ctx.owner, self.intent_id, prediction.task_id, prediction.status)
-        except (OSError, sqlite3.Error) as error:
-            log.error("journal: task %s was submitted but could not be recorded (%s: %s); it is followed without "
-                      "the journal", prediction.task_id, type(error).__name__, error)
-            self.ctx.journal = None  # this job only: its later journal writes would fail the same way
-
-    def sending(self, payload: dict[str, object]) -> None:
-        """Right before the submit POST: record when it began and which uploaded images it carries, so that only
-        this very task can be adopted if its answer is lost. Raises `StorageUnavailable` (nothing is sent) if the
-        journal cannot take it."""
-        if self.ctx.journal is None or self.intent_id is None:
-            return
-        images = {name: str(payload[name]) for name in ("image", "end_image") if payload.get(name)}
-        try:
-            self.ctx.journal.mark_sending(self.ctx.owner, self.intent_id, images)
-        except (OSError, sqlite3.Error) as error:
-            log.warning("journal: cannot record the submission about to be sent (%s: %s); refusing it before "
-                        "anything is paid for", type(error).__name__, error)
-            raise StorageUnavailable(files.NO_ROOM_MESSAGE) from error
-
-    def priced(self, quote: Quote | None) -> None:
-        """Keep WaveSpeed's quote with the entry; without it the task only lacks its cost in the history."""
-        if quote is None or self.ctx.journal is None or self.intent_id is None:
-            return
-        try:
-            self.ctx.journal.set_price(self.ctx.owner, self.intent_id, quote.price, quote.currency)
-        except (OSError, sqlite3.Error) as error:
-            log.warning("journal: could not keep the price of a submission (%s)", type(error).__name__)
-
-    def outcome_unknown(self, reason: str) -> None:
-        """The answer was lost: the entry stays in the history, saying a task may exist and be billed."""
-        if self.ctx.journal is None or self.intent_id is None:
-            return
-        try:
-            self.ctx.journal.fail(self.ctx.owner, self.intent_id, reason, status=OUTCOME_UNKNOWN)
-        except (OSError, sqlite3.Error) as error:
-            log.warning("journal: could not mark a submission as outcome unknown (%s)", type(error).__name__)
-
-    def withdraw(self) -> None:
-        """Nothing was created: the entry goes (at once, or at a later write if the disk is full: hidden till then)."""
-        if self.ctx.journal is None or self.intent_id is None:
-            return
-        self.ctx.journal.withdraw_intent(self.ctx.owner, self.intent_id)
-        if self.preview is not None:
-            videos.remove_files([self.preview])  # with the frames kept beside it
+def _kept_price(row: TaskRow) -> Quote | None:
+    record = row.record
+    return Quote(record.price, record.currency or "USD") if record is not None and record.price is not None else None
 
 
 def _declared_duration(prediction: Prediction, spec: ModelSpec) -> int | None:
@@ -484,7 +405,7 @@ def _declared_duration(prediction: Prediction, spec: ModelSpec) -> int | None:
 def _video_duration(video: Path, spec: ModelSpec) -> int | None:
     """The task's duration read from its downloaded video: the model's length closest to what plays."""
     try:
-        seconds = images.video_seconds(video)
+        seconds = videos.video_seconds(video)
     except Exception as error:  # an unreadable file only means the length stays unknown
         log.info("could not read the length of %s: %s", video.name, error)
         return None
@@ -492,53 +413,36 @@ def _video_duration(video: Path, spec: ModelSpec) -> int | None:
     return closest if abs(closest - seconds) <= 1.0 else None
 
 
-def _fill_duration(ctx: JobContext, task_id: str, duration: int | None) -> None:
-    if ctx.journal is None or not duration:
-        return
-    try:
-        ctx.journal.fill_duration(ctx.owner, task_id, duration)
-    except (OSError, sqlite3.Error) as error:  # only the history's detail is missing
-        log.warning("journal: could not record the duration of task %s (%s)", task_id, type(error).__name__)
-
-
-def _follow(prediction: Prediction, duration: int | None, ctx: JobContext, started: float) -> Iterator[JobUpdate]:
+def _follow(prediction: Prediction, duration: int | None, row: TaskRow, job: _Facts) -> Iterator[JobUpdate]:
     """Follow a claimed task through the shared poller until it ends, then download its video."""
-    task_id = prediction.task_id
+    ctx, task_id = job.ctx, prediction.task_id
     own_poller = ctx.poller is None  # a context without a service (tests, scripts): a poller for this job alone
     poller = Poller() if own_poller else ctx.poller
     try:
-        yield from _wait_and_download(prediction, duration, ctx, started, poller)
+        yield from _wait_and_download(prediction, duration, row, job, poller)  # type: ignore[arg-type]
     except TaskFailed as failure:
-        if ctx.journal is not None:
-            ctx.journal.fail(ctx.owner, task_id, failure.message, status=failure.status)
+        row.fail(failure.message, failure.status)
         raise
     finally:
         if own_poller:
-            poller.close()
+            poller.close()  # type: ignore[union-attr]
         ctx.followers.release(task_id)
 
 
-def _wait_and_download(prediction: Prediction, duration: int | None, ctx: JobContext, started: float,
+def _wait_and_download(prediction: Prediction, duration: int | None, row: TaskRow, job: _Facts,
                        poller: Poller) -> Iterator[JobUpdate]:
     """Wait for the poller (or a webhook) to see the task end, then download. Each update carries the
-    subscription as `wake`: an async caller awaits it off any thread; a plain loop blocks on it here."""
-    task_id, spec = prediction.task_id, ctx.spec
-
-    def update(stage: Stage, message: str, **extra: object) -> JobUpdate:
-        return JobUpdate(stage, message, ctx.clock() - started, task_id=task_id, **extra)  # type: ignore[arg-type]
-
+    subscription as `wake`, so the runner's wait ends as soon as the task changes."""
+    ctx, task_id, spec = job.ctx, prediction.task_id, job.ctx.spec
     submitted_at = ctx.clock()
     deadline_at = submitted_at + ctx.deadline_seconds
     expected = ctx.history.expected(spec.model_id, duration) if duration else None
-    hint = f" Renders like this usually take about {format_seconds(expected)}." if expected else ""
-    with poller.follow(prediction, ctx.client, expected=expected, notices=ctx.notices, journal=ctx.journal,
-                       owner=ctx.owner, on_poll=ctx.slots.seen) as task:  # waiting in `created` teaches the slots
+    with poller.follow(prediction, ctx.client, expected=expected, notices=ctx.notices, on_status=row.running,
+                       on_poll=ctx.slots.seen) as task:  # waiting in `created` teaches the slots
         wait = max(MIN_INTERVAL, poller.next_poll_in(task))
-        due = ctx.clock() + wait  # a caller that waited already (the page, on its loop) finds nothing left
-        yield update(Stage.SUBMITTED, f"Submitted as task {task_id}. Waiting for WaveSpeed to start…{hint}",
-                     wait_seconds=wait, wake=task)
+        yield job.update(Stage.SUBMITTED, expected=expected, wait_seconds=wait, wake=task)
         while True:
-            _sleep_until(ctx, due, task_id, task)
+            job.check_stop()
             state = task.state
             if state.error is not None:
                 raise state.error
@@ -552,84 +456,68 @@ def _wait_and_download(prediction: Prediction, duration: int | None, ctx: JobCon
                     log.warning("task %s: gave up after WaveSpeed failed %d times in a row (%s) and the deadline "
                                 "passed", task_id, state.failures, state.outage_reason)
                     raise TaskOutOfReach(
-                        f"WaveSpeed has not answered for {format_seconds(now - state.outage_since)} "
+                        f"{ctx.voice.service_first} has not answered for {format_seconds(now - state.outage_since)} "
                         f"({state.outage_reason}) and this job's time limit of {format_seconds(ctx.deadline_seconds)} "
-                        "is up. " + _not_lost(ctx, task_id), task_id=task_id, reason=state.outage_reason)
+                        "is up. " + _not_lost(row), task_id=task_id, reason=state.outage_reason)
                 wait = min(max(MIN_INTERVAL, poller.next_poll_in(task)), max(MIN_INTERVAL, deadline_at - now))
-                due = now + wait
-                yield update(Stage.PROCESSING, f"WaveSpeed is not answering ({state.outage_reason}); still waiting "
-                                               f"for task {task_id}, retrying in {max(1, round(wait))} s. Nothing "
-                                               "needs to be submitted again.", wait_seconds=wait, wake=task)
+                yield job.update(Stage.PROCESSING, outage=state.outage_reason, retry_in=wait, running_for=running,
+                                 wait_seconds=wait, wake=task)
                 continue
             if running > ctx.deadline_seconds:
                 raise TaskTimedOut(
                     f"Gave up waiting after {format_seconds(running)} (the limit is "
-                    f"{format_seconds(ctx.deadline_seconds)}). The task may still finish and be billed. "
-                    + _not_lost(ctx, task_id), task_id=task_id)
+                    f"{format_seconds(ctx.deadline_seconds)}). The task may still finish"
+                    f"{ctx.voice.billed(' and be billed')}. " + _not_lost(row), task_id=task_id)
             wait = max(MIN_INTERVAL, poller.next_poll_in(task))
-            due = now + wait
-            if TaskStatus.parse(state.prediction.status) is TaskStatus.CREATED:
-                stage, words = Stage.QUEUED, _queued_words(ctx)
+            if state.prediction.status is TaskStatus.CREATED:
+                yield job.update(Stage.QUEUED, running_for=running, expected=expected, wait_seconds=wait, wake=task,
+                                 queued_behind=ctx.slots.others(ctx.slot_key, task_id) or None,
+                                 slot_limit=ctx.slots.learned(ctx.slot_key))
             else:
-                stage, words = Stage.PROCESSING, "WaveSpeed is rendering your video"
-            yield update(stage, f"{words}… {format_seconds(running)} so far.{hint}", wait_seconds=wait, wake=task)
+                yield job.update(Stage.PROCESSING, running_for=running, expected=expected, wait_seconds=wait,
+                                 wake=task)
 
     ctx.slots.finish(task_id)  # final at WaveSpeed: the key's slot is free for the next job
-    if prediction.status != TaskStatus.COMPLETED or not prediction.outputs:
-        raise _ended_without_video(prediction)
+    if prediction.status is not TaskStatus.COMPLETED or not prediction.outputs:
+        raise _ended_without_video(prediction, ctx.voice)
     if prediction.inference_ms and duration:
         ctx.history.record(spec.model_id, duration, prediction.inference_ms / 1000.0)
-    yield update(Stage.DOWNLOADING, "Finished. Downloading the video…", inference_ms=prediction.inference_ms)
+    yield job.update(Stage.DOWNLOADING, inference_ms=prediction.inference_ms)
     output_url = prediction.outputs[0]
     video_path = yield from _patiently(
-        lambda: ctx.client.download(output_url, ctx.videos_dir, max_bytes=ctx.max_download_bytes, attempts=1),
-        ctx, task_id, Stage.DOWNLOADING, started, deadline_at)
-    video_path = videos.label(video_path, task_id, ctx.spec.model_id,
-                              ctx.journal.get(ctx.owner, task_id) if ctx.journal else None)
-    if ctx.journal is not None:
-        ctx.journal.complete(ctx.owner, task_id, video_path=str(video_path), inference_ms=prediction.inference_ms)
-    yield update(Stage.DONE, _done_message(prediction, ctx.clock() - started, _cost(ctx, task_id)), video_path=video_path,
-                 inference_ms=prediction.inference_ms, nsfw=_nsfw(prediction))
+        lambda: ctx.client.download(output_url, ctx.videos_dir, max_bytes=ctx.max_download_bytes, attempts=1,
+                                    save=files.partial_file),
+        job, Stage.DOWNLOADING, deadline_at)
+    video_path = videos.label(video_path, task_id, spec.model_id, row.record)
+    row.complete(video_path, prediction.inference_ms)
+    yield job.update(Stage.DONE, video_path=video_path, inference_ms=prediction.inference_ms,
+                     nsfw=any(prediction.has_nsfw_contents) if prediction.has_nsfw_contents else None)
 
 
-def _queued_words(ctx: JobContext) -> str:
-    """Only a number WaveSpeed showed (`ApiSlots.learned`), never the configured one, which did not hold."""
-    learned = ctx.slots.learned(ctx.slot_key)
-    if learned:
-        return f"Queued at WaveSpeed (the account runs {_tasks(learned)} at once)"
-    return "Queued at WaveSpeed, waiting for a free slot of the account"
-
-
-def _tasks(count: int) -> str:
-    return f"{count} task{'s' if count != 1 else ''}"
-
-
-def _ended_without_video(prediction: Prediction) -> TaskFailed:
+def _ended_without_video(prediction: Prediction, voice: Voice) -> TaskFailed:
     """The error for a task that ended at WaveSpeed with anything but a video, saying how it ended."""
-    status = TaskStatus.parse(prediction.status)
+    status, service = prediction.status, voice.service_first
     detail = f" ({prediction.error})" if prediction.error else ""
     if status is TaskStatus.CANCELLED:
-        message = f"WaveSpeed cancelled the task{detail}, so there is no video. Try again."
+        message = f"{service} cancelled the task{detail}, so there is no video. Try again."
     elif status is TaskStatus.TIMEOUT:
-        message = f"WaveSpeed timed the task out{detail} before it finished, so there is no video. Try again later."
+        message = f"{service} timed the task out{detail} before it finished, so there is no video. Try again later."
     elif status is TaskStatus.DELETED:
-        message = "WaveSpeed deleted the task (it keeps tasks for 7 days), so its video can no longer be fetched."
+        message = f"{service} deleted the task (it keeps tasks for 7 days), so its video can no longer be fetched."
     elif status is TaskStatus.COMPLETED:
         status = TaskStatus.FAILED
-        message = "WaveSpeed says the task completed but sent no video. Try again."
+        message = f"{service} says the task completed but sent no video. Try again."
     else:
         status = TaskStatus.FAILED
-        message = f"The generation failed: {prediction.error}" if prediction.error else \
-            "The generation failed, and WaveSpeed gave no reason."
+        message = (f"The generation failed: {prediction.error}" if prediction.error else
+                   f"The generation failed, and {voice.service} gave no reason.")
     return TaskFailed(message, task_id=prediction.task_id, status=status)
 
 
-def _patiently(call: Callable[[], T], ctx: JobContext, task_id: str, stage: Stage, started: float,
-               deadline_at: float) -> Generator[JobUpdate, None, T]:
-    """`call()`, retried with backoff while WaveSpeed is unreachable or failing, until `deadline_at`.
-
-    Each failure yields an update saying so, with the wait as `wait_seconds`: an async caller waits off
-    the thread, and Stop ends the wait at once. Used as `result = yield from _patiently(...)`."""
+def _patiently(call: Callable[[], T], job: _Facts, stage: Stage, deadline_at: float) -> Generator[JobUpdate, None, T]:
+    """`call()`, retried with backoff while WaveSpeed is unreachable or failing, until `deadline_at`. Each failure
+    yields an update saying so, with the wait; used as `result = yield from _patiently(...)`."""
+    ctx, task_id = job.ctx, job.task_id
     failures, outage_began = 0, ctx.clock()
     while True:
         try:
@@ -642,68 +530,21 @@ def _patiently(call: Callable[[], T], ctx: JobContext, task_id: str, stage: Stag
                 log.warning("task %s: gave up after WaveSpeed failed %d times in a row (%s) and the deadline passed",
                             task_id, failures, reason)
                 raise TaskOutOfReach(
-                    f"WaveSpeed has not answered for {format_seconds(now - outage_began)} ({reason}) and this "
-                    f"job's time limit of {format_seconds(ctx.deadline_seconds)} is up. " + _not_lost(ctx, task_id),
+                    f"{ctx.voice.service_first} has not answered for {format_seconds(now - outage_began)} ({reason}) "
+                    f"and this job's time limit of {format_seconds(ctx.deadline_seconds)} is up. "
+                    "Nothing needs to be submitted again: resume it later by its task id.",
                     task_id=task_id, reason=reason) from error
             wait = min(retry_delay(failures, error.retry_after), deadline_at - now)
             log.info("task %s: WaveSpeed is not answering (%s) at the %s stage; try %d in %.1f s", task_id, reason,
                      stage.value, failures + 1, wait)
-            yield JobUpdate(stage, f"WaveSpeed is not answering ({reason}); still waiting for task {task_id}, "
-                                   f"retrying in {max(1, round(wait))} s. Nothing needs to be submitted again.",
-                            now - started, task_id=task_id, wait_seconds=wait)
-            _sleep_until(ctx, now + wait, task_id)
+            yield job.update(stage, outage=reason, retry_in=wait, wait_seconds=wait)
+            job.check_stop()
 
 
-def _not_lost(ctx: JobContext, task_id: str) -> str:
+def _not_lost(row: TaskRow) -> str:
     """What becomes of a task this job stops following; never an invitation to pay for it again."""
-    if ctx.journal is not None and ctx.journal.get(ctx.owner, task_id) is not None:
+    if row.kept:
         return ("Nothing needs to be submitted again: the task is still followed in the background and will "
                 "appear in your history when it finishes.")
     return "Nothing needs to be submitted again: resume it later by its task id."
 
-
-def _cost(ctx: JobContext, task_id: str) -> str:
-    """What the task cost, as the journal keeps it: WaveSpeed's quote at submission; "" when none was had."""
-    record = ctx.journal.get(ctx.owner, task_id) if ctx.journal is not None else None
-    return quoted_cost(record.price, record.currency) if record is not None else ""
-
-
-def _done_message(prediction: Prediction, total: float, cost: str = "") -> str:
-    parts = [f"Your video is ready after {format_seconds(total)}"]
-    if prediction.inference_ms:
-        parts.append(f"inference {prediction.inference_ms / 1000:.1f} s")
-    if cost:
-        parts.append(cost)
-    parts.append(f"task {prediction.task_id}")
-    message = " · ".join(parts) + "."
-    if _nsfw(prediction):
-        message += " WaveSpeed flagged this video as possibly not safe for work."
-    return message
-
-
-def _nsfw(prediction: Prediction) -> bool | None:
-    return any(prediction.has_nsfw_contents) if prediction.has_nsfw_contents else None
-
-
-def _check_stop(ctx: JobContext, task_id: str | None) -> None:
-    if ctx.stop.is_set():
-        raise JobStopped(_stopped_message(task_id), task_id=task_id)
-
-
-def _stopped_message(task_id: str | None) -> str:
-    if task_id:
-        return ("Stopped waiting. The task was already submitted, so it may still finish and be billed; "
-                "resume it later by its task id.")
-    return "Stopped before anything was submitted; nothing was billed."
-
-
-def _sleep_until(ctx: JobContext, due: float, task_id: str | None, notice: Bell | None = None) -> None:
-    """Sleep until `due` on ctx.clock, waking at once if the visitor presses Stop (or, given a bell, when
-    it rings: the task changed)."""
-    remaining = due - ctx.clock()
-    if notice is not None:
-        if remaining > 0:
-            notice.wait(remaining, ctx.stop)
-    elif remaining > 0 and ctx.stop.wait(remaining):
-        raise JobStopped(_stopped_message(task_id), task_id=task_id)
-    _check_stop(ctx, task_id)

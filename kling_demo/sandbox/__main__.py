@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the window of --videos-per-minute (default 60; shorter for quick tests)")
     parser.add_argument("--hold-renders", action="store_true",
                         help="tasks stay 'processing' until POST /sandbox/release (tests of many waiting tasks)")
+    parser.add_argument("--hold-submissions", action="store_true",
+                        help="submit requests wait, no task created, until POST /sandbox/release-submissions "
+                             "(tests of a Stop while a submission is on its way)")
     parser.add_argument("--status-fault-rate", type=_share, default=0.0,
                         help="share of tasks that end 'cancelled' or 'timeout' (about half each)")
     parser.add_argument("--webhook-secret", default=SandboxConfig.webhook_secret, metavar="whsec_…",
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         videos_per_minute=args.videos_per_minute,
         rate_window_seconds=args.rate_window,
         hold_renders=args.hold_renders,
+        hold_submissions=args.hold_submissions,
         status_fault_rate=args.status_fault_rate,
         webhook_secret=args.webhook_secret,
         render_store=args.render_store,

@@ -111,6 +111,11 @@ async def sandbox_release(request: Request) -> dict[str, Any]:
     return {"released": _state(request).release()}
 
 
+async def sandbox_release_submissions(request: Request) -> dict[str, Any]:
+    """Let submit requests held by `--hold-submissions` through (tests)."""
+    return {"released": _state(request).release_submissions()}
+
+
 # --- account ---------------------------------------------------------------------------------
 
 
@@ -282,6 +287,7 @@ async def submit(model_id: str, request: Request) -> Response:
     body = await json_object(request)
     submission = await asyncio.to_thread(validate_submission, body, spec, state.uploads)
     webhook = checked_webhook_url(request.query_params.get("webhook"))
+    await _held(state)
     task = state.create_task(owner, spec, submission, webhook=webhook, origin=base_url(request))
     if state.faults.lose_answer():
         log.info("sandbox: losing the answer to the submission of %s", task.task_id)
@@ -289,6 +295,20 @@ async def submit(model_id: str, request: Request) -> Response:
     if submission.sync:
         return await _hold_until_done(task, request)
     return envelope(state.data(task, base_url(request)))
+
+
+async def _held(state: SandboxState) -> None:
+    """`--hold-submissions`: the request waits, its task not yet created, until the submissions are released."""
+    if not state.holding_submissions:
+        return
+    with state.lock:
+        state.submissions_held += 1
+    try:
+        while state.holding_submissions:
+            await asyncio.sleep(0.02)
+    finally:
+        with state.lock:
+            state.submissions_held -= 1
 
 
 async def _hold_until_done(task: Task, request: Request) -> JSONResponse:
@@ -312,6 +332,7 @@ ROUTES: list[tuple[str, Any, list[str]]] = [
     ("/sandbox/stats", sandbox_stats, ["GET"]),
     ("/sandbox/tasks", sandbox_tasks, ["GET"]),
     ("/sandbox/release", sandbox_release, ["POST"]),
+    ("/sandbox/release-submissions", sandbox_release_submissions, ["POST"]),
     ("/api/v3/balance", balance, ["GET"]),
     ("/api/v3/model/price", price, ["POST"]),
     ("/api/v3/predictions", predictions, ["POST"]),

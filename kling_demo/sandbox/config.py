@@ -37,6 +37,9 @@ class SandboxConfig:
     # Tests: every task stays "processing" (its render done or not) until POST /sandbox/release, so a test
     # can look at many tasks waiting together however slowly the machine submitted them.
     hold_renders: bool = False
+    # Tests: every submit request is held, its task not yet created, until POST /sandbox/release-submissions, so a
+    # test can act while a submission is on its way (a Stop between the request and its answer).
+    hold_submissions: bool = False
     status_fault_rate: float = 0.0  # share of tasks that end "cancelled" or "timeout" (about half each)
     # Signs `?webhook=` deliveries (a fixed default, so webhooks work out of the box); served at
     # GET /api/v3/webhook/secret. A failed delivery is retried after each of these delays.

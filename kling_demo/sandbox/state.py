@@ -59,6 +59,8 @@ class SandboxState:
         self.billing_searches = 0
         self.closed = False
         self.holding = config.hold_renders
+        self.holding_submissions = config.hold_submissions
+        self.submissions_held = 0  # submit requests waiting for POST /sandbox/release-submissions
 
     def create_task(
         self, owner: str, spec: ModelSpec, submission: Submission, webhook: str | None = None, origin: str = ""
@@ -136,6 +138,12 @@ class SandboxState:
                     task.inference_seconds = max(task.inference_seconds, now - task.started_epoch)
             self._advance(now)
         return len(held)
+
+    def release_submissions(self) -> int:
+        """Let held submit requests (and every later one) through; returns how many were waiting."""
+        with self.lock:
+            self.holding_submissions = False
+            return self.submissions_held
 
     def advance(self) -> None:
         """Bring every task up to now: settle those that ended, give their slots to waiting ones."""
@@ -237,6 +245,7 @@ class SandboxState:
                 "rate_limited": self.rate_limited,
                 "insufficient_balance": self.insufficient_balance,
                 "billing_searches": self.billing_searches,
+                "submissions_held": self.submissions_held,
                 "max_running": self._max_running(now),
                 "webhooks_delivered": self.webhooks.delivered,
                 "webhooks_failed": self.webhooks.failed,

@@ -31,8 +31,12 @@ class Backend:
             self.sandbox.stop()
 
 
-def open_backend(settings: Settings) -> Backend:
-    """The real API when a key is configured; otherwise start the sandbox on a free loopback port."""
+def open_backend(settings: Settings, base_url: str | None = None) -> Backend:
+    """The real API when a key is configured; otherwise start the sandbox on a free loopback port. `base_url` (the
+    command line's --base-url) names another WaveSpeed-compatible server: with the key, or else the placeholder
+    token only a sandbox accepts."""
+    if base_url:
+        return Backend(base_url=base_url.rstrip("/"), api_key=settings.api_key or SANDBOX_TOKEN)
     if settings.api_key:
         return Backend(base_url=settings.base_url, api_key=settings.api_key)
     # The offline demo never runs dry: a balance no run of the app can spend.

@@ -22,7 +22,7 @@ from ..store.journal import check_header
 from ..store.sqlite_threads import ThreadConnections
 from ..wavespeed.client import WaveSpeedClient
 from ..errors import AuthenticationFailed, BudgetExceeded, KlingDemoError, ServiceUnavailable, StorageUnavailable
-from ..models import ModelSpec
+from ..models import BudgetView, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -186,24 +186,17 @@ class Budgets:
 
         return reserve
 
-    def line(self, spender: str) -> str:
-        """What the page says near Generate: how much of the budget is used; "" when no money limit applies."""
+    def view(self, spender: str) -> BudgetView | None:
+        """How much of the budgets the spender and the app used in the window; None when no money limit applies
+        (or the ledger cannot be read)."""
         if self.limits.visitor_usd is None and self.limits.app_usd is None:
-            return ""
+            return None
         try:
             usage = self.ledger.usage(spender)
         except sqlite3.Error as error:
             log.warning("budgets: cannot read the ledger (%s)", type(error).__name__)
-            return ""
-        parts = []
-        if self.limits.visitor_usd is not None:
-            parts.append(f"Last 24 h on this Space's key: {_usd(usage.spender_usd)} of {_usd(self.limits.visitor_usd)} "
-                         "used")
-        if self.limits.app_usd is not None:
-            left = max(0.0, self.limits.app_usd - usage.app_usd)
-            if self.limits.visitor_usd is None or left < self.limits.visitor_usd - usage.spender_usd:
-                parts.append(f"the whole Space has {_usd(left)} of {_usd(self.limits.app_usd)} left")
-        return " · ".join(parts) + " · your own key lifts this"
+            return None
+        return BudgetView(usage.spender_usd, self.limits.visitor_usd, usage.app_usd, self.limits.app_usd)
 
 
 def _sum(db: sqlite3.Connection, spender: str | None, since: float) -> float:

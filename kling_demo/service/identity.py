@@ -22,6 +22,8 @@ import secrets
 import time
 from typing import Mapping
 
+from ..config import TrustedProxies, host_of, parse_address
+
 OPERATOR = "operator"  # the command line: the person who owns the server's key, not budgeted
 # What Gradio's OAuth needs (gradio/oauth.py reads exactly these); a Space sets them with `hf_oauth: true`.
 OAUTH_VARIABLES = ("OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OAUTH_SCOPES", "OPENID_PROVIDER_URL")
@@ -49,33 +51,6 @@ def key_id(secret: str, api_key: str) -> str:
     itself is never kept."""
     digest = hmac.new(secret.encode(), api_key.encode(), hashlib.sha256).hexdigest()
     return f"key:{digest[:32]}"
-
-
-class TrustedProxies:
-    """The proxies whose `X-Forwarded-For` counts: addresses and networks, comma separated, as uvicorn's
-    `FORWARDED_ALLOW_IPS` names them. Empty trusts nothing. `*` is refused: it lets every client pick its
-    address (uvicorn then takes the first hop)."""
-
-    def __init__(self, spec: str) -> None:
-        self.spec = ",".join(part.strip() for part in spec.split(",") if part.strip())
-        self._networks = []
-        for part in filter(None, self.spec.split(",")):
-            if part == "*":
-                raise ValueError("FORWARDED_ALLOW_IPS=* would let every client choose its own address (and budget); "
-                                 "name your proxies' addresses or networks instead")
-            try:  # strict, as uvicorn parses it: "10.0.0.1/8" would match nothing there
-                self._networks.append(ipaddress.ip_network(part))
-            except ValueError:
-                raise ValueError(f"FORWARDED_ALLOW_IPS must be IP addresses or networks separated by commas, "
-                                 f"got {part!r}") from None
-
-    def __contains__(self, host: object) -> bool:
-        """Whether uvicorn trusts `host` (its own test: the address as written, an IPv4-mapped one unmapped not)."""
-        address = _address(str(host or ""), unmap=False)
-        return address is not None and any(address in network for network in self._networks)
-
-    def __bool__(self) -> bool:
-        return bool(self._networks)
 
 
 def visitor_address(headers: Mapping[str, str] | None, peer: str | None, *, secret: str,
@@ -122,7 +97,7 @@ def spender_id(*, ip: str, hf_username: str | None = None, api_key: str | None =
 
 def normalized_address(raw: str) -> str | None:
     """An IP address in one spelling ("[::1]:80" and "::1" alike), IPv6 as its /64; None if it is none."""
-    address = _address(raw)
+    address = parse_address(raw)
     if address is None:
         return None
     if isinstance(address, ipaddress.IPv6Address):
@@ -136,9 +111,9 @@ def forwarded_shape(forwarded: str, visitor: str | None, trusted: TrustedProxies
     ignored because the connection came from no trusted proxy."""
     hops = [hop.strip() for hop in forwarded.split(",")]
     kinds = [_kind(hop, trusted) for hop in hops]
-    taken = next((n for n in range(len(hops) - 1, -1, -1) if _host(hops[n]) == visitor and _host(hops[n]) not in
+    taken = next((n for n in range(len(hops) - 1, -1, -1) if host_of(hops[n]) == visitor and host_of(hops[n]) not in
                   trusted), None)
-    if taken is None and hops and _host(hops[0]) == visitor:  # uvicorn's answer when every hop is trusted
+    if taken is None and hops and host_of(hops[0]) == visitor:  # uvicorn's answer when every hop is trusted
         taken = 0
     if not trusted:  # nothing is trusted: a hop equal to the connection's address is a coincidence
         taken = None
@@ -146,36 +121,16 @@ def forwarded_shape(forwarded: str, visitor: str | None, trusted: TrustedProxies
     if taken is None:
         return (f"{shape} from a connection that is not a trusted proxy (FORWARDED_ALLOW_IPS): the header is "
                 "ignored and the visitor is the connection's own address")
-    if _host(hops[taken]) in trusted:
+    if host_of(hops[taken]) in trusted:
         return f"{shape}: every hop is a trusted proxy, so the visitor is the first hop ({kinds[taken]})"
     return (f"{shape}: the visitor is hop {taken + 1} of {len(hops)} ({kinds[taken]}), the rightmost that is not "
             "a trusted proxy")
 
 
 def _kind(hop: str, trusted: TrustedProxies) -> str:
-    address = _address(hop)
+    address = parse_address(hop)
     if address is None:
         return "not an address"
     private = any(address in network for network in PRIVATE_NETWORKS)
     kind = "loopback" if address.is_loopback else "private" if private else "public"
-    return f"{kind} (trusted)" if hop and _host(hop) in trusted else kind
-
-
-def _host(hop: str) -> str:
-    """The host part of one hop as uvicorn parses it ("[v6]:port", "v4:port" or a bare address)."""
-    text = hop.strip()
-    if text.startswith("[") and "]" in text:
-        return text[1:text.index("]")]
-    if text.count(":") == 1:
-        return text.split(":")[0]
-    return text
-
-
-def _address(raw: str, *, unmap: bool = True) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        address = ipaddress.ip_address(_host(raw))
-    except ValueError:
-        return None
-    if unmap and isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return address.ipv4_mapped
-    return address
+    return f"{kind} (trusted)" if hop and host_of(hop) in trusted else kind

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..jobs.slots import slot_key
-from ..wavespeed.client import Quote, WaveSpeedClient
+from ..models import ModelSpec, Quote
+from ..wavespeed.client import WaveSpeedClient
+from ..words import money
 from ..errors import AuthenticationFailed, InsufficientBalance, KlingDemoError
-from ..models import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +28,6 @@ MAX_CACHED_QUOTES = 256
 # Kling's formula is a per-second price × duration: only the duration moves the price. A quote asked
 # with just these inputs is the quote of the full request (the rest of the inputs never changes it).
 PRICE_DRIVERS = ("duration",)
-FREE_IN_SANDBOX = "Free (sandbox)"
-PRICE_UNAVAILABLE = "Price unavailable"
-
-
-def money(amount: float, currency: str = "USD") -> str:
-    """An amount as a person reads it, two decimals, in the API's currency: "$1.40", "1.40 EUR"."""
-    return f"${amount:,.2f}" if currency.upper() == "USD" else f"{amount:,.2f} {currency.upper()}"
 
 
 def price_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -74,15 +68,6 @@ class QuoteCache:
                     del self._entries[stale]
             self._entries[key] = _Entry(quote, self.clock() + self.ttl)
         return quote
-
-
-def quoted_cost(price: float | None, currency: str | None) -> str:
-    """A task's cost as the journal keeps it ("" when no quote was had): WaveSpeed's quote at submission.
-
-    The API's answers carry no charge; the itemised bill (`/billings/search`) is not read here."""
-    if price is None:
-        return ""
-    return f"cost {money(price, currency or 'USD')} (WaveSpeed's quote at submission)"
 
 
 PriceGuard = Callable[[dict[str, Any]], "Quote | None"]

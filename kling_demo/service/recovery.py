@@ -23,15 +23,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
-from ..jobs import steps
-
-from ..wavespeed import lost_tasks
 from ..errors import AlreadyFollowing, KlingDemoError, TaskFailed, TaskTimedOut
-from ..jobs.steps import JobContext, format_seconds
+from ..jobs import steps
+from ..jobs.runner import Stop, run_async
+from ..wavespeed.retry import retry_delay
+from ..jobs.steps import JobContext
+from ..models import KeySource, TaskStatus
 from ..store.journal import Journal, TaskRecord
-from ..models import KeySource
-from ..jobs.schedule import retry_delay
-from ..jobs.runner import step_updates
+from ..wavespeed import lost_tasks
+from ..words import duration as format_seconds
 
 log = logging.getLogger(__name__)
 MAX_AGE_SECONDS = 24 * 3600.0  # the API keeps tasks 7 days; past a day, wait for a restart or the owner
@@ -55,7 +55,7 @@ class Recovery:
         self._loop: asyncio.AbstractEventLoop | None = None  # started at the first adoption
         self._active: set[str] = set()  # task ids adopted and not yet finished or given up
         self._lock = threading.Lock()
-        self._closing = threading.Event()
+        self._closing = Stop()  # every follow's stop: close() ends their waits at once
 
     def resume_running(self, owner: str | None = None, api_key: str | None = None) -> int:
         """Adopt every running task (of one owner, or all) that this key can follow; returns how many.
@@ -68,9 +68,8 @@ class Recovery:
             if record.api_base != self.api_base:
                 if self.sandbox:
                     # The embedded sandbox keeps tasks in memory: a restart ends them for good.
-                    self.journal.fail(record.owner, record.task_id, "The local sandbox that ran this task was "
-                                                                    "restarted; sandbox tasks do not survive a "
-                                                                    "restart.", status="lost")
+                    self._row(record).fail("The local sandbox that ran this task was restarted; sandbox tasks do "
+                                           "not survive a restart.", TaskStatus.LOST)
                 continue
             self.adopt(record, api_key)
             adopted += 1
@@ -107,7 +106,7 @@ class Recovery:
             if found is None:
                 log.info("no task found for lost submission %s (%d matched)", record.task_id, lookup.matches)
                 return
-            self.journal.attach_task(record.owner, record.task_id, found.task_id, found.status)
+            ctx.records.existing(record.task_id).attach(found.task_id, found.status)  # type: ignore[union-attr]
             log.info("found task %s of a submission whose answer was lost; following it", found.task_id)
         except Exception:  # the listing or the journal failing leaves the row as it was
             log.exception("could not look for the task of a lost submission")
@@ -117,6 +116,9 @@ class Recovery:
         adopted = self.journal.get(record.owner, found.task_id)
         if adopted is not None:
             self.adopt(adopted)
+
+    def _row(self, record: TaskRecord):  # noqa: ANN202 - a TaskRow of the row's own owner and key
+        return self.make_context(record.owner, None).records.existing(record.task_id)  # type: ignore[union-attr]
 
     def adopt(self, record: TaskRecord, api_key: str | None = None) -> None:
         """Follow one task in the background; a task already adopted, or followed by a live job, is skipped.
@@ -152,7 +154,7 @@ class Recovery:
                 delay = retry_delay(attempt, getattr(error, "retry_after", None))
                 log.info("recovering task %s: attempt %d failed (%s); next try in %.0f s", task_id, attempt,
                          _why(error), delay)
-                await asyncio.sleep(delay)  # close() cancels it
+                await self._closing.bell.wait_async(delay)  # close() ends the wait (and cancels the follow)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug or a broken data dir: say so rather than die silently on the loop
@@ -169,7 +171,8 @@ class Recovery:
         ctx = self.make_context(record.owner, api_key)
         ctx.stop = self._closing  # close() ends a follow that is waiting on WaveSpeed, so the process can exit
         try:
-            async for _ in step_updates(steps.resume(record.task_id, ctx, duration=record.duration), self._in_pool):
+            async for _ in run_async(steps.resume(record.task_id, ctx, duration=record.duration), self._in_pool,
+                                     ctx.stop):
                 pass
             log.info("recovered task %s into its owner's history", record.task_id)
         except AlreadyFollowing:

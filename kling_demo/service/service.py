@@ -1,156 +1,56 @@
-"""The running app in one room: backend, journal, render-time history, followers, visitor slots, recovery.
+"""The running app, and the only door for front ends: jobs, resumes, the history, money and who may do what.
 
-The page (`ui.py`) and the command line (`cli.py`) are front ends over one `Service`. They ask it to start a
-job, resume a task, list a visitor's history or greet an arriving visitor; the rules of who may do what with
-which key live here, so every route that spends money or reads a visitor's data passes the same checks.
+The page (`web/`) and the command line (`cli.py`) are front ends over one `Service`. They ask it to start a
+job, stop one, resume a task, list a visitor's history or greet an arriving visitor; the rules of who may do
+what with which key live here, so every route that spends money or reads a visitor's data passes the same checks.
+It answers with data (`kling_demo.models`) and its `voice` (`kling_demo.words`), chosen once for its backend.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import shutil
 import threading
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from ..jobs import steps
-
-from ..store import files
-
-from ..store import videos
-from ..jobs.slots import ApiSlots, slot_key
-from .backend import Backend, open_backend
-from .budgets import Budgets, Ledger, Limits
-from ..wavespeed.client import Balance, Prediction, Quote, WaveSpeedClient
 from ..config import Settings
-from ..wavespeed.connections import Connections
-from ..errors import AuthenticationFailed, InputRejected, KeyRequired, KlingDemoError, NotYours
-from ..jobs.steps import Followers, JobContext, JobRequest, JobUpdate, Stage
+from ..errors import AuthenticationFailed, InputRejected, KeyRequired, KlingDemoError, NotYours, WebhookRejected
+from ..jobs import steps
 from ..jobs.inputs import check_duration, check_guidance
-from ..store.journal import Journal, TaskRecord
-from ..models import DEFAULT_MODEL, KeySource, ModelSpec
 from ..jobs.notices import Notices
 from ..jobs.poller import Poller
+from ..jobs.progress import estimate
+from ..jobs.record import Records
 from ..jobs.schedule import InferenceHistory
-from .prices import FREE_IN_SANDBOX, PRICE_UNAVAILABLE, QuoteCache, money, price_guard, quoted_cost
-from .recovery import Recovery
-from .visitors import JobSlots, Throttle
+from ..jobs.slots import ApiSlots, slot_key
+from ..jobs.steps import Followers, JobContext
+from ..jobs import images
+from ..jobs.inputs import check_prompt, check_task_id
+from ..models import (DEFAULT_MODEL, Balance, BudgetView, Estimate, FormFill, JobRequest, JobUpdate, KeyCheck, KeySource,
+                      KeyState, ListedTask, ModelSpec, Payer, PriceView, Quote, Stage, StopReport, Submission,
+                      TaskRecord)
+from ..store import files, videos
+from ..store.journal import Journal
+from ..wavespeed.client import Prediction, WaveSpeedClient
+from ..wavespeed.connections import Connections
 from ..wavespeed.webhooks import Receiver
+from ..words import Voice
+from .backend import Backend, open_backend
+from .budgets import Budgets, Ledger, Limits
+from .prices import QuoteCache, price_guard
+from .recovery import Recovery
+from .running import Job
+from .visitors import JobSlots, Throttle, Visitor, Visitors, visitor_key
 
 log = logging.getLogger(__name__)
 RECENT_TASKS = 20  # tasks shown under "Your WaveSpeed tasks"
 # Keys checked against WaveSpeed a minute, per browser and per address: a person pastes a key, maybe fixes it
 # once; a script trying keys gets a handful a minute from each address.
 KEY_CHECKS_PER_MINUTE = {"owner": 5, "address": 10}
-
-
-@dataclass(frozen=True)
-class Visitor:
-    """Who is asking: the owner whose history they see, and the key they brought (held in memory only)."""
-
-    owner: str
-    api_key: str | None = field(default=None, repr=False)
-    # The operator at the command line owns the server's key, so may fetch any task of that key by id.
-    operator: bool = False
-    # Whom the server key's budgets count this visitor as (identity.spender_id); the owner id if not given.
-    spender: str = ""
-
-    @property
-    def key_source(self) -> KeySource:
-        return KeySource.VISITOR if self.api_key else KeySource.SERVER
-
-
-@dataclass(frozen=True)
-class FormFill:
-    """What a history button puts back into the form; a frame is None where it leaves the form's own."""
-
-    first_frame: Path | None
-    prompt: str
-    negative_prompt: str
-    guidance_scale: float
-    duration: int
-    end_frame: Path | None
-    clear_end_frame: bool  # the task had no end frame (or its last frame is the new first): clear the form's
-    note: str  # one sentence for the page: what was filled, and what could not be
-
-
-class Job:
-    """One job's updates. Closing it before its final update hands its task to background recovery.
-
-    A job may be stepped in a worker thread while the event loop closes it (Stop, a closed tab): the close
-    then waits for that step to return and is finished by the thread that ran it, since a generator cannot
-    be closed while it runs."""
-
-    def __init__(self, updates: Iterator[JobUpdate], ctx: JobContext, on_close: contextlib.ExitStack,
-                 hand_over: "callable[[], None]") -> None:  # type: ignore[valid-type]
-        self._updates = updates
-        self._ctx = ctx
-        self._on_close = on_close
-        self._hand_over = hand_over
-        self._lock = threading.Lock()
-        self._stepping = False
-        self._close_asked = False
-        self._closed = False
-        self.last: JobUpdate | None = None
-
-    def __iter__(self) -> Iterator[JobUpdate]:
-        return self
-
-    def __next__(self) -> JobUpdate:
-        with self._lock:
-            if self._close_asked:
-                raise StopIteration
-            self._stepping = True
-        try:
-            self.last = next(self._updates)
-            return self.last
-        finally:
-            with self._lock:
-                self._stepping = False
-                finish = self._close_asked
-            if finish:
-                self._finish()
-
-    def next_update(self) -> JobUpdate | None:
-        """The next update, or None after the last one (for callers that run it in a worker thread)."""
-        return next(self, None)
-
-    def stop(self) -> None:
-        """Stop waiting; a task already submitted keeps going and lands in the owner's history."""
-        self._ctx.stop.set()
-
-    def close(self) -> None:
-        """Stop the job and release what it holds, now or, if a step is running, as soon as it returns."""
-        self._ctx.stop.set()  # a running step sees it at its next check
-        with self._lock:
-            self._close_asked = True
-            if self._stepping:
-                return
-        self._finish()
-
-    def _finish(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        try:
-            self._updates.close()
-        finally:
-            self._ctx.client.close()
-            self._on_close.close()
-            # Stopped, the tab went away, or WaveSpeed stayed unreachable past the deadline: a paid task that
-            # did not end here still finishes into its owner's history. A stop can land while the submit
-            # answer is on its way, before anyone saw a task id, so every running task of the owner is handed
-            # over (rows of tasks that ended are not running; tasks a live job follows are skipped there).
-            if self.last is None or self.last.stage is not Stage.DONE:
-                self._hand_over()
-
-    def __enter__(self) -> "Job":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+STOPS_REMEMBERED = 1024  # page tokens stopped before their job started, kept so the job never starts
 
 
 class Service:
@@ -190,6 +90,11 @@ class Service:
         self.recovery = Recovery(self.journal, self.context, api_base=self.backend.base_url,
                                  sandbox=self.backend.is_sandbox, release_slot=self.api_slots.finish)
         self.background = background
+        self.voice = Voice(sandbox=self.backend.is_sandbox, on_space=settings.on_space)
+        self.visitors = Visitors(settings.owner_secret())
+        self._live: dict[tuple[str, str], Job] = {}  # (owner, page token) → the job that page runs
+        self._stopped_early: OrderedDict[tuple[str, str], StopReport] = OrderedDict()
+        self._live_lock = threading.Lock()
         if background:
             recovered = self.recovery.resume_running()
             if recovered:
@@ -215,16 +120,25 @@ class Service:
         priced = None if self.is_sandbox else price_guard(
             self.quotes, client, api_key or self.backend.api_key, self.spec,
             whose="Your" if api_key or operator else "This Space's", show_balance=self.settings.show_balance)
-        return JobContext(client=client, videos_dir=self.videos_dir, deadline_seconds=self.settings.deadline_seconds,
-                          spend_guard=guard, price_guard=priced,
+        records = Records(self.journal, owner, self.spec.model_id, client.base_url,
+                          KeySource.VISITOR if api_key else KeySource.SERVER, self.videos_dir)
+        return JobContext(client=client, videos_dir=self.videos_dir, records=records,
+                          deadline_seconds=self.settings.deadline_seconds, spend_guard=guard, price_guard=priced,
                           max_download_bytes=self.settings.max_download_bytes, spec=self.spec, history=self.history,
-                          journal=self.journal, owner=owner,
-                          key_source=KeySource.VISITOR if api_key else KeySource.SERVER,
-                          min_free_bytes=self.settings.min_free_bytes, followers=self.followers,
+                          min_free_bytes=self.settings.min_free_bytes, followers=self.followers, voice=self.voice,
                           webhook_url=self.settings.webhook_url if pushed else None,
                           notices=self.notices if pushed else None,
                           slots=self.api_slots, slot_key=slot_key(api_key or self.backend.api_key),
                           poller=self.poller)
+
+    def expected(self, duration: object) -> Estimate | None:
+        """How long a render of this length should take: this app's recent median, else the model's typical time
+        (the sandbox's setting in sandbox mode)."""
+        if duration not in self.spec.durations:
+            return None
+        seconds = int(duration)  # type: ignore[call-overload]
+        typical = self.settings.sandbox_inference_seconds if self.is_sandbox else self.spec.typical_seconds(seconds)
+        return estimate(typical, self.history.expected(self.spec.model_id, seconds))
 
     # -- what front ends ask for ---------------------------------------------------------------------------
 
@@ -241,19 +155,22 @@ class Service:
         """One of the visitor's tasks; another owner's task is indistinguishable from a missing one."""
         return self.journal.get(visitor.owner, task_id)
 
-    def generate(self, request: JobRequest, visitor: Visitor) -> Job:
-        """Start a job for the visitor (not yet run: iterate the returned `Job`)."""
+    def generate(self, request: JobRequest, visitor: Visitor, *, token: str = "") -> Job:
+        """Start a job for the visitor (not yet run: iterate the returned `Job`). A page names its job with a
+        `token`, so that its Stop finds it (`stop`), even a Stop that arrives before the job starts."""
         self._require_key(visitor)
-        on_close = contextlib.ExitStack()
+        on_close = ExitStack()
         # The cap guards the server's key, per spender (the budgets' visitor, not a browser id anyone can mint);
         # the free sandbox and a visitor's own key have none.
         on_close.enter_context(self.slots.hold(self.spender(visitor), None if visitor.api_key or self.is_sandbox
                                                else self.settings.max_jobs_per_visitor))
         ctx = self.context(visitor.owner, visitor.api_key, None if visitor.operator else self.spender(visitor),
                            operator=visitor.operator)
-        return Job(steps.generate(request, ctx), ctx, on_close, lambda: self._hand_over(visitor))
+        job = Job(steps.generate(request, ctx), ctx, expected=self.expected(request.duration),
+                  on_close=on_close.close, hand_over=lambda: self._hand_over(visitor))
+        return self._track(job, visitor, token)
 
-    def resume(self, task_id: str, visitor: Visitor, *, duration: int | None = None) -> Job:
+    def resume(self, task_id: str, visitor: Visitor, *, duration: int | None = None, token: str = "") -> Job:
         """Follow a task to its video: one of the visitor's, or with their own key one submitted elsewhere.
 
         `duration` is the video's length when the caller knows it and the history does not."""
@@ -262,44 +179,79 @@ class Service:
             return self._already_done(record)
         if record is None and not (visitor.api_key or visitor.operator):
             raise NotYours("This task is not in your history. To fetch a task submitted elsewhere, enter your own "
-                           "WaveSpeed key first.", task_id=task_id)
+                           f"{'WaveSpeed ' if not self.is_sandbox else ''}key first.", task_id=task_id)
         if record is not None and record.key_source == KeySource.VISITOR and not visitor.api_key:
             raise KeyRequired("This task was paid with your own key: enter it again to resume it (keys are never "
                               "stored).", task_id=task_id)
         use_key = visitor.api_key if record is None or record.key_source == KeySource.VISITOR else None
         ctx = self.context(visitor.owner, use_key)
         payer = Visitor(visitor.owner, use_key)
-        return Job(steps.resume(task_id, ctx, duration=record.duration if record and record.duration else duration), ctx,
-                   contextlib.ExitStack(), lambda: self._hand_over(payer))
+        known = record.duration if record and record.duration else duration
+        job = Job(steps.resume(task_id, ctx, duration=known), ctx, expected=self.expected(known),
+                  hand_over=lambda: self._hand_over(payer))
+        return self._track(job, visitor, token)
+
+    def stop(self, visitor: Visitor, token: str) -> StopReport:
+        """Stop the visitor's job that `token` names, and say what may exist at this moment. A token whose job has
+        not started yet is remembered, so that job never starts (nothing is submitted for it)."""
+        key = (visitor.owner, token)
+        with self._live_lock:
+            job = self._live.get(key)
+            if job is None:
+                report = StopReport(Submission.NONE)
+                self._stopped_early[key] = report
+                while len(self._stopped_early) > STOPS_REMEMBERED:
+                    self._stopped_early.popitem(last=False)
+                return report
+        return job.stop()
+
+    def _track(self, job: Job, visitor: Visitor, token: str) -> Job:
+        """Keep the page's job findable by its token while it runs (and stop it now if its Stop came first)."""
+        if not token:
+            return job
+        key = (visitor.owner, token)
+        with self._live_lock:
+            early = self._stopped_early.pop(key, None)
+            self._live[key] = job
+        if early is not None:
+            job.stop()
+        job.on_closed(lambda: self._untrack(key, job))
+        return job
+
+    def _untrack(self, key: tuple[str, str], job: Job) -> None:
+        with self._live_lock:
+            if self._live.get(key) is job:
+                del self._live[key]
 
     # -- the visitor's own key's tasks at WaveSpeed ("Your WaveSpeed tasks") --------------------------------
 
-    def recent_tasks(self, visitor: Visitor, limit: int = RECENT_TASKS) -> list[Prediction]:
+    def recent_tasks(self, visitor: Visitor, limit: int = RECENT_TASKS) -> list[ListedTask]:
         """The recent tasks of this model on the visitor's own key (web and API runs, last 24 h), newest first.
 
         Only with their own key: the server key's tasks are every visitor's."""
         self._require_own_key(visitor, "list its tasks")
         with self._client(visitor.api_key) as client:
-            return list(client.predictions(1, limit, model=self.spec.model_id).items)
+            listed = client.predictions(1, limit, model=self.spec.model_id).items
+        return [ListedTask(task.task_id, task.status, task.created_epoch, str(task.inputs.get("prompt") or "").strip(),
+                           in_history=self.task(visitor, task.task_id) is not None) for task in listed]
 
-    def adopt(self, task_id: str, visitor: Visitor) -> Job:
+    def adopt(self, task_id: str, visitor: Visitor, *, token: str = "") -> Job:
         """Bring one of the visitor's own key's tasks into their history (a resume by id, own key required)."""
         self._require_own_key(visitor, "bring its tasks into your history")
-        return self.resume(task_id, visitor)
+        return self.resume(task_id, visitor, token=token)
 
-    @staticmethod
-    def _require_own_key(visitor: Visitor, what: str) -> None:
+    def _require_own_key(self, visitor: Visitor, what: str) -> None:
         if not visitor.api_key:
             raise KeyRequired(f"Enter your own WaveSpeed key under “Your WaveSpeed key” to {what}; the tasks of "
-                              "this Space's key are not shown.")
+                              f"{self.voice.servers_key} are not shown.")
 
-    def budget_line(self, visitor: Visitor) -> str:
-        """How much of the server key's budget the visitor used, for the page; "" when none applies to them."""
+    # -- money: what the page and the CLI show (as data; the front ends word it with `voice`) --------------------
+
+    def budget(self, visitor: Visitor) -> BudgetView | None:
+        """How much of the server key's budgets the visitor used; None when none applies to them."""
         if visitor.api_key or visitor.operator:
-            return ""
-        return self.budgets.line(self.spender(visitor))
-
-    # -- money: what the page and the CLI show ----------------------------------------------------------------
+            return None
+        return self.budgets.view(self.spender(visitor))
 
     def quote(self, visitor: Visitor, duration: object) -> Quote:
         """WaveSpeed's price for a video of `duration` on the key that would pay (cached briefly); raises a
@@ -314,70 +266,100 @@ class Service:
         with self._client(visitor.api_key, quick=True) as client:
             return client.balance()
 
-    def price_line(self, visitor: Visitor, duration: object) -> str:
-        """The line beside Generate: the API's quote for what is about to be submitted, never a made-up one."""
+    def price(self, visitor: Visitor, duration: object) -> PriceView | None:
+        """The price of the next video on the key that would pay for it (None in sandbox mode, or for a duration
+        its own check refuses). A visitor's own key is asked only within the key-check limit."""
         if self.is_sandbox:
-            return f"{FREE_IN_SANDBOX}: nothing is billed."
+            return None
         try:
             duration = check_duration(duration, self.spec)
         except KlingDemoError:
-            return ""  # the duration's own check says what to change
+            return None
+        payer = Payer.OWN_KEY if visitor.api_key else (
+            Payer.OWN_KEY_NEEDED if self.settings.require_user_key else Payer.SERVER_KEY)
+        if visitor.api_key and self.key_checks.take(owner=visitor.owner or None, address=visitor.address):
+            return PriceView(duration, payer)  # the limit is reached: no quote on a key nobody vouched for
         try:
             quote = self.quote(visitor, duration)
         except AuthenticationFailed:
-            return f"{PRICE_UNAVAILABLE}: WaveSpeed rejected the key."
+            return PriceView(duration, payer, key_refused=True)
         except KlingDemoError as error:
-            log.info("price line: no quote (%s)", type(error).__name__)
-            return f"{PRICE_UNAVAILABLE} right now (WaveSpeed did not answer the quote)."
-        payer = "your WaveSpeed key" if visitor.api_key else (
-            "your own WaveSpeed key (enter it below)" if self.settings.require_user_key
-            else "this Space's WaveSpeed key")
-        line = f"Price: {money(quote.price, quote.currency)} for this {duration} s video, billed to {payer}."
-        if not visitor.api_key and self.settings.show_balance and not self.settings.require_user_key:
+            log.info("price: no quote (%s)", type(error).__name__)
+            return PriceView(duration, payer)
+        balance = None
+        if payer is Payer.SERVER_KEY and self.settings.show_balance:
             try:
-                held = self.balance(Visitor(visitor.owner))
-                line += f" Its balance: {money(held.amount, held.currency)}."
+                balance = self.balance(Visitor(visitor.owner))
             except KlingDemoError as error:
-                log.info("price line: no balance (%s)", type(error).__name__)
-        return line
+                log.info("price: no balance (%s)", type(error).__name__)
+        return PriceView(duration, payer, quote, balance=balance)
 
-    def key_status(self, api_key: str | None, *, owner: str | None = None, address: str | None = None) -> str:
-        """What the page says as soon as a visitor enters their own key (never the key itself).
-
-        Checks are limited per `owner` and per `address` (KEY_CHECKS_PER_MINUTE), so the page is no oracle for
-        guessing keys: past the limit WaveSpeed is asked nothing."""
+    def check_key(self, typed: str | None, visitor: Visitor) -> KeyCheck | None:
+        """What WaveSpeed says of a key a visitor typed (never the key itself). Checks are limited per owner and
+        per address (KEY_CHECKS_PER_MINUTE), so the page is no oracle for guessing keys."""
+        try:
+            api_key = visitor_key(typed, None)
+        except InputRejected as problem:
+            return KeyCheck(KeyState.MALFORMED, problem=problem.message)
         if not api_key:
-            return ""
+            return None
         if self.is_sandbox:
-            return "Sandbox mode: nothing is billed, so keys are not checked."
-        wait = self.key_checks.take(owner=owner, address=address)
+            return KeyCheck(KeyState.NOT_USED)
+        wait = self.key_checks.take(owner=visitor.owner or None, address=visitor.address)
         if wait is not None:
-            return (f"Too many keys were checked from this browser or address in the last minute. This key was not "
-                    f"checked; enter it again in {wait} s, or just generate: it is used when you do.")
+            return KeyCheck(KeyState.THROTTLED, retry_in=wait)
         try:
             held = self.balance(Visitor("", api_key))
         except AuthenticationFailed:
-            fallback = "" if self.settings.require_user_key else ", or clear the box to use this Space's key"
-            return f"WaveSpeed rejected this key. Check it{fallback}."
+            return KeyCheck(KeyState.REFUSED)
         except KlingDemoError as error:
             log.info("key check: no answer (%s)", type(error).__name__)
-            return "This key could not be checked right now (WaveSpeed did not answer); it is used when you generate."
-        return f"Key accepted · balance {money(held.amount, held.currency)}"
+            return KeyCheck(KeyState.UNCHECKED)
+        return KeyCheck(KeyState.ACCEPTED, balance=held)
 
-    def spend_line(self, visitor: Visitor) -> str:
-        """The visitor's spend so far: WaveSpeed's quotes of their completed videos."""
-        if self.is_sandbox:
-            return "Sandbox mode: nothing you make here is billed."
-        totals = self.journal.spend(visitor.owner)
-        if not totals:
-            return "Spent so far: nothing yet."
-        parts = [f"{money(total, currency)} on {count} video{'s' if count != 1 else ''}"
-                 for currency, (total, count) in sorted(totals.items())]
-        return "Spent so far: " + "; ".join(parts) + " (WaveSpeed's quotes at submission)."
+    def spend(self, visitor: Visitor) -> dict[str, tuple[float, int]]:
+        """What the visitor's completed videos were quoted, per currency: {currency: (total, how many)}."""
+        return {} if self.is_sandbox else self.journal.spend(visitor.owner)
 
-    def cost(self, record: TaskRecord) -> str:
-        """A task's cost for its history entry: free in the sandbox, else its quote ("" when none was had)."""
-        return "free (sandbox)" if self.is_sandbox else quoted_cost(record.price, record.currency)
+    # -- checks a front end can run before anything is paid for --------------------------------------------------
+
+    def check_request(self, request: JobRequest) -> dict[str, str]:
+        """Every input's problem ("" when it is fine), by the request's field name, from checks that decode no
+        pixels: what the page shows under each input before anything is uploaded or paid for."""
+        spec = self.spec
+        checks = {
+            "image": lambda: _refuse(images.quick_check_image(request.image, spec.first_frame, role="first frame")),
+            "prompt": lambda: check_prompt(request.prompt, spec),
+            "negative_prompt": lambda: check_prompt(request.negative_prompt, spec, field="negative_prompt",
+                                                    required=False),
+            "guidance_scale": lambda: check_guidance(request.guidance_scale, spec),
+            "duration": lambda: check_duration(request.duration, spec),
+            "end_image": lambda: _refuse(images.quick_check_image(request.end_image, spec.end_frame, role="end frame",
+                                                                  required=False)),
+        }
+        problems = {}
+        for name, check in checks.items():
+            try:
+                check()
+                problems[name] = ""
+            except KlingDemoError as error:
+                problems[name] = str(error)
+        return problems
+
+    def check_frame(self, path: str | None, *, end: bool = False) -> str:
+        """A dropped picture's problem at once ("" when it would do), from its header alone."""
+        if not path:
+            return ""
+        limits, role = (self.spec.end_frame, "end frame") if end else (self.spec.first_frame, "first frame")
+        return images.quick_check_image(path, limits, role=role, required=not end) or ""
+
+    @staticmethod
+    def check_task_id(task_id: object) -> str:
+        return check_task_id(task_id)
+
+    def end_frame(self, record: TaskRecord) -> Path | None:
+        """The end frame a task was made with, as kept beside its first frame; None if it had none or it is gone."""
+        return videos.kept_frames(record.first_frame)[1] if record.params.get("end_image") else None
 
     def _client(self, api_key: str | None, *, quick: bool = False) -> WaveSpeedClient:
         """A client paying with `api_key` (a visitor's own) or else the server's key, on the shared connections;
@@ -393,9 +375,25 @@ class Service:
     def spender(visitor: Visitor) -> str:
         return visitor.spender or visitor.owner
 
-    def moved(self, visitor: Visitor, task_id: str, video_path: Path) -> None:
-        """The visitor moved a finished video (the CLI's --out): the history points at its new place."""
-        self.journal.set_video_path(visitor.owner, task_id, str(video_path))
+    def place_video(self, visitor: Visitor, task_id: str | None, video: Path, target: Path | None) -> Path:
+        """Move a finished video where its owner wants it (the command line's --out) and have the history point
+        there; returns where it is now (where it was, if it could not be moved)."""
+        if target is None:
+            return video.resolve()
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(video), str(target))
+        except OSError as error:
+            log.warning("could not move the video of task %s (%s)", task_id, error.strerror or type(error).__name__)
+            return video.resolve()
+        files.tidy(video)  # its own folder, now empty
+        if task_id:
+            self._records(visitor).existing(task_id).moved(target.resolve())
+        return target.resolve()
+
+    def _records(self, visitor: Visitor) -> Records:
+        return Records(self.journal, visitor.owner, self.spec.model_id, self.backend.base_url, visitor.key_source,
+                       self.videos_dir)
 
     # -- the visitor's history: reuse a task's settings, continue from its last frame, delete it -------------
 
@@ -407,13 +405,9 @@ class Service:
                                 "known here.", task_id=record.task_id)
         first, end = videos.kept_frames(record.first_frame)
         had_end = bool(record.params.get("end_image"))
-        missing = [name for name, lost in (("first frame", first is None), ("end frame", had_end and end is None))
-                   if lost]
-        note = "The settings of this task are in the form."
-        if missing:
-            note += f" Its {' and '.join(missing)} {'was' if len(missing) == 1 else 'were'} not kept here: add " \
-                    f"{'it' if len(missing) == 1 else 'them'} again."
-        return self._fill(record, first, end if had_end else None, clear_end_frame=not had_end, note=note)
+        missing = tuple(name for name, lost in (("first frame", first is None),
+                                                ("end frame", had_end and end is None)) if lost)
+        return self._fill(record, first, end if had_end else None, clear_end_frame=not had_end, missing=missing)
 
     def continue_from(self, visitor: Visitor, task_id: str) -> FormFill:
         """The last frame of one of the visitor's videos as a new first frame, with the task's prompt and settings."""
@@ -428,27 +422,21 @@ class Service:
             log.warning("task %s: could not take the last frame of its video (%s)", record.task_id,
                         type(error).__name__)
             raise InputRejected("The last frame of this video could not be read.", task_id=record.task_id) from None
-        return self._fill(record, last, None, clear_end_frame=True,
-                          note="The last frame of this video is the new first frame; the prompt and settings are "
-                               "kept and the end frame is cleared.")
+        return self._fill(record, last, None, clear_end_frame=True, from_last_frame=True)
 
-    def delete(self, visitor: Visitor, task_id: str) -> str:
+    def delete(self, visitor: Visitor, task_id: str) -> None:
         """Delete one of the visitor's ended tasks from this app: its journal row, video and frames.
 
         A running task is refused (it would come back when it finishes). Nothing at WaveSpeed changes."""
         record = self._own(visitor, task_id)
-        if record.is_running or record.status == "submitting":
+        if record.status.in_flight:
             raise InputRejected("This task is still rendering: delete it once it has finished or failed.",
                                 task_id=record.task_id)
         if not self.journal.forget(visitor.owner, record.task_id):
             raise InputRejected("This task could not be deleted now (it may have just started again); try later.",
                                 task_id=record.task_id)
-        videos.remove_files([Path(path) for path in (record.video_path, record.first_frame) if path])
+        files.remove_files([Path(path) for path in (record.video_path, record.first_frame) if path])
         log.info("deleted task %s from its owner's history", record.task_id)
-        if self.is_sandbox:
-            return "Deleted from your history here, with its video and frames. This was the sandbox: nothing was billed."
-        return ("Deleted from your history here, with its video and frames. At WaveSpeed the task and its video "
-                "remain until WaveSpeed's retention ends (about 7 days), and its charge stands.")
 
     def close(self) -> None:
         """Stop background recovery, the poller and the embedded sandbox, if one was started."""
@@ -461,12 +449,19 @@ class Service:
 
     def _require_key(self, visitor: Visitor) -> None:
         if self.settings.require_user_key and not visitor.api_key:
-            raise KeyRequired("This Space asks every visitor to bring their own WaveSpeed key: enter it under "
-                              "“Your WaveSpeed key”. It is used for your requests only and never stored.")
+            raise KeyRequired(f"{'This Space' if self.settings.on_space else 'This app'} asks every visitor to bring "
+                              "their own WaveSpeed key: enter it under “Your WaveSpeed key”. It is used for your "
+                              "requests only and never stored.")
 
     def _hand_over(self, visitor: Visitor) -> None:
         if self.background:
             self.recovery.resume_running(visitor.owner, visitor.api_key)
+
+    def receive_webhook(self, headers: Any, body: bytes) -> dict[str, Any]:
+        """A webhook as the route received it: verified, then acted on; raises `WebhookRejected` (nothing changed)."""
+        if self.webhooks is None:
+            raise WebhookRejected("This app takes no webhooks (no WAVESPEED_WEBHOOK_SECRET).")
+        return self.webhooks.receive(headers, body)
 
     def _pushed(self, data: dict[str, Any]) -> None:
         """A verified webhook: wake the job that follows its task, or, if none here does, follow it now."""
@@ -492,7 +487,7 @@ class Service:
         return record
 
     def _fill(self, record: TaskRecord, first: Path | None, end: Path | None, *, clear_end_frame: bool,
-              note: str) -> FormFill:
+              missing: tuple[str, ...] = (), from_last_frame: bool = False) -> FormFill:
         """The form's values from the task's settings; odd or missing ones fall back to the model's defaults."""
         params, spec = record.params, self.spec
         try:
@@ -504,10 +499,20 @@ class Service:
         except InputRejected:
             duration = spec.default_duration
         return FormFill(first, record.prompt, str(params.get("negative_prompt") or ""), guidance, duration, end,
-                        clear_end_frame, note)
+                        clear_end_frame, missing, from_last_frame)
 
     def _already_done(self, record: TaskRecord) -> Job:
-        done = JobUpdate(Stage.DONE, f"Task {record.task_id} is already in your history.", 0.0,
-                         task_id=record.task_id, video_path=Path(record.video_path or ""))
-        ctx = self.context(record.owner)
-        return Job((update for update in (done,)), ctx, contextlib.ExitStack(), lambda: None)
+        done = JobUpdate(Stage.DONE, 0.0, task_id=record.task_id, submission=Submission.EXISTS,
+                         video_path=Path(record.video_path or ""), already_done=True)
+        return Job(iter((done,)), self.context(record.owner))
+
+
+def _refuse(problem: str | None) -> None:
+    if problem:
+        raise InputRejected(problem)
+
+
+def read_history(settings: Settings, owner: str, limit: int = 50) -> list[TaskRecord]:
+    """An owner's tasks in the data dir's journal, newest first, without starting a service (no backend, no
+    network): what the command line's `history` lists."""
+    return Journal(settings.data_dir / "journal.sqlite3").for_owner(owner, limit=limit)

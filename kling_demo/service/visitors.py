@@ -15,10 +15,12 @@ import time
 import uuid
 from collections import Counter, deque
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping
 
 from ..errors import InputRejected, VisitorCapReached
-from .identity import key_id
+from ..models import KeySource
+from .identity import UNKNOWN_ADDRESS, key_id, spender_id, visitor_address
 
 OWNER_STORAGE_KEY = "kling_demo_owner"
 # BrowserState sends its `secret` to every visitor in /config, so it only obfuscates: the value is signed instead.
@@ -57,7 +59,7 @@ def verified_owner(token: str | None, secret: str) -> str | None:
     return owner_id
 
 
-def resolve_owner(token: str | None, *, secret: str, api_key: str | None = None, ip: str = "unknown",
+def resolve_owner(token: str | None, *, secret: str, api_key: str | None = None, ip: str = UNKNOWN_ADDRESS,
                   from_page: bool = False) -> str:
     """Whose history a request reads and writes: the browser's signed owner id; callers without one (API, MCP)
     are their key's hash, else their IP.
@@ -163,3 +165,79 @@ class Throttle:
     def _forget_idle(self, now: float) -> None:
         for key in [key for key, times in self._events.items() if not times or times[-1] <= now - self.window]:
             del self._events[key]
+
+
+@dataclass(frozen=True)
+class Visitor:
+    """Who is asking: the owner whose history they see, and the key they brought (held in memory only)."""
+
+    owner: str
+    api_key: str | None = field(default=None, repr=False)
+    # The operator at the command line owns the server's key, so may fetch any task of that key by id.
+    operator: bool = False
+    # Whom the server key's budgets count this visitor as (identity.spender_id); the owner id if not given.
+    spender: str = ""
+    address: str | None = None  # the caller's address, where a request gave one (key checks are limited by it)
+
+    @property
+    def key_source(self) -> KeySource:
+        return KeySource.VISITOR if self.api_key else KeySource.SERVER
+
+
+@dataclass(frozen=True)
+class Caller:
+    """What one request says of who sent it, as a front end reads it; nothing in it is trusted until `Visitors`
+    has checked it (`hf_username` comes from the signed sign-in session only, never from a request's body)."""
+
+    owner_token: str | None = None
+    typed_key: str | None = None
+    headers: Mapping[str, str] | None = field(default=None, repr=False)
+    peer: str | None = None  # the connection's address, as uvicorn resolved it under the trusted proxies
+    from_page: bool = False  # the page's own first step ran (it must carry its owner token)
+    hf_username: str | None = None
+
+
+class Visitors:
+    """Who a request is, decided once: owner (a browser's signed id, else a key's hash or the address), key, spender."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret  # signs owner ids and MCP stamps, hashes keys; never sent to a browser
+
+    def who(self, caller: Caller) -> Visitor:
+        """The visitor a job runs for: refused when the page's owner token is missing or forged, or the key could
+        not be a key."""
+        api_key = visitor_key(caller.typed_key, caller.headers)
+        address = self.address(caller)
+        owner = resolve_owner(caller.owner_token, secret=self.secret, api_key=api_key, ip=address,
+                              from_page=caller.from_page)
+        return Visitor(owner, api_key, spender=spender_id(ip=address, api_key=api_key, secret=self.secret,
+                                                          hf_username=caller.hf_username), address=address)
+
+    def owner_of(self, caller: Caller) -> Visitor:
+        """Whose history a request reads: a caller's key only names them here, it pays for nothing."""
+        api_key = visitor_key(None, caller.headers)
+        address = self.address(caller)
+        return Visitor(resolve_owner(caller.owner_token, secret=self.secret, api_key=api_key, ip=address),
+                       address=address, spender=spender_id(ip=address, hf_username=caller.hf_username))
+
+    def payer(self, caller: Caller) -> Visitor:
+        """Who would pay for the next video, for the money lines: a malformed key counts as none here (the key's
+        own line says what is wrong with it), and no owner is needed."""
+        try:
+            api_key = visitor_key(caller.typed_key, caller.headers)
+        except InputRejected:
+            api_key = None
+        address = self.address(caller)
+        owner = verified_owner(caller.owner_token, self.secret)
+        return Visitor(f"browser:{owner}" if owner else "", api_key, address=address,
+                       spender=spender_id(ip=address, api_key=api_key, secret=self.secret,
+                                          hf_username=caller.hf_username))
+
+    def address(self, caller: Caller) -> str:
+        """The caller's address: uvicorn's answer under the trusted proxies, or the one a valid MCP stamp names."""
+        return visitor_address(caller.headers, caller.peer, secret=self.secret)
+
+    def issue(self, stored: str | None) -> str:
+        """The signed owner token a browser keeps: its own if this server signed it, else a new one."""
+        owner_id = verified_owner(stored, self.secret)
+        return sign_owner(owner_id or new_owner_id(), self.secret)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
+from ..config import DEFAULT_MIN_FREE_MB
 from ..errors import StorageUnavailable
 
 try:
@@ -28,9 +30,7 @@ log = logging.getLogger(__name__)
 
 NO_ROOM_MESSAGE = ("The app cannot save your video right now (its storage is full or read-only), so nothing was "
                    "submitted and nothing was billed. Try again later.")
-DEFAULT_MIN_FREE_MB = 200
 DEFAULT_MIN_FREE_BYTES = DEFAULT_MIN_FREE_MB * 2**20
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 PART_SUFFIX = ".part"
 ORPHAN_AGE_SECONDS = 15 * 60.0  # only where locks are unavailable: an older part is nobody's
 
@@ -63,11 +63,6 @@ def make_folder(folder: Path) -> bool:
                   "new jobs until it can be written", errno.errorcode.get(error.errno or 0, type(error).__name__))
         return False
     return True
-
-
-def is_disk_full(error: BaseException) -> bool:
-    """True for an OSError that means no room (or no writing) on the disk."""
-    return isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS
 
 
 @contextmanager
@@ -113,3 +108,45 @@ def _remove_if_orphan(part: Path) -> bool:
             return False  # a download in progress, in this process or another
         part.unlink()  # while locked, so no writer can have taken it over
         return True
+
+
+_OWN_FOLDER = re.compile(r"[0-9a-f]{32}")  # the folder `videos.label` makes for one video
+
+
+def companions(path: Path) -> list[Path]:
+    """Files made from `path` and kept beside it (its last frame, its history tiles)."""
+    return [other for other in path.parent.glob(f"{glob_escape(path.stem)}.*") if other != path]
+
+
+def remove_files(paths: Iterable[Path]) -> int:
+    """Delete `paths` and what was made from them; a video's own folder goes too once empty. Returns how many."""
+    removed = 0
+    for path in paths:
+        for file in [path, *companions(path)]:
+            try:
+                file.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                log.warning("could not delete %s (%s)", file.name, type(error).__name__)
+        tidy(path)
+    return removed
+
+
+def tidy(video: Path) -> None:
+    """Remove the folder `label` made for `video` once it is empty (the video was moved or deleted)."""
+    if _OWN_FOLDER.fullmatch(video.parent.name):
+        remove_empty_folder(video.parent)
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([\[\]*?])", r"[\1]", text)
+
+
+def remove_empty_folder(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty (or gone): kept
+

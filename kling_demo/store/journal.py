@@ -25,21 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from . import videos
+from ..models import (INTENT_PREFIX, INTENT_STATUSES, RUNNING_STATUSES, KeySource, TaskRecord, TaskStatus, is_intent_id,
+                      positive_int)
+from . import files
 from .sqlite_threads import ThreadConnections
 
 log = logging.getLogger(__name__)
 
-RUNNING_STATUSES = ("created", "processing")
-PREPARED = "prepared"  # an intent row whose submit POST has not begun: nothing was sent
-# A prepared row a stopped run left (settled at start-up): never shown, adopted or called "outcome unknown", and
-# deleted an hour later. A job of another process still running (the app while the command line starts) may still
-# send it: `mark_sending` takes it back.
-NOT_SENT = "unsent"
+# A prepared row a stopped run left (settled at start-up, `TaskStatus.UNSENT`): never shown, adopted or called
+# "outcome unknown", and deleted an hour later. A job of another process still running (the app while the command
+# line starts) may still send it: `mark_sending` takes it back.
 NOT_SENT_KEEP_SECONDS = 3600.0
-SUBMITTING = "submitting"  # an intent row whose submit POST began: a task may exist, its id not yet known
-OUTCOME_UNKNOWN = "unknown"  # the submit answer never arrived: a task may exist and be billed
-INTENT_PREFIX = "intent-"
 UNKNOWN_OUTCOME_ERROR = ("The submission outcome is unknown: the app stopped before WaveSpeed's answer arrived, so "
                          "the task may exist and be billed. Check your WaveSpeed dashboard before trying again.")
 _CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
@@ -80,67 +76,6 @@ ADDED_COLUMNS = (
     ("sent_at", "REAL"),  # when the submit POST began (None: never sent, or a row of an older version)
     ("sent", "TEXT"),  # JSON: the uploaded image (and end image) URLs the submit POST carried
 )
-
-
-@dataclass(frozen=True)
-class TaskRecord:
-    """One submitted task as the journal remembers it."""
-
-    task_id: str
-    owner: str
-    model: str
-    api_base: str
-    key_source: str
-    params: dict[str, Any]
-    first_frame: str | None
-    status: str
-    created_at: float
-    updated_at: float
-    finished_at: float | None
-    inference_ms: int | None
-    video_path: str | None
-    error: str
-    price: float | None = None
-    currency: str | None = None
-    sent_at: float | None = None
-    sent: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    @property
-    def is_running(self) -> bool:
-        return self.status in RUNNING_STATUSES
-
-    @property
-    def in_flight(self) -> bool:
-        """Not ended: running at WaveSpeed, or a submission being prepared or sent."""
-        return self.is_running or self.status in (PREPARED, SUBMITTING)
-
-    @property
-    def prompt(self) -> str:
-        return str(self.params.get("prompt", ""))
-
-    @property
-    def duration(self) -> int | None:
-        return positive_int(self.params.get("duration"))
-
-    @property
-    def is_intent(self) -> bool:
-        """An entry whose submission never got a task id (still submitting, or outcome unknown)."""
-        return is_intent_id(self.task_id)
-
-
-def is_intent_id(task_id: str) -> bool:
-    return task_id.startswith(INTENT_PREFIX)
-
-
-def positive_int(value: object) -> int | None:
-    """`value` as a whole number above zero, or None for anything else (null, text, NaN, a list…)."""
-    if isinstance(value, bool):
-        return None
-    try:
-        number = int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return number if number > 0 else None
 
 
 @dataclass(frozen=True)
@@ -255,7 +190,8 @@ class Journal:
         return self._connections.session()
 
     def record_submission(self, *, owner: str, task_id: str, model: str, api_base: str, key_source: str,
-                          params: dict[str, Any], first_frame: str | None = None, status: str = "created") -> None:
+                          params: dict[str, Any], first_frame: str | None = None,
+                          status: TaskStatus = TaskStatus.CREATED) -> None:
         """Remember a task the moment the API has accepted it."""
         now = time.time()
         with self._connect() as db:
@@ -272,7 +208,7 @@ class Journal:
         self._retry_withdrawals()
         intent_id = INTENT_PREFIX + uuid.uuid4().hex
         self.record_submission(owner=owner, task_id=intent_id, model=model, api_base=api_base,
-                               key_source=key_source, params=params, first_frame=first_frame, status=PREPARED)
+                               key_source=key_source, params=params, first_frame=first_frame, status=TaskStatus.PREPARED)
         return intent_id
 
     def mark_sending(self, owner: str, intent_id: str, images: dict[str, str], *, at: float | None = None) -> None:
@@ -283,8 +219,8 @@ class Journal:
         with self._connect() as db:
             cursor = db.execute("UPDATE tasks SET status = ?, sent_at = ?, sent = ?, updated_at = ? WHERE owner = ?"
                                 " AND task_id = ? AND status IN (?, ?)",
-                                (SUBMITTING, now if at is None else at, json.dumps(images), now, owner, intent_id,
-                                 PREPARED, NOT_SENT))
+                                (TaskStatus.SUBMITTING, now if at is None else at, json.dumps(images), now, owner, intent_id,
+                                 TaskStatus.PREPARED, TaskStatus.UNSENT))
             if cursor.rowcount != 1:
                 raise sqlite3.OperationalError("the submission's journal row is gone")
 
@@ -316,14 +252,14 @@ class Journal:
         for owner, intent_id in list(self._withdrawn):
             try:
                 with self._connect() as db:
-                    db.execute(f"DELETE FROM tasks WHERE owner = ? AND task_id = ? AND status IN {INTENT_STATUSES!r}",
-                               (owner, intent_id))  # the statuses are constants, not input
+                    db.execute(f"DELETE FROM tasks WHERE owner = ? AND task_id = ? AND status IN {_marks(INTENT_STATUSES)}",
+                               (owner, intent_id, *INTENT_STATUSES))
             except (sqlite3.Error, OSError):
                 return  # the disk is still full: try again at the next write
             self._withdrawn.discard((owner, intent_id))
 
     def settle_intents(self) -> int:
-        """At start-up: set aside the intents a stopped process never sent (`NOT_SENT`), and mark those whose
+        """At start-up: set aside the intents a stopped process never sent (`TaskStatus.UNSENT`), and mark those whose
         submit POST began as outcome unknown; returns how many were marked so.
 
         Called at start-up (one app process per data dir): no submission of this process is on its way yet.
@@ -332,20 +268,20 @@ class Journal:
         now = time.time()
         try:
             with self._connect() as db:
-                expired = (NOT_SENT, now - NOT_SENT_KEEP_SECONDS)
+                expired = (TaskStatus.UNSENT, now - NOT_SENT_KEEP_SECONDS)
                 unsent = db.execute("SELECT first_frame FROM tasks WHERE status = ? AND updated_at < ?",
                                     expired).fetchall()
                 db.execute("DELETE FROM tasks WHERE status = ? AND updated_at < ?", expired)
                 set_aside = db.execute("UPDATE tasks SET status = ?, updated_at = ? WHERE status = ?",
-                                       (NOT_SENT, now, PREPARED)).rowcount
+                                       (TaskStatus.UNSENT, now, TaskStatus.PREPARED)).rowcount
                 cursor = db.execute("UPDATE tasks SET status = ?, error = ?, updated_at = ?, finished_at = ?"
-                                    " WHERE status = ?", (OUTCOME_UNKNOWN, UNKNOWN_OUTCOME_ERROR, now, now, SUBMITTING))
+                                    " WHERE status = ?", (TaskStatus.UNKNOWN, UNKNOWN_OUTCOME_ERROR, now, now, TaskStatus.SUBMITTING))
         except sqlite3.DatabaseError as error:
             if str(error) != self._read_trouble:  # an unusable journal was said once already
                 log.warning("journal: could not settle interrupted submissions now (%s); they stay as they are",
                             error)
             return 0
-        videos.remove_files([Path(row["first_frame"]) for row in unsent if row["first_frame"]])
+        files.remove_files([Path(row["first_frame"]) for row in unsent if row["first_frame"]])
         if set_aside:
             log.info("journal: %d submission(s) a stopped run prepared but never sent are not shown", set_aside)
         if cursor.rowcount:
@@ -366,27 +302,27 @@ class Journal:
             db.execute("UPDATE tasks SET params = ? WHERE owner = ? AND task_id = ?",
                        (json.dumps(params), owner, task_id))
 
-    def set_status(self, owner: str, task_id: str, status: str) -> None:
+    def set_status(self, owner: str, task_id: str, status: TaskStatus) -> None:
         """A running task's new running status; a row that already ended keeps its ending (a poll answered
         before a webhook ended the task can be written after the job completed it)."""
-        marks = ", ".join("?" for _ in RUNNING_STATUSES)
         with self._connect() as db:
             db.execute(f"UPDATE tasks SET status = ?, updated_at = ? WHERE owner = ? AND task_id = ? AND status != ?"
-                       f" AND status IN ({marks})", (status, time.time(), owner, task_id, status, *RUNNING_STATUSES))
+                       f" AND status IN {_marks(RUNNING_STATUSES)}",
+                       (status, time.time(), owner, task_id, status, *RUNNING_STATUSES))
 
     def complete(self, owner: str, task_id: str, *, video_path: str, inference_ms: int | None) -> None:
         now = time.time()
         with self._connect() as db:
-            db.execute("UPDATE tasks SET status = 'completed', video_path = ?, inference_ms = ?, error = '',"
+            db.execute("UPDATE tasks SET status = ?, video_path = ?, inference_ms = ?, error = '',"
                        " updated_at = ?, finished_at = ? WHERE owner = ? AND task_id = ?",
-                       (video_path, inference_ms, now, now, owner, task_id))
+                       (TaskStatus.COMPLETED, video_path, inference_ms, now, now, owner, task_id))
 
     def set_video_path(self, owner: str, task_id: str, video_path: str) -> None:
         with self._connect() as db:
             db.execute("UPDATE tasks SET video_path = ?, updated_at = ? WHERE owner = ? AND task_id = ?",
                        (video_path, time.time(), owner, task_id))
 
-    def fail(self, owner: str, task_id: str, error: str, *, status: str = "failed") -> None:
+    def fail(self, owner: str, task_id: str, error: str, *, status: TaskStatus = TaskStatus.FAILED) -> None:
         now = time.time()
         with self._connect() as db:
             db.execute("UPDATE tasks SET status = ?, error = ?, updated_at = ?, finished_at = ?"
@@ -397,8 +333,8 @@ class Journal:
         unfinished = (*RUNNING_STATUSES, *INTENT_STATUSES)
         now = time.time()
         with self._connect() as db:
-            cursor = db.execute(f"DELETE FROM tasks WHERE owner = ? AND task_id = ? AND status NOT IN {unfinished!r}",
-                                (owner, task_id))  # the statuses are constants, not input
+            cursor = db.execute(f"DELETE FROM tasks WHERE owner = ? AND task_id = ? AND status NOT IN {_marks(unfinished)}",
+                                (owner, task_id, *unfinished))
             if cursor.rowcount and not is_intent_id(task_id):  # never adopted again by anyone (see `has_task`)
                 db.execute("INSERT OR REPLACE INTO forgotten (task_id, forgotten_at) VALUES (?, ?)", (task_id, now))
                 db.execute("DELETE FROM forgotten WHERE forgotten_at < ?", (now - FORGOTTEN_DAYS * 86400,))
@@ -407,7 +343,7 @@ class Journal:
     def get(self, owner: str, task_id: str) -> TaskRecord | None:
         """The owner's task, or None: another owner's task is indistinguishable from a missing one."""
         rows = self._rows("SELECT * FROM tasks WHERE task_id = ? AND owner = ? AND status != ?",
-                          (task_id, owner, NOT_SENT))
+                          (task_id, owner, TaskStatus.UNSENT))
         return next(iter(self._shown(_records(rows))), None)
 
     def has_task(self, task_id: str) -> bool:
@@ -418,12 +354,12 @@ class Journal:
 
     def unknown_outcomes(self) -> list[TaskRecord]:
         """Submissions whose answer was lost (outcome unknown), oldest first."""
-        return _records(self._rows("SELECT * FROM tasks WHERE status = ? ORDER BY created_at", (OUTCOME_UNKNOWN,)))
+        return _records(self._rows("SELECT * FROM tasks WHERE status = ? ORDER BY created_at", (TaskStatus.UNKNOWN,)))
 
     def for_owner(self, owner: str, limit: int = 50) -> list[TaskRecord]:
         """The owner's tasks, newest first."""
         rows = self._rows("SELECT * FROM tasks WHERE owner = ? AND status != ? ORDER BY created_at DESC LIMIT ?",
-                          (owner, NOT_SENT, limit))
+                          (owner, TaskStatus.UNSENT, limit))
         return self._shown(_records(rows))
 
     def _shown(self, records: list[TaskRecord]) -> list[TaskRecord]:
@@ -435,22 +371,22 @@ class Journal:
     def spend(self, owner: str) -> dict[str, tuple[float, int]]:
         """What the owner's completed tasks were quoted, per currency: {currency: (total, how many)}."""
         rows = self._rows("SELECT currency, SUM(price) AS total, COUNT(*) AS tasks FROM tasks WHERE owner = ? AND"
-                          " status = 'completed' AND price IS NOT NULL GROUP BY currency", (owner,))
+                          " status = ? AND price IS NOT NULL GROUP BY currency", (owner, TaskStatus.COMPLETED))
         return {str(row["currency"] or "USD"): (float(row["total"]), int(row["tasks"])) for row in rows}
 
     def running(self, *, owner: str | None = None) -> list[TaskRecord]:
         """Tasks not yet finished (all owners, or one), oldest first."""
-        query = f"SELECT * FROM tasks WHERE status IN {RUNNING_STATUSES!r}"  # a constant, not input
-        args: tuple[str, ...] = ()
+        query = f"SELECT * FROM tasks WHERE status IN {_marks(RUNNING_STATUSES)}"
+        args: tuple[str, ...] = RUNNING_STATUSES
         if owner is not None:
             query += " AND owner = ?"
-            args = (owner,)
+            args = (*args, owner)
         return _records(self._rows(query + " ORDER BY created_at", args))
 
     def inference_times(self, model: str, limit: int = 20) -> list[tuple[int, float]]:
         """(duration, seconds) of recent completed tasks, newest first, to seed poll timing."""
-        rows = self._rows("SELECT params, inference_ms FROM tasks WHERE model = ? AND status = 'completed'"
-                          " AND inference_ms > 0 ORDER BY finished_at DESC LIMIT ?", (model, limit))
+        rows = self._rows("SELECT params, inference_ms FROM tasks WHERE model = ? AND status = ?"
+                          " AND inference_ms > 0 ORDER BY finished_at DESC LIMIT ?", (model, TaskStatus.COMPLETED, limit))
         times = []
         for row in rows:  # rows without a known duration (or with odd values) teach nothing: skipped
             duration, milliseconds = positive_int(_params(row["params"]).get("duration")), _number(row["inference_ms"])
@@ -476,7 +412,7 @@ class Journal:
                     if not (too_old or too_big):
                         kept_bytes += size
                         continue
-                    videos.remove_files([video])  # with its last frame, and its folder
+                    files.remove_files([video])  # with its last frame, and its folder
                     db.execute("UPDATE tasks SET video_path = NULL, error = 'video removed by retention policy'"
                                " WHERE owner = ? AND task_id = ?", (row["owner"], row["task_id"]))
                     removed, freed = removed + 1, freed + size
@@ -550,10 +486,14 @@ def _is_corrupt(error: sqlite3.DatabaseError) -> bool:
     return "not a database" in text or "malformed" in text
 
 
-_TEXT_FIELDS = ("task_id", "owner", "model", "api_base", "key_source", "status", "error")
+_TEXT_FIELDS = ("task_id", "owner", "model", "api_base", "error")
 _OPTIONAL_TEXT_FIELDS = ("first_frame", "video_path", "currency")
-INTENT_STATUSES = (PREPARED, SUBMITTING, NOT_SENT)
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(TaskRecord))
+
+
+def _marks(values: tuple[object, ...]) -> str:
+    """`(?, ?, …)` for an SQL `IN` with one placeholder per value (the values go as parameters)."""
+    return "(" + ", ".join("?" for _ in values) + ")"
 
 
 def _records(rows: Iterable[sqlite3.Row]) -> list[TaskRecord]:
@@ -574,6 +514,8 @@ def _record(row: sqlite3.Row) -> TaskRecord:
         fields[name] = "" if fields.get(name) is None else str(fields[name])
     for name in _OPTIONAL_TEXT_FIELDS:
         fields[name] = str(fields[name]) if fields.get(name) else None
+    fields["status"] = TaskStatus.from_row(fields.get("status"))
+    fields["key_source"] = KeySource.from_row(fields.get("key_source"))
     fields["params"] = _params(fields.get("params"))
     fields["created_at"] = _number(fields.get("created_at")) or 0.0
     fields["updated_at"] = _number(fields.get("updated_at")) or fields["created_at"]

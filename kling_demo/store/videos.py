@@ -17,16 +17,65 @@ import time
 import unicodedata
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import files
-from ..jobs.images import CONTAINER_ONLY
 
 if TYPE_CHECKING:
-    from .journal import TaskRecord
-    from ..jobs.images import PreparedImage
+    from ..models import TaskRecord
 
 log = logging.getLogger(__name__)
+
+# Opening a video for its packets or tags only: FFmpeg's stream probe otherwise decodes frames to learn their
+# pixel format, 11 ms of CPU for a 5 s 480p video (three quarters of a remux), and nothing here needs it.
+CONTAINER_ONLY = {"skip_frame": "all"}
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a viewer would notice about a video file."""
+
+    duration_seconds: float
+    frames: int
+    fps: float
+    width: int
+    height: int
+    codec: str
+    pixel_format: str
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Decode every frame of the video, so the duration reflects what actually plays."""
+    import av  # imported here: PyAV costs ~1 s of cold start and only probing needs it
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or Fraction(24)
+        frames = sum(1 for _ in container.decode(stream))
+        return VideoInfo(
+            duration_seconds=frames / float(rate),
+            frames=frames,
+            fps=float(rate),
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            codec=stream.codec_context.name,
+            pixel_format=stream.codec_context.pix_fmt or "",
+        )
+
+
+def video_seconds(path: str | Path) -> float:
+    """The video's length from its container, without decoding a frame (cheap enough for any size)."""
+    import av
+
+    with av.open(str(path), options=CONTAINER_ONLY) as container:
+        if container.duration:
+            return container.duration / av.time_base
+        stream = container.streams.video[0]
+        if stream.duration and stream.time_base:
+            return float(stream.duration * stream.time_base)
+    return probe_video(path).duration_seconds
 
 SLUG_CHARS = 40  # prompt words in a file name, at most
 SHORT_ID_CHARS = 8
@@ -38,7 +87,6 @@ TITLE, COMMENT, DESCRIPTION = "title", "comment", "description"
 # sequences a terminal replays when someone runs ffprobe) and the bidi overrides and isolates that reorder text.
 _LINE_BREAKS = re.compile(r"[\t\n\v\f\r]+")
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-_OWN_FOLDER = re.compile(r"[0-9a-f]{32}")  # the folder `label` makes for one video
 
 
 def slug(text: str, limit: int = SLUG_CHARS) -> str:
@@ -111,7 +159,7 @@ def label(video: Path, task_id: str, model: str, record: TaskRecord | None) -> P
             video.unlink()
     except OSError as error:
         log.warning("video of task %s: kept under its download name (%s)", task_id, type(error).__name__)
-        _remove_empty(folder)
+        files.remove_empty_folder(folder)
         return video
     return target
 
@@ -168,7 +216,14 @@ def last_frame(video: Path) -> Path:
     return target
 
 
-def keep_frames(preview: Path, first: PreparedImage, end: PreparedImage | None) -> None:
+class Frame(Protocol):
+    """A frame as uploaded: its file and its format ("JPEG", "PNG")."""
+
+    path: Path
+    format: str
+
+
+def keep_frames(preview: Path, first: Frame, end: Frame | None) -> None:
     """Keep the frames exactly as uploaded beside the task's preview, so its settings can be reused in full.
 
     A hard link where the file system allows it (the bytes are never changed in place), else a copy."""
@@ -194,42 +249,3 @@ def kept_frames(preview: str | Path | None) -> tuple[Path | None, Path | None]:
         found.append(next((path for path in (preview.with_name(f"{preview.stem}.{role}.{kind}")
                                              for kind in ("jpeg", "png")) if path.exists()), None))
     return found[0], found[1]
-
-
-def companions(path: Path) -> list[Path]:
-    """Files made from `path` and kept beside it (its last frame, its history tiles)."""
-    return [other for other in path.parent.glob(f"{glob_escape(path.stem)}.*") if other != path]
-
-
-def remove_files(paths: Iterable[Path]) -> int:
-    """Delete `paths` and what was made from them; a video's own folder goes too once empty. Returns how many."""
-    removed = 0
-    for path in paths:
-        for file in [path, *companions(path)]:
-            try:
-                file.unlink()
-                removed += 1
-            except FileNotFoundError:
-                pass
-            except OSError as error:
-                log.warning("could not delete %s (%s)", file.name, type(error).__name__)
-        tidy(path)
-    return removed
-
-
-def tidy(video: Path) -> None:
-    """Remove the folder `label` made for `video` once it is empty (the video was moved or deleted)."""
-    if _OWN_FOLDER.fullmatch(video.parent.name):
-        _remove_empty(video.parent)
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([\[\]*?])", r"[\1]", text)
-
-
-def _remove_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass  # not empty (or gone): kept
-

@@ -12,17 +12,17 @@ import copy
 import errno
 import hashlib
 import logging
-import random
+import os
 import socket
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, BinaryIO, Callable, ContextManager, Iterator
 from urllib.parse import quote
 
 import requests
@@ -30,7 +30,9 @@ from urllib3.exceptions import NewConnectionError
 
 from .. import __version__
 from .connections import Connections, new_session
+from .retry import retry_after_seconds, retry_delay
 from ..errors import (
+    is_disk_full,
     ApiInputRefused,
     AuthenticationFailed,
     DownloadFailed,
@@ -42,8 +44,7 @@ from ..errors import (
     SubmissionOutcomeUnknown,
 )
 from ..logs import mask_secrets
-from ..models import ModelSpec, TaskStatus
-from ..store.files import is_disk_full, partial_file
+from ..models import Balance, Charge, ModelSpec, Quote, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -57,34 +58,6 @@ TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.excepti
 BILLING_SIGNS = {"deduct": 1, "refund": -1}
 MAX_RECORD_USD = 100.0
 MAX_BILLING_PAGES = 50
-
-
-@dataclass(frozen=True)
-class Quote:
-    """What one run costs, as WaveSpeed's `/model/price` answers it."""
-
-    price: float
-    currency: str = "USD"
-
-
-@dataclass(frozen=True)
-class Balance:
-    """What a key's account holds, as WaveSpeed's `/balance` answers it."""
-
-    amount: float
-    currency: str = "USD"
-
-
-@dataclass(frozen=True)
-class Charge:
-    """What WaveSpeed's itemised billing says one task cost its key: the task's deducts less its refunds.
-
-    WaveSpeed deducts when a task is created and settles when it ends: `settled` is True once every record's
-    order is "done"; while one is still "pre" the amount is provisional (a refund may follow)."""
-
-    amount: float
-    settled: bool
-    currency: str = "USD"
 
 
 @dataclass(frozen=True)
@@ -198,20 +171,6 @@ def _signed_usd(item: dict[str, Any]) -> float | None:
     if sign is None or isinstance(price, bool) or not isinstance(price, (int, float)):
         return None
     return sign * float(price) if 0 <= price <= MAX_RECORD_USD else None
-
-
-def retry_after_seconds(response: requests.Response) -> float | None:
-    """Seconds the server asked us to wait (Retry-After as seconds or an HTTP date), if any."""
-    raw = response.headers.get("Retry-After")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        try:
-            return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
 
 
 def _api_message(response: requests.Response, secrets: tuple[str, ...] = ()) -> str:
@@ -478,11 +437,13 @@ class WaveSpeedClient:
         return Prediction.from_envelope(envelope, (self._api_key,))
 
     def download(self, url: str, dest_dir: str | Path, *, max_bytes: int, deadline_seconds: float = 300.0,
-                 suffix: str = ".mp4", attempts: int | None = None) -> Path:
+                 suffix: str = ".mp4", attempts: int | None = None,
+                 save: Callable[[Path], ContextManager[BinaryIO]] | None = None) -> Path:
         """Stream `url` into a new unique file in `dest_dir`, refusing more than `max_bytes`.
 
-        The bytes go to a hidden `.part` file that is renamed only once complete, so a video in
-        the folder is always whole; a full disk is a plain `DownloadFailed`."""
+        `save(target)` opens where the bytes go (the app's: a locked, hidden `.part` renamed once complete,
+        store.files.partial_file); by default a hidden file renamed once complete, so a video in the folder is
+        always whole. A full disk is a plain `DownloadFailed`."""
         dest_dir = Path(dest_dir)
         dest_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
@@ -500,7 +461,7 @@ class WaveSpeedClient:
                 target = dest_dir / f"{uuid.uuid4().hex}{suffix}"
                 written = 0
                 try:
-                    with partial_file(target) as out:
+                    with (save or _whole_file)(target) as out:
                         for chunk in response.iter_content(CHUNK_BYTES):
                             written += len(chunk)
                             if written > max_bytes:
@@ -568,11 +529,9 @@ class WaveSpeedClient:
         return ServiceUnavailable(message, task_id=task_id, reason=reason, retry_after=retry_after)
 
     def _pause(self, attempt: int, retry_after: float | None, why: str, attempts: int | None = None) -> None:
-        if retry_after is not None:
-            delay = min(retry_after, 60.0)
-        else:
-            delay = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1))
-            delay *= random.uniform(0.8, 1.2)
+        """Wait before the next try of a request that is safe to repeat: the one retry rule (retry.py) on this
+        client's scale."""
+        delay = retry_delay(attempt, retry_after, first=self.backoff_seconds, cap=self.max_backoff_seconds)
         log.info("%s; retrying in %.1f s (attempt %d of %d)", why, delay, attempt + 1, attempts or self.max_attempts)
         self._sleep(delay)
 
@@ -611,3 +570,16 @@ class WaveSpeedClient:
 
     def _redact(self, text: str) -> str:
         return mask_secrets(text, (self._api_key,))
+
+
+@contextmanager
+def _whole_file(target: Path) -> Iterator[BinaryIO]:
+    """Write to a hidden file beside `target`, renamed to it only when the block succeeds."""
+    part = target.with_name(f".{target.name}.part")
+    try:
+        with part.open("xb") as out:
+            yield out
+        os.replace(part, target)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise

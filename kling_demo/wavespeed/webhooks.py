@@ -18,12 +18,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-from fastapi.routing import APIRoute
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 
-from ..config import WEBHOOK_PATH
 from ..errors import WebhookRejected
 
 log = logging.getLogger(__name__)
@@ -109,51 +104,3 @@ class Receiver:
             self._replays.forget(headers["webhook-id"])
             raise
         return prediction
-
-
-class Refusals:
-    """Logs refused webhooks at a bounded rate: a refusal after a quiet interval gets its own line; those within
-    `interval_seconds` of the last line are only counted, and the next line says how many there were."""
-
-    def __init__(self, interval_seconds: float = REFUSAL_LOG_INTERVAL_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._interval = interval_seconds
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._quiet_until: float | None = None  # no line before this, only a count
-        self._unlogged = 0
-
-    def refused(self, host: str, reason: str) -> None:
-        now = self._clock()
-        with self._lock:
-            if self._quiet_until is not None and now < self._quiet_until:
-                self._unlogged += 1
-                return
-            unlogged, self._unlogged = self._unlogged, 0
-            self._quiet_until = now + self._interval
-        if unlogged:
-            log.warning("refused a webhook from %s: %s (%d more refused since the last such line, not logged one by "
-                        "one)", host, reason, unlogged)
-        else:
-            log.warning("refused a webhook from %s: %s", host, reason)
-
-
-def route(receiver: Receiver, refusals: Refusals | None = None) -> APIRoute:
-    """`POST /webhooks/wavespeed`, served beside the page; `refusals` logs what it refuses (default: a line a
-    minute at most)."""
-    refusals = refusals or Refusals()
-
-    async def wavespeed_webhook(request: Request) -> JSONResponse:
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                return JSONResponse({"error": "The webhook's body is too large."}, status_code=413)
-        try:
-            prediction = await run_in_threadpool(receiver.receive, request.headers, body)
-        except WebhookRejected as refusal:
-            refusals.refused(request.client.host if request.client else "?", refusal.message)
-            return JSONResponse({"error": refusal.message}, status_code=401)
-        return JSONResponse({"received": prediction["id"]})
-
-    return APIRoute(WEBHOOK_PATH, wavespeed_webhook, methods=["POST"], include_in_schema=False)

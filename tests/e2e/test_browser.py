@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kling_demo.models import JobUpdate, Stage, StopReport, Submission
 from kling_demo.service.visitors import OWNER_STORAGE_KEY
+from kling_demo.words import Voice
 
 try:
     from playwright.sync_api import expect
@@ -62,6 +64,26 @@ def generate_and_expect_video_of(page: Any, seconds: float) -> None:
     expect(page.locator("#status")).to_contain_text("Done", timeout=10_000)
 
 
+SANDBOX = Voice(sandbox=True)  # the page's voice on the embedded sandbox
+
+
+def heading(stage: Stage) -> str:
+    return SANDBOX.heading(JobUpdate(stage, 0.0))
+
+
+def headed(statuses: list[str]) -> list[tuple[str, str]]:
+    """(heading, sentence) of every `Heading — sentence` line the status showed (Gradio's own progress lines and
+    the idle line have no heading)."""
+    return [tuple(line.split(" — ", 1)) for text in statuses for line in text.splitlines() if " — " in line]
+
+
+def assert_no_status_repeats_its_heading(statuses: list[str]) -> None:
+    """Issue 23: no sentence starts by saying its heading again ("Uploading — Uploading…", "Queued at the sandbox
+    — Queued at the sandbox")."""
+    for said, sentence in headed(statuses):
+        assert not sentence.lower().startswith(said.strip().lower()), f"{said} — {sentence}"
+
+
 def expect_idle_buttons(page: Any) -> None:
     expect(page.locator("#generate")).to_be_enabled()
     expect(page.locator("#stop")).to_be_disabled()
@@ -84,7 +106,11 @@ def test_generate_shows_each_step_the_task_id_and_plays_a_5_second_video(page, p
 
     statuses = page.evaluate("window.statusTexts")
     assert len(statuses) >= 3, f"the status changed fewer than twice: {statuses}"
-    assert any(re.match(r"(Submitted|Rendering)", text) for text in statuses), statuses
+    headings = {said for said, _ in headed(statuses)}
+    assert {heading(Stage.SUBMITTED), heading(Stage.PROCESSING)} & headings, statuses
+    assert heading(Stage.DONE) in headings, statuses
+    assert_no_status_repeats_its_heading(statuses)
+    assert not any("WaveSpeed" in text for text in statuses), statuses  # the sandbox is no WaveSpeed
     task_id = task_id_box(page).input_value()
     assert re.fullmatch(r"[0-9a-f]{16,}", task_id), task_id
     assert task_id in page.locator("#status").inner_text()
@@ -120,16 +146,18 @@ def test_an_example_fills_the_form_and_generates(page):
 def test_stop_while_rendering_says_what_happened_and_frees_the_buttons(page, pictures):
     fill_in(page, pictures["first_frame"], "The moon rises")
     page.click("#generate")
-    expect(page.locator("#status")).to_contain_text(re.compile(r"Submitted|Rendering"), timeout=30_000)
+    at_the_sandbox = re.compile("|".join(re.escape(heading(stage)) for stage in (Stage.SUBMITTED, Stage.PROCESSING)))
+    expect(page.locator("#status")).to_contain_text(at_the_sandbox, timeout=30_000)
     expect(page.locator("#stop")).to_be_enabled()  # offered while the task runs, not only after it ends
     task_id = task_id_box(page).input_value()
     page.click("#stop")
 
     status = page.locator("#status")
-    expect(status).to_contain_text("Stopped")
-    expect(status).to_contain_text("still running at the sandbox")  # sandbox words: nothing is billed there
-    if task_id:
-        expect(status).to_contain_text(task_id)
+    expect(status).to_contain_text(heading(Stage.STOPPED))
+    # The task exists (it was shown as submitted): it may still finish; sandbox words, nothing is billed there.
+    expect(status).to_contain_text(SANDBOX.stopped(StopReport(Submission.EXISTS, task_id)))
+    assert task_id and "billed" not in status.inner_text()
+    assert_no_status_repeats_its_heading([status.inner_text()])
     expect_idle_buttons(page)
     expect(page.locator("#video video")).to_have_count(0)
     # The paid task is still finished in the background and turns up, done, in the history.

@@ -12,6 +12,10 @@ from typing import Any, Iterator
 
 import pytest
 
+from kling_demo.errors import NotYours
+from kling_demo.words import Voice
+from tests.e2e.test_browser import assert_no_status_repeats_its_heading
+
 try:
     from playwright.sync_api import expect
 except ImportError:  # the `browser` fixture skips (or fails under CI) with the reason
@@ -74,6 +78,7 @@ def test_a_failed_task_leaves_the_page_idle_with_its_task_id_readable(browser, f
         status = page.locator("#status")
         expect(status).to_contain_text("Failed", timeout=VIDEO_TIMEOUT)
         expect_idle_buttons(page)
+        assert_no_status_repeats_its_heading([status.inner_text()])
         task_id = page.locator("#task-id textarea").input_value()
         assert re.fullmatch(r"[0-9a-f]{16,}", task_id), task_id
         # No error badge covers the task id box: its copy button is there to press.
@@ -93,7 +98,8 @@ def test_a_refused_request_leaves_the_page_idle_and_says_why(page):
     page.fill("#resume-id textarea", "0" * 32)
     page.click("#resume")
     status = page.locator("#status")
-    expect(status).to_contain_text("Not started")
+    # Headed by what the visitor can do next (the error tree's branch for it), and says why.
+    expect(status).to_contain_text(Voice(sandbox=True).error_heading(NotYours("")))
     expect(status).to_contain_text("not in your history")
     expect_idle_buttons(page)
     expect(page.locator(".toast-body.error")).to_have_count(0)

@@ -1,0 +1,291 @@
+"""The page's events, one method each: who is asking is decided once per event (`Service.visitors`), the service
+does the work, the views word it. Nothing here raises to the page: Gradio 6.31 runs no `.then()` step after a
+handler raises and its error badges cover the outputs, so an ending is the last status instead."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import anyio
+import gradio as gr
+
+from ..config import Settings
+from ..errors import InputRejected, KlingDemoError
+from ..models import DEFAULT_MODEL, FormFill, JobRequest, Stage, TaskRecord
+from ..service.running import Job
+from ..service.service import Service
+from ..service.visitors import Visitor
+from . import tiles, views
+from .api import UNEXPECTED, caller_of, plain_errors
+from .examples import ASSETS, EXAMPLES
+
+log = logging.getLogger(__name__)
+SPEC = DEFAULT_MODEL
+# What the page's job steps put out: status, task id, video, progress, and the stage (for the browser's title).
+JobOutputs = tuple[Any, Any, Any, Any, Any]
+
+
+class Handlers:
+    """One method per event of the page (page.py wires them); the service checks every right again inside."""
+
+    def __init__(self, service: Service, settings: Settings) -> None:
+        self.service = service
+        self.settings = settings
+        self.voice = service.voice
+        self.placeholder = tiles.placeholder(service.videos_dir / "pending.png", ASSETS / "pending.png")
+
+    # -- who is asking ------------------------------------------------------------------------------------------
+
+    def visitor(self, request: gr.Request | None, owner_id: str | None = None, typed_key: str | None = None,
+                from_page: bool = False, profile: gr.OAuthProfile | None = None) -> Visitor:
+        """Who a job runs for: the page's signed owner id, the key they brought, whom their spend counts against."""
+        return self.service.visitors.who(caller_of(request, owner_id, typed_key, from_page, profile))
+
+    def owner(self, request: gr.Request | None, owner_id: str | None) -> Visitor:
+        """Whose history an event shows."""
+        return self.service.visitors.owner_of(caller_of(request, owner_id))
+
+    def payer(self, request: gr.Request | None, typed_key: str | None, owner_id: str | None = None,
+              profile: gr.OAuthProfile | None = None) -> Visitor:
+        """Who would pay for the next video, for the money lines (a malformed key counts as none)."""
+        return self.service.visitors.payer(caller_of(request, owner_id, typed_key, profile=profile))
+
+    # -- arriving, and the history ------------------------------------------------------------------------------
+
+    @plain_errors()
+    def on_load(self, stored_owner: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """Give the browser its signed owner id (kept in its localStorage) and show its history; unfinished tasks
+        are fetched now. A stored id this server did not sign is replaced by a new one."""
+        token = self.service.visitors.issue(stored_owner)
+        if stored_owner and token.partition(".")[0] != stored_owner.partition(".")[0]:
+            log.info("a browser's stored owner id was not signed by this server; it gets a new one")
+        records = self.service.arrive(self.owner(request, token))
+        return token, token, *self._gallery(records)
+
+    @plain_errors()
+    def show_history(self, owner_id: str | None, request: gr.Request) -> tuple[list[tuple[str, str]], list[str]]:
+        """Your generations, newest first."""
+        return self._gallery(self.service.tasks(self.owner(request, owner_id)))
+
+    @plain_errors()
+    def refresh_changed(self, owner_id: str | None, seen: str, selected: str, request: gr.Request) -> tuple[Any, ...]:
+        """Redraw the history only when a task was added or changed status (tasks finish in the background); the
+        selected task's detail, video and buttons too when it is the one that changed."""
+        records = self.service.tasks(self.owner(request, owner_id))
+        signature = "|".join(f"{r.task_id}:{r.status.value}" for r in records)
+        unchanged = (gr.skip(),) * 8  # what `selected` puts out
+        if signature == seen:
+            return gr.skip(), gr.skip(), seen, *unchanged
+        shown = unchanged
+        if selected and seen:  # the first look after loading knows no earlier state to compare with
+            record = next((r for r in records if r.task_id == selected), None)
+            if record is None or f"{record.task_id}:{record.status.value}" not in seen.split("|"):
+                shown = self.selected(record, ask_to_delete=gr.skip())  # an open delete question stays
+        return *self._gallery(records), signature, *shown
+
+    @plain_errors()
+    def select(self, task_ids: list[str], owner_id: str | None, request: gr.Request,
+               selection: gr.SelectData) -> tuple[Any, ...]:
+        """Show the chosen task (only one's own) and enable the buttons that apply to it."""
+        record = None
+        if selection.index is not None and 0 <= selection.index < len(task_ids):
+            record = self.service.task(self.owner(request, owner_id), task_ids[selection.index])
+        return self.selected(record)
+
+    def selected(self, record: TaskRecord | None, ask_to_delete: Any = None) -> tuple[Any, ...]:
+        """What the history shows of `record` (None: nothing selected): its video, detail and id, the buttons that
+        apply to it, the delete question (hidden unless `ask_to_delete` says otherwise), its end frame."""
+        buttons = self._buttons(record)
+        question = gr.update(visible=False) if ask_to_delete is None else ask_to_delete
+        if record is None:
+            return None, "", "", *buttons, question, gr.update(value=None, visible=False)
+        video = record.video_path if record.video_path and Path(record.video_path).exists() else None
+        end = self.service.end_frame(record)
+        text = views.detail(record, self.voice, end_frame_shown=end is not None)
+        return (video, text, record.task_id, *buttons, question,
+                gr.update(value=str(end) if end else None, visible=end is not None))
+
+    @plain_errors()
+    def reuse(self, selected: str, owner_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        return self._form(self.service.reuse(self.owner(request, owner_id), selected))
+
+    @plain_errors()
+    def continue_from(self, selected: str, owner_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        return self._form(self.service.continue_from(self.owner(request, owner_id), selected))
+
+    @plain_errors()
+    def delete(self, selected: str, owner_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """Delete the selected task here (after the visitor confirmed), then show the history without it."""
+        owner = self.owner(request, owner_id)
+        self.service.delete(owner, selected)
+        return (None, f"**Deleted.** {self.voice.deleted()}", "", *self._buttons(None), gr.update(visible=False),
+                gr.update(value=None, visible=False), *self._gallery(self.service.tasks(owner)))
+
+    def _gallery(self, records: list[TaskRecord]) -> tuple[list[tuple[str, str]], list[str]]:
+        return tiles.items(records, self.placeholder, self.voice), [r.task_id for r in records]
+
+    @staticmethod
+    def _buttons(record: TaskRecord | None) -> tuple[Any, Any, Any]:
+        """Reuse, Continue and Delete enabled where they apply to `record`."""
+        has_video = bool(record and record.video_path and Path(record.video_path).exists())
+        known = bool(record and not record.resumed)
+        ended = bool(record and not record.in_flight)
+        return gr.update(interactive=known), gr.update(interactive=has_video), gr.update(interactive=ended)
+
+    def _form(self, fill: FormFill) -> tuple[Any, ...]:
+        """The form's new values (first frame, prompt, negative prompt, guidance, duration, end frame, Advanced)
+        and the note above it saying what was filled."""
+        end = str(fill.end_frame) if fill.end_frame else (None if fill.clear_end_frame else gr.skip())
+        shown = gr.update(open=True) if fill.negative_prompt or fill.end_frame else gr.skip()  # nothing hidden
+        return (str(fill.first_frame) if fill.first_frame else gr.skip(), fill.prompt, fill.negative_prompt,
+                fill.guidance_scale, fill.duration, end, shown, views.filled(fill))
+
+    # -- money ----------------------------------------------------------------------------------------------------
+
+    @plain_errors()
+    def show_price(self, duration: int | None, typed: str | None, request: gr.Request) -> str:
+        """The quote for the video about to be submitted, on the key that would pay for it."""
+        return self.voice.price_line(self.service.price(self.payer(request, typed), duration))
+
+    @plain_errors()
+    def show_key_status(self, typed: str | None, owner_id: str | None, request: gr.Request) -> str:
+        """As soon as a key is entered: accepted (with its balance) or rejected; the key itself is never shown."""
+        check = self.service.check_key(typed, self.payer(request, None, owner_id))
+        return views.literal(self.voice.key_status(check, fallback=not self.settings.require_user_key))
+
+    @plain_errors()
+    def show_spend(self, owner_id: str | None, request: gr.Request) -> str:
+        """What the visitor's completed videos cost so far (shown once the page has its owner id)."""
+        return self.voice.spend_line(self.service.spend(self.owner(request, owner_id))) if owner_id else ""
+
+    @plain_errors()
+    def show_budget(self, typed: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> Any:
+        """The visitor's spend on the server's key near Generate; hidden in sandbox mode and with their own key."""
+        line = self.voice.budget_line(self.service.budget(self.payer(request, typed, profile=profile)))
+        return gr.update(value=line, visible=bool(line))
+
+    # -- a job on the page ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def busy() -> tuple[Any, ...]:
+        """Buttons for a running job, and a clean slate: no old task id, video or progress."""
+        return gr.update(interactive=False), gr.update(interactive=True), True, "", None, "", ""
+
+    @staticmethod
+    def idle() -> tuple[Any, Any]:
+        return gr.update(interactive=True), gr.update(interactive=False)
+
+    async def generate_on_page(self, image: str | None, prompt: str, negative_prompt: str | None, guidance_scale: float,
+                       duration: int, end_image: str | None, owner_id: str | None, typed_key: str | None,
+                       from_page: bool, token: str, request: gr.Request,
+                       profile: gr.OAuthProfile | None = None) -> AsyncIterator[JobOutputs]:
+        job_request = JobRequest(image=image, prompt=prompt, negative_prompt=negative_prompt,
+                                 guidance_scale=guidance_scale, duration=duration, end_image=end_image)
+        start = lambda: self.service.generate(job_request, self.visitor(request, owner_id, typed_key, from_page,  # noqa: E731
+                                                                         profile), token=token)
+        async for outputs in self._drive(start):
+            yield outputs
+
+    async def resume_on_page(self, task_id: str, owner_id: str | None, typed_key: str | None, from_page: bool, token: str,
+                     request: gr.Request) -> AsyncIterator[JobOutputs]:
+        def start() -> Job:
+            return self.service.resume(self.service.check_task_id(task_id),
+                                       self.visitor(request, owner_id, typed_key, from_page), token=token)
+
+        async for outputs in self._drive(start):
+            yield outputs
+
+    async def adopt_on_page(self, picked: str | None, owner_id: str | None, typed_key: str | None, from_page: bool,
+                    token: str, request: gr.Request) -> AsyncIterator[JobOutputs]:
+        """Follow the picked task of the visitor's own key into their history, shown like a resume."""
+        def start() -> Job:
+            who = self.visitor(request, owner_id, typed_key, from_page)
+            if who.api_key and not picked:
+                raise InputRejected("Pick one of your tasks first (press “Load my tasks” to list them).")
+            return self.service.adopt(picked or "", who, token=token)
+
+        async for outputs in self._drive(start):
+            yield outputs
+
+    def stop(self, token: str, owner_id: str | None, request: gr.Request) -> tuple[Any, Any]:
+        """What Stop did, true at this very moment; the job then ends with the same words (its last update)."""
+        try:
+            report = self.service.stop(self.owner(request, owner_id), token or "")
+        except KlingDemoError as error:  # no owner id: the page never loaded fully, so it runs no job
+            return f"**Stopped** — {views.literal(str(error))}", gr.skip()
+        if report.ended:
+            return gr.skip(), gr.skip()
+        return f"**Stopped** — {views.literal(self.voice.stopped(report))}", gr.skip()
+
+    async def _drive(self, start: Callable[[], Job]) -> AsyncIterator[JobOutputs]:
+        """Run a job for the page: each update as (status, task id, video, progress, stage). A job that ends
+        without a video ends on its last update (the error's sentence); after Stop only the stop's own ending
+        is shown, so no late step of the job writes over Stop's words."""
+        try:
+            job = start()
+        except KlingDemoError as error:
+            yield (f"**{self.voice.error_heading(error)}** — {views.literal(views.without_paths(str(error)))}",
+                   gr.skip(), None, "", Stage.FAILED.value)
+            return
+        except Exception:
+            yield self._unexpected(), gr.skip(), None, "", Stage.FAILED.value
+            return
+        task_id = ""
+        try:
+            async for update in job.updates_async(anyio.to_thread.run_sync):
+                task_id = update.task_id or task_id
+                if job.stopped and not update.is_final:
+                    continue
+                yield (views.status_markdown(update, self.voice), task_id, str(update.video_path or "") or None,
+                       views.progress_html(update.progress), update.stage.value)
+        except KlingDemoError:
+            pass  # the job's last update said it
+        except Exception:
+            yield self._unexpected(), task_id, None, gr.skip(), Stage.FAILED.value
+        finally:
+            job.close()
+
+    @staticmethod
+    def _unexpected() -> str:
+        reference = secrets.token_hex(3)
+        log.exception("unexpected error, reference %s", reference)
+        return f"**Failed** — {UNEXPECTED.format(reference=reference)}"
+
+    # -- your WaveSpeed tasks -------------------------------------------------------------------------------------
+
+    @plain_errors()
+    def load_tasks(self, owner_id: str | None, typed_key: str | None, request: gr.Request) -> tuple[Any, str]:
+        """The visitor's own key's recent tasks of this model, as picks."""
+        tasks = self.service.recent_tasks(self.visitor(request, owner_id, typed_key))
+        return gr.update(choices=views.recent_task_choices(tasks, self.voice), value=None), views.recent_tasks_note(tasks)
+
+    # -- examples and instant image checks ------------------------------------------------------------------------
+
+    @staticmethod
+    def choose_example(selection: gr.SelectData) -> tuple[Any, ...]:
+        """Everything an example fills is shown (Advanced opens when it sets something there)."""
+        example = EXAMPLES[selection.index]
+        note = f"Example loaded: **{example.title}**."
+        if example.extras:
+            note += (f" It also sets {' and '.join(example.extras)}, shown under **Advanced** (opened); a first "
+                     "frame of your own clears them.")
+        return (str(ASSETS / example.image), example.prompt, example.negative,
+                str(ASSETS / example.end_image) if example.end_image else None, example.duration,
+                gr.update(open=bool(example.extras)), bool(example.extras), note)
+
+    def own_first_frame(self, path: str | None, from_example: bool) -> tuple[Any, ...]:
+        """A first frame of the visitor's own: checked at once, and an example's end frame and negative prompt are
+        cleared so the video does not end on the example's picture; the example's status goes too."""
+        problem = self.service.check_frame(path)
+        note = f"⚠️ {views.literal(problem)}" if problem else ""
+        if from_example:
+            cleared = "Your own first frame: the example's end frame and negative prompt were cleared."
+            return "\n\n".join(filter(None, (note, cleared))), "", None, False, views.IDLE_STATUS
+        return note, gr.skip(), gr.skip(), False, gr.skip()
+
+    def own_end_frame(self, path: str | None) -> str:
+        problem = self.service.check_frame(path, end=True)
+        return f"⚠️ {views.literal(problem)}" if problem else ""
