@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.processes import Served, start_app_process, start_sandbox_process  # noqa: E402  (the one harness)
+from tests.harness import Served, start_app_process, start_sandbox_process  # noqa: E402  (the one harness)
 
 TARGETS = {
     "wall16": 1.1,  # 16 simultaneous jobs ≤ 1.1× the wall time of one

@@ -29,7 +29,7 @@ import requests  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from kling_demo.models import DEFAULT_MODEL  # noqa: E402
-from tests.processes import start_app_process, start_sandbox_process  # noqa: E402
+from tests.harness import start_app_process, start_sandbox_process  # noqa: E402
 
 
 def memory_mb(pid: int, field: str) -> float:
@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
 
     env = {"WAVESPEED_API_KEY": "server-key", "KLING_DEMO_LOG_LEVEL": "WARNING",
-           # the defaults of a real key (tests/processes.py switches budgets off for unrelated tests)
+           # the defaults of a real key (tests/harness.py switches budgets off for unrelated tests)
            "KLING_DEMO_VISITOR_BUDGET_USD": args.visitor_budget, "KLING_DEMO_DAILY_BUDGET_USD": args.daily_budget,
            "KLING_DEMO_SUBMITS_PER_MINUTE": args.per_minute}
     with tempfile.TemporaryDirectory(prefix="kling-flood-") as scratch:

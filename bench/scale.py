@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.concurrency import make_jpeg, pct, prewarm_render  # noqa: E402
-from tests.processes import Served, start_app_process, start_sandbox_process  # noqa: E402  (the one harness)
+from tests.harness import Served, start_app_process, start_sandbox_process  # noqa: E402  (the one harness)
 from tests.queue_client import QueueClient, http_client  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

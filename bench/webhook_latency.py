@@ -24,7 +24,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.processes import free_port, start_app_process, start_sandbox_process  # noqa: E402
+from tests.harness import free_port, start_app_process, start_sandbox_process  # noqa: E402
 
 SECRET = "whsec_bench"
 PROMPT = "a paper boat drifting across a pond"

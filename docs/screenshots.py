@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
-from tests.processes import start_app_process, start_sandbox_process  # noqa: E402
+from tests.harness import start_app_process, start_sandbox_process  # noqa: E402
 
 DOCS = ROOT / "docs"
 DESKTOP = {"width": 1280, "height": 800}

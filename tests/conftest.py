@@ -20,26 +20,22 @@ if str(PROJECT_ROOT) not in sys.path:  # so plain `pytest` works without install
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from kling_demo.sandbox import SandboxConfig, SandboxHandle, start_sandbox  # noqa: E402
-from tests import processes  # noqa: E402
+from tests import harness  # noqa: E402
 
-RENDER_STORE = "KLING_TESTS_RENDER_STORE"  # the run's sandbox render store (tests/processes.py)
+RENDER_STORE = "KLING_TESTS_RENDER_STORE"  # the run's sandbox render store (tests/harness.py)
 SCREENSHOT_DIR = pytest.StashKey[Path]()  # where the browser tests leave a screenshot each
 FAST_INFERENCE_SECONDS = 1.0
 SERVER_KEY = "server-key"  # the app's own key in tests that run the service in live mode against a sandbox
-# Whole modules that start app processes, a browser or long renders: `pytest -m "not slow"` leaves them out
-# for a quick local loop; CI runs everything.
-SLOW_MODULES = ("test_durability", "test_waiting", "test_keys", "test_outage", "test_image_memory", "test_spaces", "test_mcp",
-                "test_cli", "test_storage", "test_browser", "test_queue_identity", "test_prompt_counter",
-                "test_account_app", "test_account_limits", "test_budgets_app", "test_identity", "test_webhooks",
-                "test_wavespeed_mcp", "test_sandbox_account", "test_wavespeed_tasks", "test_money_cli",
-                "test_money_page", "test_history_reuse", "test_page_states", "test_proxies", "test_sign_in",
-                "test_visitor_limits")
+# The suite mirrors the package's wings: unit/ (pure code), service/ (the service, jobs and client in this process
+# against a sandbox on loopback), processes/ (the app, the CLI and sandboxes as real processes) and e2e/ (a real
+# browser). The slow lane is the last two folders: `pytest -m "not slow"` leaves them out for a quick local loop.
+SLOW_FOLDERS = ("processes", "e2e")
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+        if Path(str(item.path)).parent.name in SLOW_FOLDERS:
             item.add_marker(pytest.mark.slow)
         if _shares_a_started_fixture(item):
             item.add_marker(pytest.mark.xdist_group(item.path.name))
@@ -61,15 +57,15 @@ def pytest_configure(config: pytest.Config) -> None:
     inherit the environment)."""
     # Upload paths are content hashes, and an app deletes the files it cached when it stops: apps of parallel
     # workers sharing /tmp/gradio deleted each other's uploads mid-test. App processes get theirs from
-    # tests/processes.py.
+    # tests/harness.py.
     os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="kling-tests-gradio-")
-    processes.warm_starts = True  # apps and sandboxes fork from one warm interpreter per test process
+    harness.warm_starts = True  # apps and sandboxes fork from one warm interpreter per test process
     if hasattr(config, "workerinput"):
-        processes.render_store = Path(os.environ[RENDER_STORE])
+        harness.render_store = Path(os.environ[RENDER_STORE])
         return
     # One render store for the whole run, workers included: identical inputs are rendered once per run.
     store = os.environ[RENDER_STORE] = tempfile.mkdtemp(prefix="kling-tests-renders-")
-    processes.render_store = Path(store)
+    harness.render_store = Path(store)
     config.add_cleanup(lambda: shutil.rmtree(store, ignore_errors=True))
     folder = os.environ.get("E2E_SCREENSHOT_DIR", "").strip() or tempfile.mkdtemp(prefix="kling-e2e-screenshots-")
     os.environ["E2E_SCREENSHOT_DIR"] = folder
@@ -97,7 +93,7 @@ def make_sandbox() -> Iterator[Callable[..., SandboxHandle]]:
 
     def factory(**config_fields: Any) -> SandboxHandle:
         config_fields.setdefault("inference_seconds", FAST_INFERENCE_SECONDS)
-        config_fields.setdefault("render_store", processes.render_store)
+        config_fields.setdefault("render_store", harness.render_store)
         handle = start_sandbox(SandboxConfig(**config_fields))
         started.append(handle)
         return handle

@@ -11,7 +11,7 @@ reads the environment or uses a name bound by one (also through `from … import
 - `Pinned`: anything else (an `if` on such a name, a class body, a decorator): a fork cannot redo it, so when
   one of its variables differs from the warm interpreter's the process must start cold instead.
 
-Only reads written in the module's own import-time code are visible here; tests/test_warm_start.py records
+Only reads written in the module's own import-time code are visible here; tests/processes/test_warm_start.py records
 every read made while Gradio is imported and fails on one that no step covers.
 """
 

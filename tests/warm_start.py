@@ -5,7 +5,7 @@ sandboxes on two cores. A forkserver (the standard library's) imports them once 
 server is then a fork of it that takes its own environment, working directory, arguments and log, reads again
 every setting Gradio took from the environment at import (tests/import_time_settings.py), and runs `app.py`
 (or `-m kling_demo.sandbox`) as `__main__`: a separate process on its own port, stopped by signals like any
-other. The browser tests' shared app, tests whose subject is a cold start (tests/test_spaces.py) and bench/
+other. The browser tests' shared app, tests whose subject is a cold start (tests/processes/test_spaces.py) and bench/
 keep `python app.py`; so does every server when the installed Gradio is not the one requirements.txt pins, and
 a fork whose environment differs from the warm interpreter's in a setting it cannot redo becomes one.
 """
@@ -31,7 +31,7 @@ from tests import import_time_settings
 PRELOAD = ["gradio", "kling_demo.web.page", "kling_demo.sandbox.app", "kling_demo.sandbox.render", "av"]
 
 # Warm starts are trusted with the Gradio requirements.txt pins; before pinning another, run
-# tests/test_warm_start.py against it.
+# tests/processes/test_warm_start.py against it.
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
 
 _context = multiprocessing.get_context("forkserver")
@@ -67,7 +67,7 @@ def usable() -> bool:
             reason = str(error)
     if reason is not None:
         warnings.warn(f"Warm starts are off ({reason}): every app and sandbox starts as a new interpreter, about "
-                      f"4.5 CPU-s more each. tests/test_warm_start.py checks the harness against the installed "
+                      f"4.5 CPU-s more each. tests/processes/test_warm_start.py checks the harness against the installed "
                       f"Gradio.", stacklevel=2)
     return reason is None
 

@@ -1,4 +1,4 @@
-"""Checks of what a visitor asks for, besides the images (media.py): prompt, guidance, duration, task id.
+"""Checks of what a visitor asks for, besides the images (images.py): prompt, guidance, duration, task id.
 
 One place for them, used by the job before anything is paid for and by the page's instant validator."""
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.processes import Served, start_app_process, start_sandbox_process
+from tests.harness import Served, start_app_process, start_sandbox_process
 
 from .pictures import draw_landscape, draw_small_image
 

@@ -230,7 +230,7 @@ def canary_app(tmp_path):
     """The app on a server key the sandbox refuses; the sandbox accepts only the canary, so a video proves its use."""
     import uuid
 
-    from tests.processes import start_app_process, start_sandbox_process
+    from tests.harness import start_app_process, start_sandbox_process
 
     key = f"ws-canary-{uuid.uuid4().hex}"
     sandbox = start_sandbox_process("--inference-seconds", "2", "--api-key", key)

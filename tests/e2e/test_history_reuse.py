@@ -81,7 +81,7 @@ def test_delete_removes_the_tile_and_says_what_stays_at_wavespeed(page, pictures
 @pytest.fixture(scope="module")
 def slow_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The app on a sandbox whose renders take 15 s: long enough to pick a task's tile while it renders."""
-    from tests.processes import start_app_process
+    from tests.harness import start_app_process
 
     folder = tmp_path_factory.mktemp("slow")
     app = start_app_process(folder / "data", log_path=folder / "app.log", env={"KLING_DEMO_SANDBOX_SECONDS": "15"})

@@ -13,7 +13,7 @@ import requests
 
 from kling_demo.models import Quote
 from kling_demo.words import Voice
-from tests.processes import Served
+from tests.harness import Served
 
 try:
     from playwright.sync_api import expect

@@ -54,7 +54,7 @@ def fill_in(page: Any, first_frame: Path, prompt: str) -> None:
 @pytest.fixture(scope="module")
 def failing_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The app live on a WaveSpeed (a sandbox process) whose every task ends `failed`."""
-    from tests.processes import start_app_process, start_sandbox_process
+    from tests.harness import start_app_process, start_sandbox_process
 
     folder = tmp_path_factory.mktemp("failing")
     sandbox = start_sandbox_process("--inference-seconds", "1", "--task-failure-rate", "1.0")

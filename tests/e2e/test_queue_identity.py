@@ -14,7 +14,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.utils import Status
 
-from tests.processes import start_app_process
+from tests.harness import start_app_process
 from tests.waiting import wait_for
 
 OWNER_STORAGE_KEY = "kling_demo_owner"

@@ -16,7 +16,7 @@ import requests
 from kling_demo.wavespeed.client import WaveSpeedClient
 from kling_demo.models import DEFAULT_MODEL
 from tests.page_session import PageSession, error_of
-from tests.processes import Served
+from tests.harness import Served
 
 try:
     from playwright.sync_api import expect
