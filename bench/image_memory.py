@@ -27,7 +27,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tests.harness import start_app_process, start_sandbox_process  # noqa: E402
-from tests.test_media import truncated, write_flat_png  # noqa: E402
+from tests.service.test_media import truncated, write_flat_png  # noqa: E402
 
 PROMPT = "a slow dolly-in over a lake at dusk"
 
