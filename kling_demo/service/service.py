@@ -138,7 +138,8 @@ class Service:
             return None
         seconds = int(duration)  # type: ignore[call-overload]
         typical = self.settings.sandbox_inference_seconds if self.is_sandbox else self.spec.typical_seconds(seconds)
-        return estimate(typical, self.history.expected(self.spec.model_id, seconds))
+        return estimate(typical, self.history.expected(self.spec.model_id, seconds),
+                        self.history.spread(self.spec.model_id, seconds))
 
     # -- what front ends ask for ---------------------------------------------------------------------------
 
