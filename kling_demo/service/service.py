@@ -164,7 +164,7 @@ class Service:
         # The cap guards the server's key, per spender (the budgets' visitor, not a browser id anyone can mint);
         # the free sandbox and a visitor's own key have none.
         on_close.enter_context(self.slots.hold(self.spender(visitor), None if visitor.api_key or self.is_sandbox
-                                               else self.settings.max_jobs_per_visitor))
+                                               else self.settings.max_jobs_per_visitor, self.voice.servers_key))
         ctx = self.context(visitor.owner, visitor.api_key, None if visitor.operator else self.spender(visitor),
                            operator=visitor.operator)
         job = Job(steps.generate(request, ctx), ctx, expected=self.expected(request.duration),

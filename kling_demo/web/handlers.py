@@ -236,7 +236,7 @@ class Handlers:
         try:
             report = self.service.stop(self.owner(request, owner_id), token or "")
         except KlingDemoError as error:  # no owner id: the page never loaded fully, so it runs no job
-            return f"**Stopped** — {views.literal(str(error))}", gr.skip()
+            return f"**Stopped** — {views.literal(self.voice.error_text(error))}", gr.skip()
         if report.ended:
             return gr.skip(), gr.skip()
         return f"**Stopped** — {views.literal(self.voice.stopped(report))}", gr.skip()
@@ -248,7 +248,8 @@ class Handlers:
         try:
             job = start()
         except KlingDemoError as error:
-            yield (f"**{self.voice.error_heading(error)}** — {views.literal(views.without_paths(str(error)))}",
+            yield (f"**{self.voice.error_heading(error)}** — "
+                   f"{views.literal(views.without_paths(self.voice.error_text(error)))}",
                    gr.skip(), None, "", Stage.FAILED.value)
             return
         except Exception:
