@@ -514,8 +514,9 @@ def _ended_without_video(prediction: Prediction, voice: Voice) -> TaskFailed:
         message = f"{service} says the task completed but sent no video. Try again."
     else:
         status = TaskStatus.FAILED
-        message = (f"The generation failed: {prediction.error}" if prediction.error else
-                   f"The generation failed, and {voice.service} gave no reason.")
+        # Not "The generation failed": the page heads it "Failed" already.
+        message = (f"{service} could not make this video: {prediction.error}" if prediction.error else
+                   f"{service} could not make this video and gave no reason.")
     return TaskFailed(message, task_id=prediction.task_id, status=status)
 
 
