@@ -278,10 +278,10 @@ class Handlers:
 
     # -- your WaveSpeed tasks -------------------------------------------------------------------------------------
 
-    @plain_errors()
     def load_tasks(self, owner_id: str | None, typed_key: str | None, request: gr.Request) -> tuple[Any, str]:
-        """The visitor's own key's recent tasks of this model, as picks."""
-        tasks = self.service.recent_tasks(self.visitor(request, owner_id, typed_key))
+        """The visitor's own key's recent tasks of this model, as picks (a refusal in the visitor's words)."""
+        with plain_errors(self.voice):
+            tasks = self.service.recent_tasks(self.visitor(request, owner_id, typed_key))
         return gr.update(choices=views.recent_task_choices(tasks, self.voice), value=None), views.recent_tasks_note(tasks)
 
     # -- examples and instant image checks ------------------------------------------------------------------------
