@@ -316,6 +316,7 @@ class Estimate:
     seconds: float
     source: EstimateSource
     slowest: float | None = None  # the longest of this app's recent renders of the same kind, when it has some
+    fastest: float | None = None  # the shortest of them
 
 
 @dataclass(frozen=True)

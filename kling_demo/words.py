@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import (CheckTheKey, FixTheInput, KlingDemoError, SubmissionOutcomeUnknown, TaskEnded, TaskKept,
-                     TryLater)
+from .errors import (AuthenticationFailed, CheckTheKey, FixTheInput, KlingDemoError, NotFound, NothingSubmitted,
+                     RateLimited, ServiceUnavailable, SubmissionOutcomeUnknown, TaskEnded, TaskKept, TryLater)
 from .models import (BudgetView, JobUpdate, KeyCheck, KeyState, Payer, PriceView, Quote, Stage, StopReport, Submission,
                      TaskStatus)
 
@@ -93,7 +93,7 @@ class Voice:
             return (f"{self.service_first}'s answer to the submission was lost. Looking for the task among this "
                     "key's recent tasks; nothing is submitted again.")
         if update.outage and update.task_id:
-            return (f"{self.service_first} is not answering ({update.outage}); still waiting for task "
+            return (f"{self.service_first} is not answering{self._how(update.outage)}; still waiting for task "
                     f"{update.task_id}, retrying in {_whole(update.retry_in)} s. Nothing needs to be submitted "
                     "again.")
         if stage is Stage.SUBMITTED:
@@ -110,7 +110,7 @@ class Voice:
             return self._done(update)
         if stage is Stage.STOPPED:
             return self.stopped(StopReport(update.submission, update.task_id))
-        return str(update.error or "")
+        return self.error_text(update.error) if isinstance(update.error, KlingDemoError) else str(update.error or "")
 
     def line(self, update: JobUpdate) -> str:
         """Heading and sentence on one line, for an API caller's status or a log."""
@@ -119,16 +119,22 @@ class Voice:
     def _waiting(self, update: JobUpdate) -> str:
         if update.place is not None:
             ahead = update.place - 1
-            limit = f"This key runs {plural(update.slot_limit, 'task')} at once; " if update.slot_limit else ""
+            nothing = f"othing has been uploaded{self.billed(' or billed')} yet."
+            limit = (f"This key runs {plural(update.slot_limit, 'task')} at once; n{nothing}" if update.slot_limit
+                     else f"N{nothing}")  # a sentence of its own without the limit, begun with a capital
             who = "You are next" if ahead == 0 else f"{plural(ahead, 'job')} {'is' if ahead == 1 else 'are'} ahead of you"
-            return (f"{who} in line for a free slot at {self.service}. {limit}nothing has been uploaded"
-                    f"{self.billed(' or billed')} yet.")
+            return f"{who} in line for a free slot at {self.service}. {limit}"
         if update.rate_limited:
             why = (f"{self.service_first} asked this key to slow down" if self.for_visitors
                    else f"{self.service_first} is rate limiting this key (HTTP 429)")
         else:
-            why = f"{self.service_first} could not be reached ({update.outage or 'no connection'})"
+            why = f"{self.service_first} could not be reached{self._how(update.outage or 'no connection')}"
         return f"{why}; trying again in {_whole(update.retry_in)} s. Nothing was submitted yet."
+
+    def _how(self, outage: str) -> str:
+        """How the service failed ("connection refused", "HTTP 503 Service Unavailable"), for a program; a visitor
+        reads only that it is not answering."""
+        return "" if self.for_visitors else f" ({outage})"
 
     def _behind(self, update: JobUpdate) -> str:
         """A queue note only when this app knows other tasks of the key are running ahead of this one."""
@@ -175,6 +181,28 @@ class Voice:
         later = afterwards or "if it does, its video will appear in your history."
         return (f"Task {report.task_id} was already submitted and may still finish{self.billed(' and be billed')}; "
                 f"{later}")
+
+    def error_text(self, error: KlingDemoError) -> str:
+        """The sentence of an error as this reader reads it: a program gets the error's own precise words; a visitor
+        the same, except where those speak of HTTP codes and API paths (the key refused, the rate limit, a task
+        the service does not know, a service out of reach), which are said in plain words here."""
+        if not self.for_visitors:
+            return str(error)
+        task = f" (task id: {error.task_id})" if error.task_id else ""
+        if isinstance(error, AuthenticationFailed):
+            return (f"{self.service_first} rejected the key this needed (yours if you entered one, otherwise "
+                    f"{self.servers_key}). Check your key, or enter your own.{task}")
+        if isinstance(error, RateLimited):
+            return f"{self.service_first} asked this key to slow down; nothing was submitted. Try again in a minute."
+        if isinstance(error, NotFound):
+            return (f"{self.service_first} does not know this task: check the id (a task is found only with the key "
+                    f"that made it).{task}")
+        if isinstance(error, ServiceUnavailable) and not isinstance(error, NothingSubmitted):
+            if error.task_id:
+                return (f"{self.service_first} did not answer about this task; it is not lost: resume it later by "
+                        f"its id.{task}")
+            return f"{self.service_first} is unreachable or busy right now. Try again in a minute."
+        return str(error)
 
     def error_heading(self, error: KlingDemoError) -> str:
         """A failed job's heading: what the reader can do next, from the error tree."""

@@ -2,8 +2,9 @@
 
 The estimate starts from the model's documented typical render time (`ModelSpec.typical_render_seconds`, or
 the sandbox's configured render time) and is replaced by the median of this app's own recent renders once
-there is one (`polling.InferenceHistory`). A render past its expectation is said to run longer than usual,
-and the bar stops short of the end until the video is really there.
+there is one (`schedule.InferenceHistory`, which also gives the fastest and slowest of them). A render past its
+expectation runs longer than usual from that very moment (nothing is left of the estimate to count down), and the
+bar stops short of the end until the video is really there.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ STAGE_FLOOR = {
     Stage.SUBMITTED: RENDER_START, Stage.QUEUED: RENDER_START, Stage.PROCESSING: RENDER_START,
     Stage.DOWNLOADING: RENDER_END, Stage.DONE: 1.0, Stage.FAILED: 0.0, Stage.STOPPED: 0.0,
 }
-LATE_FACTOR = 1.25  # a render this much past its expectation (plus LATE_GRACE) runs longer than usual
-LATE_GRACE = 10.0
 STEP_OF = {
     Stage.PREPARING: Step.CHECK, Stage.WAITING: Step.WAIT, Stage.UPLOADING: Step.UPLOAD, Stage.SEARCHING: Step.RENDER,
     Stage.SUBMITTED: Step.RENDER, Stage.QUEUED: Step.RENDER, Stage.PROCESSING: Step.RENDER,
@@ -28,10 +27,13 @@ STEP_OF = {
 RENDERING = (Stage.SUBMITTED, Stage.QUEUED, Stage.PROCESSING)
 
 
-def estimate(typical: float | None, recent: float | None) -> Estimate | None:
-    """This app's recent median when it has one, else the typical time, else nothing."""
+def estimate(typical: float | None, recent: float | None,
+             spread: tuple[float, float] | None = None) -> Estimate | None:
+    """This app's recent median (with the `spread` of its recent renders, fastest and slowest) when it has one,
+    else the typical time, else nothing."""
     if recent:
-        return Estimate(recent, EstimateSource.HISTORY)
+        fastest, slowest = spread if spread else (None, None)
+        return Estimate(recent, EstimateSource.HISTORY, slowest=slowest, fastest=fastest)
     if typical:
         return Estimate(typical, EstimateSource.TYPICAL)
     return None
@@ -76,6 +78,6 @@ class Tracker:
         if self.expected is None:
             return floor, None, False
         share = min(rendering_for / self.expected.seconds, 0.97) if self.expected.seconds > 0 else 0.97
-        late = rendering_for > self.expected.seconds * LATE_FACTOR + LATE_GRACE
-        remaining = None if late else max(0.0, self.expected.seconds - rendering_for)
+        late = rendering_for >= self.expected.seconds  # at the estimate: nothing of it is left to count down
+        remaining = None if late else self.expected.seconds - rendering_for
         return RENDER_START + (RENDER_END - RENDER_START) * share, remaining, late

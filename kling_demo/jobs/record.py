@@ -57,12 +57,15 @@ class Records:
             raise StorageUnavailable(files.NO_ROOM_MESSAGE) from error
         return TaskRow(self, intent_id, preview)
 
-    def fetched(self, task_id: str, status: TaskStatus, params: dict[str, Any]) -> "TaskRow":
-        """The row of a task fetched by its id (an existing row of the owner's is kept as it is)."""
+    def fetched(self, task_id: str, status: TaskStatus, params: dict[str, Any],
+                first_frame: Path | None = None) -> "TaskRow":
+        """The row of a task fetched by its id (an existing row of the owner's is kept as it is); `first_frame`: the
+        preview its kept frames sit beside, when it came with them."""
         row = TaskRow(self, task_id)
         row._write("record task %s", task_id, lambda journal: journal.record_submission(
             owner=self.owner, task_id=task_id, model=self.model, api_base=self.api_base,
-            key_source=self.key_source, status=status, params=params), level=logging.ERROR)
+            key_source=self.key_source, status=status, params=params,
+            first_frame=str(first_frame) if first_frame else None), level=logging.ERROR)
         return row
 
     def existing(self, task_id: str) -> "TaskRow":

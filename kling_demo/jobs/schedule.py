@@ -79,3 +79,9 @@ class InferenceHistory:
         with self._lock:
             times = list(self._times.get((model_id, duration), ()))
         return statistics.median(times) if times else None
+
+    def spread(self, model_id: str, duration: int) -> tuple[float, float] | None:
+        """(fastest, slowest) of the recent inference times, or None before the first one."""
+        with self._lock:
+            times = list(self._times.get((model_id, duration), ()))
+        return (min(times), max(times)) if times else None

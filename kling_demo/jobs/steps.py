@@ -40,7 +40,7 @@ from ..store.journal import is_intent_id, positive_int
 from ..wavespeed import lost_tasks
 from ..wavespeed.client import Prediction, WaveSpeedClient
 from ..words import Voice, duration as format_seconds
-from . import images
+from . import adoption, images
 from .inputs import check_duration, check_guidance, check_prompt, check_task_id
 from .notices import Notices
 from .poller import Poller
@@ -347,8 +347,9 @@ def _known_task(ctx: JobContext) -> Callable[[str], bool]:
     return (lambda task_id: journal.has_task(task_id)) if journal is not None else (lambda task_id: False)
 
 
-def resume(task_id: str, ctx: JobContext, *, duration: int | None = None) -> Iterator[JobUpdate]:
-    """Follow a task submitted earlier (here or elsewhere) to its video; the same updates as `generate`."""
+def resume(task_id: str, ctx: JobContext, *, duration: int | None = None, listed: bool = False) -> Iterator[JobUpdate]:
+    """Follow a task submitted earlier (here or elsewhere) to its video; the same updates as `generate`. `listed`:
+    the task was picked from its key's listing, whose settings and frames its new history row keeps."""
     task_id = check_task_id(task_id)  # refused before it goes into an API path
     job = _Facts(ctx)
     job.task_id = task_id
@@ -366,10 +367,14 @@ def resume(task_id: str, ctx: JobContext, *, duration: int | None = None) -> Ite
                                                job.started + ctx.deadline_seconds)
             if not prediction.is_final:
                 ctx.slots.adopt(ctx.slot_key, task_id)  # it runs at WaveSpeed: it counts until it ends
-            known = duration or _declared_duration(prediction, ctx.spec)
+            records: Records = ctx.records  # type: ignore[assignment]
+            settings, preview = ({}, None)
+            if listed and records.journal is not None and not records.existing(task_id).kept:  # a new row
+                settings, preview = adoption.listed(ctx, task_id)
+            known = duration or _declared_duration(prediction, ctx.spec) or settings.get("duration")
             # A task fetched by id joins the visitor's history; an existing row stays as it is.
-            row = ctx.records.fetched(task_id, prediction.status,  # type: ignore[union-attr]
-                                      {"prompt": "", "duration": known, "resumed": True})
+            row = records.fetched(task_id, prediction.status,
+                                  {"prompt": "", **settings, "duration": known, "resumed": True}, preview)
             job.price = _kept_price(row)
             if known and not duration:
                 row.fill_duration(known)
@@ -509,8 +514,9 @@ def _ended_without_video(prediction: Prediction, voice: Voice) -> TaskFailed:
         message = f"{service} says the task completed but sent no video. Try again."
     else:
         status = TaskStatus.FAILED
-        message = (f"The generation failed: {prediction.error}" if prediction.error else
-                   f"The generation failed, and {voice.service} gave no reason.")
+        # Not "The generation failed": the page heads it "Failed" already.
+        message = (f"{service} could not make this video: {prediction.error}" if prediction.error else
+                   f"{service} could not make this video and gave no reason.")
     return TaskFailed(message, task_id=prediction.task_id, status=status)
 
 

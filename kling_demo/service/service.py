@@ -138,7 +138,8 @@ class Service:
             return None
         seconds = int(duration)  # type: ignore[call-overload]
         typical = self.settings.sandbox_inference_seconds if self.is_sandbox else self.spec.typical_seconds(seconds)
-        return estimate(typical, self.history.expected(self.spec.model_id, seconds))
+        return estimate(typical, self.history.expected(self.spec.model_id, seconds),
+                        self.history.spread(self.spec.model_id, seconds))
 
     # -- what front ends ask for ---------------------------------------------------------------------------
 
@@ -163,17 +164,19 @@ class Service:
         # The cap guards the server's key, per spender (the budgets' visitor, not a browser id anyone can mint);
         # the free sandbox and a visitor's own key have none.
         on_close.enter_context(self.slots.hold(self.spender(visitor), None if visitor.api_key or self.is_sandbox
-                                               else self.settings.max_jobs_per_visitor))
+                                               else self.settings.max_jobs_per_visitor, self.voice.servers_key))
         ctx = self.context(visitor.owner, visitor.api_key, None if visitor.operator else self.spender(visitor),
                            operator=visitor.operator)
         job = Job(steps.generate(request, ctx), ctx, expected=self.expected(request.duration),
                   on_close=on_close.close, hand_over=lambda: self._hand_over(visitor))
         return self._track(job, visitor, token)
 
-    def resume(self, task_id: str, visitor: Visitor, *, duration: int | None = None, token: str = "") -> Job:
+    def resume(self, task_id: str, visitor: Visitor, *, duration: int | None = None, token: str = "",
+               listed: bool = False) -> Job:
         """Follow a task to its video: one of the visitor's, or with their own key one submitted elsewhere.
 
-        `duration` is the video's length when the caller knows it and the history does not."""
+        `duration` is the video's length when the caller knows it and the history does not; `listed`: the task was
+        picked from the key's listing, whose prompt, settings and frames come into the history with it."""
         record = self.task(visitor, task_id)
         if record is not None and record.video_path and Path(record.video_path).exists():
             return self._already_done(record)
@@ -187,7 +190,7 @@ class Service:
         ctx = self.context(visitor.owner, use_key)
         payer = Visitor(visitor.owner, use_key)
         known = record.duration if record and record.duration else duration
-        job = Job(steps.resume(task_id, ctx, duration=known), ctx, expected=self.expected(known),
+        job = Job(steps.resume(task_id, ctx, duration=known, listed=listed), ctx, expected=self.expected(known),
                   hand_over=lambda: self._hand_over(payer))
         return self._track(job, visitor, token)
 
@@ -236,9 +239,10 @@ class Service:
                            in_history=self.task(visitor, task.task_id) is not None) for task in listed]
 
     def adopt(self, task_id: str, visitor: Visitor, *, token: str = "") -> Job:
-        """Bring one of the visitor's own key's tasks into their history (a resume by id, own key required)."""
+        """Bring one of the visitor's own key's tasks into their history (a resume by id, own key required), with
+        the prompt, settings and frames its listing shows."""
         self._require_own_key(visitor, "bring its tasks into your history")
-        return self.resume(task_id, visitor, token=token)
+        return self.resume(task_id, visitor, token=token, listed=True)
 
     def _require_own_key(self, visitor: Visitor, what: str) -> None:
         if not visitor.api_key:

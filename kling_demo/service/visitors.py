@@ -107,13 +107,16 @@ class JobSlots:
         self._lock = threading.Lock()
 
     @contextmanager
-    def hold(self, spender: str, limit: int | None) -> Iterator[None]:
+    def hold(self, spender: str, limit: int | None, servers_key: str = "this app's key") -> Iterator[None]:
+        """`servers_key`: how the refusal names the key the cap guards ("this Space's key" on a Space)."""
         with self._lock:
             if limit is not None and self._running[spender] >= limit:
+                running = self._running[spender]
                 raise VisitorCapReached(
-                    f"{self._running[spender]} generation(s) are already running for you on this Space's key (counted "
-                    f"by your address, or by your Hugging Face account when signed in), the most one visitor may run "
-                    f"at once ({limit}). Wait for one to finish, or enter your own WaveSpeed key.")
+                    f"{running} generation{'s are' if running != 1 else ' is'} already running for you on "
+                    f"{servers_key} (counted by your address, or by your Hugging Face account when signed in), the "
+                    f"most one visitor may run at once ({limit}). Wait for one to finish, or enter your own "
+                    "WaveSpeed key.")
             self._running[spender] += 1
         try:
             yield

@@ -542,7 +542,7 @@ class WaveSpeedClient:
         message = _api_message(response, (self._api_key,))
         if status in (401, 403):
             raise AuthenticationFailed(
-                f"WaveSpeed rejected the API key (HTTP {status}). Check WAVESPEED_API_KEY or the key you entered.",
+                f"WaveSpeed rejected the API key (HTTP {status}). Check the key you entered.",
                 task_id=task_id)
         if status == 402:
             raise InsufficientBalance("WaveSpeed says this key's balance is too low for this video. Top up at "

@@ -30,6 +30,7 @@ from ..models import DEFAULT_MODEL, JobRequest, JobUpdate, Stage
 from ..service.running import Job
 from ..service.service import Service
 from ..service.visitors import Caller
+from ..words import Voice
 from .views import status_markdown, without_paths
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,12 @@ REFUSAL_LOG_INTERVAL_SECONDS = 60.0
 Outputs = tuple[str, str, "str | None"]
 
 
-def shown_error(error: KlingDemoError) -> gr.Error:
-    """The error as the caller sees it: paths cut, shown as text (the toast renders its message as HTML and the
-    sentence may quote the API), and no traceback printed (an expected ending, not a bug; Gradio's printed
-    tracebacks bypass the log's masking)."""
-    return gr.Error(html.escape(without_paths(str(error)), quote=False), duration=None, print_exception=False)
+def shown_error(error: KlingDemoError, voice: Voice | None = None) -> gr.Error:
+    """The error as the caller sees it (in `voice`'s words when given, e.g. a visitor's): paths cut, shown as
+    text (the toast renders its message as HTML and the sentence may quote the API), and no traceback printed (an
+    expected ending, not a bug; Gradio's printed tracebacks bypass the log's masking)."""
+    text = voice.error_text(error) if voice is not None else str(error)
+    return gr.Error(html.escape(without_paths(text), quote=False), duration=None, print_exception=False)
 
 
 def caller_of(request: gr.Request | None, owner_token: str | None = None, typed_key: str | None = None,
@@ -135,16 +137,17 @@ UNEXPECTED = ("Something went wrong on the server (reference {reference}); nothi
 
 
 @contextmanager
-def plain_errors() -> Iterator[None]:
-    """Whatever fails reaches the caller as a plain sentence: ours as they are (paths cut, as text), anything
-    else as a reference to the server log, which has the details. Also a decorator (of plain functions)."""
+def plain_errors(voice: Voice | None = None) -> Iterator[None]:
+    """Whatever fails reaches the caller as a plain sentence: ours as they are (paths cut, as text; in `voice`'s
+    words when given), anything else as a reference to the server log, which has the details. Also a decorator
+    (of plain functions)."""
     try:
         yield
     except gr.Error as error:  # ours, made by shown_error
         error.message = without_paths(str(error.message))
         raise
     except KlingDemoError as error:
-        raise shown_error(error) from error
+        raise shown_error(error, voice) from error
     except Exception:
         reference = secrets.token_hex(3)
         log.exception("unexpected error, reference %s", reference)

@@ -109,6 +109,27 @@ class Handlers:
                 gr.update(value=str(end) if end else None, visible=end is not None))
 
     @plain_errors()
+    def select_newest(self, owner_id: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """On arriving: the newest finished video of the history selected (its tile, player, detail and buttons)."""
+        records = self.service.tasks(self.owner(request, owner_id))
+        return self._select(records, next((r for r in records if _has_video(r)), None))
+
+    @plain_errors()
+    def select_finished(self, owner_id: str | None, task_id: str | None, stage: str | None,
+                        request: gr.Request) -> tuple[Any, ...]:
+        """After a job: its video selected in the history when it finished with one; else the selection stays."""
+        records = self.service.tasks(self.owner(request, owner_id)) if stage == Stage.DONE.value else []
+        finished = next((r for r in records if r.task_id == task_id and _has_video(r)), None)
+        if finished is None:
+            return (gr.skip(),) * 9
+        return self._select(records, finished)
+
+    def _select(self, records: list[TaskRecord], record: TaskRecord | None) -> tuple[Any, ...]:
+        """The gallery's highlighted tile and what the history shows of `record` (None: nothing selected)."""
+        index = next((i for i, r in enumerate(records) if record and r.task_id == record.task_id), None)
+        return gr.update(selected_index=index), *self.selected(record)
+
+    @plain_errors()
     def reuse(self, selected: str, owner_id: str | None, request: gr.Request) -> tuple[Any, ...]:
         return self._form(self.service.reuse(self.owner(request, owner_id), selected))
 
@@ -130,7 +151,7 @@ class Handlers:
     @staticmethod
     def _buttons(record: TaskRecord | None) -> tuple[Any, Any, Any]:
         """Reuse, Continue and Delete enabled where they apply to `record`."""
-        has_video = bool(record and record.video_path and Path(record.video_path).exists())
+        has_video = bool(record and _has_video(record))
         known = bool(record and not record.resumed)
         ended = bool(record and not record.in_flight)
         return gr.update(interactive=known), gr.update(interactive=has_video), gr.update(interactive=ended)
@@ -215,7 +236,7 @@ class Handlers:
         try:
             report = self.service.stop(self.owner(request, owner_id), token or "")
         except KlingDemoError as error:  # no owner id: the page never loaded fully, so it runs no job
-            return f"**Stopped** — {views.literal(str(error))}", gr.skip()
+            return f"**Stopped** — {views.literal(self.voice.error_text(error))}", gr.skip()
         if report.ended:
             return gr.skip(), gr.skip()
         return f"**Stopped** — {views.literal(self.voice.stopped(report))}", gr.skip()
@@ -227,7 +248,8 @@ class Handlers:
         try:
             job = start()
         except KlingDemoError as error:
-            yield (f"**{self.voice.error_heading(error)}** — {views.literal(views.without_paths(str(error)))}",
+            yield (f"**{self.voice.error_heading(error)}** — "
+                   f"{views.literal(views.without_paths(self.voice.error_text(error)))}",
                    gr.skip(), None, "", Stage.FAILED.value)
             return
         except Exception:
@@ -256,10 +278,10 @@ class Handlers:
 
     # -- your WaveSpeed tasks -------------------------------------------------------------------------------------
 
-    @plain_errors()
     def load_tasks(self, owner_id: str | None, typed_key: str | None, request: gr.Request) -> tuple[Any, str]:
-        """The visitor's own key's recent tasks of this model, as picks."""
-        tasks = self.service.recent_tasks(self.visitor(request, owner_id, typed_key))
+        """The visitor's own key's recent tasks of this model, as picks (a refusal in the visitor's words)."""
+        with plain_errors(self.voice):
+            tasks = self.service.recent_tasks(self.visitor(request, owner_id, typed_key))
         return gr.update(choices=views.recent_task_choices(tasks, self.voice), value=None), views.recent_tasks_note(tasks)
 
     # -- examples and instant image checks ------------------------------------------------------------------------
@@ -289,3 +311,7 @@ class Handlers:
     def own_end_frame(self, path: str | None) -> str:
         problem = self.service.check_frame(path, end=True)
         return f"⚠️ {views.literal(problem)}" if problem else ""
+
+
+def _has_video(record: TaskRecord) -> bool:
+    return bool(record.video_path and Path(record.video_path).exists())

@@ -4,7 +4,9 @@
   window.klingDemo = {
     // A name for the job a Generate or Resume click starts, known to the page before the server hears of it,
     // so that a Stop pressed at once finds that job (or keeps it from starting). Asks once to notify.
-    newJob() {
+    // `shown`: the part of the page that answers, brought into view (Resume's status, far above its button).
+    newJob(shown) {
+      if (shown) this.show(shown);
       if ('Notification' in window && Notification.permission === 'default') { Notification.requestPermission(); }
       return Date.now().toString(36) + '-' + Math.random().toString(36).slice(2, 12);
     },
@@ -14,6 +16,12 @@
       if (n < cap * 0.8) return '';
       return n.toLocaleString('en') + ' / ' + cap.toLocaleString('en') + ' characters' +
         (n >= cap ? ' (the most this field takes)' : '');
+    },
+    // A number typed into a slider's box, brought into the slider's range; a box half typed (empty, "-") is
+    // left as it is.
+    within(value, lowest, highest) {
+      if (value === null || value === '' || !Number.isFinite(Number(value))) return value;
+      return Math.min(highest, Math.max(lowest, Number(value)));
     },
     // A finished video in a background tab: the title says so, and a notification if the visitor allowed it.
     notify(stage) {
@@ -28,10 +36,14 @@
         new Notification('Your video is ready', {body: 'Kling 2.0 image-to-video: come back to the tab to watch it.'});
       }
     },
-    // Bring a part of the page into view after an action changed it (e.g. the form after "Reuse these settings").
+    // Bring a part of the page into view after an action changed it (e.g. the form after "Reuse these settings"),
+    // unless all of it is in view already.
     show(elemId) {
       const element = document.getElementById(elemId);
-      if (element) element.scrollIntoView({behavior: 'smooth', block: 'start'});
+      if (!element) return;
+      const box = element.getBoundingClientRect();
+      if (box.top >= 0 && box.bottom <= window.innerHeight) return;
+      element.scrollIntoView({behavior: 'smooth', block: 'start'});
     },
   };
 }

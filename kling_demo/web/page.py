@@ -208,14 +208,20 @@ def _events(demo: gr.Blocks, p: Page, page: Handlers, api: Api, service: Service
                     p.delete_confirm, p.history_end_frame]
     new_job = {"fn": None, "js": "() => window.klingDemo.newJob()", "outputs": p.job_token, "queue": False,
                **private}
+    # Resume and "Bring into my history" answer in the status, far above their buttons: it comes into view.
+    new_job_shown = {**new_job, "js": "() => window.klingDemo.newJob('status')"}
 
     p.key_box.change(lambda key: key, inputs=p.key_box, outputs=p.typed_key, queue=False, **private)
+    # The slider's number box takes any number typed (3 beside a slider at 1): it is brought back into range.
+    p.guidance.change(None, inputs=p.guidance, outputs=p.guidance, queue=False, **private,
+                      js=f"(value) => window.klingDemo.within(value, {SPEC.guidance_min}, {SPEC.guidance_max})")
     for box, count, field in ((p.prompt, p.prompt_count, "prompt"), (p.negative, p.negative_count, "negative_prompt")):
         box.change(None, inputs=box, outputs=count, js=counter_js(SPEC.max_chars(field)), queue=False, **private)
     # Housekeeping never waits in the queue (served by POST /gradio_api/run/predict), so a queue full of jobs
     # cannot refuse a tab its owner id, and the page can refuse to generate without one.
     demo.load(page.on_load, inputs=p.owner_store, outputs=[p.owner_store, p.owner_id, *history_out], queue=False,
-              **private)
+              **private).then(page.select_newest, inputs=p.owner_id, outputs=[p.gallery, *selected_out], queue=False,
+                              **private)
 
     # A job: the browser names it, the buttons flip once the inputs pass (Gradio runs no `.then()` after a
     # validator refuses), then the job runs; Stop finds it by its name, even before it started.
@@ -223,11 +229,11 @@ def _events(demo: gr.Blocks, p: Page, page: Handlers, api: Api, service: Service
         lambda *_: page.busy(), inputs=inputs, outputs=busy_outputs, validator=api.validate, **private).then(
         page.generate_on_page, inputs=[*inputs, p.job_token], outputs=job_outputs, validator=api.validate,
         show_progress="hidden", **jobs, **private)
-    resume_event = p.resume_btn.click(**new_job).then(
+    resume_event = p.resume_btn.click(**new_job_shown).then(
         page.busy, outputs=busy_outputs, queue=False, **private).then(
         page.resume_on_page, inputs=[p.resume_id, p.owner_id, p.typed_key, p.from_page, p.job_token], outputs=job_outputs,
         show_progress="hidden", **jobs, **private)
-    adopt_event = p.adopt_btn.click(**new_job).then(
+    adopt_event = p.adopt_btn.click(**new_job_shown).then(
         page.busy, outputs=busy_outputs, queue=False, **private).then(
         page.adopt_on_page, inputs=[p.task_list, p.owner_id, p.typed_key, p.from_page, p.job_token], outputs=job_outputs,
         show_progress="hidden", **jobs, **private)
@@ -235,7 +241,9 @@ def _events(demo: gr.Blocks, p: Page, page: Handlers, api: Api, service: Service
         # `.failure()` too: in 6.31 a step that raised (a full queue, a server error) runs no `.then()` step.
         event.failure(page.idle, outputs=buttons, queue=False, **private)
         ended = event.then(page.idle, outputs=buttons, queue=False, **private)
-        ended.then(page.show_history, inputs=p.owner_id, outputs=history_out, queue=False, **private)
+        ended.then(page.show_history, inputs=p.owner_id, outputs=history_out, queue=False, **private).then(
+            page.select_finished, inputs=[p.owner_id, p.task_id, p.job_stage], outputs=[p.gallery, *selected_out],
+            queue=False, **private)
         ended.then(None, inputs=p.job_stage, js="(stage) => window.klingDemo.notify(stage)", queue=False, **private)
         ended.then(page.show_budget, inputs=p.typed_key, outputs=p.budget, **quiet)
     p.stop_btn.click(page.stop, inputs=[p.job_token, p.owner_id], outputs=[p.status, p.progress], queue=False,
@@ -257,7 +265,8 @@ def _events(demo: gr.Blocks, p: Page, page: Handlers, api: Api, service: Service
     p.delete_btn.click(lambda: gr.update(visible=True), outputs=p.delete_confirm, queue=False, **private)
     p.cancel_delete_btn.click(lambda: gr.update(visible=False), outputs=p.delete_confirm, queue=False, **private)
     p.confirm_delete_btn.click(page.delete, inputs=[p.history_selected, p.owner_id],
-                             outputs=[*selected_out, *history_out], queue=False, **private)
+                             outputs=[*selected_out, *history_out], queue=False, **private).then(
+        None, js="() => window.klingDemo.show('history-detail')", queue=False, **private)  # its answer, in view
 
     # Money: the price follows the duration and the key; the budget the key.
     demo.load(page.show_budget, inputs=p.typed_key, outputs=p.budget, **quiet)

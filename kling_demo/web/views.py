@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import enum
 import html
+import math
 import re
 import time
 
-from ..models import FormFill, JobUpdate, ListedTask, ProgressView, Stage, TaskRecord, TaskStatus
+from ..models import (Estimate, EstimateSource, FormFill, JobUpdate, ListedTask, ProgressView, Stage, TaskRecord,
+                      TaskStatus)
 from ..words import Voice, duration, plural
 
 IDLE_STATUS = "Ready. Add a first frame and a prompt (or pick an example), then press **Generate**."
@@ -87,23 +89,29 @@ def progress_words(view: ProgressView) -> str:
                      f"number {view.place} in this app's line")
     estimate = view.estimate
     if view.late and estimate is not None:
-        parts.append(f"taking longer than usual (renders like this usually take about {duration(estimate.seconds)}"
-                     f"{_slowest(view)}); it is still being followed")
+        parts.append(f"{_late(view, estimate)}; it is still being followed")
     elif view.remaining is not None and estimate is not None:
-        where = ("from this app's recent renders" if estimate.source.value == "history"
+        where = ("from this app's recent renders" if estimate.source is EstimateSource.HISTORY
                  else "a first guess until this app has timed a render of its own")
-        if view.remaining >= 1:
-            parts.append(f"about {duration(view.remaining)} to go ({where})")
-        else:
-            parts.append(f"any moment now: renders like this take about {duration(estimate.seconds)} ({where})")
+        # Rounded up: a render a moment from its estimate has "about 1s to go", never 0 (it is late after).
+        parts.append(f"about {duration(math.ceil(view.remaining))} to go ({where})")
     elif estimate is None:
         parts.append("no estimate yet: this app has not timed a render of this length")
     return " · ".join(parts) + "."
 
 
-def _slowest(view: ProgressView) -> str:
-    slowest = view.estimate.slowest if view.estimate else None
-    return f", the slowest recent one {duration(slowest)}" if slowest else ""
+def _late(view: ProgressView, estimate: Estimate) -> str:
+    """A render past its estimate: how long renders like it took here (the honest range, from this app's own), or
+    what was expected when this app has timed none."""
+    fastest, slowest = estimate.fastest, estimate.slowest
+    if estimate.source is not EstimateSource.HISTORY or fastest is None or slowest is None:
+        return (f"taking longer than usual (renders like this usually take about {duration(estimate.seconds)}; "
+                "this app has not timed one yet)")
+    took = (f"about {duration(slowest)}" if duration(fastest) == duration(slowest)
+            else f"{duration(fastest)}–{duration(slowest)}")
+    if view.rendering_for is not None and view.rendering_for > slowest:
+        return f"taking longer than any recent render here ({took})"
+    return f"taking longer than usual: renders like this took {took} here"
 
 
 # --- the history ----------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def test_a_failure_that_echoes_the_paying_key_shows_and_logs_neither_key(failing
     on_the_servers_key = failed_generation(app.url, make_image())
     on_the_visitors_key = failed_generation(app.url, make_image(), {"X-WaveSpeed-Key": VISITOR_KEY})
     for toast in (on_the_servers_key, on_the_visitors_key):
-        assert "The generation failed: Render refused for account ***" in toast, toast
+        assert "could not make this video: Render refused for account ***" in toast, toast
     with sqlite3.connect(folder / "data" / "journal.sqlite3") as db:
         errors = [row[0] for row in db.execute("SELECT error FROM tasks")]
     assert len(errors) == 2 and all("***" in error for error in errors)

@@ -15,6 +15,7 @@ from kling_demo.errors import (
     TaskOutOfReach,
 )
 from kling_demo.jobs.progress import EstimateSource, Step, Tracker, estimate
+from kling_demo.jobs.schedule import InferenceHistory
 from kling_demo.models import (
     DEFAULT_MODEL,
     Balance,
@@ -73,19 +74,48 @@ def test_a_render_past_its_expectation_says_it_runs_longer_than_usual_and_never_
     assert 'class="kd-progress late"' in progress_html(late)
 
 
-def test_a_render_just_past_its_estimate_but_not_yet_late_never_says_0s_to_go() -> None:
-    """Issue 25: between the estimate and "late" nothing is left of the estimate, and the words stay true."""
+def test_no_moment_of_a_render_says_0s_to_go_and_past_the_estimate_it_says_at_once_it_runs_late() -> None:
+    """Issue 25: the line sat at "about 0s to go" until 1.25× + 10 s. Every moment, on a 50 ms grid: time left
+    while there is some (at least 1 s), and "longer than usual" from the estimate on."""
     tracker = Tracker(estimate(60.0, None))
     tracker.view(update(Stage.SUBMITTED, 0.0, task_id="t"))
-    for rendering_for in (59.6, 60.0, 65.0, 80.0):  # under a second left, on time, and past it but not yet late
+    for step in range(0, 2 * 60 * 20):
+        rendering_for = step / 20
         view = tracker.view(update(Stage.PROCESSING, rendering_for, task_id="t"))
         words = progress_words(view)
-        assert not view.late and view.remaining is not None and view.remaining < 1, (rendering_for, view)
-        assert "to go" not in words, words
-        assert "any moment now" in words and "about 1m 00s" in words, words
+        assert not re.search(r"\b0s to go", words), (rendering_for, words)
+        if rendering_for < 60.0:
+            assert not view.late and re.search(r"about (\d+m )?\d+s to go", words), (rendering_for, words)
+        else:
+            assert view.late and "taking longer than usual" in words and "to go" not in words, (rendering_for, words)
+            assert "about 1m 00s" in words and "not timed one yet" in words, words
         assert view.fraction < 0.95, "the bar is never full before the video is there"
-    late = tracker.view(update(Stage.PROCESSING, 90.0, task_id="t"))
-    assert late.late and "taking longer than usual" in progress_words(late)
+
+
+def test_a_late_render_names_the_range_of_this_apps_own_renders() -> None:
+    history = InferenceHistory()
+    for seconds in (48.0, 42.2, 61.0, 50.0):
+        history.record(DEFAULT_MODEL.model_id, 5, seconds)
+    assert history.spread(DEFAULT_MODEL.model_id, 5) == (42.2, 61.0) and history.spread("other", 5) is None
+    expected = estimate(150.0, history.expected(DEFAULT_MODEL.model_id, 5), history.spread(DEFAULT_MODEL.model_id, 5))
+    assert expected is not None and expected.seconds == 49.0
+    tracker = Tracker(expected)
+    tracker.view(update(Stage.SUBMITTED, 0.0, task_id="t"))
+    assert "about 1s to go" in progress_words(tracker.view(update(Stage.PROCESSING, 48.5, task_id="t")))
+    late = progress_words(tracker.view(update(Stage.PROCESSING, 49.0, task_id="t")))
+    assert "taking longer than usual: renders like this took 42s–1m 01s here" in late, late
+    beyond = progress_words(tracker.view(update(Stage.PROCESSING, 75.0, task_id="t")))
+    assert "taking longer than any recent render here (42s–1m 01s)" in beyond, beyond
+
+
+def test_the_service_estimates_from_its_own_renders_with_their_range(make_service, sandbox) -> None:
+    service = make_service(sandbox, background=False)
+    assert service.expected(5).source is EstimateSource.TYPICAL and service.expected(5).slowest is None
+    for seconds in (3.0, 5.0, 4.0):
+        service.history.record(DEFAULT_MODEL.model_id, 5, seconds)
+    expected = service.expected(5)
+    assert (expected.source, expected.seconds, expected.fastest, expected.slowest) == (
+        EstimateSource.HISTORY, 4.0, 3.0, 5.0)
 
 
 def test_waiting_in_the_apps_line_shows_the_place() -> None:
