@@ -48,8 +48,9 @@ def one_call(url: str, file_data: dict, n: int, forge: bool = False) -> str:
     text = requests.get(f"{url}gradio_api/call/generate/{call.json()['event_id']}", timeout=300).text
     if "event: complete" in text:
         return "paid"
-    for marker, kind in (("a minute)", "per-minute cap"), ("This Space has used", "app budget"),
-                         ("daily budget", "visitor budget"), ("at once", "jobs at once")):
+    for marker, kind in (("a minute)", "per-minute cap"), ("its daily budget", "app budget"),
+                         ("daily budget of this", "app budget"), ("your daily budget", "visitor budget"),
+                         ("at once", "jobs at once")):
         if marker in text:
             return f"refused: {kind}"
     return "other: " + text.strip().splitlines()[-1][:120]

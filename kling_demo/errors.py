@@ -22,7 +22,7 @@ from __future__ import annotations
 import errno
 from typing import ClassVar
 
-from .models import Submission, TaskStatus
+from .models import BudgetRefusal, Submission, TaskStatus
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 
@@ -142,11 +142,17 @@ class StorageUnavailable(TryLater):
 
 
 class BudgetExceeded(TryLater):
-    """A spending limit on the server's key is reached; nothing was submitted. `frees_at` is a Unix time."""
+    """A spending limit on the server's key is reached; nothing was submitted. `refusal` says which limit, what is
+    used and when it frees (the message is the API's wording of it; a page words it with its own voice)."""
 
-    def __init__(self, message: str, *, frees_at: float | None = None, task_id: str | None = None) -> None:
+    def __init__(self, message: str, *, refusal: BudgetRefusal | None = None, task_id: str | None = None) -> None:
         super().__init__(message, task_id=task_id)
-        self.frees_at = frees_at
+        self.refusal = refusal
+
+    @property
+    def frees_at(self) -> float | None:
+        """When the limit frees (Unix time), or None when it does not."""
+        return self.refusal.frees_at if self.refusal is not None else None
 
 
 class VisitorCapReached(TryLater):

@@ -247,6 +247,11 @@ class Charge:
     settled: bool
     currency: str = "USD"
 
+    @property
+    def refunded(self) -> bool:
+        """Nothing is charged net: the task's price came back (WaveSpeed refunds a task that ended without a video)."""
+        return self.amount < 0.005
+
 
 class Payer(str, enum.Enum):
     """Whose key pays for the next video."""
@@ -294,6 +299,59 @@ class BudgetView:
     limit: float | None
     app_spent: float
     app_limit: float | None
+
+
+class Limit(str, enum.Enum):
+    """A limit on what visitors may spend on the server's key."""
+
+    VISITOR = "visitor"  # one spender's budget in money, per rolling 24 hours
+    APP = "app"  # the whole app's budget in money, per rolling 24 hours
+    RATE = "rate"  # one spender's submissions per minute
+
+
+@dataclass(frozen=True)
+class BudgetRefusal:
+    """Why the next video on the server's key is refused, as the ledger stood at `at` (Unix time).
+
+    `used` and `cap` are dollars per 24 hours for a budget; for the rate, `cap` is the submissions allowed a
+    minute and `submitted` how many there were in the last one. `frees_at` is when enough has left the window for
+    the video to fit (None: never, as the price is above the limit itself or the limit is 0)."""
+
+    limit: Limit
+    cap: float
+    used: float = 0.0
+    price: float | None = None  # the video's price (None: the quote could not be had)
+    duration: int | None = None  # the video's length, when known
+    frees_at: float | None = None
+    submitted: int = 0
+    at: float = 0.0
+    shorter: bool = False  # a shorter video exists, and costs less
+
+    @property
+    def wait(self) -> float | None:
+        """Seconds from `at` until the limit frees, or None when it does not."""
+        return max(0.0, self.frees_at - self.at) if self.frees_at is not None else None
+
+
+@dataclass(frozen=True)
+class Spend:
+    """What an owner's tasks cost so far, in one currency: WaveSpeed's charges where its billing could be read,
+    else the quotes at submission (said to be quotes)."""
+
+    currency: str = "USD"
+    charged: float = 0.0  # the sum of the charges read from WaveSpeed's billing
+    charged_tasks: int = 0
+    refunded_tasks: int = 0  # of those, tasks whose whole price was refunded (they ended without a video)
+    quoted: float = 0.0  # the sum of the quotes of tasks whose charge is not known here
+    quoted_tasks: int = 0
+
+    @property
+    def total(self) -> float:
+        return self.charged + self.quoted
+
+    @property
+    def tasks(self) -> int:
+        return self.charged_tasks + self.quoted_tasks
 
 
 class Step(str, enum.Enum):

@@ -9,12 +9,15 @@ is a visitor (no HTTP codes, variable or header names, "inference") or a develop
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
+from typing import Sequence
 
-from .errors import (AuthenticationFailed, CheckTheKey, FixTheInput, KlingDemoError, NotFound, NothingSubmitted,
-                     RateLimited, ServiceUnavailable, SubmissionOutcomeUnknown, TaskEnded, TaskKept, TryLater)
-from .models import (BudgetView, JobUpdate, KeyCheck, KeyState, Payer, PriceView, Quote, Stage, StopReport, Submission,
-                     TaskStatus)
+from .errors import (AuthenticationFailed, BudgetExceeded, CheckTheKey, FixTheInput, KlingDemoError, NotFound,
+                     NothingSubmitted, RateLimited, ServiceUnavailable, SubmissionOutcomeUnknown, TaskEnded, TaskKept,
+                     TryLater)
+from .models import (BudgetRefusal, BudgetView, JobUpdate, KeyCheck, KeyState, Limit, Payer, PriceView, Quote, Spend,
+                     Stage, StopReport, Submission, TaskStatus)
 
 HEADINGS = {
     Stage.PREPARING: "Checking", Stage.WAITING: "Waiting", Stage.UPLOADING: "Uploading",
@@ -110,6 +113,8 @@ class Voice:
             return self._done(update)
         if stage is Stage.STOPPED:
             return self.stopped(StopReport(update.submission, update.task_id))
+        if isinstance(update.error, BudgetExceeded) and update.error.refusal is not None:
+            return self.refused(update.error.refusal, ended=True)
         return self.error_text(update.error) if isinstance(update.error, KlingDemoError) else str(update.error or "")
 
     def line(self, update: JobUpdate) -> str:
@@ -153,7 +158,8 @@ class Voice:
         if update.inference_ms:
             seconds = update.inference_ms / 1000
             parts.append(f"rendered in {seconds:.1f} s" if self.for_visitors else f"inference {seconds:.1f} s")
-        cost = self.cost(update.price, charged=update.charge.amount if update.charge else None)
+        charge = update.charge
+        cost = self.cost(update.price, charged=charge.amount if charge else None, settled=not charge or charge.settled)
         if cost:
             parts.append(cost)
         parts.append(f"task {update.task_id}")
@@ -241,18 +247,20 @@ class Voice:
 
     # -- money --------------------------------------------------------------------------------------------------
 
-    def cost(self, quote: Quote | None, *, charged: float | None = None) -> str:
-        """A task's cost: what WaveSpeed's itemised billing charged, else its quote at submission, labelled as
-        such; "" where nothing is known (or nothing is ever billed)."""
+    def cost(self, quote: Quote | None, *, charged: float | None = None, settled: bool = True) -> str:
+        """A task's cost, the one way every front end states it: what WaveSpeed's itemised billing charged (all of
+        it refunded, or not settled yet), else its quote at submission, labelled as such; "" where nothing is known
+        (or nothing is ever billed)."""
         if self.sandbox:
             return ""
-        currency = quote.currency if quote else "USD"
         if charged is not None:
-            return f"cost {money(charged, currency)} (charged)"
+            amount = money(charged, quote.currency if quote else "USD")
+            if charged < 0.005:
+                return f"cost {amount} (refunded)"
+            return f"cost {amount} ({'charged' if settled else 'charged so far; not settled yet'})"
         if quote is None:
             return ""
         return f"cost {money(quote.price, quote.currency)} (quoted at submission)"
-
 
     def price_line(self, view: PriceView | None) -> str:
         """The line beside Generate: WaveSpeed's quote for what is about to be submitted, never a made-up one."""
@@ -289,14 +297,27 @@ class Voice:
             return "This key could not be checked right now (WaveSpeed did not answer); it is used when you generate."
         return f"Key accepted · balance {money(check.balance.amount, check.balance.currency)}"
 
-    def spend_line(self, totals: dict[str, tuple[float, int]]) -> str:
-        """The visitor's spend so far: what their completed videos were quoted."""
+    def spend_line(self, spends: Sequence[Spend]) -> str:
+        """The visitor's spend so far: what their tasks were charged (a refunded one at $0), and which figures are
+        quotes at submission because the charge cannot be read here."""
         if self.sandbox:
             return "Sandbox mode: nothing you make here costs money."
-        if not totals:
+        if not spends:
             return "Spent so far: nothing yet."
-        parts = [f"{money(total, currency)} on {plural(count, 'video')}" for currency, (total, count) in sorted(totals.items())]
-        return "Spent so far: " + "; ".join(parts) + " (WaveSpeed's quotes at submission)."
+        return "Spent so far: " + "; ".join(self._spent(spend) for spend in spends) + "."
+
+    def _spent(self, spend: Spend) -> str:
+        total = f"{money(spend.total, spend.currency)} on {plural(spend.tasks, 'task')}"
+        refunded = f" ({spend.refunded_tasks} refunded)" if spend.refunded_tasks else ""
+        unknown = "its charge is" if spend.quoted_tasks == 1 else "their charges are"
+        if not spend.quoted_tasks:
+            return f"{total}, as {self.service} charged {'it' if spend.tasks == 1 else 'them'}{refunded}"
+        if not spend.charged_tasks:
+            return (f"{total}, as {self.service} quoted {'it' if spend.tasks == 1 else 'them'} at submission "
+                    f"({unknown} not known here)")
+        return (f"{total}: {money(spend.charged, spend.currency)} charged by {self.service} for "
+                f"{spend.charged_tasks}{refunded} and {money(spend.quoted, spend.currency)} quoted at submission for "
+                f"{spend.quoted_tasks} ({unknown} not known here)")
 
     def budget_line(self, view: BudgetView | None) -> str:
         """How much of the server key's budget the visitor used; "" where none applies to them."""
@@ -313,6 +334,51 @@ class Voice:
                 parts.append(f"{holder if not parts else holder.lower()} has {money(left)} of {money(view.app_limit)} left")
         return " · ".join(parts) + " · your own key lifts this"
 
+    def refused(self, refusal: BudgetRefusal, *, ended: bool = False) -> str:
+        """Why the next video on the server's key is not offered (or, `ended`, why a job was refused), when it frees,
+        and what lifts the limit; the page says it before the click, the API caller gets it as the job's error."""
+        own = f"Your own {'' if self.sandbox else 'WaveSpeed '}key lifts this limit: "
+        own += ("enter it under “Your WaveSpeed key”." if self.for_visitors
+                else "send it in the X-WaveSpeed-Key header.")
+        return f"{self._why(refusal)} {own}{' Nothing was submitted.' if ended else ''}"
+
+    def _why(self, refusal: BudgetRefusal) -> str:
+        key, cap, mine = self.servers_key, refusal.cap, refusal.limit is Limit.VISITOR
+        if refusal.limit is Limit.RATE:
+            if not cap:
+                return f"New videos on {key} are switched off."
+            return (f"You have started {plural(refusal.submitted, 'video')} in the last minute, the most one visitor "
+                    f"may on {key} ({int(cap)} a minute).{_frees(refusal, 'Try again')}")
+        whole = "this Space" if self.on_space else "this app"
+        budget = f"your daily budget on {key}" if mine else f"the daily budget of {whole}"
+        video = f"a {refusal.duration} s video" if refusal.duration else "a video"
+        if refusal.price is not None and refusal.price > cap + 0.005:
+            shorter = " A shorter video costs less." if refusal.shorter else ""
+            return (f"{video.capitalize()} costs {money(refusal.price)}, more than {budget} ({money(cap)} per 24 "
+                    f"hours).{shorter}")
+        who = "You have" if mine else f"T{whole[1:]} has"
+        costs = f", and {video} costs {money(refusal.price)}" if refusal.price is not None else ""
+        return (f"{who} used {money(refusal.used)} of {budget if mine else 'its daily budget'} ({money(cap)} per 24 "
+                f"hours){costs}.{_frees(refusal, 'It frees up')}")
+
 
 def _whole(seconds: float | None) -> int:
     return max(1, math.ceil(seconds or 0))
+
+
+def _frees(refusal: BudgetRefusal, lead: str) -> str:
+    """" It frees up at 14:32 UTC (in 3 h 12 min).", " Try again in 45 s.", or nothing when it does not free."""
+    if refusal.frees_at is None or refusal.wait is None:
+        return ""
+    if refusal.wait < 60:
+        return f" {lead} in {_span(refusal.wait)}."
+    return f" {lead} at {time.strftime('%H:%M UTC', time.gmtime(refusal.frees_at))} (in {_span(refusal.wait)})."
+
+
+def _span(seconds: float) -> str:
+    """A wait as a person reads it: "45 s", "12 min", "3 h 05 min"."""
+    seconds = max(1, math.ceil(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = math.ceil(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"

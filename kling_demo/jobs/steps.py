@@ -57,7 +57,7 @@ LOST_LOOKUP_DELAYS = (1.0, 2.0, 4.0)  # after a lost submit answer, the listing 
 
 
 class Reservation(Protocol):
-    """An amount counted against the budgets (service.budgets): released if nothing was submitted."""
+    """An amount counted against the budgets (service.money): released if nothing was submitted."""
 
     def release(self) -> None: ...
 

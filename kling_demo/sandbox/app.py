@@ -128,8 +128,10 @@ async def balance(request: Request) -> Response:
 
 
 async def price(request: Request) -> Response:
-    """A free quote: `{model_id, inputs}` → `{price, discounted_price, discount_rate, currency}`."""
+    """A free quote: `{model_id, inputs}` → `{price, discounted_price, discount_rate, currency}`; every call with a
+    key that passes counts in `price_quotes`."""
     state = _authorized(request)
+    state.count_price_quote()
     if kind := state.faults.draw_account():
         return fault_response(kind)
     quote = state.accounts.quote_request(await json_object(request))

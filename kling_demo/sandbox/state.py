@@ -57,6 +57,7 @@ class SandboxState:
         self.rate_limited = 0
         self.insufficient_balance = 0
         self.billing_searches = 0
+        self.price_quotes = 0
         self.closed = False
         self.holding = config.hold_renders
         self.holding_submissions = config.hold_submissions
@@ -222,6 +223,10 @@ class SandboxState:
         with self.lock:
             self.billing_searches += 1
 
+    def count_price_quote(self) -> None:
+        with self.lock:
+            self.price_quotes += 1
+
     def billing(self, owner: str, query: BillingQuery) -> dict[str, Any]:
         """One page of `owner`'s billing records matching `query`, each with its task's current status."""
         now = time.time()
@@ -245,6 +250,7 @@ class SandboxState:
                 "rate_limited": self.rate_limited,
                 "insufficient_balance": self.insufficient_balance,
                 "billing_searches": self.billing_searches,
+                "price_quotes": self.price_quotes,
                 "submissions_held": self.submissions_held,
                 "max_running": self._max_running(now),
                 "webhooks_delivered": self.webhooks.delivered,

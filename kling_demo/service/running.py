@@ -16,7 +16,7 @@ from ..errors import JobStopped, KlingDemoError
 from ..jobs.progress import Tracker
 from ..jobs.runner import InThread, run, run_async
 from ..jobs.steps import JobContext
-from ..models import Estimate, JobUpdate, Stage, StopReport
+from ..models import Charge, Estimate, JobUpdate, Stage, StopReport
 
 
 class Job:
@@ -25,8 +25,11 @@ class Job:
     generator cannot be closed while it runs."""
 
     def __init__(self, updates: Iterator[JobUpdate], ctx: JobContext, *, expected: Estimate | None = None,
-                 on_close: Callable[[], None] = lambda: None, hand_over: Callable[[], None] = lambda: None) -> None:
+                 on_close: Callable[[], None] = lambda: None, hand_over: Callable[[], None] = lambda: None,
+                 charge: Callable[[str], Charge | None] | None = None) -> None:
+        """`charge` reads what the finished task was charged, for its DONE update (None: its quote stands)."""
         self._updates = _Guarded(updates, self)
+        self._charge = charge
         self._ctx = ctx
         self._tracker = Tracker(expected)
         self._on_close = on_close
@@ -97,6 +100,8 @@ class Job:
                 update = JobUpdate(stage, last.elapsed if last else 0.0,
                                    task_id=error.task_id or (last.task_id if last else None),
                                    submission=self._ctx.sending.submission, error=error)
+            if update.stage is Stage.DONE and update.task_id and self._charge is not None:
+                update = dataclasses.replace(update, charge=self._charge(update.task_id))
             self.last = dataclasses.replace(update, progress=self._tracker.view(update))
             return self.last
         finally:

@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..config import Settings
 from ..errors import AuthenticationFailed, InputRejected, KeyRequired, KlingDemoError, NotYours, WebhookRejected
@@ -29,18 +29,19 @@ from ..jobs.slots import ApiSlots, slot_key
 from ..jobs.steps import Followers, JobContext
 from ..jobs import images
 from ..jobs.inputs import check_prompt, check_task_id
-from ..models import (DEFAULT_MODEL, Balance, BudgetView, Estimate, FormFill, JobRequest, JobUpdate, KeyCheck, KeySource,
-                      KeyState, ListedTask, ModelSpec, Payer, PriceView, Quote, Stage, StopReport, Submission,
-                      TaskRecord)
+from ..models import (DEFAULT_MODEL, Balance, BudgetRefusal, BudgetView, Charge, Estimate, FormFill, JobRequest,
+                      JobUpdate, KeyCheck, KeySource, KeyState, ListedTask, ModelSpec, Payer, PriceView, Quote, Spend,
+                      Stage, StopReport, Submission, TaskRecord)
 from ..store import files, videos
 from ..store.journal import Journal
+from ..store.ledger import Ledger, Limits
 from ..wavespeed.client import Prediction, WaveSpeedClient
 from ..wavespeed.connections import Connections
 from ..wavespeed.webhooks import Receiver
 from ..words import Voice
 from .backend import Backend, open_backend
-from .budgets import Budgets, Ledger, Limits
-from .prices import QuoteCache, price_guard
+from .identity import key_id
+from .money import AcceptedKeys, Budgets, Charges, QuoteCache, price_guard, spend_of
 from .recovery import Recovery
 from .running import Job
 from .visitors import JobSlots, Throttle, Visitor, Visitors, visitor_key
@@ -82,15 +83,18 @@ class Service:
         self.poller = Poller()  # polls every running task on its schedule; jobs subscribe to their task
         self.webhooks = Receiver(settings.webhook_secret, self._pushed) \
             if settings.webhook_url and settings.webhook_secret else None
-        self.budgets = Budgets(Ledger(self.journal.path), Limits(settings.visitor_budget_usd, settings.daily_budget_usd,
-                                                                 settings.submits_per_minute), spec)
         # Tasks at WaveSpeed per key, the server's and each visitor's own: jobs beyond the account's level wait here.
         self.api_slots = ApiSlots(settings.api_concurrency)
-        self.quotes = QuoteCache()  # WaveSpeed's price quotes, shared by the page's price line and the jobs
+        self.quotes = QuoteCache()  # WaveSpeed's price quotes, shared by the page's price line, budgets and jobs
+        self.charges = Charges()  # what the server key's tasks were charged, from WaveSpeed's billing
+        self.accepted_keys = AcceptedKeys()  # keys WaveSpeed accepted, per browser: a refresh is no new guess
         self.recovery = Recovery(self.journal, self.context, api_base=self.backend.base_url,
                                  sandbox=self.backend.is_sandbox, release_slot=self.api_slots.finish)
         self.background = background
         self.voice = Voice(sandbox=self.backend.is_sandbox, on_space=settings.on_space)
+        self.budgets = Budgets(Ledger(self.journal.path), Limits(settings.visitor_budget_usd, settings.daily_budget_usd,
+                                                                 settings.submits_per_minute), spec, self.quotes,
+                               self.voice)
         self.visitors = Visitors(settings.owner_secret())
         self._live: dict[tuple[str, str], Job] = {}  # (owner, page token) → the job that page runs
         self._stopped_early: OrderedDict[tuple[str, str], StopReport] = OrderedDict()
@@ -115,11 +119,13 @@ class Service:
         client = self._client(api_key)
         # A visitor's own key belongs to an account whose webhook secret we do not know: those tasks are polled.
         pushed = self.webhooks is not None and not api_key
-        guard = self.budgets.guard(spender, client) if spender is not None and not api_key else None
+        guard = self.budgets.guard(spender, client, self.backend.api_key) if spender is not None and not api_key \
+            else None
         # The sandbox bills nothing: its jobs keep no price and never check a balance.
         priced = None if self.is_sandbox else price_guard(
             self.quotes, client, api_key or self.backend.api_key, self.spec,
-            whose="Your" if api_key or operator else "This Space's", show_balance=self.settings.show_balance)
+            whose="Your" if api_key or operator else "This Space's" if self.settings.on_space else "This app's",
+            show_balance=self.settings.show_balance)
         records = Records(self.journal, owner, self.spec.model_id, client.base_url,
                           KeySource.VISITOR if api_key else KeySource.SERVER, self.videos_dir)
         return JobContext(client=client, videos_dir=self.videos_dir, records=records,
@@ -168,7 +174,8 @@ class Service:
         ctx = self.context(visitor.owner, visitor.api_key, None if visitor.operator else self.spender(visitor),
                            operator=visitor.operator)
         job = Job(steps.generate(request, ctx), ctx, expected=self.expected(request.duration),
-                  on_close=on_close.close, hand_over=lambda: self._hand_over(visitor))
+                  on_close=on_close.close, hand_over=lambda: self._hand_over(visitor),
+                  charge=self._charge_reader(visitor.api_key))
         return self._track(job, visitor, token)
 
     def resume(self, task_id: str, visitor: Visitor, *, duration: int | None = None, token: str = "",
@@ -191,7 +198,7 @@ class Service:
         payer = Visitor(visitor.owner, use_key)
         known = record.duration if record and record.duration else duration
         job = Job(steps.resume(task_id, ctx, duration=known, listed=listed), ctx, expected=self.expected(known),
-                  hand_over=lambda: self._hand_over(payer))
+                  hand_over=lambda: self._hand_over(payer), charge=self._charge_reader(use_key))
         return self._track(job, visitor, token)
 
     def stop(self, visitor: Visitor, token: str) -> StopReport:
@@ -281,11 +288,13 @@ class Service:
             return None
         payer = Payer.OWN_KEY if visitor.api_key else (
             Payer.OWN_KEY_NEEDED if self.settings.require_user_key else Payer.SERVER_KEY)
-        if visitor.api_key and self.key_checks.take(owner=visitor.owner or None, address=visitor.address):
+        if visitor.api_key and self._key_check_wait(visitor, visitor.api_key) is not None:
             return PriceView(duration, payer)  # the limit is reached: no quote on a key nobody vouched for
         try:
             quote = self.quote(visitor, duration)
         except AuthenticationFailed:
+            if visitor.api_key:
+                self.accepted_keys.forget(visitor.owner, key_id(self.visitors.secret, visitor.api_key))
             return PriceView(duration, payer, key_refused=True)
         except KlingDemoError as error:
             log.info("price: no quote (%s)", type(error).__name__)
@@ -299,8 +308,9 @@ class Service:
         return PriceView(duration, payer, quote, balance=balance)
 
     def check_key(self, typed: str | None, visitor: Visitor) -> KeyCheck | None:
-        """What WaveSpeed says of a key a visitor typed (never the key itself). Checks are limited per owner and
-        per address (KEY_CHECKS_PER_MINUTE), so the page is no oracle for guessing keys."""
+        """What WaveSpeed says of a key a visitor typed (never the key itself), with its balance now. Checks are
+        limited per owner and per address (KEY_CHECKS_PER_MINUTE), so the page is no oracle for guessing keys; a
+        key WaveSpeed already accepted for this owner is no guess, so showing its balance again is not limited."""
         try:
             api_key = visitor_key(typed, None)
         except InputRejected as problem:
@@ -309,21 +319,87 @@ class Service:
             return None
         if self.is_sandbox:
             return KeyCheck(KeyState.NOT_USED)
-        wait = self.key_checks.take(owner=visitor.owner or None, address=visitor.address)
+        wait = self._key_check_wait(visitor, api_key)
         if wait is not None:
             return KeyCheck(KeyState.THROTTLED, retry_in=wait)
+        hashed = key_id(self.visitors.secret, api_key)
         try:
             held = self.balance(Visitor("", api_key))
         except AuthenticationFailed:
+            self.accepted_keys.forget(visitor.owner, hashed)
             return KeyCheck(KeyState.REFUSED)
         except KlingDemoError as error:
             log.info("key check: no answer (%s)", type(error).__name__)
             return KeyCheck(KeyState.UNCHECKED)
+        self.accepted_keys.remember(visitor.owner, hashed)
         return KeyCheck(KeyState.ACCEPTED, balance=held)
 
-    def spend(self, visitor: Visitor) -> dict[str, tuple[float, int]]:
-        """What the visitor's completed videos were quoted, per currency: {currency: (total, how many)}."""
-        return {} if self.is_sandbox else self.journal.spend(visitor.owner)
+    def _key_check_wait(self, visitor: Visitor, api_key: str) -> int | None:
+        """None when this key may be asked about now: accepted earlier for this owner, or within the limit."""
+        if self.accepted_keys.knows(visitor.owner, key_id(self.visitors.secret, api_key)):
+            return None
+        return self.key_checks.take(owner=visitor.owner or None, address=visitor.address)
+
+    def refusal(self, visitor: Visitor, duration: object) -> BudgetRefusal | None:
+        """What would refuse the visitor's next video of `duration` on the server's key at this moment (a budget
+        or the per-minute rate), before anything is clicked; None when it would go, or no limit applies to them
+        (their own key, the operator). The job's own reservation still decides."""
+        if visitor.api_key or visitor.operator or not self.budgets.limits.any:
+            return None
+        try:
+            length: int | None = check_duration(duration, self.spec)
+        except KlingDemoError:
+            length = None
+        quote = None
+        if length is not None and self.budgets.limits.money:
+            try:
+                quote = self.quote(Visitor(visitor.owner), length)
+            except KlingDemoError as error:  # the job refuses without a price; until then only the rate speaks
+                log.info("refusal: no quote (%s)", type(error).__name__)
+        return self.budgets.refusal(self.spender(visitor), quote, length)
+
+    def running(self, visitor: Visitor) -> bool:
+        """Whether a page of this owner runs a job now (its Generate stays as the job left it)."""
+        with self._live_lock:
+            return any(owner == visitor.owner for owner, _ in self._live) if visitor.owner else False
+
+    def spend(self, visitor: Visitor) -> tuple[Spend, ...]:
+        """What the visitor's tasks cost so far, per currency: WaveSpeed's charges where the key that paid can read
+        them (the server's), else the quotes at submission; nothing in sandbox mode."""
+        if self.is_sandbox:
+            return ()
+        records = self.journal.costed(visitor.owner)
+        return spend_of(records, self.charges_of(records))
+
+    def charge(self, record: TaskRecord) -> Charge | None:
+        """What WaveSpeed's billing says the task cost, where this app may read it (a task of the server's key on
+        this API), cached; None: its quote stands."""
+        return self.charges_of([record]).get(record.task_id)
+
+    def charges_of(self, records: list[TaskRecord]) -> dict[str, Charge]:
+        """The charges known for these tasks, by task id (one billing search for those not cached)."""
+        if self.is_sandbox:
+            return {}
+        readable = [record for record in records
+                    if record.key_source is KeySource.SERVER and record.api_base == self.backend.base_url
+                    and not record.is_intent]
+        if not readable:
+            return {}
+        with self._client(None, quick=True) as client:
+            return self.charges.of(client, self.backend.api_key, [record.task_id for record in readable],
+                                   ended={record.task_id for record in readable if not record.in_flight})
+
+    def _charge_reader(self, api_key: str | None) -> Callable[[str], Charge | None] | None:
+        """What a job's DONE update asks for its task's charge: the server key's billing; with a visitor's own key
+        (never kept, so never read again later) nothing, and the quote stands everywhere alike."""
+        if api_key or self.is_sandbox:
+            return None
+
+        def read(task_id: str) -> Charge | None:
+            with self._client(None, quick=True) as client:
+                return self.charges.of(client, self.backend.api_key, [task_id], ended=[task_id]).get(task_id)
+
+        return read
 
     # -- checks a front end can run before anything is paid for --------------------------------------------------
 
@@ -508,7 +584,7 @@ class Service:
     def _already_done(self, record: TaskRecord) -> Job:
         done = JobUpdate(Stage.DONE, 0.0, task_id=record.task_id, submission=Submission.EXISTS,
                          video_path=Path(record.video_path or ""), already_done=True)
-        return Job(iter((done,)), self.context(record.owner))
+        return Job(iter((done,)), self.context(record.owner), charge=lambda _: self.charge(record))
 
 
 def _refuse(problem: str | None) -> None:

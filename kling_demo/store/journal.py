@@ -368,11 +368,12 @@ class Journal:
         return [record for record in records if (record.owner, record.task_id) not in withdrawn] if withdrawn \
             else records
 
-    def spend(self, owner: str) -> dict[str, tuple[float, int]]:
-        """What the owner's completed tasks were quoted, per currency: {currency: (total, how many)}."""
-        rows = self._rows("SELECT currency, SUM(price) AS total, COUNT(*) AS tasks FROM tasks WHERE owner = ? AND"
-                          " status = ? AND price IS NOT NULL GROUP BY currency", (owner, TaskStatus.COMPLETED))
-        return {str(row["currency"] or "USD"): (float(row["total"]), int(row["tasks"])) for row in rows}
+    def costed(self, owner: str) -> list[TaskRecord]:
+        """The owner's tasks that have a task id, newest first: each was created at WaveSpeed, so may be billed
+        (an intent, with no task id, may never have been)."""
+        rows = self._rows("SELECT * FROM tasks WHERE owner = ? AND substr(task_id, 1, ?) != ? ORDER BY created_at DESC",
+                          (owner, len(INTENT_PREFIX), INTENT_PREFIX))
+        return _records(rows)
 
     def running(self, *, owner: str | None = None) -> list[TaskRecord]:
         """Tasks not yet finished (all owners, or one), oldest first."""

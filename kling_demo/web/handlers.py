@@ -24,6 +24,9 @@ from .examples import ASSETS, EXAMPLES
 
 log = logging.getLogger(__name__)
 SPEC = DEFAULT_MODEL
+# A refusal that frees within two minutes is looked at again every 5 s (its "in 45 s" stays true), a later one
+# every 30 s; either is looked at again the moment it frees.
+RECHECK_SOON, RECHECK_LATER = 5.0, 30.0
 # What the page's job steps put out: status, task id, video, progress, and the stage (for the browser's title).
 JobOutputs = tuple[Any, Any, Any, Any, Any]
 
@@ -104,7 +107,7 @@ class Handlers:
             return None, "", "", *buttons, question, gr.update(value=None, visible=False)
         video = record.video_path if record.video_path and Path(record.video_path).exists() else None
         end = self.service.end_frame(record)
-        text = views.detail(record, self.voice, end_frame_shown=end is not None)
+        text = views.detail(record, self.voice, end_frame_shown=end is not None, charge=self.service.charge(record))
         return (video, text, record.task_id, *buttons, question,
                 gr.update(value=str(end) if end else None, visible=end is not None))
 
@@ -167,26 +170,34 @@ class Handlers:
     # -- money ----------------------------------------------------------------------------------------------------
 
     @plain_errors()
-    def show_price(self, duration: int | None, typed: str | None, request: gr.Request) -> str:
-        """The quote for the video about to be submitted, on the key that would pay for it."""
-        return self.voice.price_line(self.service.price(self.payer(request, typed), duration))
+    def show_offer(self, duration: int | None, typed: str | None, owner_id: str | None, request: gr.Request,
+                   profile: gr.OAuthProfile | None = None) -> tuple[Any, Any, Any, Any]:
+        """The next video as the page offers it, following the duration and the key: the price line, Generate (its
+        price on it, or disabled with why in its label), the line beside it (the budgets used, or why the next
+        video is refused and when that frees), and the timer that looks again as it frees. A job running on this
+        owner's page keeps Generate as the job left it."""
+        payer = self.payer(request, typed, owner_id, profile)
+        price = self.service.price(payer, duration)
+        refusal = self.service.refusal(payer, duration)
+        note = views.budget_note(self.service.budget(payer), refusal, self.voice)
+        button: dict[str, Any] = {"value": views.generate_label(price, refusal, self.voice)}
+        if refusal is not None or not self.service.running(payer):
+            button["interactive"] = refusal is None
+        wait = refusal.wait if refusal is not None else None
+        ticker = gr.Timer(recheck_after(wait), active=True) if wait is not None else gr.Timer(active=False)
+        return self.voice.price_line(price), gr.update(**button), gr.update(value=note, visible=bool(note)), ticker
 
     @plain_errors()
     def show_key_status(self, typed: str | None, owner_id: str | None, request: gr.Request) -> str:
-        """As soon as a key is entered: accepted (with its balance) or rejected; the key itself is never shown."""
+        """As soon as a key is entered, after each job and when the page is looked at again: accepted (with its
+        balance now) or rejected; the key itself is never shown."""
         check = self.service.check_key(typed, self.payer(request, None, owner_id))
         return views.literal(self.voice.key_status(check, fallback=not self.settings.require_user_key))
 
     @plain_errors()
     def show_spend(self, owner_id: str | None, request: gr.Request) -> str:
-        """What the visitor's completed videos cost so far (shown once the page has its owner id)."""
+        """What the visitor's tasks cost so far (shown once the page has its owner id)."""
         return self.voice.spend_line(self.service.spend(self.owner(request, owner_id))) if owner_id else ""
-
-    @plain_errors()
-    def show_budget(self, typed: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> Any:
-        """The visitor's spend on the server's key near Generate; hidden in sandbox mode and with their own key."""
-        line = self.voice.budget_line(self.service.budget(self.payer(request, typed, profile=profile)))
-        return gr.update(value=line, visible=bool(line))
 
     # -- a job on the page ----------------------------------------------------------------------------------------
 
@@ -315,3 +326,8 @@ class Handlers:
 
 def _has_video(record: TaskRecord) -> bool:
     return bool(record.video_path and Path(record.video_path).exists())
+
+
+def recheck_after(wait: float) -> float:
+    """Seconds until the page looks again at a refusal that frees in `wait` seconds."""
+    return max(1.0, min(wait + 0.5, RECHECK_SOON if wait < 120 else RECHECK_LATER))

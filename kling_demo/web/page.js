@@ -45,5 +45,16 @@
       if (box.top >= 0 && box.bottom <= window.innerHeight) return;
       element.scrollIntoView({behavior: 'smooth', block: 'start'});
     },
+    // The key's balance and the budgets as they are now, when the visitor comes back to the page (a job may have
+    // finished, or a limit freed, meanwhile): a click of the hidden refresh button, at most every 2 s.
+    refreshMoney() {
+      const now = Date.now();
+      if (document.hidden || now - (this.moneyAt || 0) < 2000) return;
+      this.moneyAt = now;
+      const button = document.getElementById('money-refresh');
+      if (button) button.click();
+    },
   };
+  window.addEventListener('focus', () => window.klingDemo.refreshMoney());
+  document.addEventListener('visibilitychange', () => window.klingDemo.refreshMoney());
 }

@@ -19,7 +19,7 @@ from .api import Api, webhook_route
 from .examples import ASSETS, EXAMPLES
 from .gradio_fixes import (close_with, describe_for_api, duration_input, frame_input, guard_launch, hold_queue_limit,
                            run_more_than_forty)
-from .handlers import Handlers
+from .handlers import RECHECK_LATER, Handlers
 
 SPEC = DEFAULT_MODEL
 # Gradio refuses bigger uploads with HTTP 413 while they stream in, before they reach the disk cache. The API takes
@@ -124,6 +124,17 @@ def _layout(service: Service, settings: Settings) -> Page:
                                           "each run differs.")
                 p.duration = duration_input(choices=list(SPEC.durations), value=SPEC.default_duration,
                                           label="Duration (s)", elem_id="duration", min_width=120, scale=1)
+            with gr.Row(elem_id="buttons"):
+                p.generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                p.stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
+            # Right under Generate, with Advanced after them so both are in view at 1280×800: why the next video is
+            # not offered (and when that frees), or the budgets used.
+            p.budget = gr.Markdown("", elem_id="budget", visible=False)
+            p.price = gr.Markdown("", elem_id="price", elem_classes="kd-note")
+            # Clicked by page.js when the page is looked at again (Gradio renders no invisible component: CSS hides
+            # it), so the key's balance and the budgets are as they are now; the timer looks again as a limit frees.
+            p.money_refresh = gr.Button("Refresh the money lines", elem_id="money-refresh", elem_classes="kd-hidden")
+            p.money_ticker = gr.Timer(RECHECK_LATER, active=False)
             with gr.Accordion("Advanced", open=False, elem_id="advanced") as p.advanced:
                 p.negative = gr.Textbox(label="Negative prompt", lines=2,
                                       max_length=SPEC.max_chars("negative_prompt"),
@@ -132,11 +143,6 @@ def _layout(service: Service, settings: Settings) -> Page:
                                              elem_classes="kd-note")
                 p.end_image = frame_input(label="End frame (optional)", height=200, elem_id="end-frame")
                 p.end_check = gr.Markdown("", elem_id="end-frame-check", container=False, elem_classes="kd-note")
-            with gr.Row(elem_id="buttons"):
-                p.generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
-                p.stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
-            p.price = gr.Markdown("", elem_id="price", elem_classes="kd-note")
-            p.budget = gr.Markdown("", elem_id="budget", visible=False)
             if oauth_enabled():  # a Space with `hf_oauth: true`; the button cannot start anywhere else
                 gr.LoginButton("Sign in with Hugging Face for your own budget", elem_id="login")
         with gr.Column(scale=1, elem_id="result-column"):
@@ -210,6 +216,7 @@ def _events(demo: gr.Blocks, p: Page, page: Handlers, api: Api, service: Service
                **private}
     # Resume and "Bring into my history" answer in the status, far above their buttons: it comes into view.
     new_job_shown = {**new_job, "js": "() => window.klingDemo.newJob('status')"}
+    offer_in, offer_out = [p.duration, p.key_box, p.owner_id], [p.price, p.generate_btn, p.budget, p.money_ticker]
 
     p.key_box.change(lambda key: key, inputs=p.key_box, outputs=p.typed_key, queue=False, **private)
     # The slider's number box takes any number typed (3 beside a slider at 1): it is brought back into range.
@@ -245,7 +252,8 @@ def _events(demo: gr.Blocks, p: Page, page: Handlers, api: Api, service: Service
             page.select_finished, inputs=[p.owner_id, p.task_id, p.job_stage], outputs=[p.gallery, *selected_out],
             queue=False, **private)
         ended.then(None, inputs=p.job_stage, js="(stage) => window.klingDemo.notify(stage)", queue=False, **private)
-        ended.then(page.show_budget, inputs=p.typed_key, outputs=p.budget, **quiet)
+        ended.then(page.show_offer, inputs=offer_in, outputs=offer_out, **quiet)
+        ended.then(page.show_key_status, inputs=[p.key_box, p.owner_id], outputs=p.key_status, **quiet)
     p.stop_btn.click(page.stop, inputs=[p.job_token, p.owner_id], outputs=[p.status, p.progress], queue=False,
                    **private).then(page.idle, outputs=buttons, queue=False, **private)
 
@@ -268,13 +276,16 @@ def _events(demo: gr.Blocks, p: Page, page: Handlers, api: Api, service: Service
                              outputs=[*selected_out, *history_out], queue=False, **private).then(
         None, js="() => window.klingDemo.show('history-detail')", queue=False, **private)  # its answer, in view
 
-    # Money: the price follows the duration and the key; the budget the key.
-    demo.load(page.show_budget, inputs=p.typed_key, outputs=p.budget, **quiet)
-    p.key_box.change(page.show_budget, inputs=p.key_box, outputs=p.budget, **quiet)
-    demo.load(page.show_price, inputs=[p.duration, p.key_box], outputs=p.price, **quiet)
-    p.duration.change(page.show_price, inputs=[p.duration, p.key_box], outputs=p.price, **quiet)
-    p.key_box.change(page.show_price, inputs=[p.duration, p.key_box], outputs=p.price, **quiet)
+    # Money: the price, Generate and the line beside it follow the duration, the key and the budgets; the key's
+    # balance is checked when it is entered, after each job and when the page is looked at again.
+    demo.load(page.show_offer, inputs=offer_in, outputs=offer_out, **quiet)
+    p.duration.change(page.show_offer, inputs=offer_in, outputs=offer_out, **quiet)
+    p.key_box.change(page.show_offer, inputs=offer_in, outputs=offer_out, **quiet)
+    p.money_ticker.tick(page.show_offer, inputs=offer_in, outputs=offer_out, **quiet)
     p.key_box.change(page.show_key_status, inputs=[p.key_box, p.owner_id], outputs=p.key_status, **quiet)
+    p.money_refresh.click(page.show_offer, inputs=offer_in, outputs=offer_out, **quiet)
+    p.money_refresh.click(page.show_key_status, inputs=[p.key_box, p.owner_id], outputs=p.key_status, **quiet)
+    p.money_refresh.click(page.show_spend, inputs=p.owner_id, outputs=p.spend, **quiet)
 
     # Your WaveSpeed tasks (only with one's own key, never in sandbox mode).
     p.key_box.change(lambda key: gr.update(visible=bool((key or "").strip()) and not service.is_sandbox),

@@ -9,9 +9,9 @@ import math
 import re
 import time
 
-from ..models import (Estimate, EstimateSource, FormFill, JobUpdate, ListedTask, ProgressView, Stage, TaskRecord,
-                      TaskStatus)
-from ..words import Voice, duration, plural
+from ..models import (BudgetRefusal, BudgetView, Charge, Estimate, EstimateSource, FormFill, JobUpdate, Limit,
+                      ListedTask, PriceView, ProgressView, Stage, TaskRecord, TaskStatus)
+from ..words import Voice, duration, money, plural
 
 IDLE_STATUS = "Ready. Add a first frame and a prompt (or pick an example), then press **Generate**."
 # A character counter under a text box, run in the browser only (page.js); it appears from 80 % of the cap.
@@ -148,9 +148,10 @@ def caption(record: TaskRecord, voice: Voice) -> str:
     return f"{SYMBOLS[tile_state(record)]} {voice.task_status(record.status)} · {prompt[:60]} · {when}{took}"
 
 
-def detail(record: TaskRecord, voice: Voice, *, end_frame_shown: bool = False) -> str:
+def detail(record: TaskRecord, voice: Voice, *, end_frame_shown: bool = False, charge: Charge | None = None) -> str:
     """The selected task in full: state, settings, render time, cost, task id and what went wrong.
-    `end_frame_shown`: the page shows the end frame's picture, so the line points at it."""
+    `end_frame_shown`: the page shows the end frame's picture, so the line points at it; `charge`: what WaveSpeed's
+    billing says it cost, where it could be read."""
     params = record.params
     lines = [f"**{SYMBOLS[tile_state(record)]} {voice.task_status(record.status)}** · "
              f"{time.strftime('%d %b %Y %H:%M', time.localtime(record.created_at))}{_times(record, voice)}"]
@@ -169,7 +170,7 @@ def detail(record: TaskRecord, voice: Voice, *, end_frame_shown: bool = False) -
         settings.append(f"**End frame:** {had if params['end_image'] else 'no'}")
     if settings:
         lines.append(" · ".join(settings))
-    cost = _cost(record, voice)
+    cost = _cost(record, voice, charge)
     if cost:
         lines.append(f"**Cost:** {cost}")
     lines.append(f"**Task id:** never received from {voice.service}" if record.is_intent
@@ -181,14 +182,19 @@ def detail(record: TaskRecord, voice: Voice, *, end_frame_shown: bool = False) -
     return "\n\n".join(lines)
 
 
-def _cost(record: TaskRecord, voice: Voice) -> str:
-    """The task's cost as its detail states it, one way for every ending: the quote at submission, labelled."""
+def _cost(record: TaskRecord, voice: Voice, charge: Charge | None) -> str:
+    """The task's cost as the done status and "Spent so far" state it: what WaveSpeed charged where its billing
+    could be read (a refunded failure at $0), else the quote at submission, labelled."""
     if voice.sandbox:
         return "Free (sandbox)"
+    if charge is not None:
+        return voice.cost(record.quote, charged=charge.amount, settled=charge.settled).removeprefix("cost ")
     if record.quote is None:
         return ""
     text = voice.cost(record.quote).removeprefix("cost ")
-    if record.status is TaskStatus.COMPLETED:
+    if record.is_intent:
+        return f"{text}; charged only if the submission created a task, so not counted in “Spent so far”"
+    if record.status is TaskStatus.COMPLETED or record.in_flight:
         return text
     return f"{text}; whether a task that ended without a video is charged is {voice.service}'s to say"
 
@@ -220,6 +226,29 @@ def recent_tasks_note(tasks: list[ListedTask]) -> str:
     if not tasks:
         return "Your key has no tasks of this model in the last 24 hours."
     return f"{plural(len(tasks), 'recent task')} of your key; pick one, then press **Bring into my history**."
+
+
+# --- money ----------------------------------------------------------------------------------------------------
+
+
+def generate_label(view: PriceView | None, refusal: BudgetRefusal | None, voice: Voice) -> str:
+    """Generate's label: why it is not offered, else its price where WaveSpeed quoted one ("Generate · $1.40")."""
+    if refusal is not None:
+        if refusal.limit is Limit.RATE:
+            return f"Wait: {plural(int(refusal.cap), 'video')} a minute at most" if refusal.cap else "Switched off"
+        whose = "your" if refusal.limit is Limit.VISITOR else "this Space's" if voice.on_space else "this app's"
+        return f"Over {whose} daily budget"
+    if view is not None and view.quote is not None:
+        return f"Generate · {money(view.quote.price, view.quote.currency)}"
+    return "Generate"
+
+
+def budget_note(view: BudgetView | None, refusal: BudgetRefusal | None, voice: Voice) -> str:
+    """The line beside Generate: why the next video is not offered and when that frees, else the visitor's use of
+    the budgets ("" where none applies)."""
+    if refusal is not None:
+        return f"**Not offered now.** {literal(voice.refused(refusal))}"
+    return literal(voice.budget_line(view))
 
 
 # --- the form -------------------------------------------------------------------------------------------------

@@ -59,15 +59,16 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def start_live_app(tmp_path: Path) -> Iterator[Callable[..., tuple[Served, Served]]]:
-    """Factory: `start_live_app(server_key, *sandbox_args)` runs a sandbox process (quick renders) and `python
-    app.py` in live mode on it, paying with `server_key`; returns (app, sandbox), both stopped at teardown."""
+    """Factory: `start_live_app(server_key, *sandbox_args, **app_env)` runs a sandbox process (quick renders) and
+    `python app.py` in live mode on it, paying with `server_key` (with `app_env` set, e.g. a budget); returns (app,
+    sandbox), both stopped at teardown."""
     started: list[Served] = []
 
-    def factory(server_key: str, *sandbox_args: str) -> tuple[Served, Served]:
+    def factory(server_key: str, *sandbox_args: str, **app_env: str) -> tuple[Served, Served]:
         sandbox = start_sandbox_process(*sandbox_args, log_path=tmp_path / "sandbox.log")
         started.append(sandbox)
         app = start_app_process(tmp_path / "data", log_path=tmp_path / "app.log",
-                                env={"WAVESPEED_API_KEY": server_key, "WAVESPEED_BASE_URL": sandbox.url})
+                                env={"WAVESPEED_API_KEY": server_key, "WAVESPEED_BASE_URL": sandbox.url, **app_env})
         started.append(app)
         return app, sandbox
 

@@ -14,8 +14,8 @@ from tests.page_session import PageSession
 from tests.harness import Served, start_app_process, start_sandbox_process
 
 SERVER_KEY = "server-key"
-VISITOR_BUDGET = "daily budget on this Space's key"
-APP_BUDGET = "This Space has used"
+VISITOR_BUDGET = "your daily budget on this app's key"  # not a Space: no SPACE_ID
+APP_BUDGET = "This app has used"
 
 
 def submissions(sandbox: Served) -> int:
@@ -82,6 +82,7 @@ def test_fresh_sessions_and_cancel_resubmit_from_one_address_spend_at_most_the_b
     assert len(refusals) >= 20 - 2 * 2, outcomes  # each paid video may have been stopped once on its way
     assert "$3.00 per 24 hours" in refusals[-1] and "own WaveSpeed key lifts this limit" in refusals[-1]
     assert "It frees up at" in refusals[-1], refusals[-1]
+    assert "X-WaveSpeed-Key header" in refusals[-1], "an API caller is told how to send its own key"
 
 
 def test_each_forwarded_visitor_has_a_budget_the_app_has_one_too_and_a_restart_keeps_them(stack, make_image):
@@ -109,14 +110,24 @@ def test_each_forwarded_visitor_has_a_budget_the_app_has_one_too_and_a_restart_k
     assert APP_BUDGET in outcome(submit(client(app, carol), image))
     assert submissions(sandbox) == 3
 
+    # The page, before any click: alice's next video is refused (she has used $1.40 of her $1.50), carol's too
+    # (the app's $3.00 has $0.20 left), with the facts; Generate is not offered.
     page = PageSession(app.url)
-    budget = page.component("budget")
-    show = next(d for d in page.config["dependencies"] if d["outputs"] == [budget] and
+    budget, button = page.component("budget"), page.component("generate")
+    show = next(d for d in page.config["dependencies"] if budget in d["outputs"] and
                 any(target[1] == "load" for target in d["targets"]))
-    answer = requests.post(app.url + "gradio_api/run/predict", timeout=30,
-                           headers={"X-Forwarded-For": alice}, json=page._body(show, ())).json()
-    line = answer["data"][0]
-    assert line["visible"] and "$1.40 of $1.50 used" in line["value"] and "own key" in line["value"], line
+
+    def offer(visitor: str) -> tuple[dict, dict]:
+        answer = requests.post(app.url + "gradio_api/run/predict", timeout=30, headers={"X-Forwarded-For": visitor},
+                               json=page._body(show, (5,))).json()
+        shown = dict(zip(show["outputs"], answer["data"]))
+        return shown[budget], shown[button]
+
+    line, generate = offer(alice)
+    assert line["visible"] and "You have used $1.40 of your daily budget" in line["value"], line
+    assert generate["interactive"] is False and generate["value"] == "Over your daily budget", generate
+    line, generate = offer("198.51.100.9, 203.0.113.7")  # a visitor who spent nothing: the app's budget speaks
+    assert "This app has used $2.80 of its daily budget" in line["value"] and generate["interactive"] is False, line
 
 
 def test_submits_per_minute_hold_for_one_address(stack, make_image):

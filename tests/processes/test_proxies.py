@@ -21,7 +21,7 @@ from tests.callers import Caller
 from tests.harness import Served, start_app_process, start_sandbox_process
 
 SERVER_KEY = "server-key"
-VISITOR_BUDGET = "daily budget on this Space's key"
+VISITOR_BUDGET = "your daily budget on this"  # "… Space's key" on a Space, "… app's key" elsewhere
 PROXY = "127.0.0.2"
 
 

@@ -80,11 +80,11 @@ def test_a_signed_in_visitor_has_a_budget_of_their_own_and_a_body_token_is_nobod
     assert "Done" in Caller(app.url, cookies=session_cookie("grace")).generate(image)
     assert submissions(sandbox) - before == 3
 
-    budget_line = next(d for d in ada.config["dependencies"]
-                       if d["outputs"] == [ada.component("budget")] and
-                       any(target[1] == "load" for target in d["targets"]))
-    line = ada.predict(budget_line["id"], [None])["data"][0]
-    assert "$1.40 of $1.50 used" in line["value"], line
+    budget = ada.component("budget")
+    offer = next(d for d in ada.config["dependencies"]
+                 if budget in d["outputs"] and any(target[1] == "load" for target in d["targets"]))
+    line = dict(zip(offer["outputs"], ada.predict(offer["id"], [5, None, None])["data"]))[budget]
+    assert "$1.40 of your daily budget on this Space's key" in line["value"], line
 
 
 def test_the_login_button_is_there_only_where_the_space_turned_sign_in_on(space, tmp_path):

@@ -1,8 +1,10 @@
-"""Budgets in money, in-process: the ledger's rolling window and releases, who the spender is, the price quote,
-and the guard a server-key job passes right before it uploads (against a real sandbox on loopback)."""
+"""Budgets in money, in-process: the ledger's rolling window and releases (its refusals are facts), who the spender
+is, the price quote, and the guard a server-key job passes right before it uploads (against a real sandbox on
+loopback)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 from contextlib import closing
@@ -11,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from kling_demo.jobs.slots import slot_key
-from kling_demo.service.budgets import PRICE_UNKNOWN, Budgets, Ledger, Limits
+from kling_demo.service.money import PRICE_UNKNOWN, Budgets, QuoteCache
+from kling_demo.store.ledger import Ledger, Limits, Reservation
 from kling_demo.wavespeed.client import WaveSpeedClient
 from kling_demo.config import Settings
 from kling_demo.errors import (BudgetExceeded, InputRejected, InsufficientBalance, JobStopped, ServiceUnavailable,
@@ -19,8 +22,9 @@ from kling_demo.errors import (BudgetExceeded, InputRejected, InsufficientBalanc
 from kling_demo.service.identity import key_id, oauth_enabled, spender_id, visitor_address
 from kling_demo.store.journal import Journal
 from kling_demo.jobs.images import check_before_decoding, prepare_image
-from kling_demo.models import DEFAULT_MODEL, BudgetView, JobRequest, Stage, Submission
+from kling_demo.models import DEFAULT_MODEL, BudgetRefusal, BudgetView, JobRequest, Limit, Stage, Submission
 from kling_demo.service.visitors import Visitor
+from kling_demo.words import Voice
 from tests.conftest import SERVER_KEY
 from tests.service.test_media import write_flat_jpeg
 
@@ -46,24 +50,28 @@ def ledger(tmp_path):
 
 # --- the ledger -------------------------------------------------------------------------------------------------
 
+def refused(held: object) -> BudgetRefusal:
+    assert isinstance(held, BudgetRefusal), f"a reservation where a refusal was due: {held}"
+    return held
+
+
 def test_a_visitor_spends_up_to_the_budget_and_is_told_when_it_frees_up(ledger):
     limits, clock = Limits(visitor_usd=3.00), ledger.clock_
-    ledger.reserve("ip:1.2.3.4", 1.40, limits)
+    assert isinstance(ledger.reserve("ip:1.2.3.4", 1.40, limits), Reservation)
     clock.now += 3600
     ledger.reserve("ip:1.2.3.4", 1.40, limits)
     clock.now += 60
-    with pytest.raises(BudgetExceeded) as refused:
-        ledger.reserve("ip:1.2.3.4", 1.40, limits, what="this 5 s video")
-    message = str(refused.value)
-    assert "You have used $2.80 of your daily budget on this Space's key ($3.00 per 24 hours)" in message
-    assert "this 5 s video costs $1.40" in message and "own WaveSpeed key lifts this limit" in message
-    assert "Nothing was submitted." in message
-    # The first spend leaves the window first: that is when one more video fits again.
-    assert refused.value.frees_at == pytest.approx(1_000_000.0 + DAY)
-    assert "(in 22 h 59 min)" in message, message
+    assert ledger.check("ip:1.2.3.4", 1.40, limits) == refused(ledger.reserve("ip:1.2.3.4", 1.40, limits)) == \
+        BudgetRefusal(Limit.VISITOR, cap=3.0, used=pytest.approx(2.80), price=1.40,
+                      # The first spend leaves the window first: that is when one more video fits again.
+                      frees_at=pytest.approx(1_000_000.0 + DAY), at=clock.now)
+    assert refused(ledger.reserve("ip:1.2.3.4", 1.40, limits)).wait == pytest.approx(DAY - 3660)
+    assert ledger.usage("ip:1.2.3.4").spender_usd == pytest.approx(2.80), "a refusal counts nothing"
     ledger.reserve("ip:5.6.7.8", 1.40, limits)  # another visitor has their own budget
+    assert ledger.check("ip:5.6.7.8", 1.40, limits) is None
 
     clock.now = 1_000_000.0 + DAY + 1  # rolling: the first spend no longer counts
+    assert ledger.check("ip:1.2.3.4", 1.40, limits) is None
     ledger.reserve("ip:1.2.3.4", 1.40, limits)
     assert ledger.usage("ip:1.2.3.4").spender_usd == pytest.approx(2.80)
 
@@ -71,11 +79,10 @@ def test_a_visitor_spends_up_to_the_budget_and_is_told_when_it_frees_up(ledger):
 def test_a_released_reservation_no_longer_counts(ledger):
     limits = Limits(visitor_usd=1.50, app_usd=10.0)
     reservation = ledger.reserve("ip:1.2.3.4", 1.40, limits)
-    with pytest.raises(BudgetExceeded):
-        ledger.reserve("ip:1.2.3.4", 1.40, limits)
+    assert refused(ledger.reserve("ip:1.2.3.4", 1.40, limits)).limit is Limit.VISITOR
     reservation.release()
     reservation.release()  # twice is harmless
-    ledger.reserve("ip:1.2.3.4", 1.40, limits)
+    assert isinstance(ledger.reserve("ip:1.2.3.4", 1.40, limits), Reservation)
     assert ledger.usage("ip:1.2.3.4") .spender_usd == pytest.approx(1.40)
     assert ledger.usage("anyone").app_usd == pytest.approx(1.40)
 
@@ -84,17 +91,15 @@ def test_the_app_wide_budget_stops_everyone(ledger):
     limits = Limits(visitor_usd=5.0, app_usd=4.0)
     for n in range(2):
         ledger.reserve(f"ip:10.0.0.{n}", 1.40, limits)
-    with pytest.raises(BudgetExceeded) as refused:
-        ledger.reserve("ip:10.0.0.9", 1.40, limits)
-    assert "This Space has used $2.80 of this Space's daily budget on its key ($4.00 per 24 hours)" in str(
-        refused.value)
+    assert refused(ledger.reserve("ip:10.0.0.9", 1.40, limits)) == BudgetRefusal(
+        Limit.APP, cap=4.0, used=pytest.approx(2.80), price=1.40, frees_at=pytest.approx(1_000_000.0 + DAY),
+        at=ledger.clock_.now)
 
 
-def test_a_video_dearer_than_the_whole_budget_says_so(ledger):
-    with pytest.raises(BudgetExceeded) as refused:
-        ledger.reserve("ip:1.2.3.4", 2.80, Limits(visitor_usd=2.00), what="this 10 s video")
-    assert "This 10 s video costs $2.80, more than your daily budget" in str(refused.value)
-    assert "shorter video" in str(refused.value) and refused.value.frees_at is None
+def test_a_video_dearer_than_the_whole_budget_never_frees(ledger):
+    refusal = refused(ledger.reserve("ip:1.2.3.4", 2.80, Limits(visitor_usd=2.00)))
+    assert (refusal.limit, refusal.used, refusal.cap, refusal.price) == (Limit.VISITOR, 0.0, 2.0, 2.80)
+    assert refusal.frees_at is None and refusal.wait is None
 
 
 def test_submits_per_minute_counts_per_spender(ledger):
@@ -103,29 +108,66 @@ def test_submits_per_minute_counts_per_spender(ledger):
     clock.now += 10
     ledger.reserve("ip:1.2.3.4", 0.0, limits)
     clock.now += 5
-    with pytest.raises(BudgetExceeded) as refused:
-        ledger.reserve("ip:1.2.3.4", 0.0, limits)
-    assert "(2 a minute)" in str(refused.value) and "Try again in 45 s" in str(refused.value)
+    refusal = refused(ledger.reserve("ip:1.2.3.4", 0.0, limits))
+    assert (refusal.limit, refusal.cap, refusal.submitted, refusal.wait) == (Limit.RATE, 2, 2, pytest.approx(45))
     ledger.reserve("ip:9.9.9.9", 0.0, limits)
     clock.now += 46
-    ledger.reserve("ip:1.2.3.4", 0.0, limits)
+    assert isinstance(ledger.reserve("ip:1.2.3.4", 0.0, limits), Reservation)
 
 
 def test_zero_means_nothing_may_be_spent(ledger):
-    with pytest.raises(BudgetExceeded):
-        ledger.reserve("ip:1.2.3.4", 1.40, Limits(app_usd=0.0))
-    with pytest.raises(BudgetExceeded, match="off"):
-        ledger.reserve("ip:1.2.3.4", 1.40, Limits(submits_per_minute=0))
+    assert refused(ledger.reserve("ip:1.2.3.4", 1.40, Limits(app_usd=0.0))).frees_at is None
+    off = refused(ledger.reserve("ip:1.2.3.4", 1.40, Limits(submits_per_minute=0)))
+    assert off.limit is Limit.RATE and off.cap == 0 and off.frees_at is None
+
+
+def test_without_a_quote_only_a_budget_with_nothing_left_refuses(ledger):
+    limits = Limits(visitor_usd=1.50)
+    assert ledger.check("ip:1.2.3.4", None, limits) is None
+    ledger.reserve("ip:1.2.3.4", 1.50, limits)
+    refusal = ledger.check("ip:1.2.3.4", None, limits)
+    assert refusal is not None and refusal.price is None and refusal.used == pytest.approx(1.50)
+
+
+# --- the words of a refusal ---------------------------------------------------------------------------------------
+
+AT = 1_000_000.0
+
+
+def test_a_refusal_is_worded_for_visitors_without_header_names_and_for_programs_with_them():
+    used = BudgetRefusal(Limit.VISITOR, cap=5.0, used=4.20, price=1.40, duration=5,
+                         frees_at=AT + 3 * 3600 + 11 * 60 + 30, at=AT)
+    local = Voice().refused(used)
+    assert local == ("You have used $4.20 of your daily budget on this app's key ($5.00 per 24 hours), and a 5 s video "
+                     "costs $1.40. It frees up at 16:58 UTC (in 3 h 12 min). Your own WaveSpeed key lifts this limit: "
+                     "enter it under “Your WaveSpeed key”.")
+    on_space = Voice(on_space=True).refused(used)
+    assert "your daily budget on this Space's key" in on_space and "this app" not in on_space
+    program = Voice(on_space=True, for_visitors=False).refused(used, ended=True)
+    assert "X-WaveSpeed-Key header" in program and program.endswith("Nothing was submitted.")
+    for voice in (Voice(), Voice(on_space=True), Voice(sandbox=True)):
+        said = voice.refused(used)
+        assert "X-WaveSpeed-Key" not in said and "KLING_DEMO" not in said and said[0].isupper()
+
+    app = BudgetRefusal(Limit.APP, cap=4.0, used=2.80, price=1.40, duration=10, frees_at=AT + 30, at=AT)
+    assert Voice(on_space=True).refused(app).startswith("This Space has used $2.80 of its daily budget ($4.00 per 24 "
+                                                        "hours), and a 10 s video costs $1.40. It frees up in 30 s.")
+    dear = BudgetRefusal(Limit.VISITOR, cap=2.0, price=2.80, duration=10, shorter=True, at=AT)
+    assert Voice().refused(dear).startswith("A 10 s video costs $2.80, more than your daily budget on this app's key "
+                                            "($2.00 per 24 hours). A shorter video costs less.")
+    rate = BudgetRefusal(Limit.RATE, cap=3, submitted=3, frees_at=AT + 44.2, at=AT)
+    assert Voice().refused(rate).startswith("You have started 3 videos in the last minute, the most one visitor may on "
+                                            "this app's key (3 a minute). Try again in 45 s.")
+    assert Voice().refused(BudgetRefusal(Limit.RATE, cap=0, at=AT)).startswith("New videos on this app's key are "
+                                                                             "switched off.")
 
 
 def test_reservations_at_once_never_overshoot_the_budget(ledger):
     limits, granted, refused = Limits(visitor_usd=3.00), [], []
 
     def spend() -> None:
-        try:
-            granted.append(Ledger(ledger.path, clock=ledger.clock_).reserve("ip:1.2.3.4", 1.40, limits))
-        except BudgetExceeded:
-            refused.append(1)
+        held = Ledger(ledger.path, clock=ledger.clock_).reserve("ip:1.2.3.4", 1.40, limits)
+        (granted if isinstance(held, Reservation) else refused).append(held)
 
     threads = [threading.Thread(target=spend) for _ in range(12)]
     for thread in threads:
@@ -219,8 +261,9 @@ def test_a_refused_job_uploads_and_submits_nothing(make_sandbox, make_service, m
                                                  app_limit=None)
     assert service.voice.budget_line(service.budget(visitor)) == ("Last 24 h on this app's key: $1.40 of $1.50 used · "
                                                                   "your own key lifts this")
-    with pytest.raises(BudgetExceeded, match="daily budget"):
+    with pytest.raises(BudgetExceeded) as refused:
         run(service.generate(JobRequest(image=make_image(), prompt="two"), Visitor("browser:b", spender="ip:1.2.3.4")))
+    assert refused.value.refusal.limit is Limit.VISITOR and refused.value.refusal.used == pytest.approx(1.40)
     assert sandbox.stats()["uploads"] == 1 and sandbox.stats()["submissions"] == 1
     assert [r.prompt for r in service.tasks(Visitor("browser:b"))] == [], "no entry is left for a refused job"
     # One's own key is neither refused nor charged; the operator at the command line is not budgeted.
@@ -280,9 +323,9 @@ def test_no_price_no_submission(make_sandbox, make_service, make_image):
 
 
 def test_no_limits_no_guard(tmp_path):
-    budgets = Budgets(Ledger(tmp_path / "j.sqlite3"), Limits(), DEFAULT_MODEL)
-    assert budgets.guard("ip:1.2.3.4", WaveSpeedClient("http://127.0.0.1:9", "k")) is None
-    assert budgets.view("ip:1.2.3.4") is None
+    budgets = Budgets(Ledger(tmp_path / "j.sqlite3"), Limits(), DEFAULT_MODEL, QuoteCache(), Voice())
+    assert budgets.guard("ip:1.2.3.4", WaveSpeedClient("http://127.0.0.1:9", "k"), "k") is None
+    assert budgets.view("ip:1.2.3.4") is None and budgets.refusal("ip:1.2.3.4", None, 5) is None
 
 
 # --- the guard comes before anything costs the app ------------------------------------------------------------------
@@ -316,8 +359,10 @@ def test_a_spent_budget_refuses_the_job_before_its_image_is_decoded(make_sandbox
     visitor = Visitor("browser:a", spender="ip:1.2.3.4")
     with pytest.raises(BudgetExceeded) as refused:
         run(service.generate(JobRequest(image=str(image), prompt="x"), visitor))
-    assert str(refused.value).startswith("This 5 s video costs $1.40, more than this Space's daily budget on its key "
-                                         "($0.00 per 24 hours).")
+    assert refused.value.refusal == BudgetRefusal(Limit.APP, cap=0.0, price=pytest.approx(1.40), duration=5,
+                                                  at=refused.value.refusal.at)
+    assert str(refused.value).startswith("A 5 s video costs $1.40, more than the daily budget of this app ($0.00 per "
+                                         "24 hours).")
     assert str(refused.value).endswith("Nothing was submitted.")
     assert sandbox.stats()["uploads"] == 0 and sandbox.stats()["submissions"] == 0
     assert spend_rows(service) == []
@@ -367,3 +412,48 @@ def test_a_job_that_submits_nothing_gives_its_reservation_back(way_out, make_san
     assert spend_rows(service) == [("released", pytest.approx(1.40))], "reserved before, given back after"
     assert service.budget(visitor) == before == BudgetView(spent=0.0, limit=5.0, app_spent=0.0, app_limit=None)
     assert sandbox.stats()["uploads"] == 0 and sandbox.stats()["submissions"] == 0
+
+
+# --- the refusal before the click (issue 25) --------------------------------------------------------------------------
+
+def test_a_budget_smaller_than_one_video_is_known_before_any_click(make_sandbox, make_service, make_image):
+    """The page asks what would refuse the next video before anything is clicked; the job, if it is started anyway
+    (an API call, a raw queue/join), is refused with the same facts and submits nothing."""
+    sandbox = make_sandbox()
+    service = make_service(sandbox.base_url, background=False, visitor_budget_usd=1.00)
+    visitor = Visitor("browser:a", spender="ip:1.2.3.4")
+    before = service.refusal(visitor, 10)
+    assert before == BudgetRefusal(Limit.VISITOR, cap=1.0, price=pytest.approx(2.80), duration=10, shorter=True,
+                                   at=before.at)
+    assert service.refusal(visitor, 5).price == pytest.approx(1.40) and not service.refusal(visitor, 5).shorter
+    assert service.refusal(Visitor("browser:a", "own-key", spender="ip:1.2.3.4"), 5) is None, "own key: no limit"
+    assert service.refusal(Visitor("cli", operator=True), 5) is None
+    with pytest.raises(BudgetExceeded) as refused:
+        run(service.generate(JobRequest(image=make_image(), prompt="x"), visitor))
+    assert refused.value.refusal == dataclasses.replace(service.refusal(visitor, 5), at=refused.value.refusal.at)
+    assert sandbox.stats()["uploads"] == 0 and sandbox.stats()["submissions"] == 0
+
+
+def test_a_used_up_budget_says_what_is_used_and_when_it_frees_before_the_click(make_sandbox, make_service, make_image):
+    """With $4.20 of $5.00 used the page still offered a $1.40 video. The refusal is known before the click: what is
+    used, the price, and when the first spend leaves the 24 hours."""
+    sandbox = make_sandbox()
+    service = make_service(sandbox.base_url, background=False, visitor_budget_usd=2.00, submits_per_minute=5)
+    visitor = Visitor("browser:a", spender="ip:1.2.3.4")
+    assert service.refusal(visitor, 5) is None
+    assert run(service.generate(JobRequest(image=make_image(), prompt="one"), visitor))[-1].stage is Stage.DONE
+    refusal = service.refusal(visitor, 5)
+    assert (refusal.limit, refusal.used, refusal.cap, refusal.price) == (Limit.VISITOR, pytest.approx(1.40), 2.0,
+                                                                          pytest.approx(1.40))
+    assert DAY - 60 < refusal.wait <= DAY, "it frees when the first video's spend leaves the 24 hours"
+    assert service.refusal(Visitor("browser:b", spender="ip:5.6.7.8"), 5) is None, "another visitor's budget"
+
+
+def test_the_per_minute_rate_is_known_before_the_click(make_sandbox, make_service, make_image):
+    sandbox = make_sandbox()
+    service = make_service(sandbox.base_url, background=False, submits_per_minute=1)
+    visitor = Visitor("browser:a", spender="ip:1.2.3.4")
+    run(service.generate(JobRequest(image=make_image(), prompt="one"), visitor))
+    refusal = service.refusal(visitor, 5)
+    assert (refusal.limit, refusal.cap, refusal.submitted) == (Limit.RATE, 1, 1) and 0 < refusal.wait <= 60
+    assert "You have started 1 video in the last minute" in service.voice.refused(refusal)
