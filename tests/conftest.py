@@ -33,7 +33,7 @@ SLOW_MODULES = ("test_durability", "test_waiting", "test_keys", "test_outage", "
                 "test_account_app", "test_account_limits", "test_budgets_app", "test_identity", "test_webhooks",
                 "test_wavespeed_mcp", "test_sandbox_account", "test_wavespeed_tasks", "test_money_cli",
                 "test_money_page", "test_history_reuse", "test_page_states", "test_proxies", "test_sign_in",
-                "test_visitor_limits")
+                "test_visitor_limits", "test_continuity")
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from kling_demo.errors import JobStopped, TaskKept
-from kling_demo.models import JobRequest, KeySource, Stage, StopReport, Submission, TaskStatus
+from kling_demo.models import JobRequest, KeySource, Stage, Step, StopReport, Submission, TaskStatus
 from kling_demo.service.visitors import Visitor
 from kling_demo.words import Voice
 from tests.test_stop import Running, stats
@@ -45,6 +45,8 @@ def test_a_task_whose_page_closed_mid_render_is_watched_to_its_video(make_sandbo
     assert shown.task_id == task_id and shown.running_for and shown.running_for > 0
     assert shown.elapsed >= shown.running_for, "its time counts from the task's start, not from the reload"
     assert shown.progress is not None and shown.progress.rendering_for == pytest.approx(shown.running_for, abs=0.5)
+    passed = {step for step, was_passed, _ in shown.progress.steps if was_passed}
+    assert passed == {Step.CHECK, Step.UPLOAD}, "checked and uploaded by the page that submitted it"
     release_renders(sandbox)
     watching.end()
 

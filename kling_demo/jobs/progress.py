@@ -27,6 +27,7 @@ STEP_OF = {
     Stage.DOWNLOADING: Step.DOWNLOAD, Stage.SUBMITTING: Step.UPLOAD,
 }
 RENDERING = (Stage.SUBMITTED, Stage.QUEUED, Stage.PROCESSING)
+STEPS = list(Step)  # in order
 
 
 def estimate(typical: float | None, recent: float | None) -> Estimate | None:
@@ -53,6 +54,9 @@ class Tracker:
             self.submitted_at = update.elapsed - (update.running_for or 0.0)
         step = STEP_OF.get(stage)
         if step is not None and step not in self.seen:
+            # The steps before it were passed, here or (a task resumed or watched from another page) elsewhere.
+            self.seen.extend(s for s in Step if s not in self.seen and s is not Step.WAIT
+                             and STEPS.index(s) < STEPS.index(step))
             self.seen.append(step)
         rendering_for = update.elapsed - self.submitted_at if self.submitted_at is not None else None
         fraction, remaining, late = self._where(stage, rendering_for)
