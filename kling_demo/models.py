@@ -202,6 +202,7 @@ class Stage(str, enum.Enum):
     WAITING = "waiting"  # in the app, nothing sent: for a free slot of the key, or after a 429
     UPLOADING = "uploading"
     SEARCHING = "searching"  # the submit answer was lost: looking for the task among the key's recent tasks
+    SUBMITTING = "submitting"  # watched from another page: the submit request left, its answer (the task id) not yet
     SUBMITTED = "submitted"
     QUEUED = "queued"  # at WaveSpeed, status `created`: waiting for a slot of the account
     PROCESSING = "processing"

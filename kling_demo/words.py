@@ -24,6 +24,7 @@ HEADINGS = {
     Stage.SEARCHING: "Looking for the task", Stage.SUBMITTED: "Submitted", Stage.QUEUED: "Queued",
     Stage.PROCESSING: "Rendering", Stage.DOWNLOADING: "Downloading", Stage.DONE: "Done", Stage.FAILED: "Failed",
     Stage.STOPPED: "Stopped",
+    Stage.SUBMITTING: "Submitting",  # a page watching another's submission, not yet answered
 }
 
 
@@ -95,6 +96,9 @@ class Voice:
                         "submitted again.")
             return (f"{self.service_first}'s answer to the submission was lost. Looking for the task among this "
                     "key's recent tasks; nothing is submitted again.")
+        if stage is Stage.SUBMITTING:
+            return (f"The submission is on its way to {self.service}: a task may exist{self.billed(' and be billed')}. "
+                    f"Its task id shows here as soon as {self.service} answers.")
         if update.outage and update.task_id:
             return (f"{self.service_first} is not answering{self._how(update.outage)}; still waiting for task "
                     f"{update.task_id}, retrying in {_whole(update.retry_in)} s. Nothing needs to be submitted "

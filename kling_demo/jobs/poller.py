@@ -130,6 +130,17 @@ class Poller:
                 self.deliver(notice.prediction)
         return subscription
 
+    def join(self, task_id: str) -> Subscription | None:
+        """Subscribe to a task someone here already follows, adding no poll of its own (a page watching another's
+        task, perhaps paid with a key it does not hold); None when nobody follows it."""
+        with self._wake:
+            watch = self._watches.get(task_id)
+            if watch is None or self._closed:
+                return None
+            subscription = Subscription(self, watch)
+            watch.subscribers.add(subscription)
+            return subscription
+
     def deliver(self, prediction: Prediction) -> bool:
         """A webhook's final prediction: hand it to the task's followers at once; False if nobody here follows it."""
         with self._wake:

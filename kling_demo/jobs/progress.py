@@ -18,13 +18,15 @@ STAGE_FLOOR = {
     Stage.PREPARING: 0.0, Stage.WAITING: 0.02, Stage.UPLOADING: 0.04, Stage.SEARCHING: RENDER_START,
     Stage.SUBMITTED: RENDER_START, Stage.QUEUED: RENDER_START, Stage.PROCESSING: RENDER_START,
     Stage.DOWNLOADING: RENDER_END, Stage.DONE: 1.0, Stage.FAILED: 0.0, Stage.STOPPED: 0.0,
+    Stage.SUBMITTING: 0.06,
 }
 STEP_OF = {
     Stage.PREPARING: Step.CHECK, Stage.WAITING: Step.WAIT, Stage.UPLOADING: Step.UPLOAD, Stage.SEARCHING: Step.RENDER,
     Stage.SUBMITTED: Step.RENDER, Stage.QUEUED: Step.RENDER, Stage.PROCESSING: Step.RENDER,
-    Stage.DOWNLOADING: Step.DOWNLOAD,
+    Stage.DOWNLOADING: Step.DOWNLOAD, Stage.SUBMITTING: Step.UPLOAD,
 }
 RENDERING = (Stage.SUBMITTED, Stage.QUEUED, Stage.PROCESSING)
+STEPS = list(Step)  # in order
 
 
 def estimate(typical: float | None, recent: float | None,
@@ -50,9 +52,13 @@ class Tracker:
     def view(self, update: JobUpdate) -> ProgressView:
         stage = update.stage
         if stage in RENDERING and self.submitted_at is None:
-            self.submitted_at = update.elapsed
+            # A job sees its task from its submission; a page watching one met it running (`running_for` so far).
+            self.submitted_at = update.elapsed - (update.running_for or 0.0)
         step = STEP_OF.get(stage)
         if step is not None and step not in self.seen:
+            # The steps before it were passed, here or (a task resumed or watched from another page) elsewhere.
+            self.seen.extend(s for s in Step if s not in self.seen and s is not Step.WAIT
+                             and STEPS.index(s) < STEPS.index(step))
             self.seen.append(step)
         rendering_for = update.elapsed - self.submitted_at if self.submitted_at is not None else None
         fraction, remaining, late = self._where(stage, rendering_for)
@@ -73,7 +79,7 @@ class Tracker:
             return 1.0, 0.0, False
         if stage not in RENDERING or rendering_for is None:
             remaining = self.expected.seconds if self.expected and stage in (
-                Stage.PREPARING, Stage.WAITING, Stage.UPLOADING) else None
+                Stage.PREPARING, Stage.WAITING, Stage.UPLOADING, Stage.SUBMITTING) else None
             return floor, remaining, False
         if self.expected is None:
             return floor, None, False

@@ -68,6 +68,17 @@ class Records:
             first_frame=str(first_frame) if first_frame else None), level=logging.ERROR)
         return row
 
+    def current(self, record: TaskRecord) -> TaskRecord | None:
+        """`record`'s row as it is now (a read, for a page watching a task that someone else writes). A submission's
+        row that got its task id meanwhile is found under it by its first frame, which is its own; None when the row
+        is gone (a withdrawn submission: nothing was sent) or cannot be read."""
+        if self.journal is None:
+            return None
+        now = self.journal.get(self.owner, record.task_id)
+        if now is not None or not record.is_intent or not record.first_frame:
+            return now
+        return next((row for row in self.journal.for_owner(self.owner) if row.first_frame == record.first_frame), None)
+
     def existing(self, task_id: str) -> "TaskRow":
         """The row of a task already in the journal (recovery, the history's actions)."""
         return TaskRow(self, task_id)

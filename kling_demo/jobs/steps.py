@@ -10,6 +10,7 @@ may have left this process, which is what Stop reports.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import threading
@@ -21,6 +22,7 @@ from typing import Any, Callable, Generator, Iterator, Protocol, TypeVar
 
 from ..errors import (
     AlreadyFollowing,
+    DownloadFailed,
     InputRejected,
     JobStopped,
     KlingDemoError,
@@ -29,12 +31,13 @@ from ..errors import (
     ServiceUnavailable,
     SubmissionOutcomeUnknown,
     TaskFailed,
+    TaskKept,
     TaskOutOfReach,
     TaskTimedOut,
     TryLater,
 )
 from ..models import (DEFAULT_MODEL, JobRequest, JobUpdate, KeySource, ModelSpec, Quote, Stage, StopReport, Submission,
-                      TaskStatus)
+                      TaskRecord, TaskStatus)
 from ..store import files, videos
 from ..store.journal import is_intent_id, positive_int
 from ..wavespeed import lost_tasks
@@ -43,7 +46,7 @@ from ..words import Voice, duration as format_seconds
 from . import adoption, images
 from .inputs import check_duration, check_guidance, check_prompt, check_task_id
 from .notices import Notices
-from .poller import Poller
+from .poller import Poller, Subscription
 from .record import Records, TaskRow
 from .runner import Stop
 from ..wavespeed.retry import retry_delay
@@ -85,6 +88,10 @@ class Followers:
     def release(self, task_id: str) -> None:
         with self._lock:
             self._task_ids.discard(task_id)
+
+    def __contains__(self, task_id: object) -> bool:
+        with self._lock:
+            return task_id in self._task_ids
 
 
 class Sending:
@@ -554,3 +561,126 @@ def _not_lost(row: TaskRow) -> str:
                 "appear in your history when it finishes.")
     return "Nothing needs to be submitted again: resume it later by its task id."
 
+
+
+# -- a task someone else follows, watched from one more page ----------------------------------------------------
+
+ROW_CHECK_SECONDS = 0.5  # a watched task's row is read again this often while no poll of it rings (and at its end)
+FOLLOWER_GRACE_SECONDS = 3.0  # a task nobody here follows for this long is not waited for (a handover takes less)
+
+
+def watch(record: TaskRecord, ctx: JobContext, *, followed: Callable[[str], bool]) -> Iterator[JobUpdate]:
+    """Follow a task that someone else follows here (the job of a page that reloaded or is open in another tab,
+    background recovery) to its ending, without claiming it and writing nothing: its progress from the poller's
+    watch of it, its ending from its journal row, which its follower writes. `followed(task_id)` says whether
+    anyone still follows it; a task nobody follows is not waited for. The same updates as `generate`, timed from
+    the task's own start; raises the error the task ended on."""
+    job = _Facts(ctx)
+    job.started -= max(0.0, time.time() - record.created_at)  # its elapsed time counts from its row, not from now
+    job.price = record.quote
+    record = yield from _until_answered(record, job)
+    if not record.is_intent:
+        job.task_id = record.task_id
+        ctx.sending.answered(record.task_id)
+        record = yield from _until_ended(record, job, followed)
+    yield _watched_ending(record, job)
+
+
+def _until_answered(record: TaskRecord, job: _Facts) -> Generator[JobUpdate, None, TaskRecord]:
+    """While the row has no task id, its page prepares or sends the submission; returns the row once it has its
+    id (or ended without one). A row that goes away was withdrawn: nothing was sent."""
+    ctx = job.ctx
+    while record.is_intent and record.in_flight:
+        submitting = record.status is TaskStatus.SUBMITTING
+        if submitting:
+            ctx.sending.submission = Submission.MAY_EXIST
+        yield job.update(Stage.SUBMITTING if submitting else Stage.PREPARING, wait_seconds=ROW_CHECK_SECONDS)
+        job.check_stop()
+        now = ctx.records.current(record)  # type: ignore[union-attr]
+        if now is None:
+            ctx.sending.nothing_created()
+            raise JobStopped("The page that prepared this submission stopped before anything was sent.",
+                             submission=Submission.NONE)
+        record = now
+    return record
+
+
+def _until_ended(record: TaskRecord, job: _Facts, followed: Callable[[str], bool]
+                 ) -> Generator[JobUpdate, None, TaskRecord]:
+    """Wait for the task's row to end, saying what the poller sees of it meanwhile; returns the ended row."""
+    ctx, task_id = job.ctx, record.task_id
+    expected = ctx.history.expected(ctx.spec.model_id, record.duration) if record.duration else None
+    submitted_at = ctx.clock() - max(0.0, time.time() - (record.sent_at or record.created_at))
+    task: Subscription | None = None
+    alone_since: float | None = None
+    first = True
+    try:
+        while record.in_flight:
+            if task is None and ctx.poller is not None:
+                task = ctx.poller.join(task_id)  # whoever follows it polls it; a handover may leave a moment
+            now = ctx.clock()
+            alone_since = None if followed(task_id) else (now if alone_since is None else alone_since)
+            if alone_since is not None and now - alone_since >= FOLLOWER_GRACE_SECONDS:
+                raise TaskKept(_unfollowed(record), task_id=task_id)
+            running = now - submitted_at
+            if running > ctx.deadline_seconds:
+                raise TaskTimedOut(f"Stopped watching after {format_seconds(running)} (the limit is "
+                                   f"{format_seconds(ctx.deadline_seconds)}). The task may still finish"
+                                   f"{ctx.voice.billed(' and be billed')}. "
+                                   + _not_lost(ctx.records.existing(task_id)),  # type: ignore[union-attr]
+                                   task_id=task_id)
+            yield _watched_update(record, task, job, running, expected, first)
+            first = False
+            job.check_stop()
+            record = ctx.records.current(record) or record  # type: ignore[union-attr]  # unreadable: as it was
+    finally:
+        if task is not None:
+            task.close()
+    return record
+
+
+def _watched_update(record: TaskRecord, task: Subscription | None, job: _Facts, running: float,
+                    expected: float | None, first: bool) -> JobUpdate:
+    """What the watched task is doing: as the poller last saw it, or else as its row says."""
+    ctx = job.ctx
+    state = task.state if task is not None else None
+    if state is not None and state.error is not None:
+        raise state.error
+    if state is not None and state.prediction.is_final:  # its follower fetches the video (or records the failure)
+        done = state.prediction.status is TaskStatus.COMPLETED
+        return job.update(Stage.DOWNLOADING if done else Stage.PROCESSING, running_for=running,
+                          inference_ms=state.prediction.inference_ms, wait_seconds=ROW_CHECK_SECONDS)
+    wait = ROW_CHECK_SECONDS
+    if task is not None:
+        wait = max(MIN_INTERVAL, ctx.poller.next_poll_in(task))  # type: ignore[union-attr]
+    if state is not None and state.failures:
+        return job.update(Stage.PROCESSING, outage=state.outage_reason, retry_in=wait, running_for=running,
+                          wait_seconds=wait, wake=task)
+    status = state.prediction.status if state is not None else record.status
+    stage = Stage.PROCESSING if status is not TaskStatus.CREATED else Stage.SUBMITTED if first else Stage.QUEUED
+    return job.update(stage, running_for=running, expected=expected, wait_seconds=wait, wake=task)
+
+
+def _watched_ending(record: TaskRecord, job: _Facts) -> JobUpdate:
+    """The watched task's ending as its row has it: its video, or the error it ended on."""
+    video = Path(record.video_path) if record.video_path else None
+    if record.status is TaskStatus.COMPLETED and video is not None and video.exists():
+        done = job.update(Stage.DONE, video_path=video, inference_ms=record.inference_ms)
+        if record.finished_at:  # ready after what it took, even when this page came later
+            done = dataclasses.replace(done, elapsed=max(0.0, record.finished_at - record.created_at))
+        return done
+    if record.status is TaskStatus.UNKNOWN:
+        raise SubmissionOutcomeUnknown(record.error or "The answer to the submission was lost: a task may exist.")
+    if record.status is TaskStatus.COMPLETED:
+        raise DownloadFailed(f"The task finished, but its video is not here: press Resume with task {record.task_id} "
+                             "to fetch it.", task_id=job.task_id)
+    raise TaskFailed(record.error or "The task ended without a video.", task_id=job.task_id, status=record.status)
+
+
+def _unfollowed(record: TaskRecord) -> str:
+    """Why a watched task is not waited for: nothing here follows it now."""
+    resume = f"press Resume with task {record.task_id} to fetch its video"
+    if record.key_source is KeySource.VISITOR:
+        return (f"This task was paid with your own key, which this app never keeps, so nothing here follows it "
+                f"while your key is not entered: enter it and {resume}.")
+    return f"Nothing here follows this task right now: {resume}."

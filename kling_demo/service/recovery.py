@@ -134,6 +134,11 @@ class Recovery:
             loop = self._loop
         asyncio.run_coroutine_threadsafe(self._follow(record, api_key), loop)
 
+    def following(self, task_id: str) -> bool:
+        """Whether this task is followed in the background now (or waits here for its next try)."""
+        with self._lock:
+            return task_id in self._active
+
     async def _follow(self, record: TaskRecord, api_key: str | None) -> None:
         """Try to finish the task, again and again with backoff while the failure is worth retrying."""
         task_id = record.task_id

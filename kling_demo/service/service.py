@@ -233,6 +233,31 @@ class Service:
             if self._live.get(key) is job:
                 del self._live[key]
 
+    # -- a job seen again: a page that loads while the visitor has one in flight ---------------------------------
+
+    def in_flight(self, visitor: Visitor) -> TaskRecord | None:
+        """The visitor's newest task not yet ended at this API (being prepared, sent, or running), or None."""
+        return next((record for record in self.tasks(visitor)
+                     if record.in_flight and record.api_base == self.backend.base_url), None)
+
+    def watch(self, visitor: Visitor, token: str = "", *, record: TaskRecord | None = None) -> Job | None:
+        """Follow from one more page (a reload, a second tab, a return) the visitor's newest task in flight, or
+        `record` (one of theirs a page showed a moment ago) as it is now; None when there is none. Whoever runs
+        it goes on doing so (a page's job, or background recovery, which takes over a closed page's task); this
+        watches it to its video, claiming and writing nothing. Named by `token` like a page's job: its Stop stops
+        the watching only (the task goes on and lands in the history, as `voice.stopped` says)."""
+        if record is None or record.owner != visitor.owner:
+            record = self.in_flight(visitor)
+        if record is None:
+            return None
+        ctx = self.context(visitor.owner)  # its key is never used: the watch asks WaveSpeed nothing
+        job = Job(steps.watch(record, ctx, followed=self._followed), ctx, expected=self.expected(record.duration))
+        return self._track(job, visitor, token)
+
+    def _followed(self, task_id: str) -> bool:
+        """Whether a job here (a page's, the command line's) or background recovery follows this task now."""
+        return task_id in self.followers or self.recovery.following(task_id)
+
     # -- the visitor's own key's tasks at WaveSpeed ("Your WaveSpeed tasks") --------------------------------
 
     def recent_tasks(self, visitor: Visitor, limit: int = RECENT_TASKS) -> list[ListedTask]:

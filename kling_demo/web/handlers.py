@@ -242,6 +242,53 @@ class Handlers:
         async for outputs in self._drive(start):
             yield outputs
 
+    def rejoin(self, owner_id: str | None, request: gr.Request) -> tuple[Any, str]:
+        """A page that loads while the visitor has a job in flight (a reload, a second tab, a return): that job's row,
+        and a fresh name for it, whose arrival in `rejoined` shows and follows it (`show_rejoined`, `watch_on_page`).
+        With none, plain empty values: nothing changes and nothing more runs ("Ready")."""
+        if not owner_id:
+            return None, ""
+        try:
+            record = self.service.in_flight(self.owner(request, owner_id))
+        except Exception:  # the page stays as it loaded; the history still shows the task
+            log.exception("could not look for a running job on a page that loaded")
+            return None, ""
+        return (record, secrets.token_hex(8)) if record is not None else (None, "")
+
+    def show_rejoined(self, record: TaskRecord | None, owner_id: str | None, token: str,
+                      request: gr.Request) -> tuple[Any, ...]:
+        """The job `rejoin` found, at once: the buttons of a running job, its status and task id, its name (so Stop
+        finds it), and the form it was made from (the page's form is empty: it just loaded)."""
+        if record is None:
+            return (gr.skip(),) * 16
+        try:
+            fill: FormFill | None = self.service.reuse(self.owner(request, owner_id), record.task_id)
+        except KlingDemoError:  # fetched by its id: its settings are not known here
+            fill = None
+        return (gr.update(interactive=False), gr.update(interactive=True), views.rejoined(record, self.voice),
+                "" if record.is_intent else record.task_id, None, "", "", token, *self._fresh_form(fill))
+
+    def _fresh_form(self, fill: FormFill | None) -> tuple[Any, ...]:
+        """`_form` for a form that is still empty. The frame inputs get plain values, never an update: Gradio rebuilds
+        a component a step updates, for that page, without `frame_input`'s adjustment (its checks of a dropped file)."""
+        if fill is None:
+            return None, gr.skip(), gr.skip(), gr.skip(), gr.skip(), None, gr.skip(), ""
+        first, prompt, negative, guidance, duration, _, advanced, note = self._form(fill)
+        return (str(fill.first_frame) if fill.first_frame else None, prompt, negative, guidance, duration,
+                str(fill.end_frame) if fill.end_frame else None, advanced, note)
+
+    async def watch_on_page(self, record: TaskRecord | None, owner_id: str | None, token: str,
+                            request: gr.Request) -> AsyncIterator[JobOutputs]:
+        """Follow the job `rejoin` found to its ending like a job of this page (its video in the main player)."""
+        def start() -> Job:
+            job = self.service.watch(self.owner(request, owner_id), token, record=record)
+            if job is None:  # cannot be: `record` is the owner's; said rather than raised
+                raise InputRejected("There is no job of yours running now.")
+            return job
+
+        async for outputs in self._drive(start):
+            yield outputs
+
     def stop(self, token: str, owner_id: str | None, request: gr.Request) -> tuple[Any, Any]:
         """What Stop did, true at this very moment; the job then ends with the same words (its last update)."""
         try:

@@ -36,6 +36,17 @@
         new Notification('Your video is ready', {body: 'Kling 2.0 image-to-video: come back to the tab to watch it.'});
       }
     },
+    // A job picked up as the page loads: bring its status into view unless it is near the top of the screen already,
+    // with `withId` (Stop) above it when that fits too (a phone, where the form comes first).
+    reveal(elemId, withId) {
+      const element = document.getElementById(elemId);
+      if (!element) return;
+      const top = element.getBoundingClientRect().top;
+      if (top >= 0 && top <= window.innerHeight / 2) return;
+      const above = document.getElementById(withId);
+      const from = above ? above.getBoundingClientRect().top : top;
+      (from < top && top - from < window.innerHeight / 2 ? above : element).scrollIntoView({block: 'start'});
+    },
     // Bring a part of the page into view after an action changed it (e.g. the form after "Reuse these settings"),
     // unless all of it is in view already.
     show(elemId) {

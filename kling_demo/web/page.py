@@ -99,6 +99,9 @@ def _layout(service: Service, settings: Settings) -> Page:
     # Values the browser itself holds: the job a click starts (named there, so Stop finds it at once), its stage.
     p.job_token = gr.Textbox("", visible=False, elem_id="job-token")
     p.job_stage = gr.Textbox("", visible=False, elem_id="job-stage")
+    # A job in flight when the page loaded (a reload, a second tab): its row, and a value whose change follows it.
+    p.watched = gr.State(None)
+    p.rejoined = gr.Textbox("", visible=False, elem_id="rejoined")
 
     gr.Markdown(f"## {SPEC.title} — one still image in, a 5 or 10 second video out", elem_id="title")
     gr.Markdown(views.backend_banner(voice, base_url=service.backend.base_url, model_id=SPEC.model_id,
@@ -226,9 +229,9 @@ def _events(demo: gr.Blocks, p: Page, page: Handlers, api: Api, service: Service
         box.change(None, inputs=box, outputs=count, js=counter_js(SPEC.max_chars(field)), queue=False, **private)
     # Housekeeping never waits in the queue (served by POST /gradio_api/run/predict), so a queue full of jobs
     # cannot refuse a tab its owner id, and the page can refuse to generate without one.
-    demo.load(page.on_load, inputs=p.owner_store, outputs=[p.owner_store, p.owner_id, *history_out], queue=False,
-              **private).then(page.select_newest, inputs=p.owner_id, outputs=[p.gallery, *selected_out], queue=False,
-                              **private)
+    loaded = demo.load(page.on_load, inputs=p.owner_store, outputs=[p.owner_store, p.owner_id, *history_out],
+                       queue=False, **private)
+    loaded.then(page.select_newest, inputs=p.owner_id, outputs=[p.gallery, *selected_out], queue=False, **private)
 
     # A job: the browser names it, the buttons flip once the inputs pass (Gradio runs no `.then()` after a
     # validator refuses), then the job runs; Stop finds it by its name, even before it started.
@@ -244,7 +247,18 @@ def _events(demo: gr.Blocks, p: Page, page: Handlers, api: Api, service: Service
         page.busy, outputs=busy_outputs, queue=False, **private).then(
         page.adopt_on_page, inputs=[p.task_list, p.owner_id, p.typed_key, p.from_page, p.job_token], outputs=job_outputs,
         show_progress="hidden", **jobs, **private)
-    for event in (job_event, resume_event, adopt_event):
+    # A job still running when the page loads is shown at once (its buttons, status, task id and form) and followed
+    # to its video; with none, nothing moves ("Ready") and nothing more runs.
+    loaded.then(page.rejoin, inputs=p.owner_id, outputs=[p.watched, p.rejoined], **quiet)
+    rejoin_form = [p.image, p.prompt, p.negative, p.guidance, p.duration, p.end_image, p.advanced, p.form_note]
+    reveal = "() => window.klingDemo.reveal('status', 'buttons')"  # on a phone the status is below the form
+    watch_event = p.rejoined.change(
+        page.show_rejoined, inputs=[p.watched, p.owner_id, p.rejoined], outputs=[
+            *buttons, p.status, p.task_id, p.video, p.progress, p.job_stage, p.job_token, *rejoin_form], **quiet).then(
+        None, js=reveal, queue=False, **private).then(
+        page.watch_on_page, inputs=[p.watched, p.owner_id, p.job_token], outputs=job_outputs, show_progress="hidden",
+        **jobs, **private)
+    for event in (job_event, resume_event, adopt_event, watch_event):
         # `.failure()` too: in 6.31 a step that raised (a full queue, a server error) runs no `.then()` step.
         event.failure(page.idle, outputs=buttons, queue=False, **private)
         ended = event.then(page.idle, outputs=buttons, queue=False, **private)

@@ -59,6 +59,11 @@ def status_markdown(update: JobUpdate, voice: Voice) -> str:
     return text
 
 
+def rejoined(record: TaskRecord, voice: Voice) -> str:
+    """The status of a job a page picks up as it loads, until the job's own first update (a moment later)."""
+    return f"**{voice.task_status(record.status)}** — Your job is still running; following it here…"
+
+
 def progress_html(view: ProgressView | None) -> str:
     """The progress display: ticked steps, a bar, and elapsed / expected remaining in plain words."""
     if view is None:
