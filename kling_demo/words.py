@@ -294,7 +294,7 @@ class Voice:
             return check.problem
         if check.state is KeyState.THROTTLED:
             return (f"Too many keys were checked from this browser or address in the last minute. This key was not "
-                    f"checked; enter it again in {check.retry_in} s, or just generate: it is used when you do.")
+                    f"checked; enter it again in {check.retry_in} s.")
         if check.state is KeyState.REFUSED:
             return f"WaveSpeed rejected this key. Check it{f', or clear the box to use {self.servers_key}' if fallback else ''}."
         if check.state is KeyState.UNCHECKED or check.balance is None:

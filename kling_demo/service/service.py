@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import Settings
-from ..errors import AuthenticationFailed, InputRejected, KeyRequired, KlingDemoError, NotYours, WebhookRejected
+from ..errors import (AuthenticationFailed, InputRejected, KeyRequired, KlingDemoError, NotYours, TooManyRequests,
+                      WebhookRejected)
 from ..jobs import steps
 from ..jobs.inputs import check_duration, check_guidance
 from ..jobs.notices import Notices
@@ -166,6 +167,7 @@ class Service:
         """Start a job for the visitor (not yet run: iterate the returned `Job`). A page names its job with a
         `token`, so that its Stop finds it (`stop`), even a Stop that arrives before the job starts."""
         self._require_key(visitor)
+        self._try_key(visitor.owner, visitor.address, visitor.api_key)
         on_close = ExitStack()
         # The cap guards the server's key, per spender (the budgets' visitor, not a browser id anyone can mint);
         # the free sandbox and a visitor's own key have none.
@@ -176,7 +178,7 @@ class Service:
         job = Job(steps.generate(request, ctx), ctx, expected=self.expected(request.duration),
                   on_close=on_close.close, hand_over=lambda: self._hand_over(visitor),
                   charge=self._charge_reader(visitor.api_key))
-        return self._track(job, visitor, token)
+        return self._track(self._vouched_by(job, visitor.owner, visitor.api_key), visitor, token)
 
     def resume(self, task_id: str, visitor: Visitor, *, duration: int | None = None, token: str = "",
                listed: bool = False) -> Job:
@@ -194,12 +196,13 @@ class Service:
             raise KeyRequired("This task was paid with your own key: enter it again to resume it (keys are never "
                               "stored).", task_id=task_id)
         use_key = visitor.api_key if record is None or record.key_source == KeySource.VISITOR else None
+        self._try_key(visitor.owner, visitor.address, use_key)
         ctx = self.context(visitor.owner, use_key)
         payer = Visitor(visitor.owner, use_key)
         known = record.duration if record and record.duration else duration
         job = Job(steps.resume(task_id, ctx, duration=known, listed=listed), ctx, expected=self.expected(known),
                   hand_over=lambda: self._hand_over(payer), charge=self._charge_reader(use_key))
-        return self._track(job, visitor, token)
+        return self._track(self._vouched_by(job, visitor.owner, use_key), visitor, token)
 
     def stop(self, visitor: Visitor, token: str) -> StopReport:
         """Stop the visitor's job that `token` names, and say what may exist at this moment. A token whose job has
@@ -265,8 +268,10 @@ class Service:
 
         Only with their own key: the server key's tasks are every visitor's."""
         self._require_own_key(visitor, "list its tasks")
+        self._try_key(visitor.owner, visitor.address, visitor.api_key)
         with self._client(visitor.api_key) as client:
             listed = client.predictions(1, limit, model=self.spec.model_id).items
+        self.accepted_keys.remember(visitor.owner, key_id(self.visitors.secret, visitor.api_key))
         return [ListedTask(task.task_id, task.status, task.created_epoch, str(task.inputs.get("prompt") or "").strip(),
                            in_history=self.task(visitor, task.task_id) is not None) for task in listed]
 
@@ -358,6 +363,32 @@ class Service:
             return KeyCheck(KeyState.UNCHECKED)
         self.accepted_keys.remember(visitor.owner, hashed)
         return KeyCheck(KeyState.ACCEPTED, balance=held)
+
+    def _try_key(self, owner: str, address: str | None, api_key: str | None) -> None:
+        """A visitor's own key not yet accepted for this owner is a guess until WaveSpeed accepts it: a job, a
+        resume or a listing with it counts within the key-check limit, so none of them is an oracle for guessing
+        keys (whether WaveSpeed refuses a key shows in its answer). Raises `TooManyRequests` past the limit."""
+        if not api_key or self.is_sandbox:
+            return
+        hashed = key_id(self.visitors.secret, api_key)
+        if self.accepted_keys.knows(owner, hashed):
+            return
+        # An API caller's owner is the key's own hash, new with every guess: only its address limits it.
+        wait = self.key_checks.take(owner=owner if owner and owner != hashed else None, address=address)
+        if wait is not None:
+            raise TooManyRequests(f"Too many new keys were tried from this browser or address in the last minute; "
+                                  f"nothing was sent. Try again in {wait} s.")
+
+    def _vouched_by(self, job: Job, owner: str, api_key: str | None) -> Job:
+        """Remember the key as accepted once WaveSpeed took a task from it (the job got a task id)."""
+        if api_key and not self.is_sandbox:
+            hashed = key_id(self.visitors.secret, api_key)
+
+            def accepted() -> None:
+                if job.last is not None and job.last.task_id and not isinstance(job.error, AuthenticationFailed):
+                    self.accepted_keys.remember(owner, hashed)
+            job.on_closed(accepted)
+        return job
 
     def _key_check_wait(self, visitor: Visitor, api_key: str) -> int | None:
         """None when this key may be asked about now: accepted earlier for this owner, or within the limit."""
