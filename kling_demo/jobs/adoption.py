@@ -11,18 +11,15 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import KlingDemoError
-from ..models import ImageLimits
+from ..models import ImageLimits, ModelSpec
 from ..store import files, videos
 from ..store.journal import positive_int
-from ..wavespeed.client import Prediction
+from ..wavespeed.client import Prediction, WaveSpeedClient
 from . import images
-
-if TYPE_CHECKING:  # steps imports this module
-    from .steps import JobContext
 
 log = logging.getLogger(__name__)
 LISTING_PAGE = 100  # the most the listing gives in one page; the task was picked from its first 20
@@ -30,11 +27,11 @@ FRAME_SECONDS = 30.0  # a listed frame that takes longer is left out (the task i
 SETTINGS = ("prompt", "negative_prompt", "guidance_scale", "duration")
 
 
-def listed(ctx: JobContext, task_id: str) -> tuple[dict[str, Any], Path | None]:
+def listed(client: WaveSpeedClient, spec: ModelSpec, videos_dir: Path, task_id: str) -> tuple[dict[str, Any], Path | None]:
     """The task's settings as the key's listing shows them (as a history row's params: {} when it is not listed or
     the listing cannot be read) and the preview its kept frames sit beside (None when no frame could be kept)."""
     try:
-        items = ctx.client.predictions(1, LISTING_PAGE, model=ctx.spec.model_id, attempts=1).items
+        items = client.predictions(1, LISTING_PAGE, model=spec.model_id, attempts=1).items
     except KlingDemoError as error:
         log.info("task %s: its listing could not be read (%s); brought in without its settings", task_id,
                  type(error).__name__)
@@ -48,9 +45,10 @@ def listed(ctx: JobContext, task_id: str) -> tuple[dict[str, Any], Path | None]:
         params["duration"] = positive_int(params["duration"])
     if "prompt" in params:
         params["prompt"] = str(params["prompt"]).strip()
-    end_url = _fetchable(inputs.get("end_image"), item, ctx.client.base_url)
+    end_url = _fetchable(inputs.get("end_image"), item, client.base_url)
     params["end_image"] = bool(inputs.get("end_image"))
-    preview = _keep_frames(ctx, _fetchable(inputs.get("image"), item, ctx.client.base_url), end_url)
+    first_url = _fetchable(inputs.get("image"), item, client.base_url)
+    preview = _keep_frames(client, spec, videos_dir, first_url, end_url)
     return params, preview
 
 
@@ -65,19 +63,19 @@ def _fetchable(url: object, item: Prediction, api_base: str) -> str | None:
     return url.strip()
 
 
-def _keep_frames(ctx: JobContext, first_url: str | None, end_url: str | None) -> Path | None:
+def _keep_frames(client: WaveSpeedClient, spec: ModelSpec, videos_dir: Path, first_url: str | None,
+                 end_url: str | None) -> Path | None:
     """Fetch the frames, check them as a job's own, keep them beside a new preview; None if the first is missing."""
     if first_url is None:
         return None
-    spec = ctx.spec
     with tempfile.TemporaryDirectory(prefix="kling-adopt-") as work:
-        first = _fetch(ctx, first_url, spec.first_frame, "first frame", Path(work))
+        first = _fetch(client, first_url, spec.first_frame, "first frame", Path(work))
         if first is None:
             return None
-        end = _fetch(ctx, end_url, spec.end_frame, "end frame", Path(work)) if end_url else None
+        end = _fetch(client, end_url, spec.end_frame, "end frame", Path(work)) if end_url else None
         preview: Path | None = None
         try:
-            preview = images.save_preview(first, ctx.videos_dir)
+            preview = images.save_preview(first, videos_dir)
             videos.keep_frames(preview, first, end)
         except OSError as error:
             log.warning("could not keep the listed frames of a task (%s)", type(error).__name__)
@@ -87,10 +85,10 @@ def _keep_frames(ctx: JobContext, first_url: str | None, end_url: str | None) ->
         return preview
 
 
-def _fetch(ctx: JobContext, url: str, limits: ImageLimits, role: str, work: Path) -> images.PreparedImage | None:
+def _fetch(client: WaveSpeedClient, url: str, limits: ImageLimits, role: str, work: Path) -> images.PreparedImage | None:
     """One listed frame, downloaded (at most the model's size limit, without the key) and checked as an upload."""
     try:
-        path = ctx.client.download(url, work, max_bytes=limits.max_bytes, deadline_seconds=FRAME_SECONDS,
+        path = client.download(url, work, max_bytes=limits.max_bytes, deadline_seconds=FRAME_SECONDS,
                                    suffix=".image", attempts=1)
         return images.prepare_image(path, limits, role=role, work_dir=work)
     except KlingDemoError as error:

@@ -377,7 +377,7 @@ def resume(task_id: str, ctx: JobContext, *, duration: int | None = None, listed
             records: Records = ctx.records  # type: ignore[assignment]
             settings, preview = ({}, None)
             if listed and records.journal is not None and not records.existing(task_id).kept:  # a new row
-                settings, preview = adoption.listed(ctx, task_id)
+                settings, preview = adoption.listed(ctx.client, ctx.spec, ctx.videos_dir, task_id)
             known = duration or _declared_duration(prediction, ctx.spec) or settings.get("duration")
             # A task fetched by id joins the visitor's history; an existing row stays as it is.
             row = records.fetched(task_id, prediction.status,

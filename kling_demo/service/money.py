@@ -315,6 +315,31 @@ def spend_of(records: Iterable[TaskRecord], charges: dict[str, Charge]) -> tuple
 # --- keys a browser had accepted ----------------------------------------------------------------------------------
 
 
+class TriedKeys:
+    """Keys each owner (else address) had checked in the last `window` seconds, as one-way hashes in memory: the
+    same key used again (the page asks its price, its balance after a job, a Resume with it) is no new guess, so
+    it counts against the key-check limit once a window, whatever WaveSpeed said of it."""
+
+    def __init__(self, window: float = 60.0, most: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.window, self.most, self._clock = window, most, clock
+        self._tried: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def tried(self, who: str, key_hash: str) -> bool:
+        """Whether `who` had this key checked within the window."""
+        with self._lock:
+            at = self._tried.get((who, key_hash))
+            return at is not None and self._clock() - at < self.window
+
+    def note(self, who: str, key_hash: str) -> None:
+        with self._lock:
+            self._tried.pop((who, key_hash), None)
+            self._tried[(who, key_hash)] = self._clock()
+            while len(self._tried) > self.most:
+                self._tried.popitem(last=False)
+
+
 class AcceptedKeys:
     """Keys WaveSpeed accepted, per owner, as one-way hashes in memory: showing again the balance of a key this
     browser already had accepted is no new guess, so it does not count against the key-check limit."""

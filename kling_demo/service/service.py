@@ -42,7 +42,7 @@ from ..wavespeed.webhooks import Receiver
 from ..words import Voice
 from .backend import Backend, open_backend
 from .identity import key_id
-from .money import AcceptedKeys, Budgets, Charges, QuoteCache, price_guard, spend_of
+from .money import AcceptedKeys, Budgets, TriedKeys, Charges, QuoteCache, price_guard, spend_of
 from .recovery import Recovery
 from .running import Job
 from .visitors import JobSlots, Throttle, Visitor, Visitors, visitor_key
@@ -88,6 +88,7 @@ class Service:
         self.api_slots = ApiSlots(settings.api_concurrency)
         self.quotes = QuoteCache()  # WaveSpeed's price quotes, shared by the page's price line, budgets and jobs
         self.charges = Charges()  # what the server key's tasks were charged, from WaveSpeed's billing
+        self.tried_keys = TriedKeys()  # and the keys each had checked this minute: using one again is no new guess
         self.accepted_keys = AcceptedKeys()  # keys WaveSpeed accepted, per browser: a refresh is no new guess
         self.recovery = Recovery(self.journal, self.context, api_base=self.backend.base_url,
                                  sandbox=self.backend.is_sandbox, release_slot=self.api_slots.finish)
@@ -370,11 +371,7 @@ class Service:
         keys (whether WaveSpeed refuses a key shows in its answer). Raises `TooManyRequests` past the limit."""
         if not api_key or self.is_sandbox:
             return
-        hashed = key_id(self.visitors.secret, api_key)
-        if self.accepted_keys.knows(owner, hashed):
-            return
-        # An API caller's owner is the key's own hash, new with every guess: only its address limits it.
-        wait = self.key_checks.take(owner=owner if owner and owner != hashed else None, address=address)
+        wait = self._key_check_wait(Visitor(owner, api_key, address=address), api_key)
         if wait is not None:
             raise TooManyRequests(f"Too many new keys were tried from this browser or address in the last minute; "
                                   f"nothing was sent. Try again in {wait} s.")
@@ -391,10 +388,18 @@ class Service:
         return job
 
     def _key_check_wait(self, visitor: Visitor, api_key: str) -> int | None:
-        """None when this key may be asked about now: accepted earlier for this owner, or within the limit."""
-        if self.accepted_keys.knows(visitor.owner, key_id(self.visitors.secret, api_key)):
+        """None when this key may be asked about now: accepted earlier for this owner, checked by them within the
+        last minute already (no new guess), or within the limit (counted then)."""
+        hashed = key_id(self.visitors.secret, api_key)
+        who = visitor.owner or visitor.address or ""
+        if self.accepted_keys.knows(visitor.owner, hashed) or (who and self.tried_keys.tried(who, hashed)):
             return None
-        return self.key_checks.take(owner=visitor.owner or None, address=visitor.address)
+        # An API caller's owner is the key's own hash, new with every guess: only its address limits it.
+        owner = visitor.owner if visitor.owner and visitor.owner != hashed else None
+        wait = self.key_checks.take(owner=owner, address=visitor.address)
+        if wait is None and who:
+            self.tried_keys.note(who, hashed)
+        return wait
 
     def refusal(self, visitor: Visitor, duration: object) -> BudgetRefusal | None:
         """What would refuse the visitor's next video of `duration` on the server's key at this moment (a budget

@@ -80,3 +80,19 @@ def test_a_program_may_start_a_batch_with_a_new_key(make_sandbox, make_service, 
             for n in range(KEY_CHECKS_PER_MINUTE["owner"] + 2)]
     for job in jobs:
         job.close()
+
+
+def test_one_mistyped_key_used_again_and_again_is_one_guess(counted, make_service):
+    """The page asks about the key in the box on every change, after each job and on focus, and the visitor may
+    press Resume or Load my tasks more than once: the same key is one guess, and WaveSpeed's answer stays theirs."""
+    service = make_service(counted.url)
+    visitor = Visitor("browser:typo", "a-key-with-a-typo", address=ADDRESS)
+    for _ in range(KEY_CHECKS_PER_MINUTE["address"] + 2):
+        with pytest.raises(AuthenticationFailed):
+            service.recent_tasks(visitor)
+        assert service.check_key(visitor.api_key, visitor).state.name == "REFUSED"
+    for _ in range(KEY_CHECKS_PER_MINUTE["owner"] - 1):  # four more guesses fit in the browser's minute
+        with pytest.raises(AuthenticationFailed):
+            service.recent_tasks(Visitor("browser:typo", guess(), address=ADDRESS))
+    with pytest.raises(TooManyRequests):
+        service.recent_tasks(Visitor("browser:typo", guess(), address=ADDRESS))
