@@ -255,7 +255,9 @@ class Service:
         if record is None:
             return None
         ctx = self.context(visitor.owner)  # its key is never used: the watch asks WaveSpeed nothing
-        job = Job(steps.watch(record, ctx, followed=self._followed), ctx, expected=self.expected(record.duration))
+        charge = self._charge_reader(None) if record.key_source is KeySource.SERVER else None
+        job = Job(steps.watch(record, ctx, followed=self._followed), ctx, expected=self.expected(record.duration),
+                  charge=charge)  # its ending states the cost as a page's own job does
         return self._track(job, visitor, token)
 
     def _followed(self, task_id: str) -> bool:

@@ -55,6 +55,8 @@ def test_a_task_whose_page_closed_mid_render_is_watched_to_its_video(make_sandbo
     assert watching.error is None and done.stage is Stage.DONE and done.task_id == task_id
     assert record.status is TaskStatus.COMPLETED and done.video_path == Path(record.video_path)
     assert done.video_path.exists() and done.elapsed >= shown.elapsed
+    assert done.charge is not None and done.charge.amount == pytest.approx(record.quote.price), \
+        "the cost as WaveSpeed's billing states it, as the page's own job says it"
     assert stats(sandbox)["submissions"] == 1, "nothing was submitted again"
     # Recovery polled the task; the watch only listened (the one poller's watch of it, shared).
     assert stats(sandbox)["result_polls"] - polls <= sum(1 for u in watching.updates if u.stage.at_wavespeed) + 2
