@@ -354,17 +354,20 @@ class Handlers:
                      "frame of your own clears them.")
         return (str(ASSETS / example.image), example.prompt, example.negative,
                 str(ASSETS / example.end_image) if example.end_image else None, example.duration,
-                gr.update(open=bool(example.extras)), bool(example.extras), note)
+                gr.update(open=bool(example.extras)), "extras" if example.extras else "example", note)
 
-    def own_first_frame(self, path: str | None, from_example: bool) -> tuple[Any, ...]:
-        """A first frame of the visitor's own: checked at once, and an example's end frame and negative prompt are
-        cleared so the video does not end on the example's picture; the example's status goes too."""
+    def own_first_frame(self, path: str | None, from_example: str) -> tuple[Any, ...]:
+        """A first frame of the visitor's own: checked at once; an example's end frame and negative prompt are
+        cleared so the video does not end on the example's picture, and the status that described the example
+        goes (it no longer describes the form)."""
         problem = self.service.check_frame(path)
         note = f"⚠️ {views.literal(problem)}" if problem else ""
-        if from_example:
+        if from_example == "extras":
             cleared = "Your own first frame: the example's end frame and negative prompt were cleared."
-            return "\n\n".join(filter(None, (note, cleared))), "", None, False, views.IDLE_STATUS
-        return note, gr.skip(), gr.skip(), False, gr.skip()
+            return "\n\n".join(filter(None, (note, cleared))), "", None, "", views.IDLE_STATUS
+        if from_example:
+            return note, gr.skip(), gr.skip(), "", views.IDLE_STATUS
+        return note, gr.skip(), gr.skip(), "", gr.skip()
 
     def own_end_frame(self, path: str | None) -> str:
         problem = self.service.check_frame(path, end=True)

@@ -91,7 +91,7 @@ def _layout(service: Service, settings: Settings) -> Page:
     p.owner_id = gr.State("")
     p.typed_key = gr.State("")
     p.from_page = gr.State(False)  # set by the page's own first step of Generate and Resume
-    p.from_example = gr.State(False)  # the form holds an example's end frame or negative prompt
+    p.from_example = gr.State("")  # the form holds an example ("example"), with an end frame or negative ("extras")
     p.history_ids = gr.State([])
     p.history_seen = gr.State("")
     p.history_ticker = gr.Timer(5.0)

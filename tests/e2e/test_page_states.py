@@ -117,6 +117,17 @@ def test_example_2_shows_its_end_frame_and_an_own_upload_clears_it(page, picture
     expect(page.locator("#first-frame-check")).to_contain_text("end frame and negative prompt were cleared")
     expect(page.locator("#negative-prompt textarea")).to_have_value("")
     expect(page.locator("#end-frame img")).to_have_count(0)
+    expect(page.locator("#status")).not_to_contain_text("Example loaded")
+
+
+def test_an_own_first_frame_clears_the_status_that_described_an_example(page, pictures):
+    """Issue 25: 'the status still describes an example after the visitor's own picture replaced it'."""
+    page.locator("#examples .thumbnail-item").nth(0).click()  # an example without an end frame or negative
+    expect(page.locator("#status")).to_contain_text("Example loaded")
+    page.set_input_files("#first-frame input[type=file]", str(pictures["first_frame"]))
+    expect(page.locator("#status")).to_contain_text("Ready")
+    expect(page.locator("#status")).not_to_contain_text("Example loaded")
+    expect(page.locator("#prompt textarea")).not_to_have_value("")  # the example's prompt stays, to edit
 
 
 def test_a_dropped_text_file_is_refused_at_once_with_a_sentence(page, tmp_path):

@@ -57,12 +57,15 @@ def test_a_task_of_ones_own_key_comes_into_the_history_in_one_pick_and_click(
         page.click("#load-wavespeed-tasks")
         choice = page.locator("#wavespeed-task-list label", has_text=task_id)
         expect(choice).to_contain_text("made on the site")
+        expect(choice).not_to_contain_text("in your history")
         choice.click()
         page.click("#adopt-task")
         expect(page.locator("#status")).to_contain_text("Done", timeout=60_000)
         expect(page.locator("#task-id textarea")).to_have_value(task_id)
         expect(page.locator("#video video")).to_be_attached()
         expect(page.locator("#history .thumbnail-item")).to_have_count(1, timeout=15_000)
+        page.click("#load-wavespeed-tasks")  # the listing again: the task is marked as already brought in
+        expect(page.locator("#wavespeed-task-list label", has_text=task_id)).to_contain_text("in your history")
     finally:
         context.close()
     assert requests.get(sandbox.url + "/sandbox/stats", timeout=10).json()["submissions"] == 1
