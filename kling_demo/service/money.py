@@ -43,7 +43,6 @@ PRICE_UNKNOWN = "The price could not be checked, so nothing was submitted. Try a
 CHARGE_RECHECK_SECONDS = 30.0
 BILLING_REFUSED_SECONDS = 600.0  # a key that may not read its billing is not asked again for this long
 MAX_CACHED_CHARGES = 10_000
-OWNERS_REMEMBERED, KEYS_PER_OWNER = 4096, 4
 
 
 # --- quotes -------------------------------------------------------------------------------------------------------
@@ -310,59 +309,3 @@ def spend_of(records: Iterable[TaskRecord], charges: dict[str, Charge]) -> tuple
             totals[quote.currency] = dataclasses.replace(spent, quoted=spent.quoted + quote.price,
                                                          quoted_tasks=spent.quoted_tasks + 1)
     return tuple(totals[currency] for currency in sorted(totals))
-
-
-# --- keys a browser had accepted ----------------------------------------------------------------------------------
-
-
-class TriedKeys:
-    """Keys each owner (else address) had checked in the last `window` seconds, as one-way hashes in memory: the
-    same key used again (the page asks its price, its balance after a job, a Resume with it) is no new guess, so
-    it counts against the key-check limit once a window, whatever WaveSpeed said of it."""
-
-    def __init__(self, window: float = 60.0, most: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.window, self.most, self._clock = window, most, clock
-        self._tried: OrderedDict[tuple[str, str], float] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def tried(self, who: str, key_hash: str) -> bool:
-        """Whether `who` had this key checked within the window."""
-        with self._lock:
-            at = self._tried.get((who, key_hash))
-            return at is not None and self._clock() - at < self.window
-
-    def note(self, who: str, key_hash: str) -> None:
-        with self._lock:
-            self._tried.pop((who, key_hash), None)
-            self._tried[(who, key_hash)] = self._clock()
-            while len(self._tried) > self.most:
-                self._tried.popitem(last=False)
-
-
-class AcceptedKeys:
-    """Keys WaveSpeed accepted, per owner, as one-way hashes in memory: showing again the balance of a key this
-    browser already had accepted is no new guess, so it does not count against the key-check limit."""
-
-    def __init__(self, max_owners: int = OWNERS_REMEMBERED, per_owner: int = KEYS_PER_OWNER) -> None:
-        self.max_owners, self.per_owner = max_owners, per_owner
-        self._owners: OrderedDict[str, list[str]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def knows(self, owner: str, key_hash: str) -> bool:
-        with self._lock:
-            return bool(owner) and key_hash in self._owners.get(owner, ())
-
-    def remember(self, owner: str, key_hash: str) -> None:
-        if not owner:
-            return
-        with self._lock:
-            hashes = [known for known in self._owners.pop(owner, []) if known != key_hash]
-            self._owners[owner] = [*hashes, key_hash][-self.per_owner:]
-            while len(self._owners) > self.max_owners:
-                self._owners.popitem(last=False)
-
-    def forget(self, owner: str, key_hash: str) -> None:
-        with self._lock:
-            if key_hash in self._owners.get(owner, ()):
-                self._owners[owner].remove(key_hash)

@@ -41,11 +41,10 @@ from ..wavespeed.connections import Connections
 from ..wavespeed.webhooks import Receiver
 from ..words import Voice
 from .backend import Backend, open_backend
-from .identity import key_id
-from .money import AcceptedKeys, Budgets, TriedKeys, Charges, QuoteCache, price_guard, spend_of
+from .money import Budgets, Charges, QuoteCache, price_guard, spend_of
 from .recovery import Recovery
 from .running import Job
-from .visitors import JobSlots, Throttle, Visitor, Visitors, visitor_key
+from .visitors import JobSlots, KeyGuesses, Visitor, Visitors, visitor_key
 
 log = logging.getLogger(__name__)
 RECENT_TASKS = 20  # tasks shown under "Your WaveSpeed tasks"
@@ -78,7 +77,6 @@ class Service:
         self.followers = Followers()
         self.connections = Connections()  # every job of a key shares its connections (and keyless ones for files)
         self.slots = JobSlots()
-        self.key_checks = Throttle(KEY_CHECKS_PER_MINUTE)
         # Webhooks, when the app knows its public URL and the secret: a verified one wakes the task's follower.
         self.notices = Notices()
         self.poller = Poller()  # polls every running task on its schedule; jobs subscribe to their task
@@ -88,8 +86,6 @@ class Service:
         self.api_slots = ApiSlots(settings.api_concurrency)
         self.quotes = QuoteCache()  # WaveSpeed's price quotes, shared by the page's price line, budgets and jobs
         self.charges = Charges()  # what the server key's tasks were charged, from WaveSpeed's billing
-        self.tried_keys = TriedKeys()  # and the keys each had checked this minute: using one again is no new guess
-        self.accepted_keys = AcceptedKeys()  # keys WaveSpeed accepted, per browser: a refresh is no new guess
         self.recovery = Recovery(self.journal, self.context, api_base=self.backend.base_url,
                                  sandbox=self.backend.is_sandbox, release_slot=self.api_slots.finish)
         self.background = background
@@ -98,6 +94,7 @@ class Service:
                                                                  settings.submits_per_minute), spec, self.quotes,
                                self.voice)
         self.visitors = Visitors(settings.owner_secret())
+        self.key_guesses = KeyGuesses(self.visitors.secret, KEY_CHECKS_PER_MINUTE)  # keys asked about, limited
         self._live: dict[tuple[str, str], Job] = {}  # (owner, page token) → the job that page runs
         self._stopped_early: OrderedDict[tuple[str, str], StopReport] = OrderedDict()
         self._live_lock = threading.Lock()
@@ -168,7 +165,7 @@ class Service:
         """Start a job for the visitor (not yet run: iterate the returned `Job`). A page names its job with a
         `token`, so that its Stop finds it (`stop`), even a Stop that arrives before the job starts."""
         self._require_key(visitor)
-        self._try_key(visitor.owner, visitor.address, visitor.api_key)
+        self._try_key(visitor, visitor.api_key)
         on_close = ExitStack()
         # The cap guards the server's key, per spender (the budgets' visitor, not a browser id anyone can mint);
         # the free sandbox and a visitor's own key have none.
@@ -197,7 +194,7 @@ class Service:
             raise KeyRequired("This task was paid with your own key: enter it again to resume it (keys are never "
                               "stored).", task_id=task_id)
         use_key = visitor.api_key if record is None or record.key_source == KeySource.VISITOR else None
-        self._try_key(visitor.owner, visitor.address, use_key)
+        self._try_key(visitor, use_key)
         ctx = self.context(visitor.owner, use_key)
         payer = Visitor(visitor.owner, use_key)
         known = record.duration if record and record.duration else duration
@@ -271,10 +268,10 @@ class Service:
 
         Only with their own key: the server key's tasks are every visitor's."""
         self._require_own_key(visitor, "list its tasks")
-        self._try_key(visitor.owner, visitor.address, visitor.api_key)
+        self._try_key(visitor, visitor.api_key)
         with self._client(visitor.api_key) as client:
             listed = client.predictions(1, limit, model=self.spec.model_id).items
-        self.accepted_keys.remember(visitor.owner, key_id(self.visitors.secret, visitor.api_key))
+        self.key_guesses.accepted(visitor.owner, visitor.api_key)
         return [ListedTask(task.task_id, task.status, task.created_epoch, str(task.inputs.get("prompt") or "").strip(),
                            in_history=self.task(visitor, task.task_id) is not None) for task in listed]
 
@@ -321,13 +318,13 @@ class Service:
             return None
         payer = Payer.OWN_KEY if visitor.api_key else (
             Payer.OWN_KEY_NEEDED if self.settings.require_user_key else Payer.SERVER_KEY)
-        if visitor.api_key and self._key_check_wait(visitor, visitor.api_key) is not None:
+        if visitor.api_key and self.key_guesses.wait(visitor, visitor.api_key) is not None:
             return PriceView(duration, payer)  # the limit is reached: no quote on a key nobody vouched for
         try:
             quote = self.quote(visitor, duration)
         except AuthenticationFailed:
             if visitor.api_key:
-                self.accepted_keys.forget(visitor.owner, key_id(self.visitors.secret, visitor.api_key))
+                self.key_guesses.refused(visitor.owner, visitor.api_key)
             return PriceView(duration, payer, key_refused=True)
         except KlingDemoError as error:
             log.info("price: no quote (%s)", type(error).__name__)
@@ -352,28 +349,26 @@ class Service:
             return None
         if self.is_sandbox:
             return KeyCheck(KeyState.NOT_USED)
-        wait = self._key_check_wait(visitor, api_key)
+        wait = self.key_guesses.wait(visitor, api_key)
         if wait is not None:
             return KeyCheck(KeyState.THROTTLED, retry_in=wait)
-        hashed = key_id(self.visitors.secret, api_key)
         try:
             held = self.balance(Visitor("", api_key))
         except AuthenticationFailed:
-            self.accepted_keys.forget(visitor.owner, hashed)
+            self.key_guesses.refused(visitor.owner, api_key)
             return KeyCheck(KeyState.REFUSED)
         except KlingDemoError as error:
             log.info("key check: no answer (%s)", type(error).__name__)
             return KeyCheck(KeyState.UNCHECKED)
-        self.accepted_keys.remember(visitor.owner, hashed)
+        self.key_guesses.accepted(visitor.owner, api_key)
         return KeyCheck(KeyState.ACCEPTED, balance=held)
 
-    def _try_key(self, owner: str, address: str | None, api_key: str | None) -> None:
-        """A visitor's own key not yet accepted for this owner is a guess until WaveSpeed accepts it: a job, a
-        resume or a listing with it counts within the key-check limit, so none of them is an oracle for guessing
-        keys (whether WaveSpeed refuses a key shows in its answer). Raises `TooManyRequests` past the limit."""
+    def _try_key(self, visitor: Visitor, api_key: str | None) -> None:
+        """A job, a resume or a listing with the visitor's own key counts as a key check (`key_guesses`), since
+        WaveSpeed's answer to it would tell a real key from a guess. Raises `TooManyRequests` past the limit."""
         if not api_key or self.is_sandbox:
             return
-        wait = self._key_check_wait(Visitor(owner, api_key, address=address), api_key)
+        wait = self.key_guesses.wait(visitor, api_key)
         if wait is not None:
             raise TooManyRequests(f"Too many new keys were tried from this browser or address in the last minute; "
                                   f"nothing was sent. Try again in {wait} s.")
@@ -381,27 +376,11 @@ class Service:
     def _vouched_by(self, job: Job, owner: str, api_key: str | None) -> Job:
         """Remember the key as accepted once WaveSpeed took a task from it (the job got a task id)."""
         if api_key and not self.is_sandbox:
-            hashed = key_id(self.visitors.secret, api_key)
-
             def accepted() -> None:
                 if job.last is not None and job.last.task_id and not isinstance(job.error, AuthenticationFailed):
-                    self.accepted_keys.remember(owner, hashed)
+                    self.key_guesses.accepted(owner, api_key)
             job.on_closed(accepted)
         return job
-
-    def _key_check_wait(self, visitor: Visitor, api_key: str) -> int | None:
-        """None when this key may be asked about now: accepted earlier for this owner, checked by them within the
-        last minute already (no new guess), or within the limit (counted then)."""
-        hashed = key_id(self.visitors.secret, api_key)
-        who = visitor.owner or visitor.address or ""
-        if self.accepted_keys.knows(visitor.owner, hashed) or (who and self.tried_keys.tried(who, hashed)):
-            return None
-        # An API caller's owner is the key's own hash, new with every guess: only its address limits it.
-        owner = visitor.owner if visitor.owner and visitor.owner != hashed else None
-        wait = self.key_checks.take(owner=owner, address=visitor.address)
-        if wait is None and who:
-            self.tried_keys.note(who, hashed)
-        return wait
 
     def refusal(self, visitor: Visitor, duration: object) -> BudgetRefusal | None:
         """What would refuse the visitor's next video of `duration` on the server's key at this moment (a budget

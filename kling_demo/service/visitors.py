@@ -13,7 +13,7 @@ import math
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping
@@ -22,6 +22,7 @@ from ..errors import InputRejected, VisitorCapReached
 from ..models import KeySource
 from .identity import UNKNOWN_ADDRESS, key_id, spender_id, visitor_address
 
+OWNERS_REMEMBERED, KEYS_PER_OWNER = 4096, 4  # accepted keys kept in memory
 OWNER_STORAGE_KEY = "kling_demo_owner"
 # BrowserState sends its `secret` to every visitor in /config, so it only obfuscates: the value is signed instead.
 OWNER_STORAGE_OBFUSCATION = "kling-demo-owner-v2"
@@ -169,6 +170,95 @@ class Throttle:
         for key in [key for key, times in self._events.items() if not times or times[-1] <= now - self.window]:
             del self._events[key]
 
+
+
+class TriedKeys:
+    """Keys each owner (else address) had checked in the last `window` seconds, as one-way hashes in memory: the
+    same key used again (the page asks its price, its balance after a job, a Resume with it) is no new guess, so
+    it counts against the key-check limit once a window, whatever WaveSpeed said of it."""
+
+    def __init__(self, window: float = 60.0, most: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.window, self.most, self._clock = window, most, clock
+        self._tried: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def tried(self, who: str, key_hash: str) -> bool:
+        """Whether `who` had this key checked within the window."""
+        with self._lock:
+            at = self._tried.get((who, key_hash))
+            return at is not None and self._clock() - at < self.window
+
+    def note(self, who: str, key_hash: str) -> None:
+        with self._lock:
+            self._tried.pop((who, key_hash), None)
+            self._tried[(who, key_hash)] = self._clock()
+            while len(self._tried) > self.most:
+                self._tried.popitem(last=False)
+
+
+class AcceptedKeys:
+    """Keys WaveSpeed accepted, per owner, as one-way hashes in memory: showing again the balance of a key this
+    browser already had accepted is no new guess, so it does not count against the key-check limit."""
+
+    def __init__(self, max_owners: int = OWNERS_REMEMBERED, per_owner: int = KEYS_PER_OWNER) -> None:
+        self.max_owners, self.per_owner = max_owners, per_owner
+        self._owners: OrderedDict[str, list[str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def knows(self, owner: str, key_hash: str) -> bool:
+        with self._lock:
+            return bool(owner) and key_hash in self._owners.get(owner, ())
+
+    def remember(self, owner: str, key_hash: str) -> None:
+        if not owner:
+            return
+        with self._lock:
+            hashes = [known for known in self._owners.pop(owner, []) if known != key_hash]
+            self._owners[owner] = [*hashes, key_hash][-self.per_owner:]
+            while len(self._owners) > self.max_owners:
+                self._owners.popitem(last=False)
+
+    def forget(self, owner: str, key_hash: str) -> None:
+        with self._lock:
+            if key_hash in self._owners.get(owner, ()):
+                self._owners[owner].remove(key_hash)
+
+
+class KeyGuesses:
+    """Keys visitors bring, as one-way hashes in memory, so that no door (the key's status line, the price, a job,
+    a resume, the key's task listing) is an oracle for guessing keys, whether WaveSpeed's answer tells a real key
+    from a guess: a key not yet accepted for its owner counts within `limits` per owner and per address, the same
+    key counts once a window for one owner (else address), and a key WaveSpeed accepted counts no more."""
+
+    def __init__(self, secret: str, limits: Mapping[str, int], window: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.secret = secret
+        self._throttle = Throttle(limits, window, clock)
+        self._tried = TriedKeys(window, clock=clock)
+        self._accepted = AcceptedKeys()
+
+    def wait(self, visitor: Visitor, api_key: str) -> int | None:
+        """None when WaveSpeed may be asked about this key for this visitor now (counted if it is a new guess);
+        else the whole seconds until it may."""
+        hashed = key_id(self.secret, api_key)
+        who = visitor.owner or visitor.address or ""
+        if self._accepted.knows(visitor.owner, hashed) or (who and self._tried.tried(who, hashed)):
+            return None
+        # An API caller's owner is the key's own hash, new with every guess: only its address limits it.
+        owner = visitor.owner if visitor.owner and visitor.owner != hashed else None
+        wait = self._throttle.take(owner=owner, address=visitor.address)
+        if wait is None and who:
+            self._tried.note(who, hashed)
+        return wait
+
+    def accepted(self, owner: str, api_key: str) -> None:
+        """WaveSpeed accepted the key for this owner (its balance, its listing, a task taken)."""
+        self._accepted.remember(owner, key_id(self.secret, api_key))
+
+    def refused(self, owner: str, api_key: str) -> None:
+        """WaveSpeed refused the key: asking about it again counts again (once a window)."""
+        self._accepted.forget(owner, key_id(self.secret, api_key))
 
 @dataclass(frozen=True)
 class Visitor:
