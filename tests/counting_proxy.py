@@ -1,5 +1,6 @@
 """A real HTTP hop in front of a server (the sandbox) that passes every request on and counts them by path,
-so a test can tell how often the app asked WaveSpeed something the sandbox itself does not count."""
+so a test can tell how often the app asked WaveSpeed something the sandbox itself does not count; it can hold a
+kind of request until the test lets it through."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ class CountingProxy:
     def __init__(self, target: str) -> None:
         self.target = target.rstrip("/")
         self.counts: Counter[str] = Counter()
+        self._holds: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         proxy = self
 
@@ -24,6 +26,9 @@ class CountingProxy:
                 path = self.path.split("?")[0]
                 with proxy._lock:
                     proxy.counts[f"{self.command} {path}"] += 1
+                    gate = proxy._holds.get(f"{self.command} {path}")
+                if gate is not None:
+                    gate.wait(60)
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 headers = {name: value for name, value in self.headers.items() if name.lower() in PASSED_HEADERS}
                 answer = requests.request(self.command, proxy.target + self.path, headers=headers, data=body or None,
@@ -48,6 +53,14 @@ class CountingProxy:
         """How many requests such as "GET /api/v3/balance" were passed on."""
         with self._lock:
             return self.counts[request]
+
+    def hold(self, request: str) -> threading.Event:
+        """Hold every request such as "POST /api/v3/media/uploads" (counted as it arrives) until the returned
+        event is set, so a test can act while a request is certainly on its way."""
+        gate = threading.Event()
+        with self._lock:
+            self._holds[request] = gate
+        return gate
 
     def stop(self) -> None:
         self._server.shutdown()

@@ -14,6 +14,7 @@ from kling_demo.errors import JobStopped
 from kling_demo.models import JobRequest, JobUpdate, Stage, StopReport, Submission, TaskStatus
 from kling_demo.service.visitors import Visitor
 from kling_demo.words import Voice
+from tests.counting_proxy import CountingProxy
 from tests.waiting import wait_for
 
 ALICE = Visitor("browser:alice", spender="ip:198.51.100.7")
@@ -77,12 +78,20 @@ def test_stop_before_anything_is_uploaded_says_nothing_was_submitted_and_nothing
 
 def test_stop_during_the_upload_sends_no_submission(make_sandbox, make_service, make_image):
     sandbox = make_sandbox()
-    service = make_service(sandbox)
-    running = Running(service.generate(JobRequest(image=make_image(), prompt="a kite"), ALICE))
-    wait_for(running.reached(Stage.UPLOADING), 30, "the upload to begin")
+    proxy = CountingProxy(sandbox.base_url)  # holds the upload, so Stop certainly comes while it is on its way
+    upload = proxy.hold("POST /api/v3/media/uploads")
+    try:
+        service = make_service(proxy.url)
+        running = Running(service.generate(JobRequest(image=make_image(), prompt="a kite"), ALICE))
+        wait_for(lambda: proxy.count("POST /api/v3/media/uploads") == 1, 30, "the upload to be on its way")
+        assert running.reached(Stage.UPLOADING)()
 
-    report = running.job.stop()
-    running.end()
+        report = running.job.stop()
+        upload.set()
+        running.end()
+    finally:
+        upload.set()
+        proxy.stop()
 
     assert report.submission is Submission.NONE and the_words(report).startswith("Nothing was submitted")
     assert stats(sandbox)["submissions"] == 0, "the stopped job never sent its submission"
