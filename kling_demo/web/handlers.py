@@ -24,6 +24,7 @@ from .examples import ASSETS, EXAMPLES
 
 log = logging.getLogger(__name__)
 SPEC = DEFAULT_MODEL
+SELECTED_OUTPUTS = 9  # what `Handlers.selected` puts out (page.py's `selected_out`)
 # A refusal that frees within two minutes is looked at again every 5 s (its "in 45 s" stays true), a later one
 # every 30 s; either is looked at again the moment it frees.
 RECHECK_SOON, RECHECK_LATER = 5.0, 30.0
@@ -66,28 +67,35 @@ class Handlers:
         if stored_owner and token.partition(".")[0] != stored_owner.partition(".")[0]:
             log.info("a browser's stored owner id was not signed by this server; it gets a new one")
         records = self.service.arrive(self.owner(request, token))
-        return token, token, *self._gallery(records)
+        return token, token, *self._tiles(records)  # select_newest follows
 
     @plain_errors()
     def show_history(self, owner_id: str | None, request: gr.Request) -> tuple[list[tuple[str, str]], list[str]]:
-        """Your generations, newest first."""
-        return self._gallery(self.service.tasks(self.owner(request, owner_id)))
+        """Your generations, newest first (also `/history` for programs)."""
+        return self._tiles(self.service.tasks(self.owner(request, owner_id)))
+
+    @staticmethod
+    def highlight(task_ids: list[str], selected: str) -> Any:
+        """The selected task's tile highlighted again after the tiles were redrawn (the gallery keeps the highlighted
+        place, so a task added on top would take the highlight from the one the detail shows)."""
+        return gr.update(selected_index=task_ids.index(selected) if selected in task_ids else None)
 
     @plain_errors()
-    def refresh_changed(self, owner_id: str | None, seen: str, selected: str, request: gr.Request) -> tuple[Any, ...]:
-        """Redraw the history only when a task was added or changed status (tasks finish in the background); the
-        selected task's detail, video and buttons too when it is the one that changed."""
+    def refresh_changed(self, owner_id: str | None, seen: str, selected: str, shown: str,
+                        request: gr.Request) -> tuple[Any, ...]:
+        """Redraw the history only when a task was added or changed status (tasks finish in the background) or the
+        selection moved since the last look; the selected task's detail, video and buttons too when its status is no
+        longer the one the detail shows (`shown`, written with the detail, so a late answer cannot mix two tasks)."""
         records = self.service.tasks(self.owner(request, owner_id))
-        signature = "|".join(f"{r.task_id}:{r.status.value}" for r in records)
-        unchanged = (gr.skip(),) * 8  # what `selected` puts out
+        signature = "|".join(f"{r.task_id}:{r.status.value}" for r in records) + f"#{selected}"
+        unchanged = (gr.skip(),) * SELECTED_OUTPUTS
         if signature == seen:
             return gr.skip(), gr.skip(), seen, *unchanged
-        shown = unchanged
-        if selected and seen:  # the first look after loading knows no earlier state to compare with
-            record = next((r for r in records if r.task_id == selected), None)
-            if record is None or f"{record.task_id}:{record.status.value}" not in seen.split("|"):
-                shown = self.selected(record, ask_to_delete=gr.skip())  # an open delete question stays
-        return *self._gallery(records), signature, *shown
+        record = next((r for r in records if r.task_id == selected), None) if selected else None
+        detail = unchanged
+        if selected and (record is None or record.status.value != shown):
+            detail = self.selected(record, ask_to_delete=gr.skip())  # an open delete question stays
+        return *self._gallery(records, record.task_id if record else ""), signature, *detail
 
     @plain_errors()
     def select(self, task_ids: list[str], owner_id: str | None, request: gr.Request,
@@ -99,16 +107,16 @@ class Handlers:
         return self.selected(record)
 
     def selected(self, record: TaskRecord | None, ask_to_delete: Any = None) -> tuple[Any, ...]:
-        """What the history shows of `record` (None: nothing selected): its video, detail and id, the buttons that
-        apply to it, the delete question (hidden unless `ask_to_delete` says otherwise), its end frame."""
+        """What the history shows of `record` (None: nothing selected): its video, detail, id and the status the
+        detail shows, the buttons that apply to it, the delete question (hidden unless `ask_to_delete` says otherwise), its end frame."""
         buttons = self._buttons(record)
         question = gr.update(visible=False) if ask_to_delete is None else ask_to_delete
         if record is None:
-            return None, "", "", *buttons, question, gr.update(value=None, visible=False)
+            return None, "", "", "", *buttons, question, gr.update(value=None, visible=False)
         video = record.video_path if record.video_path and Path(record.video_path).exists() else None
         end = self.service.end_frame(record)
         text = views.detail(record, self.voice, end_frame_shown=end is not None, charge=self.service.charge(record))
-        return (video, text, record.task_id, *buttons, question,
+        return (video, text, record.task_id, record.status.value, *buttons, question,
                 gr.update(value=str(end) if end else None, visible=end is not None))
 
     @plain_errors()
@@ -118,13 +126,14 @@ class Handlers:
         return self._select(records, next((r for r in records if _has_video(r)), None))
 
     @plain_errors()
-    def select_finished(self, owner_id: str | None, task_id: str | None, stage: str | None,
-                        request: gr.Request) -> tuple[Any, ...]:
-        """After a job: its video selected in the history when it finished with one; else the selection stays."""
+    def select_finished(self, owner_id: str | None, task_id: str | None, stage: str | None, task_ids: list[str],
+                        selected: str, request: gr.Request) -> tuple[Any, ...]:
+        """After a job: its video selected in the history when it finished with one; else the selection stays, its
+        tile highlighted among the redrawn ones (`task_ids`)."""
         records = self.service.tasks(self.owner(request, owner_id)) if stage == Stage.DONE.value else []
         finished = next((r for r in records if r.task_id == task_id and _has_video(r)), None)
         if finished is None:
-            return (gr.skip(),) * 9
+            return self.highlight(task_ids, selected), *(gr.skip(),) * SELECTED_OUTPUTS
         return self._select(records, finished)
 
     def _select(self, records: list[TaskRecord], record: TaskRecord | None) -> tuple[Any, ...]:
@@ -145,11 +154,17 @@ class Handlers:
         """Delete the selected task here (after the visitor confirmed), then show the history without it."""
         owner = self.owner(request, owner_id)
         self.service.delete(owner, selected)
-        return (None, f"**Deleted.** {self.voice.deleted()}", "", *self._buttons(None), gr.update(visible=False),
+        return (None, f"**Deleted.** {self.voice.deleted()}", "", "", *self._buttons(None), gr.update(visible=False),
                 gr.update(value=None, visible=False), *self._gallery(self.service.tasks(owner)))
 
-    def _gallery(self, records: list[TaskRecord]) -> tuple[list[tuple[str, str]], list[str]]:
+    def _tiles(self, records: list[TaskRecord]) -> tuple[list[tuple[str, str]], list[str]]:
+        """The history's tiles and their task ids."""
         return tiles.items(records, self.placeholder, self.voice), [r.task_id for r in records]
+
+    def _gallery(self, records: list[TaskRecord], selected: str = "") -> tuple[Any, list[str]]:
+        """The tiles and their ids, with `selected`'s tile highlighted (none: no tile)."""
+        items, task_ids = self._tiles(records)
+        return {**gr.update(value=items), **self.highlight(task_ids, selected)}, task_ids
 
     @staticmethod
     def _buttons(record: TaskRecord | None) -> tuple[Any, Any, Any]:

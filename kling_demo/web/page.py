@@ -19,7 +19,7 @@ from .api import Api, webhook_route
 from .examples import ASSETS, EXAMPLES
 from .gradio_fixes import (close_with, describe_for_api, duration_input, frame_input, guard_launch, hold_queue_limit,
                            run_more_than_forty)
-from .handlers import RECHECK_LATER, Handlers
+from .handlers import RECHECK_LATER, SELECTED_OUTPUTS, Handlers
 
 SPEC = DEFAULT_MODEL
 # Gradio refuses bigger uploads with HTTP 413 while they stream in, before they reach the disk cache. The API takes
@@ -96,6 +96,7 @@ def _layout(service: Service, settings: Settings) -> Page:
     p.history_seen = gr.State("")
     p.history_ticker = gr.Timer(5.0)
     p.history_selected = gr.State("")  # the task id shown in the detail; every action checks it is the owner's
+    p.history_shown = gr.State("")  # the status the detail shows, written with it
     # Values the browser itself holds: the job a click starts (named there, so Stop finds it at once), its stage.
     p.job_token = gr.Textbox("", visible=False, elem_id="job-token")
     p.job_stage = gr.Textbox("", visible=False, elem_id="job-stage")
@@ -213,8 +214,9 @@ def _events(demo: gr.Blocks, p: Page, page: Handlers, api: Api, service: Service
     busy_outputs = [p.generate_btn, p.stop_btn, p.from_page, p.task_id, p.video, p.progress, p.job_stage]
     buttons = [p.generate_btn, p.stop_btn]
     history_out = [p.gallery, p.history_ids]
-    selected_out = [p.history_video, p.history_detail, p.history_selected, p.reuse_btn, p.continue_btn, p.delete_btn,
-                    p.delete_confirm, p.history_end_frame]
+    selected_out = [p.history_video, p.history_detail, p.history_selected, p.history_shown, p.reuse_btn,
+                    p.continue_btn, p.delete_btn, p.delete_confirm, p.history_end_frame]
+    assert len(selected_out) == SELECTED_OUTPUTS
     new_job = {"fn": None, "js": "() => window.klingDemo.newJob()", "outputs": p.job_token, "queue": False,
                **private}
     # Resume and "Bring into my history" answer in the status, far above their buttons: it comes into view.
@@ -263,18 +265,20 @@ def _events(demo: gr.Blocks, p: Page, page: Handlers, api: Api, service: Service
         event.failure(page.idle, outputs=buttons, queue=False, **private)
         ended = event.then(page.idle, outputs=buttons, queue=False, **private)
         ended.then(page.show_history, inputs=p.owner_id, outputs=history_out, queue=False, **private).then(
-            page.select_finished, inputs=[p.owner_id, p.task_id, p.job_stage], outputs=[p.gallery, *selected_out],
-            queue=False, **private)
+            page.select_finished, inputs=[p.owner_id, p.task_id, p.job_stage, p.history_ids, p.history_selected],
+            outputs=[p.gallery, *selected_out], queue=False, **private)
         ended.then(None, inputs=p.job_stage, js="(stage) => window.klingDemo.notify(stage)", queue=False, **private)
         ended.then(page.show_offer, inputs=offer_in, outputs=offer_out, **quiet)
         ended.then(page.show_key_status, inputs=[p.key_box, p.owner_id], outputs=p.key_status, **quiet)
     p.stop_btn.click(page.stop, inputs=[p.job_token, p.owner_id], outputs=[p.status, p.progress], queue=False,
                    **private).then(page.idle, outputs=buttons, queue=False, **private)
 
-    # The history.
+    # The history (API callers of /history see their key's hash's or IP's).
     p.refresh_btn.click(page.show_history, inputs=p.owner_id, outputs=history_out, api_name="history", queue=False,
-                      api_visibility="undocumented")  # API callers see their key's hash's or IP's history
-    p.history_ticker.tick(page.refresh_changed, inputs=[p.owner_id, p.history_seen, p.history_selected],
+                      api_visibility="undocumented").then(
+        page.highlight, inputs=[p.history_ids, p.history_selected], outputs=p.gallery, queue=False, **private)
+    p.history_ticker.tick(page.refresh_changed,
+                        inputs=[p.owner_id, p.history_seen, p.history_selected, p.history_shown],
                         outputs=[*history_out, p.history_seen, *selected_out], **quiet)
     p.gallery.select(page.select, inputs=[p.history_ids, p.owner_id], outputs=selected_out, queue=False, **private)
     p.gallery.change(page.show_spend, inputs=p.owner_id, outputs=p.spend, **quiet)

@@ -110,6 +110,16 @@ def test_the_selected_tile_follows_its_task_from_rendering_to_done(browser, slow
         expect(detail).not_to_contain_text("Still rendering")
         expect(page.locator("#continue-from-last-frame")).to_be_enabled()
         expect(page.locator("#history-video video")).to_be_attached()
+
+        # A new task's tile comes first; the highlight stays on the tile the detail describes.
+        later = "Fog over the lighthouse"
+        fill_in(page, pictures["first_frame"], later)
+        page.click("#generate")
+        expect(page.locator("#history")).to_contain_text(f"Rendering · {later}", timeout=30_000)
+        tiles = page.locator("#history .thumbnail-item")
+        expect(tiles.nth(1)).to_have_class(re.compile(r"\bselected\b"))
+        expect(tiles.first).not_to_have_class(re.compile(r"\bselected\b"))
+        expect(detail).to_contain_text(prompt)
     finally:
         context.close()
 
