@@ -25,6 +25,7 @@ from .examples import ASSETS, EXAMPLES
 log = logging.getLogger(__name__)
 SPEC = DEFAULT_MODEL
 SELECTED_OUTPUTS = 9  # what `Handlers.selected` puts out (page.py's `selected_out`)
+REJOINED_OUTPUTS = 16  # what `Handlers.show_rejoined` puts out (page.py's `rejoined_out`)
 # A refusal that frees within two minutes is looked at again every 5 s (its "in 45 s" stays true), a later one
 # every 30 s; either is looked at again the moment it frees.
 RECHECK_SOON, RECHECK_LATER = 5.0, 30.0
@@ -274,8 +275,8 @@ class Handlers:
                       request: gr.Request) -> tuple[Any, ...]:
         """The job `rejoin` found, at once: the buttons of a running job, its status and task id, its name (so Stop
         finds it), and the form it was made from (the page's form is empty: it just loaded)."""
-        if record is None:
-            return (gr.skip(),) * 16
+        if record is None:  # `rejoin` found none (it leaves `rejoined` unchanged then: not reached)
+            return (gr.skip(),) * REJOINED_OUTPUTS
         try:
             fill: FormFill | None = self.service.reuse(self.owner(request, owner_id), record.task_id)
         except KlingDemoError:  # fetched by its id: its settings are not known here

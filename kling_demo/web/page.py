@@ -19,7 +19,7 @@ from .api import Api, webhook_route
 from .examples import ASSETS, EXAMPLES
 from .gradio_fixes import (close_with, describe_for_api, duration_input, frame_input, guard_launch, hold_queue_limit,
                            run_more_than_forty)
-from .handlers import RECHECK_LATER, SELECTED_OUTPUTS, Handlers
+from .handlers import RECHECK_LATER, REJOINED_OUTPUTS, SELECTED_OUTPUTS, Handlers
 
 SPEC = DEFAULT_MODEL
 # Gradio refuses bigger uploads with HTTP 413 while they stream in, before they reach the disk cache. The API takes
@@ -254,9 +254,10 @@ def _events(demo: gr.Blocks, p: Page, page: Handlers, api: Api, service: Service
     loaded.then(page.rejoin, inputs=p.owner_id, outputs=[p.watched, p.rejoined], **quiet)
     rejoin_form = [p.image, p.prompt, p.negative, p.guidance, p.duration, p.end_image, p.advanced, p.form_note]
     reveal = "() => window.klingDemo.reveal('status', 'buttons')"  # on a phone the status is below the form
+    rejoined_out = [*buttons, p.status, p.task_id, p.video, p.progress, p.job_stage, p.job_token, *rejoin_form]
+    assert len(rejoined_out) == REJOINED_OUTPUTS
     watch_event = p.rejoined.change(
-        page.show_rejoined, inputs=[p.watched, p.owner_id, p.rejoined], outputs=[
-            *buttons, p.status, p.task_id, p.video, p.progress, p.job_stage, p.job_token, *rejoin_form], **quiet).then(
+        page.show_rejoined, inputs=[p.watched, p.owner_id, p.rejoined], outputs=rejoined_out, **quiet).then(
         None, js=reveal, queue=False, **private).then(
         page.watch_on_page, inputs=[p.watched, p.owner_id, p.job_token], outputs=job_outputs, show_progress="hidden",
         **jobs, **private)
