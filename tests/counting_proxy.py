@@ -17,7 +17,7 @@ class CountingProxy:
     def __init__(self, target: str) -> None:
         self.target = target.rstrip("/")
         self.counts: Counter[str] = Counter()
-        self._holds: dict[str, threading.Event] = {}
+        self._holds: dict[str, tuple[threading.Event, str | None]] = {}
         self._lock = threading.Lock()
         proxy = self
 
@@ -26,8 +26,8 @@ class CountingProxy:
                 path = self.path.split("?")[0]
                 with proxy._lock:
                     proxy.counts[f"{self.command} {path}"] += 1
-                    gate = proxy._holds.get(f"{self.command} {path}")
-                if gate is not None:
+                    gate, key = proxy._holds.get(f"{self.command} {path}", (None, None))
+                if gate is not None and (key is None or self.headers.get("Authorization") == f"Bearer {key}"):
                     gate.wait(60)
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 headers = {name: value for name, value in self.headers.items() if name.lower() in PASSED_HEADERS}
@@ -54,12 +54,12 @@ class CountingProxy:
         with self._lock:
             return self.counts[request]
 
-    def hold(self, request: str) -> threading.Event:
-        """Hold every request such as "POST /api/v3/media/uploads" (counted as it arrives) until the returned
-        event is set, so a test can act while a request is certainly on its way."""
+    def hold(self, request: str, *, key: str | None = None) -> threading.Event:
+        """Hold every request such as "POST /api/v3/media/uploads" (counted as it arrives; only those made with
+        `key`, if given) until the returned event is set, so a test can act while a request is certainly on its way."""
         gate = threading.Event()
         with self._lock:
-            self._holds[request] = gate
+            self._holds[request] = (gate, key)
         return gate
 
     def stop(self) -> None:

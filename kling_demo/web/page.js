@@ -62,6 +62,10 @@
       const now = Date.now();
       if (document.hidden || now - (this.moneyAt || 0) < 2000) return;
       this.moneyAt = now;
+      this.refreshMoneyNow();
+    },
+    // The same at once (after a job).
+    refreshMoneyNow() {
       const button = document.getElementById('money-refresh');
       if (button) button.click();
     },

@@ -269,8 +269,7 @@ def _events(demo: gr.Blocks, p: Page, page: Handlers, api: Api, service: Service
             page.select_finished, inputs=[p.owner_id, p.task_id, p.job_stage, p.history_ids, p.history_selected],
             outputs=[p.gallery, *selected_out], queue=False, **private)
         ended.then(None, inputs=p.job_stage, js="(stage) => window.klingDemo.notify(stage)", queue=False, **private)
-        ended.then(page.show_offer, inputs=offer_in, outputs=offer_out, **quiet)
-        ended.then(page.show_key_status, inputs=[p.key_box, p.owner_id], outputs=p.key_status, **quiet)
+        ended.then(None, js="() => window.klingDemo.refreshMoneyNow()", queue=False, **private)  # money, below
     p.stop_btn.click(page.stop, inputs=[p.job_token, p.owner_id], outputs=[p.status, p.progress], queue=False,
                    **private).then(page.idle, outputs=buttons, queue=False, **private)
 
@@ -296,14 +295,15 @@ def _events(demo: gr.Blocks, p: Page, page: Handlers, api: Api, service: Service
         None, js="() => window.klingDemo.show('history-detail')", queue=False, **private)  # its answer, in view
 
     # Money: the price, Generate and the line beside it follow the duration, the key and the budgets; the key's
-    # balance is checked when it is entered, after each job and when the page is looked at again.
-    demo.load(page.show_offer, inputs=offer_in, outputs=offer_out, **quiet)
-    p.duration.change(page.show_offer, inputs=offer_in, outputs=offer_out, **quiet)
-    p.key_box.change(page.show_offer, inputs=offer_in, outputs=offer_out, **quiet)
-    p.money_ticker.tick(page.show_offer, inputs=offer_in, outputs=offer_out, **quiet)
-    p.key_box.change(page.show_key_status, inputs=[p.key_box, p.owner_id], outputs=p.key_status, **quiet)
-    p.money_refresh.click(page.show_offer, inputs=offer_in, outputs=offer_out, **quiet)
-    p.money_refresh.click(page.show_key_status, inputs=[p.key_box, p.owner_id], outputs=p.key_status, **quiet)
+    # balance is checked when it is entered, after each job (which clicks `money_refresh`) and when the page is
+    # looked at again. Each is one listener that runs again after its answer when triggered meanwhile
+    # ("always_last"), so the last answer shown is always for the duration and key in the form now: answers of
+    # separate listeners, each reading the form when it fired, could land out of order (a price for the key before).
+    latest = {"trigger_mode": "always_last", **quiet}
+    gr.on([demo.load, p.duration.change, p.key_box.change, p.money_ticker.tick, p.money_refresh.click],
+          page.show_offer, inputs=offer_in, outputs=offer_out, **latest)
+    gr.on([p.key_box.change, p.money_refresh.click], page.show_key_status, inputs=[p.key_box, p.owner_id],
+          outputs=p.key_status, **latest)
     p.money_refresh.click(page.show_spend, inputs=p.owner_id, outputs=p.spend, **quiet)
 
     # Your WaveSpeed tasks (only with one's own key, never in sandbox mode).

@@ -16,7 +16,9 @@ import pytest
 import requests
 from gradio_client import Client, handle_file
 
-from tests.harness import Served
+from tests.counting_proxy import CountingProxy
+from tests.harness import Served, start_app_process, start_sandbox_process
+from tests.waiting import wait_for
 
 try:
     from playwright.sync_api import expect
@@ -111,6 +113,44 @@ def test_the_price_follows_the_duration_a_bad_key_is_named_and_the_cost_stays_wi
         assert submissions(sandbox) == 1
     finally:
         context.close()
+
+
+def test_a_key_changed_while_a_refresh_of_the_last_keys_price_is_on_its_way_ends_on_the_new_keys_price(
+        browser: Any, tmp_path: Path) -> None:
+    """The visitor comes back to the page (its money lines are looked at again) while the key in the box is one
+    WaveSpeed refuses, and that quote is held on its way; meanwhile they correct the key. However the two answers
+    travel, the page ends on the price of the key in the box, never on the refused key's line."""
+    sandbox = start_sandbox_process("--inference-seconds", "2", "--api-key", SERVER_KEY, log_path=tmp_path / "s.log")
+    proxy = CountingProxy(sandbox.url)  # the app's WaveSpeed is this hop, which can hold one key's quotes
+    app = start_app_process(tmp_path / "data", log_path=tmp_path / "app.log",
+                            env={"WAVESPEED_API_KEY": SERVER_KEY, "WAVESPEED_BASE_URL": proxy.url})
+    context, page = open_app(browser, app, VIEWPORTS["1280x800"])
+    quotes, refused, own = "POST /api/v3/model/price", "WaveSpeed rejected the key", "billed to your WaveSpeed key"
+    answers: list[Any] = []  # the page's own requests' answers, as the browser receives them
+    page.on("response", lambda response: answers.append(response) if "/run/predict" in response.url else None)
+
+    def refused_answers() -> int:
+        return sum(refused in response.text() for response in list(answers))
+
+    try:
+        price_shown(page)
+        enter_key(page, BAD_KEY)
+        expect(page.locator("#price")).to_contain_text(refused)
+        held = proxy.hold(quotes, key=BAD_KEY)
+        before, seen = proxy.count(quotes), refused_answers()
+        page.evaluate("() => document.getElementById('money-refresh').click()")  # as on coming back to the tab
+        wait_for(lambda: proxy.count(quotes) > before, what="the refused key's quote on its way again")
+        enter_key(page, SERVER_KEY)  # a key the sandbox accepts, as the visitor's own
+        expect(page.locator("#key-status")).to_contain_text("Key accepted")
+        held.set()
+        wait_for(lambda: refused_answers() > seen, what="the held answer in the browser")
+        expect(page.locator("#price")).to_contain_text(own)
+        expect(page.locator("#generate")).to_contain_text("$1.40")
+    finally:
+        context.close()
+        app.stop()
+        proxy.stop()
+        sandbox.stop()
 
 
 @pytest.mark.parametrize("size", VIEWPORTS)
