@@ -281,7 +281,6 @@ def _events(demo: gr.Blocks, p: Page, page: Handlers, api: Api, service: Service
                         inputs=[p.owner_id, p.history_seen, p.history_selected, p.history_shown],
                         outputs=[*history_out, p.history_seen, *selected_out], **quiet)
     p.gallery.select(page.select, inputs=[p.history_ids, p.owner_id], outputs=selected_out, queue=False, **private)
-    p.gallery.change(page.show_spend, inputs=p.owner_id, outputs=p.spend, **quiet)
     form = [p.image, p.prompt, p.negative, p.guidance, p.duration, p.end_image, p.advanced, p.form_note]
     show_form = {"fn": None, "js": "() => window.klingDemo.show('inputs-column')", "queue": False, **private}
     p.reuse_btn.click(page.reuse, inputs=[p.history_selected, p.owner_id], outputs=form, queue=False,
@@ -296,15 +295,15 @@ def _events(demo: gr.Blocks, p: Page, page: Handlers, api: Api, service: Service
 
     # Money: the price, Generate and the line beside it follow the duration, the key and the budgets; the key's
     # balance is checked when it is entered, after each job (which clicks `money_refresh`) and when the page is
-    # looked at again. Each is one listener that runs again after its answer when triggered meanwhile
-    # ("always_last"), so the last answer shown is always for the duration and key in the form now: answers of
-    # separate listeners, each reading the form when it fired, could land out of order (a price for the key before).
+    # looked at again; the spend line follows the history. Each line is one listener that runs again after its
+    # answer when triggered meanwhile ("always_last"), so the last answer shown is for the form as it is now:
+    # answers of separate listeners, each reading the form when it fired, could land out of order.
     latest = {"trigger_mode": "always_last", **quiet}
     gr.on([demo.load, p.duration.change, p.key_box.change, p.money_ticker.tick, p.money_refresh.click],
           page.show_offer, inputs=offer_in, outputs=offer_out, **latest)
     gr.on([p.key_box.change, p.money_refresh.click], page.show_key_status, inputs=[p.key_box, p.owner_id],
           outputs=p.key_status, **latest)
-    p.money_refresh.click(page.show_spend, inputs=p.owner_id, outputs=p.spend, **quiet)
+    gr.on([p.gallery.change, p.money_refresh.click], page.show_spend, inputs=p.owner_id, outputs=p.spend, **latest)
 
     # Your WaveSpeed tasks (only with one's own key, never in sandbox mode).
     p.key_box.change(lambda key: gr.update(visible=bool((key or "").strip()) and not service.is_sandbox),
