@@ -79,7 +79,7 @@ class Handlers:
     def highlight(task_ids: list[str], selected: str) -> Any:
         """The selected task's tile highlighted again after the tiles were redrawn (the gallery keeps the highlighted
         place, so a task added on top would take the highlight from the one the detail shows)."""
-        return gr.update(selected_index=task_ids.index(selected) if selected in task_ids else None)
+        return gr.update(selected_index=_place(task_ids, selected))
 
     @plain_errors()
     def refresh_changed(self, owner_id: str | None, seen: str, selected: str, shown: str,
@@ -109,7 +109,8 @@ class Handlers:
 
     def selected(self, record: TaskRecord | None, ask_to_delete: Any = None) -> tuple[Any, ...]:
         """What the history shows of `record` (None: nothing selected): its video, detail, id and the status the
-        detail shows, the buttons that apply to it, the delete question (hidden unless `ask_to_delete` says otherwise), its end frame."""
+        detail shows, the buttons that apply to it, the delete question (hidden unless `ask_to_delete` says
+        otherwise), its end frame."""
         buttons = self._buttons(record)
         question = gr.update(visible=False) if ask_to_delete is None else ask_to_delete
         if record is None:
@@ -139,8 +140,8 @@ class Handlers:
 
     def _select(self, records: list[TaskRecord], record: TaskRecord | None) -> tuple[Any, ...]:
         """The gallery's highlighted tile and what the history shows of `record` (None: nothing selected)."""
-        index = next((i for i, r in enumerate(records) if record and r.task_id == record.task_id), None)
-        return gr.update(selected_index=index), *self.selected(record)
+        place = _place([r.task_id for r in records], record.task_id if record else "")
+        return gr.update(selected_index=place), *self.selected(record)
 
     @plain_errors()
     def reuse(self, selected: str, owner_id: str | None, request: gr.Request) -> tuple[Any, ...]:
@@ -165,7 +166,7 @@ class Handlers:
     def _gallery(self, records: list[TaskRecord], selected: str = "") -> tuple[Any, list[str]]:
         """The tiles and their ids, with `selected`'s tile highlighted (none: no tile)."""
         items, task_ids = self._tiles(records)
-        return {**gr.update(value=items), **self.highlight(task_ids, selected)}, task_ids
+        return gr.update(value=items, selected_index=_place(task_ids, selected)), task_ids
 
     @staticmethod
     def _buttons(record: TaskRecord | None) -> tuple[Any, Any, Any]:
@@ -388,6 +389,11 @@ class Handlers:
     def own_end_frame(self, path: str | None) -> str:
         problem = self.service.check_frame(path, end=True)
         return f"⚠️ {views.literal(problem)}" if problem else ""
+
+
+def _place(task_ids: list[str], selected: str) -> int | None:
+    """Where the `selected` task's tile is among the history's tiles (None: not there, or nothing selected)."""
+    return task_ids.index(selected) if selected and selected in task_ids else None
 
 
 def _has_video(record: TaskRecord) -> bool:

@@ -22,6 +22,12 @@ def page(make_service) -> Handlers:
     return Handlers(service, Settings(data_dir=service.settings.data_dir))
 
 
+def new_visitor(page: Handlers) -> tuple[str, str]:
+    """A browser's signed owner id, as the page gets it on loading, and the owner its tasks are kept under."""
+    token = page.service.visitors.issue(None)
+    return token, page.owner(None, token).owner
+
+
 def add_task(page: Handlers, owner: str, task_id: str, status: TaskStatus = TaskStatus.PROCESSING) -> None:
     page.service.journal.record_submission(owner=owner, task_id=task_id, model=DEFAULT_MODEL.model_id,
                                            api_base="http://127.0.0.1:9", key_source=KeySource.SERVER,
@@ -40,8 +46,7 @@ def highlighted(gallery_update: dict[str, Any], ids: list[str]) -> str | None:
 
 
 def test_a_late_timer_answer_leaves_the_job_s_selection_and_keeps_the_highlight_on_the_shown_task(page, tmp_path):
-    token = page.service.visitors.issue(None)
-    owner = page.owner(None, token).owner
+    token, owner = new_visitor(page)
     add_task(page, owner, "first")
     seen_while_first_ran = page.refresh_changed(token, "", "", "", None)[2]
     finish(page, owner, "first", tmp_path)
@@ -60,8 +65,7 @@ def test_a_late_timer_answer_leaves_the_job_s_selection_and_keeps_the_highlight_
 
 
 def test_the_shown_task_s_detail_follows_its_status_and_a_new_task_does_not_take_its_highlight(page, tmp_path):
-    token = page.service.visitors.issue(None)
-    owner = page.owner(None, token).owner
+    token, owner = new_visitor(page)
     add_task(page, owner, "older")
     finish(page, owner, "older", tmp_path)
     add_task(page, owner, "rendering")
@@ -79,8 +83,7 @@ def test_the_shown_task_s_detail_follows_its_status_and_a_new_task_does_not_take
 
 
 def test_after_a_job_that_failed_the_selected_tile_stays_highlighted_among_the_redrawn_ones(page, tmp_path):
-    token = page.service.visitors.issue(None)
-    owner = page.owner(None, token).owner
+    token, owner = new_visitor(page)
     add_task(page, owner, "kept")
     finish(page, owner, "kept", tmp_path)
     add_task(page, owner, "failed-after")
